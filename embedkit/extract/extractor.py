@@ -1,0 +1,219 @@
+"""The Extractor: texts in, pooled hidden-state vectors out, exactly as a one-text-at-a-time reference."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import ExtractConfig
+from ..errors import ConfigError, InputError
+from .batching import SpecialTokens, plan_batches, split_windows
+from .layers import run_to_layers
+from .model import LoadedModel, load_model
+from .pooling import combine_windows, pool
+from .texts import CheckedText, check_text
+
+log = logging.getLogger(__name__)
+
+# Padded tokens per forward pass. Measured on a 2-core CPU with GPT-2 small (benchmarks/throughput.py):
+# larger budgets stop paying once matrix multiplies are big enough, and attention cost grows with length.
+DEFAULT_BATCH_TOKENS = 4096
+DEFAULT_CUDA_BATCH_TOKENS = 65536
+
+ProgressFn = Callable[[int, int], None]  # (texts finished, tokens run)
+
+
+@dataclass
+class EncodeResult:
+    """Everything known about a list of texts after extraction, in input order.
+
+    ``vectors`` maps each embedding column name to an [n, dim] float32 array; rows that could not be embedded
+    are NaN there and have ``valid`` False, with the reason in ``status``/``error``.
+    """
+
+    vectors: dict[str, np.ndarray]
+    n_tokens: np.ndarray  # int32: tokens of the whole text (special tokens included), before any cut
+    n_windows: np.ndarray  # int32: windows the text was run in (0 for rows not embedded)
+    truncated: np.ndarray  # bool: tokens beyond max_length were dropped
+    status: list[str]
+    error: list[str | None]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.n_windows > 0
+
+
+def resolve_config(config: ExtractConfig, loaded: LoadedModel) -> ExtractConfig:
+    """Make every setting explicit for this model: absolute layers, max_length and stride."""
+    n = loaded.n_layers
+    layers = []
+    for layer in config.layers:
+        if not -(n + 1) <= layer <= n:
+            raise ConfigError(
+                f"layer {layer} is out of range for {loaded.name} ({n} blocks): use 0..{n} or -{n + 1}..-1 "
+                f"(0 = embeddings, {n} or -1 = final output)"
+            )
+        layers.append(layer % (n + 1))
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"layers {list(config.layers)} name the same layer twice ({layers} absolute)")
+    max_length = config.max_length or loaded.max_positions
+    if max_length > loaded.max_positions:
+        raise ConfigError(f"max_length {max_length} exceeds the model's limit of {loaded.max_positions} tokens")
+    specials = len(SpecialTokens.of(loaded.tokenizer))
+    stride = config.stride if config.stride is not None else max_length // 8
+    if stride >= (max_length - specials) // 2:
+        raise ConfigError(f"stride {stride} must be less than half of max_length {max_length}")
+    return config.replace(layers=tuple(layers), max_length=max_length, stride=stride)
+
+
+class Extractor:
+    """Batched hidden-state feature extraction.
+
+    Args:
+        config: what to extract (defaults to the last layer of GPT-2 small, mean pooling).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. On CUDA the forward pass runs under
+            bf16 (or fp16) autocast; pooling is always done in float32.
+        batch_tokens: padded tokens per forward pass.
+        threads: CPU threads for torch (None keeps torch's default).
+
+    Example:
+        >>> ex = Extractor(ExtractConfig(model="gpt2-dir", layers=(6,), pooling=("mean",)))
+        >>> ex.embed(["a text", "another"]).shape
+        (2, 768)
+    """
+
+    def __init__(
+        self,
+        config: ExtractConfig | None = None,
+        *,
+        device: str = "auto",
+        batch_tokens: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        config = config or ExtractConfig()
+        if threads is not None:
+            if threads < 1:
+                raise ConfigError(f"threads must be at least 1, got {threads}")
+            torch.set_num_threads(threads)
+        self.loaded = load_model(config, device)
+        self.config = resolve_config(config, self.loaded)
+        on_cuda = self.loaded.device.type == "cuda"
+        self.batch_tokens = batch_tokens or (DEFAULT_CUDA_BATCH_TOKENS if on_cuda else DEFAULT_BATCH_TOKENS)
+        if self.batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be at least 1, got {self.batch_tokens}")
+        self._specials = SpecialTokens.of(self.loaded.tokenizer)
+        tok = self.loaded.tokenizer
+        # GPT-2 has no pad token. Any id works for padding on the right since the attention mask hides it
+        # and causal attention never looks right; the caller's tokenizer is never changed.
+        self._pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.config.column_names()
+
+    @property
+    def dim(self) -> int:
+        return self.loaded.hidden_size
+
+    def _autocast(self):
+        if self.loaded.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _forward(self, windows: list[list[int]]) -> list[torch.Tensor]:
+        """Pooled vectors [batch, dim] for every (layer, pooling) pair of one padded batch."""
+        longest = max(len(w) for w in windows)
+        ids = torch.full((len(windows), longest), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(windows), longest), dtype=torch.long)
+        for row, window in enumerate(windows):
+            ids[row, : len(window)] = torch.tensor(window, dtype=torch.long)
+            mask[row, : len(window)] = 1
+        device = self.loaded.device
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.inference_mode(), self._autocast():
+            hidden = run_to_layers(
+                self.loaded.model, self.loaded.blocks, set(self.config.layers), input_ids=ids, attention_mask=mask
+            )
+            return [pool(hidden[layer], mask, mode).cpu() for layer, mode in self.config.pairs]
+
+    def encode(self, texts: Sequence[object], progress: ProgressFn | None = None) -> EncodeResult:
+        """Extract every configured column for ``texts``; bad values are recorded, never raised."""
+        checked: list[CheckedText] = [check_text(t) for t in texts]
+        n, cfg = len(checked), self.config
+        good = [i for i, c in enumerate(checked) if c.text is not None]
+        n_tokens = np.zeros(n, dtype=np.int32)
+        n_windows = np.zeros(n, dtype=np.int32)
+        truncated = np.zeros(n, dtype=bool)
+        windows: list[list[int]] = []
+        owner: list[int] = []  # row of each window; a row's windows are contiguous
+        first_window = np.zeros(n, dtype=np.int64)
+        if good:
+            content = self.loaded.tokenizer([checked[i].text for i in good], add_special_tokens=False, verbose=False)
+            for row, ids in zip(good, content["input_ids"]):
+                row_windows, cut = split_windows(
+                    ids, self._specials, cfg.max_length, cfg.stride, chunk=cfg.long_text == "chunk"
+                )
+                n_tokens[row] = len(ids) + len(self._specials)
+                n_windows[row] = len(row_windows)
+                truncated[row] = cut
+                first_window[row] = len(windows)
+                windows.extend(row_windows)
+                owner.extend([row] * len(row_windows))
+
+        pooled = [np.empty((len(windows), self.dim), dtype=np.float32) for _ in cfg.pairs]
+        remaining = n_windows.copy()
+        for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
+            outs = self._forward([windows[i] for i in batch])
+            for column, out in zip(pooled, outs):
+                column[batch] = out.numpy()
+            if progress is not None:
+                rows = [owner[i] for i in batch]
+                np.subtract.at(remaining, rows, 1)
+                progress(len({r for r in rows if remaining[r] == 0}), sum(len(windows[i]) for i in batch))
+
+        vectors = {name: np.full((n, self.dim), np.nan, dtype=np.float32) for name in self.columns}
+        single = np.flatnonzero(n_windows == 1)
+        window_lens = torch.tensor([len(w) for w in windows], dtype=torch.float32)
+        for (_, mode), name, column in zip(cfg.pairs, self.columns, pooled):
+            out = vectors[name]
+            out[single] = column[first_window[single]]
+            for row in np.flatnonzero(n_windows > 1):
+                span = slice(first_window[row], first_window[row] + n_windows[row])
+                out[row] = combine_windows(torch.from_numpy(column[span]), window_lens[span], mode).numpy()
+            if cfg.normalize:
+                norms = np.linalg.norm(out, axis=1, keepdims=True)
+                np.divide(out, np.maximum(norms, 1e-12), out=out)
+        return EncodeResult(
+            vectors=vectors,
+            n_tokens=n_tokens,
+            n_windows=n_windows,
+            truncated=truncated,
+            status=[c.status for c in checked],
+            error=[c.error for c in checked],
+        )
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+        """Embed ``texts``: an [n, dim] array for one (layer, pooling) pair, else a dict by column name.
+
+        Raises:
+            InputError: a text is missing, empty or not a string (use ``encode`` to record such rows instead).
+        """
+        if isinstance(texts, str):
+            raise InputError("embed() takes a list of texts, not a single string: wrap it in a list")
+        result = self.encode(list(texts))
+        bad = np.flatnonzero(~result.valid)
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"{bad.size} text(s) cannot be embedded; the first, at index {i}, is {result.status[i]}: "
+                f"{result.error[i]}"
+            )
+        if len(result.vectors) == 1:
+            return next(iter(result.vectors.values()))
+        return result.vectors

@@ -1,0 +1,130 @@
+"""Loading any Hugging Face ``AutoModel`` and its tokenizer, safely, with clear errors offline."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import MODEL_ENV, ExtractConfig
+from ..errors import ConfigError, ModelLoadError, choice_error
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for feature extraction, with the facts the extractor and the metadata need."""
+
+    model: nn.Module
+    tokenizer: object
+    blocks: nn.ModuleList
+    n_layers: int
+    hidden_size: int
+    max_positions: int
+    name: str
+    revision: str | None
+    model_type: str
+    device: torch.device
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise choice_error("device", device, DEVICES)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The model's list of transformer blocks: the first ModuleList holding exactly ``n_layers`` modules.
+
+    This covers GPT-2 (``h``), BERT (``encoder.layer``), Llama-style (``layers``) and most others without a
+    table of architectures.
+    """
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ModelLoadError(
+        f"cannot find the {n_layers} transformer blocks of {type(model).__name__}; "
+        "embedkit needs a model whose blocks sit in one ModuleList"
+    )
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else that looks like a path is treated as one.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+def _offline_message(name: str, cause: Exception) -> str:
+    return (
+        f"could not load model {name!r}: it is not in the local Hugging Face cache and the hub could not be "
+        f"reached ({type(cause).__name__}). Point --model (or ${MODEL_ENV}) at a local directory holding "
+        "config.json, the weights and the tokenizer files (for example one written by save_pretrained), "
+        "or run once with network access to fill the cache."
+    )
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        text = str(exc)
+        if "trust_remote_code" in text:
+            raise ModelLoadError(
+                f"model {name!r} needs its own Python code to run; pass --trust-remote-code if you trust it"
+            ) from exc
+        if Path(name).expanduser().is_dir():
+            raise ModelLoadError(f"could not load {name!r} as a Hugging Face model directory: {text}") from exc
+        if _looks_like_path(name):
+            raise ModelLoadError(f"model directory {name!r} does not exist") from exc
+        raise ModelLoadError(_offline_message(name, exc)) from exc
+
+
+def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
+    """Load ``config.model`` (hub id, local directory or cached id) for inference.
+
+    Safetensors weights are preferred; a checkpoint that only has pickled ``.bin`` weights is loaded with
+    transformers' restricted (weights-only) unpickler and a warning. Remote code runs only when
+    ``config.trust_remote_code`` is set.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    name = str(Path(config.model).expanduser()) if config.model.startswith("~") else config.model
+    common = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    model_config = _from_pretrained(AutoConfig, name, **common)
+    tokenizer = _from_pretrained(AutoTokenizer, name, **common)
+    try:
+        model = AutoModel.from_pretrained(name, config=model_config, use_safetensors=True, dtype=torch.float32, **common)
+    except (OSError, ValueError) as exc:
+        if "safetensors" not in str(exc).lower():
+            raise ModelLoadError(f"could not load the weights of {name!r}: {exc}") from exc
+        log.warning("%s has no safetensors weights; loading .bin weights with the weights-only unpickler", name)
+        model = _from_pretrained(AutoModel, name, config=model_config, use_safetensors=False, dtype=torch.float32, **common)
+    model.eval().requires_grad_(False).to(torch_device)
+
+    n_layers = int(model_config.num_hidden_layers)
+    max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    candidates = [int(x) for x in (max_positions, tok_limit) if x and x < 1_000_000]
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        blocks=find_blocks(model, n_layers),
+        n_layers=n_layers,
+        hidden_size=int(model_config.hidden_size),
+        max_positions=min(candidates) if candidates else 512,
+        name=config.model,
+        revision=config.revision or getattr(model_config, "_commit_hash", None),
+        model_type=str(getattr(model_config, "model_type", "unknown")),
+        device=torch_device,
+    )
