@@ -1,0 +1,70 @@
+"""The ``embedkit`` command line: parses options, calls the library, prints. No logic lives here.
+
+Each command group sits in its own module; errors raised by the library (``EmbedkitError``) become clean
+one-line messages with the exit codes documented in ``embedkit.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ..errors import EmbedkitError
+
+
+class _CleanError(click.ClickException):
+    def __init__(self, error: EmbedkitError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+class EmbedkitGroup(click.Group):
+    """A click group that maps library errors to messages and exit codes instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EmbedkitError as exc:
+            raise _CleanError(exc) from exc
+        except MemoryError as exc:
+            raise click.ClickException("out of memory: lower --batch-tokens (or --max-length)") from exc
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug, not a user mistake: short message, traceback only with --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with `embedkit --debug ...` for the traceback "
+                "and please report it)"
+            ) from exc
+
+
+@click.group(cls=EmbedkitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for internal errors.")
+@click.version_option(package_name="embedkit")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
+    """embedkit: hidden-state features from transformer language models (GPT-2 first).
+
+    Embed a text dataset to Parquet, then train classifiers, cluster, build a FAISS index and search it.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def quiet_libraries(quiet: bool) -> None:
+    """Silence transformers' own progress bars when the user asked for quiet output."""
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+from . import embed as _embed  # noqa: E402  (commands register themselves on the group)
+
+__all__ = ["cli", "quiet_libraries"]

@@ -1,0 +1,95 @@
+"""``embedkit embed`` and ``embedkit info``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..config import LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
+from ..extract.model import DEVICES
+from ..sources import FORMATS
+from . import cli, quiet_libraries
+
+
+def split_commas(_ctx, _param, values):
+    """Let repeatable options also take comma-separated lists: --pooling mean,last == --pooling mean --pooling last."""
+    return tuple(v.strip() for value in values for v in str(value).split(",") if v.strip())
+
+
+def extraction_options(f):
+    """Options that define the vectors; shared by every command that embeds text (embed, probe)."""
+    options = [
+        click.option("--model", "-m", default=None, help="Hub id or local directory [default: $EMBEDKIT_MODEL or openai-community/gpt2]."),
+        click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
+        click.option("--max-length", type=click.IntRange(min=2), default=None, help="Tokens per window [default: the model's limit, 1024 for GPT-2]."),
+        click.option("--long-text", type=click.Choice(LONG_TEXT_MODES), default="truncate", show_default=True, help="Texts over --max-length: cut (recorded) or split into overlapping windows."),
+        click.option("--stride", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive windows with --long-text chunk [default: max-length/8]."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass [default: 4096 on CPU, 65536 on CUDA]."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
+        click.option("--text-column", default="text", show_default=True),
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format [default: from the extension]."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize=False, dtype="float32", trust_remote_code=False):
+    return ExtractConfig(
+        model=model or default_model(), revision=revision, layers=tuple(layers) or (-1,), pooling=tuple(pooling) or ("mean",),
+        max_length=max_length, long_text=long_text, stride=stride, normalize=normalize, dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+@cli.command()
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .parquet file.")
+@click.option("--id-column", default=None, help="Column passed through as `id` [default: the row number].")
+@click.option("--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate).")
+@click.option("--layer", "-l", "layers", multiple=True, type=int, help="Hidden-state index: 0 = embeddings, i = block i, -1 = last [default: -1]. Repeatable.")
+@click.option("--pooling", "-p", multiple=True, callback=split_commas, help="mean, last, max, first, weighted-mean [default: mean]. Repeatable.")
+@click.option("--normalize", is_flag=True, help="L2-normalise the stored vectors.")
+@click.option("--dtype", type=click.Choice(STORAGE_DTYPES), default="float32", show_default=True, help="Storage dtype of the vectors.")
+@click.option("--resume", is_flag=True, help="Continue a killed run of the same command.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (and discard a partial run).")
+@click.option("--strict", is_flag=True, help="Stop at the first row that cannot be embedded instead of recording it.")
+@extraction_options
+def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, model, revision,
+          max_length, long_text, stride, trust_remote_code, device, batch_tokens, threads, text_column, fmt, quiet):
+    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
+    from ..embed import embed_file
+
+    quiet_libraries(quiet)
+    config = make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code)
+    summary = embed_file(
+        input, output, config, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt, device=device,
+        batch_tokens=batch_tokens, threads=threads, resume=resume, overwrite=overwrite, strict=strict, progress=not quiet,
+    )
+    click.echo(summary.line(), err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info(file, as_json):
+    """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE."""
+    from ..store import describe
+
+    d = describe(file)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"file      {d['path']}\nrows      {d['rows']}\ncreated   {d['created_at']}")
+    m = d["model"]
+    click.echo(f"model     {m.get('name')} ({m.get('model_type')}, {m.get('num_layers')} layers, hidden {m.get('hidden_size')})")
+    click.echo("settings  " + ", ".join(f"{k}={v}" for k, v in d["config"].items()))
+    click.echo("status    " + (", ".join(f"{k}: {v}" for k, v in sorted(d["status_counts"].items())) or "-"))
+    click.echo("columns")
+    for name, typ in d["columns"].items():
+        dim = d["embedding_dims"].get(name)
+        click.echo(f"  {name:<28} {typ}" + (f"  (dim {dim})" if dim else ""))

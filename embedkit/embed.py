@@ -1,0 +1,228 @@
+"""The embed stage: a text file in, a features Parquet out (sources -> extract -> store)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .config import ExtractConfig
+from .errors import InputError
+from .extract import Extractor
+from .extract.texts import EMBEDDED_STATUSES
+from .sources import Records, Source
+from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, vectors_to_arrow
+
+log = logging.getLogger(__name__)
+
+# Rows per committed part. Also the window inside which texts are length-sorted: large enough that batches
+# are well packed, small enough that a kill loses little work and memory stays flat.
+DEFAULT_PART_ROWS = 4096
+
+
+@dataclass
+class EmbedSummary:
+    """What an embed run did; ``bad_rows`` counts rows kept with a null embedding, by status."""
+
+    output: Path
+    rows: int = 0
+    embedded: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    chunked: int = 0
+    resumed_rows: int = 0
+    seconds: float = 0.0  # the whole run, model loading included
+    embed_seconds: float = 0.0  # the embedding loop alone, for the tokens/s figure
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    repaired: int = 0
+
+    def line(self) -> str:
+        bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
+        parts = [f"{self.rows} rows -> {self.output}", f"{self.embedded} embedded"]
+        if bad:
+            parts.append(f"{sum(self.bad_rows.values())} kept with a null embedding ({bad})")
+        if self.repaired:
+            parts.append(f"{self.repaired} with invalid UTF-8 repaired")
+        if self.truncated:
+            parts.append(f"{self.truncated} truncated")
+        if self.chunked:
+            parts.append(f"{self.chunked} split into windows")
+        if self.resumed_rows:
+            parts.append(f"{self.resumed_rows} resumed from an earlier run")
+        rate = self.tokens / self.embed_seconds if self.embed_seconds else 0.0
+        parts.append(f"{self.seconds:.1f}s, {rate:,.0f} tokens/s")
+        return "; ".join(parts)
+
+
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"embedkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__, "pyarrow": pa.__version__, "python": sys.version.split()[0]}
+
+
+def build_metadata(extractor: Extractor) -> dict[str, Any]:
+    """The ``embedkit`` schema metadata: config, model facts, columns, versions, time."""
+    loaded = extractor.loaded
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": extractor.config.to_dict(),
+        "model": {"name": loaded.name, "revision": loaded.revision, "model_type": loaded.model_type,
+                  "hidden_size": loaded.hidden_size, "num_layers": loaded.n_layers, "max_positions": loaded.max_positions},
+        "columns": extractor.columns,
+        "versions": _versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[str, Any]:
+    """What a resumed run must share with the partial one: settings, input content and column choices."""
+    return {
+        "settings": config.vector_settings(),
+        "input": [{"path": str(p.resolve()), "sha256": _file_digest(p)} for p in source.files],
+        "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
+        "part_rows": part_rows,
+    }
+
+
+def build_table(records: Records, result, extractor: Extractor) -> pa.Table:
+    """One output part in the Parquet contract's column order: id, keep..., info columns, embeddings."""
+    status, error = list(result.status), list(result.error)
+    for i, parse_error in enumerate(records.parse_errors):
+        if parse_error is not None:
+            status[i], error[i] = "malformed", parse_error
+    valid = np.array([s in EMBEDDED_STATUSES for s in status], dtype=bool)
+    ids = records.ids if records.ids is not None else pa.array(records.row_numbers, type=pa.int64())
+    columns: dict[str, pa.Array] = {"id": ids if isinstance(ids, pa.Array) else _to_arrow(ids, "id")}
+    for name, values in records.keep.items():
+        columns[name] = values if isinstance(values, pa.Array) else _to_arrow(values, name)
+    columns["n_tokens"] = pa.array(np.where(valid, result.n_tokens, 0), type=pa.int32())
+    columns["n_windows"] = pa.array(np.where(valid, result.n_windows, 0), type=pa.int32())
+    columns["truncated"] = pa.array(result.truncated & valid)
+    columns["status"] = pa.array(status, type=pa.string())
+    columns["error"] = pa.array(error, type=pa.string())
+    for name, matrix in result.vectors.items():
+        columns[name] = vectors_to_arrow(matrix, valid, extractor.config.dtype)
+    return pa.table(columns)
+
+
+def _to_arrow(values: list, name: str) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text.
+        import json
+
+        log.warning("column %r mixes value types; passing it through as JSON text", name)
+        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values])
+
+
+def _progress_bar(total: int | None, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="text", file=sys.stderr, disable=not enabled, dynamic_ncols=True, desc="embed")
+
+
+def embed_file(
+    input: str | Path,
+    output: str | Path,
+    config: ExtractConfig | None = None,
+    *,
+    text_column: str = "text",
+    id_column: str | None = None,
+    keep: tuple[str, ...] | list[str] = (),
+    fmt: str | None = None,
+    device: str = "auto",
+    batch_tokens: int | None = None,
+    threads: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    part_rows: int = DEFAULT_PART_ROWS,
+    extractor: Extractor | None = None,
+) -> EmbedSummary:
+    """Embed every row of ``input`` into the Parquet file ``output``; one output row per input row.
+
+    Rows that cannot be embedded are kept with a null embedding and a status (or, with ``strict``, stop the
+    run with an InputError). With ``resume``, a run that was killed continues where it stopped.
+    """
+    started = time.perf_counter()
+    source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
+    if extractor is None:
+        extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
+    writer = PartWriter(Path(output), fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
+    resumed = writer.rows_done
+    with _progress_bar(source.total_rows(), progress) as bar:
+        bar.update(resumed)
+        t0, tokens = time.perf_counter(), 0
+
+        def on_batch(texts: int, batch_tokens: int) -> None:
+            nonlocal tokens
+            tokens += batch_tokens
+            bar.update(texts)
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
+
+        for records in source.batches(part_rows, skip=resumed):
+            texts = [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
+            result = extractor.encode(texts, progress=on_batch)
+            table = build_table(records, result, extractor)
+            bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
+            bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
+            if strict and bad.size:
+                row = table.slice(int(bad[0]), 1).to_pylist()[0]
+                writer.abandon()
+                raise InputError(
+                    f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
+                )
+            writer.commit(table)
+    if writer.rows_done == 0:
+        writer.abandon()
+        raise InputError(f"{input} holds no data rows")
+    writer.finish(build_metadata(extractor))
+    return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+
+
+def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
+    # Counted from the finished file, so rows committed by an earlier (resumed) run are included.
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(output, columns=["status", "truncated", "n_windows"])
+    statuses = {str(r["values"]): int(r["counts"]) for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist()}
+    return EmbedSummary(
+        output=output,
+        rows=table.num_rows,
+        embedded=sum(statuses.get(s, 0) for s in EMBEDDED_STATUSES),
+        tokens=tokens,
+        truncated=int(pc.sum(table.column("truncated")).as_py() or 0),
+        chunked=int(pc.sum(pc.greater(table.column("n_windows"), 1)).as_py() or 0),
+        resumed_rows=resumed,
+        seconds=seconds,
+        embed_seconds=embed_seconds,
+        bad_rows={s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES},
+        repaired=statuses.get("repaired", 0),
+    )
+
+
+__all__ = ["DEFAULT_PART_ROWS", "EmbedSummary", "INFO_COLUMNS", "build_metadata", "embed_file"]

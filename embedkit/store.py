@@ -1,0 +1,353 @@
+"""Parquet output: the column contract, metadata, committed parts, atomic commit, and readers.
+
+Writing goes through committed parts: every batch of rows becomes ``OUT.partial/part-NNNNNN.parquet``
+(temp file + fsync + rename) and is then recorded in ``OUT.partial/manifest.json`` (same dance). A run that
+is killed at any point leaves only whole parts behind; ``--resume`` continues after the last recorded one.
+At the end the parts are merged into ``OUT`` through a temp file and an atomic rename, so a reader never
+sees a half-written output.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .config import ExtractConfig
+from .errors import IncompatibleError, InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+META_KEY = b"embedkit"
+FORMAT_VERSION = 1
+INFO_COLUMNS = ("n_tokens", "n_windows", "truncated", "status", "error")
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success it is fsynced and renamed onto ``target``.
+
+    On failure the temp file is removed, so a crash never leaves a file that looks complete.
+    """
+    target = Path(target)
+    check_writable_dir(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise output_error(target, exc) from exc
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def output_error(target: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {target}; free some space and run again (with --resume for embed)")
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return OutputError(f"cannot write {target}: permission denied or read-only file system")
+    return OutputError(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def check_writable_dir(directory: Path) -> None:
+    directory = Path(directory)
+    if not directory.exists():
+        raise OutputError(f"output directory {directory} does not exist")
+    if not directory.is_dir():
+        raise OutputError(f"{directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {directory} is not writable")
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def vector_type(dim: int, dtype: str) -> pa.DataType:
+    return pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
+
+
+def vectors_to_arrow(matrix: np.ndarray, valid: np.ndarray, dtype: str) -> pa.Array:
+    """An [n, dim] matrix as ``fixed_size_list<float>[dim]``, null where ``valid`` is False."""
+    n, dim = matrix.shape
+    values = np.nan_to_num(matrix, nan=0.0).astype(np.float16 if dtype == "float16" else np.float32, copy=False)
+    flat = pa.array(values.reshape(-1))
+    mask = pa.array(~valid) if not valid.all() else None
+    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
+
+
+def matrix_from_arrow(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A non-null ``fixed_size_list`` column as an [n, dim] float32 matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The ``embedkit`` metadata of a features file; InputError when there is none or it is unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"features file {path} does not exist")
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file (corrupt or truncated?): {exc}") from exc
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise InputError(f"{path} was not written by embedkit embed (no '{META_KEY.decode()}' metadata)")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: the embedkit metadata is not valid JSON: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Features:
+    """An opened features file: its path, Arrow schema, metadata and extraction settings."""
+
+    path: Path
+    schema: pa.Schema
+    meta: dict[str, Any]
+    config: ExtractConfig
+    num_rows: int
+
+    @property
+    def embedding_columns(self) -> list[str]:
+        return [f.name for f in self.schema if f.name.startswith("embedding") and pa.types.is_fixed_size_list(f.type)]
+
+    def embedding_column(self, name: str | None = None) -> str:
+        """Resolve the embedding column to use: ``name`` if given, else the only one, else ``embedding``."""
+        columns = self.embedding_columns
+        if name is not None:
+            if name not in columns:
+                raise InputError(
+                    f"{self.path}: no embedding column {name!r}; embedding columns: {', '.join(columns) or '(none)'}; "
+                    f"all columns: {', '.join(self.schema.names)}"
+                )
+            return name
+        if not columns:
+            raise InputError(f"{self.path} has no embedding column; columns: {', '.join(self.schema.names)}")
+        if len(columns) == 1:
+            return columns[0]
+        raise InputError(f"{self.path} has several embedding columns; pick one with --column: {', '.join(columns)}")
+
+    def column_config(self, column: str) -> ExtractConfig:
+        """The settings that produced one column (a single layer and pooling)."""
+        for (layer, pooling), name in zip(self.config.pairs, self.config.column_names()):
+            if name == column:
+                return self.config.replace(layers=(layer,), pooling=(pooling,))
+        raise InputError(f"{self.path}: column {column!r} is not described by the embedkit metadata")
+
+    def require_columns(self, names: list[str]) -> None:
+        absent = [n for n in names if n not in self.schema.names]
+        if absent:
+            raise InputError(
+                f"{self.path}: column(s) {', '.join(map(repr, absent))} not found; columns: {', '.join(self.schema.names)}"
+            )
+
+    def load(self, column: str | None = None, extra: list[str] | tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table, int]:
+        """Read one embedding column as a matrix with ``extra`` columns for the same rows.
+
+        Rows whose embedding is null (bad input rows) are skipped; their count is returned so callers can say
+        so. Returns ``(matrix [n, dim] float32, table of id + extra columns, skipped)``.
+        """
+        column = self.embedding_column(column)
+        extra = [c for c in dict.fromkeys(["id", *extra]) if c != column]
+        self.require_columns(extra)
+        table = _read_table(self.path, [column, *extra])
+        valid = pc.is_valid(table.column(column))
+        kept = table.filter(valid)
+        return matrix_from_arrow(kept.column(column)), kept.select(extra), table.num_rows - kept.num_rows
+
+    def iter_batches(self, column: str | None = None, extra=(), batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        """Stream ``(matrix, table of id + extra)`` for rows with an embedding, ``batch_rows`` at a time."""
+        column = self.embedding_column(column)
+        extra = [c for c in dict.fromkeys(["id", *extra]) if c != column]
+        self.require_columns(extra)
+        try:
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=[column, *extra]):
+                table = pa.Table.from_batches([batch])
+                kept = table.filter(pc.is_valid(table.column(column)))
+                if kept.num_rows:
+                    yield matrix_from_arrow(kept.column(column)), kept.select(extra)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{self.path}: corrupt or unreadable Parquet: {exc}") from exc
+
+
+def _read_table(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: corrupt or unreadable Parquet: {exc}") from exc
+
+
+def open_features(path: str | Path) -> Features:
+    """Open a Parquet written by ``embedkit embed`` (or the Ray engine) and read its settings."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        config = ExtractConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: the embedkit metadata has no valid extraction config: {exc}") from exc
+    pf = pq.ParquetFile(path)
+    return Features(path=path, schema=pf.schema_arrow, meta=meta, config=config, num_rows=pf.metadata.num_rows)
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What ``embedkit info`` prints: rows, columns, dimensions, status counts and extraction settings."""
+    features = open_features(path)
+    statuses: dict[str, int] = {}
+    if "status" in features.schema.names:
+        counts = pc.value_counts(_read_table(features.path, ["status"]).column("status").combine_chunks())
+        statuses = {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
+    return {
+        "path": str(features.path),
+        "rows": features.num_rows,
+        "columns": {f.name: str(f.type) for f in features.schema},
+        "embedding_dims": {c: features.schema.field(c).type.list_size for c in features.embedding_columns},
+        "status_counts": statuses,
+        "config": features.config.to_dict(),
+        "model": features.meta.get("model", {}),
+        "created_at": features.meta.get("created_at"),
+        "versions": features.meta.get("versions", {}),
+    }
+
+
+def with_metadata(schema: pa.Schema, meta: dict[str, Any]) -> pa.Schema:
+    return schema.with_metadata({**(schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+
+class PartWriter:
+    """Writes committed parts for ``output`` and merges them into it at the end.
+
+    Args:
+        output: final Parquet path.
+        fingerprint: what must match for a resume to be allowed (settings, input content, columns).
+        resume: continue a partial run whose fingerprint matches.
+        overwrite: replace an existing output and discard any partial run.
+    """
+
+    def __init__(self, output: Path, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False):
+        self.output = Path(output)
+        self.partial = self.output.with_name(self.output.name + ".partial")
+        self.manifest_path = self.partial / "manifest.json"
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc. for comparison
+        check_writable_dir(self.output.parent)
+        if self.output.is_dir():
+            raise OutputError(f"output {self.output} is a directory; give a .parquet file path")
+        self.parts: list[dict[str, Any]] = []
+        if self.partial.exists():
+            if resume:
+                self._load_manifest()
+            elif overwrite:
+                shutil.rmtree(self.partial)
+            else:
+                raise OutputError(
+                    f"a partial run exists at {self.partial}: pass --resume to continue it or --overwrite to start over"
+                )
+        if self.output.exists() and not overwrite and not self.partial.exists():
+            raise OutputError(f"output {self.output} exists; pass --overwrite to replace it")
+        try:
+            self.partial.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise output_error(self.partial, exc) from exc
+        if not self.parts:
+            self._save_manifest()
+
+    @property
+    def rows_done(self) -> int:
+        return sum(p["rows"] for p in self.parts)
+
+    def _load_manifest(self) -> None:
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            # Killed before the first manifest landed: nothing was committed yet.
+            log.info("no readable manifest in %s; starting from the first row", self.partial)
+            return
+        if manifest.get("fingerprint") != self.fingerprint:
+            old, new = manifest.get("fingerprint", {}), self.fingerprint
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise IncompatibleError(
+                f"cannot resume {self.output}: the partial run was made with different {', '.join(changed)}; "
+                "run with the same settings and input, or pass --overwrite to start over"
+            )
+        self.parts = [p for p in manifest.get("parts", []) if (self.partial / p["file"]).is_file()]
+        log.info("resuming %s after %d committed rows", self.output, self.rows_done)
+
+    def _save_manifest(self) -> None:
+        write_text_atomic(self.manifest_path, json.dumps({"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "parts": self.parts}, indent=1))
+
+    def commit(self, table: pa.Table) -> None:
+        """Write one part atomically, then record it in the manifest."""
+        name = f"part-{len(self.parts):06d}.parquet"
+        with atomic_path(self.partial / name) as tmp:
+            pq.write_table(table, tmp)
+        self.parts.append({"file": name, "rows": table.num_rows})
+        self._save_manifest()
+
+    def abandon(self) -> None:
+        """Remove the partial directory (nothing worth resuming: no rows, or a strict-mode stop)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def finish(self, meta: dict[str, Any]) -> int:
+        """Merge the parts into the output (atomically) and remove the partial directory. Returns rows."""
+        files = [self.partial / p["file"] for p in self.parts]
+        schemas = [pq.read_schema(f) for f in files]
+        # Parts are separate files, so a passthrough column that was all-null in one part and typed in another
+        # is reconciled here instead of breaking the run.
+        schema = with_metadata(pa.unify_schemas(schemas, promote_options="permissive").remove_metadata(), meta)
+        rows = 0
+        with atomic_path(self.output) as tmp:
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for f in files:
+                    table = pq.read_table(f).cast(schema)
+                    writer.write_table(table)
+                    rows += table.num_rows
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return rows
