@@ -17,6 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config):
+    # Tiny models gain nothing from threads, and on a busy 2-core CI machine spinning threads slow them down.
+    import torch
+
+    torch.set_num_threads(1)
+
 WORDS = (
     "the a of to and in is it you that he was for on are with as his they be at one have this from or had by "
     "word but what some we can out other were all there when up use your how said an each she which do their "
