@@ -1,0 +1,143 @@
+"""`embedkit embed` / `embedkit info` end to end: the Parquet contract, passthrough, metadata, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from conftest import sample_texts
+from embedkit import ExtractConfig, Extractor
+from embedkit.cli import cli
+from embedkit.store import open_features
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture
+def reviews(write_csv):
+    texts = sample_texts(12, seed=5)
+    rows = [{"review_id": f"rev-{i}", "body": t, "stars": str(i % 5 + 1), "other": "x"} for i, t in enumerate(texts)]
+    rows[3]["body"] = ""
+    return write_csv(rows, "reviews.csv"), rows
+
+
+def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
+    path, rows = reviews
+    out = tmp_path / "reviews.parquet"
+    result = run("embed", path, "-o", out, "--model", tiny_gpt2_shared, "--text-column", "body", "--id-column", "review_id",
+                 "--keep", "stars", "--layer", "1", "--layer", "-1", "--pooling", "mean", "--pooling", "last", "-q")
+    assert result.exit_code == 0, result.output
+    assert "12 rows" in result.output and "11 embedded" in result.output and "1 empty" in result.output
+    table = pq.read_table(out)
+    assert table.column_names == ["id", "stars", "n_tokens", "n_windows", "truncated", "status", "error",
+                                  "embedding_l1_mean", "embedding_l1_last", "embedding_l2_mean", "embedding_l2_last"]
+    assert table.column("id").to_pylist() == [r["review_id"] for r in rows]
+    assert table.column("stars").to_pylist() == [r["stars"] for r in rows]
+    assert str(table.schema.field("n_tokens").type) == "int32"
+    assert str(table.schema.field("embedding_l2_mean").type) == "fixed_size_list<element: float>[32]"
+    assert table.column("status").to_pylist()[3] == "empty" and table.column("embedding_l2_mean")[3].as_py() is None
+
+    features = open_features(out)
+    assert features.config == ExtractConfig(model=tiny_gpt2_shared, layers=(1, 2), pooling=("mean", "last"), max_length=1024, stride=128)
+    assert features.meta["model"]["hidden_size"] == 32 and features.meta["model"]["num_layers"] == 2
+    assert {"embedkit", "torch", "transformers"} <= set(features.meta["versions"])
+
+    # The stored vectors are the extractor's vectors for the same settings.
+    ex = Extractor(features.config, device="cpu")
+    texts = [r["body"] for r in rows if r["body"]]
+    expected = ex.embed(texts)["embedding_l2_last"]
+    stored = np.stack([v for v in table.column("embedding_l2_last").to_pylist() if v is not None])
+    np.testing.assert_allclose(stored, expected, atol=1e-6)
+
+
+def test_default_id_is_the_row_number_and_float16_storage(reviews, tiny_gpt2_shared, tmp_path):
+    path, _ = reviews
+    out = tmp_path / "o.parquet"
+    assert run("embed", path, "-o", out, "-m", tiny_gpt2_shared, "--text-column", "body", "--dtype", "float16", "--normalize", "-q").exit_code == 0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == list(range(12))
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
+    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in table.column("embedding").to_pylist() if v is not None])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
+
+
+def test_output_is_readable_by_pandas_polars_duckdb_and_datasets(features_file):
+    import datasets
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    out = features_file(n=9)
+    assert len(pd.read_parquet(out)) == 9
+    assert pl.read_parquet(out).height == 9
+    assert duckdb.sql(f"select count(*) from '{out}' where embedding is not null").fetchall()[0][0] == 9
+    assert len(datasets.Dataset.from_parquet(str(out))) == 9
+
+
+def test_info_prints_rows_columns_dims_and_settings(features_file):
+    out = features_file(n=7)
+    result = run("info", out)
+    assert result.exit_code == 0
+    for expected in ("rows      7", "layers=[2]", "pooling=['mean']", "embedding", "(dim 32)", "ok: 7"):
+        assert expected in result.output
+    data = json.loads(run("info", out, "--json").output)
+    assert data["rows"] == 7 and data["embedding_dims"] == {"embedding": 32}
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--text-column", "nope"], 3, "column(s) 'nope' not found; the columns are: review_id, body, stars, other"),
+        (["--text-column", "body", "--pooling", "avg"], 2, "unknown pooling 'avg'; valid: mean, last, max, first, weighted-mean"),
+        (["--text-column", "body", "--layer", "7"], 2, "layer 7 is out of range"),
+        (["--text-column", "body", "--model", "./no/such/dir"], 4, "does not exist"),
+    ],
+)
+def test_user_mistakes_are_clean_messages_with_exit_codes(reviews, tiny_gpt2_shared, tmp_path, args, code, message):
+    path, _ = reviews
+    base = ["embed", path, "-o", tmp_path / "o.parquet", "-q"]
+    if "--model" not in args:
+        base += ["--model", tiny_gpt2_shared]
+    result = run(*base, *args)
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_existing_output_needs_overwrite(reviews, tiny_gpt2_shared, tmp_path):
+    path, _ = reviews
+    out = tmp_path / "o.parquet"
+    args = ["embed", path, "-o", out, "-m", tiny_gpt2_shared, "--text-column", "body", "-q"]
+    assert run(*args).exit_code == 0
+    result = run(*args)
+    assert result.exit_code == 5 and "exists; pass --overwrite" in result.output
+    assert run(*args, "--overwrite").exit_code == 0
+
+
+def test_info_on_a_foreign_parquet(tmp_path):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "x.parquet")
+    result = run("info", tmp_path / "x.parquet")
+    assert result.exit_code == 3 and "not written by embedkit embed" in result.output
+
+
+def test_strict_mode_stops_at_the_first_bad_row(reviews, tiny_gpt2_shared, tmp_path):
+    path, _ = reviews
+    out = tmp_path / "o.parquet"
+    result = run("embed", path, "-o", out, "-m", tiny_gpt2_shared, "--text-column", "body", "--strict", "-q")
+    assert result.exit_code == 3 and "row 3 (id 3) is empty" in result.output
+    assert not out.exists() and not (tmp_path / "o.parquet.partial").exists()
+
+
+def test_model_from_environment_variable(reviews, tiny_gpt2_shared, tmp_path, monkeypatch):
+    path, _ = reviews
+    monkeypatch.setenv("EMBEDKIT_MODEL", tiny_gpt2_shared)
+    assert run("embed", path, "-o", tmp_path / "o.parquet", "--text-column", "body", "-q").exit_code == 0
+    assert open_features(tmp_path / "o.parquet").config.model == tiny_gpt2_shared
