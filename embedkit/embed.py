@@ -126,6 +126,16 @@ def build_table(records: Records, result, extractor: Extractor) -> pa.Table:
     return pa.table(columns)
 
 
+def encode_records(records: Records, extractor: Extractor, progress=None) -> tuple[pa.Table, Any]:
+    """Embed one batch of records into an output part (rows that failed to parse never reach the model).
+
+    Shared by the local loop and the Ray engine's workers, so both engines produce identical parts.
+    """
+    texts = [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
+    result = extractor.encode(texts, progress=progress)
+    return build_table(records, result, extractor), result
+
+
 def _to_arrow(values: list, name: str) -> pa.Array:
     try:
         return pa.array(values)
@@ -184,9 +194,7 @@ def embed_file(
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
 
         for records in source.batches(part_rows, skip=resumed):
-            texts = [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
-            result = extractor.encode(texts, progress=on_batch)
-            table = build_table(records, result, extractor)
+            table, result = encode_records(records, extractor, progress=on_batch)
             bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
             bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
             if strict and bad.size:
@@ -225,4 +233,4 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     )
 
 
-__all__ = ["DEFAULT_PART_ROWS", "EmbedSummary", "INFO_COLUMNS", "build_metadata", "embed_file"]
+__all__ = ["DEFAULT_PART_ROWS", "EmbedSummary", "INFO_COLUMNS", "build_metadata", "embed_file", "encode_records"]

@@ -323,9 +323,13 @@ class PartWriter:
     def _save_manifest(self) -> None:
         write_text_atomic(self.manifest_path, json.dumps({"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "parts": self.parts}, indent=1))
 
-    def commit(self, table: pa.Table) -> None:
-        """Write one part atomically, then record it in the manifest."""
-        name = f"part-{len(self.parts):06d}.parquet"
+    def commit(self, table: pa.Table, index: int | None = None) -> None:
+        """Write one part atomically, then record it in the manifest.
+
+        Parts are numbered in commit order unless ``index`` names the part (the Ray engine, whose parts finish
+        out of order); ``finish`` merges them in the order of ``parts``.
+        """
+        name = f"part-{len(self.parts) if index is None else index:06d}.parquet"
         with atomic_path(self.partial / name) as tmp:
             pq.write_table(table, tmp)
         self.parts.append({"file": name, "rows": table.num_rows})
