@@ -6,7 +6,9 @@ import json
 
 import click
 
+from ..embed import DEFAULT_PART_ROWS
 from ..config import LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
+from ..engines import ENGINES
 from ..extract.model import DEVICES
 from ..sources import FORMATS
 from . import cli, quiet_libraries
@@ -58,18 +60,30 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.option("--resume", is_flag=True, help="Continue a killed run of the same command.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (and discard a partial run).")
 @click.option("--strict", is_flag=True, help="Stop at the first row that cannot be embedded instead of recording it.")
+@click.option("--part-rows", type=click.IntRange(min=1), default=DEFAULT_PART_ROWS, show_default=True, help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in.")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="Run in this process, or on a Ray cluster (pip install 'embedkit[ray]').")
+@click.option("--ray-address", default=None, help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) [default: $RAY_ADDRESS, else a local instance].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="With --engine ray: model actors [default: as many as the cluster has room for].")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, help="With --engine ray: GPUs per actor (0.5 = two actors share a GPU) [default: 0, CPU].")
 @extraction_options
-def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, model, revision,
-          max_length, long_text, stride, trust_remote_code, device, batch_tokens, threads, text_column, fmt, quiet):
+def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, engine, ray_address,
+          workers, gpus_per_worker, model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens,
+          threads, text_column, fmt, quiet):
     """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
     from ..embed import embed_file
 
     quiet_libraries(quiet)
     config = make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code)
-    summary = embed_file(
-        input, output, config, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt, device=device,
-        batch_tokens=batch_tokens, threads=threads, resume=resume, overwrite=overwrite, strict=strict, progress=not quiet,
-    )
+    run = dict(text_column=text_column, id_column=id_column, keep=keep, fmt=fmt, device=device, batch_tokens=batch_tokens,
+               threads=threads, resume=resume, overwrite=overwrite, strict=strict, progress=not quiet)
+    if engine == "ray":
+        from ..engines.ray import embed_file_ray
+
+        summary = embed_file_ray(input, output, config, **run, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+    elif ray_address or workers or gpus_per_worker:
+        raise click.UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
+    else:
+        summary = embed_file(input, output, config, **run)
     click.echo(summary.line(), err=True)
 
 
