@@ -66,5 +66,6 @@ def quiet_libraries(quiet: bool) -> None:
 
 
 from . import embed as _embed  # noqa: E402  (commands register themselves on the group)
+from . import classify as _classify  # noqa: E402
 
 __all__ = ["cli", "quiet_libraries"]

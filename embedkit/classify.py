@@ -1,0 +1,848 @@
+"""The classify stage: train a classifier on stored features, evaluate it, save it safely, predict with it.
+
+A model directory holds::
+
+    model.skops             the fitted scikit-learn pipeline (skops format: loading it runs no code)
+    metrics.json            accuracy, macro-F1, per-class report, confusion matrix, counts, settings
+    confusion_matrix.png    the evaluation's confusion matrix
+    eval_predictions.parquet  id, true label, predicted label (and fold) of every evaluated row
+    embedkit_model.json     the manifest, written LAST: classifier, classes, label column, the extraction
+                            settings of the training vectors, file checksums, versions
+
+A directory without the manifest is an interrupted or foreign one and is refused on load. Because the manifest
+holds the exact extraction settings, ``predict`` embeds raw text the way the training data was embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .config import ExtractConfig
+from .embed import _file_digest as _sha256
+from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
+from .store import Features, atomic_path, check_writable_dir, matrix_from_arrow, open_features, output_error, read_metadata, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CLASSIFIERS = ("logreg", "linear-svm", "knn", "ridge", "mlp")
+DEFAULT_CLASSIFIER = "logreg"
+KNN_METRICS = ("cosine", "euclidean", "manhattan")
+KNN_WEIGHTS = ("uniform", "distance")
+CLASS_WEIGHTS = ("none", "balanced")
+OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+MANIFEST = "embedkit_model.json"
+MODEL_FILE = "model.skops"
+METRICS_FILE = "metrics.json"
+CONFUSION_PNG = "confusion_matrix.png"
+EVAL_PREDICTIONS = "eval_predictions.parquet"
+MODEL_FORMAT_VERSION = 1
+DEFAULT_TEST_SIZE = 0.2
+
+# skops trusts scikit-learn's estimators, numpy and builtins by itself. These are the only other types our
+# pipelines contain (the MLP keeps its optimizer state). Anything else in a model file is refused on load.
+TRUSTED_EXTRA_TYPES = (
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
+
+# The MLP's early stopping holds out 10% of the training rows (stratified); below this many training rows per
+# class that hold-out is too small to be stratified or meaningful, so the MLP trains for max_iter instead.
+MLP_EARLY_STOPPING_MIN_PER_CLASS = 20
+
+
+# ---------------------------------------------------------------------------------------------- classifiers
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """Tuning knobs; each classifier reads the ones that apply to it.
+
+    Attributes:
+        C: inverse regularisation strength (logreg, linear-svm); larger fits the training data more closely.
+        alpha: L2 penalty (ridge, mlp); None = each one's own default (ridge 1.0, mlp 1e-4).
+        k_neighbors: neighbours voting (knn).
+        knn_metric: distance for knn (cosine suits hidden states, whose norms vary with text length).
+        knn_weights: ``distance`` lets closer neighbours count more (knn).
+        hidden_size: units of the MLP's single hidden layer.
+        max_iter: optimiser iterations (logreg, linear-svm, mlp).
+        class_weight: ``balanced`` reweights rare classes (logreg, linear-svm, ridge).
+        standardize: scale every dimension to zero mean, unit variance first. Transformer hidden states have a
+            few dimensions with huge magnitudes (GPT-2 especially) that otherwise dominate every linear model
+            and distance; scaling helps all five classifiers, so it is on by default.
+    """
+
+    C: float = 1.0
+    alpha: float | None = None
+    k_neighbors: int = 5
+    knn_metric: str = "cosine"
+    knn_weights: str = "distance"
+    hidden_size: int = 256
+    max_iter: int = 1000
+    class_weight: str = "none"
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.C <= 0:
+            raise ConfigError(f"C must be positive, got {self.C}")
+        if self.alpha is not None and self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.k_neighbors < 1:
+            raise ConfigError(f"k-neighbors must be at least 1, got {self.k_neighbors}")
+        if self.hidden_size < 1:
+            raise ConfigError(f"hidden-size must be at least 1, got {self.hidden_size}")
+        if self.max_iter < 1:
+            raise ConfigError(f"max-iter must be at least 1, got {self.max_iter}")
+        if self.knn_metric not in KNN_METRICS:
+            raise choice_error("knn metric", self.knn_metric, KNN_METRICS)
+        if self.knn_weights not in KNN_WEIGHTS:
+            raise choice_error("knn weights", self.knn_weights, KNN_WEIGHTS)
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise choice_error("class weight", self.class_weight, CLASS_WEIGHTS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def build_classifier(name: str, options: ClassifierOptions | None = None, *, seed: int = 0, min_class_rows: int | None = None):
+    """An unfitted scikit-learn pipeline: optional StandardScaler, then the named classifier.
+
+    Args:
+        name: one of ``CLASSIFIERS``.
+        options: tuning knobs (defaults when None).
+        seed: random state of the classifiers that have one.
+        min_class_rows: rows of the smallest class in the data it will be fitted on (decides MLP early stopping).
+    """
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    o = options or ClassifierOptions()
+    class_weight = None if o.class_weight == "none" else o.class_weight
+    if name == "logreg":
+        model = LogisticRegression(C=o.C, max_iter=o.max_iter, class_weight=class_weight, random_state=seed)
+    elif name == "linear-svm":
+        model = LinearSVC(C=o.C, max_iter=o.max_iter, class_weight=class_weight, random_state=seed)
+    elif name == "knn":
+        model = KNeighborsClassifier(n_neighbors=o.k_neighbors, metric=o.knn_metric, weights=o.knn_weights)
+    elif name == "ridge":
+        model = RidgeClassifier(alpha=1.0 if o.alpha is None else o.alpha, class_weight=class_weight)
+    elif name == "mlp":
+        early = min_class_rows is not None and min_class_rows >= MLP_EARLY_STOPPING_MIN_PER_CLASS
+        model = MLPClassifier(hidden_layer_sizes=(o.hidden_size,), alpha=1e-4 if o.alpha is None else o.alpha,
+                              max_iter=o.max_iter, early_stopping=early, random_state=seed)
+    else:
+        raise choice_error("classifier", name, CLASSIFIERS)
+    steps = ([("scale", StandardScaler())] if o.standardize else []) + [("classify", model)]
+    return Pipeline(steps)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    """Vectors and labels ready to fit, with what was skipped on the way."""
+
+    X: np.ndarray
+    y: np.ndarray
+    ids: pa.Array
+    features: Features
+    column: str
+    skipped_null_embeddings: int = 0
+    skipped_null_labels: int = 0
+
+    @property
+    def class_counts(self) -> dict[Any, int]:
+        counts = Counter(self.y.tolist())
+        return {label: counts[label] for label in sorted(counts)}
+
+
+def _labels_array(values: pa.ChunkedArray, column: str) -> np.ndarray:
+    """Labels as a numpy array of one kind: integers stay integers, anything else becomes text."""
+    typ = values.type
+    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+        return np.asarray(values.to_pylist(), dtype=np.int64 if pa.types.is_integer(typ) else bool)
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_dictionary(typ):
+        return np.asarray([str(v) for v in values.to_pylist()], dtype=str)
+    if pa.types.is_floating(typ):
+        floats = values.to_numpy(zero_copy_only=False)
+        if np.all(floats == np.round(floats)):  # 0.0/1.0 labels written by pandas with NaNs elsewhere
+            return floats.astype(np.int64)
+        raise InputError(f"label column {column!r} holds non-integer numbers ({typ}); a classifier needs categories")
+    log.warning("label column %r has type %s; using its text form as the class", column, typ)
+    return np.asarray([json.dumps(v, default=str) if not isinstance(v, str) else v for v in values.to_pylist()], dtype=str)
+
+
+def load_training_data(features: str | Path | Features, label_column: str, column: str | None = None) -> TrainingData:
+    """Read one embedding column and the labels, skipping rows with a null embedding or a null label."""
+    feats = features if isinstance(features, Features) else open_features(features)
+    column = feats.embedding_column(column)
+    if label_column not in feats.schema.names:
+        raise InputError(f"{feats.path}: label column {label_column!r} not found; columns: {', '.join(feats.schema.names)}")
+    if label_column == column or label_column.startswith("embedding"):
+        raise ConfigError(f"label column {label_column!r} is an embedding column; name the column holding the classes")
+    X, table, null_embeddings = feats.load(column, extra=[label_column])
+    labels = table.column(label_column)
+    present = pc.is_valid(labels)
+    if pa.types.is_floating(labels.type):
+        present = pc.and_(present, pc.invert(pc.is_nan(labels)))
+    if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):
+        present = pc.and_(present, pc.not_equal(pc.utf8_trim_whitespace(labels), ""))
+    present_np = np.asarray(present.to_pylist(), dtype=bool)
+    null_labels = int((~present_np).sum())
+    kept = table.filter(present)
+    data = TrainingData(
+        X=X[present_np], y=_labels_array(kept.column(label_column), label_column), ids=kept.column("id").combine_chunks(),
+        features=feats, column=column, skipped_null_embeddings=null_embeddings, skipped_null_labels=null_labels,
+    )
+    if null_embeddings:
+        log.info("skipped %d row(s) with a null embedding (rows the embed stage could not embed)", null_embeddings)
+    if null_labels:
+        log.info("skipped %d row(s) with a missing label in %r", null_labels, label_column)
+    if len(data.y) == 0:
+        raise InputError(f"{feats.path}: no row has both an embedding and a label in {label_column!r}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _fmt_counts(counts: dict[Any, int], limit: int = 8) -> str:
+    items = [f"{label!r}: {n}" for label, n in list(counts.items())[:limit]]
+    return ", ".join(items) + (f", ... ({len(counts)} classes)" if len(counts) > limit else "")
+
+
+def check_classes(counts: dict[Any, int], label_column: str, *, cv: int | None, test_size: float) -> None:
+    """Refuse data the chosen evaluation cannot split, naming the class at fault and its row count."""
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise InputError(
+            f"label column {label_column!r} has a single class ({only!r}, {counts[only]} rows); a classifier needs at least two"
+        )
+    if cv:
+        small = {c: n for c, n in counts.items() if n < cv}
+        if small:
+            label, n = min(small.items(), key=lambda kv: kv[1])
+            raise InputError(
+                f"class {label!r} has {n} row(s); stratified --cv {cv} needs at least {cv} per class "
+                f"({len(small)} class(es) too small: {_fmt_counts(small)}); lower --cv, or drop or add rows to those classes"
+            )
+        return
+    if test_size <= 0:
+        return
+    small = {c: n for c, n in counts.items() if n < 2}
+    if small:
+        label = next(iter(small))
+        raise InputError(
+            f"class {label!r} has 1 row; a stratified hold-out needs at least 2 per class (one to train on, one to test) "
+            f"({len(small)} class(es) with 1 row: {_fmt_counts(small)}); drop them or use --test-size 0"
+        )
+    n = sum(counts.values())
+    n_test = int(np.ceil(test_size * n))
+    if n_test < len(counts) or n - n_test < len(counts):
+        raise InputError(
+            f"--test-size {test_size} of {n} rows leaves {n_test} test and {n - n_test} training rows; both need at least "
+            f"one row per class ({len(counts)} classes): choose a test size between {len(counts) / n:.2f} and {1 - len(counts) / n:.2f}"
+        )
+
+
+def _check_knn(options: ClassifierOptions, classifier: str, n_fit_rows: int) -> None:
+    if classifier == "knn" and options.k_neighbors > n_fit_rows:
+        raise ConfigError(f"--k-neighbors {options.k_neighbors} exceeds the {n_fit_rows} rows the model is fitted on")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, classes: list | np.ndarray) -> dict[str, Any]:
+    """Accuracy, macro-F1, weighted-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+    classes = list(classes)
+    report = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
+    per_class = {str(c): {k: float(v) if k != "support" else int(v) for k, v in report[str(c)].items()} for c in classes}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": [_jsonable(c) for c in classes],
+                             "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist()},
+    }
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The per-class table printed by ``embedkit train`` (sklearn's classification_report layout)."""
+    per_class = metrics["per_class"]
+    width = max(12, *(len(c) for c in per_class))
+    lines = [f"{'':>{width}}  precision    recall  f1-score   support", ""]
+    for label, r in per_class.items():
+        lines.append(f"{label:>{width}}  {r['precision']:9.3f} {r['recall']:9.3f} {r['f1-score']:9.3f} {r['support']:9d}")
+    total = sum(r["support"] for r in per_class.values())
+    lines += ["", f"{'accuracy':>{width}}  {'':9} {'':9} {metrics['accuracy']:9.3f} {total:9d}",
+              f"{'macro F1':>{width}}  {'':9} {'':9} {metrics['macro_f1']:9.3f} {total:9d}"]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, title: str) -> None:
+    """Write the confusion matrix as a PNG (matplotlib's Agg canvas: no display, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    n = len(labels)
+    side = min(4 + 0.45 * n, 30)
+    fig = Figure(figsize=(side, side * 0.85), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[str(c) for c in labels])
+    display.plot(ax=ax, include_values=n <= 30, xticks_rotation="vertical", colorbar=True, cmap="Blues")
+    ax.set_title(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` did: where the model went and the metrics written to ``metrics.json``."""
+
+    model_dir: Path
+    metrics: dict[str, Any]
+
+    def summary(self) -> str:
+        m = self.metrics
+        ev = m["evaluation"]
+        lines = [f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']} on column {m['column']!r}"]
+        skipped = [f"{m['skipped_null_embeddings']} with a null embedding"] if m["skipped_null_embeddings"] else []
+        skipped += [f"{m['skipped_null_labels']} with a missing label"] if m["skipped_null_labels"] else []
+        if skipped:
+            lines.append("skipped " + " and ".join(skipped))
+        if ev["mode"] == "none":
+            lines.append("no evaluation (--test-size 0 without --cv): the model was fitted on every row")
+        else:
+            how = f"{ev['folds']}-fold stratified CV" if ev["mode"] == "cv" else f"stratified hold-out ({ev['n_test']} test rows)"
+            spread = ""
+            if ev["mode"] == "cv":
+                spread = f" (folds: {np.mean(ev['fold_accuracy']):.4f} +/- {np.std(ev['fold_accuracy']):.4f})"
+            lines.append(f"{how}: accuracy {m['accuracy']:.4f}{spread}, macro-F1 {m['macro_f1']:.4f}")
+            lines.append(format_report(m))
+        lines.append(f"model -> {self.model_dir} (fitted on {m['fit_rows']} rows)")
+        return "\n".join(lines)
+
+
+def _check_model_dir(model_dir: Path, overwrite: bool) -> None:
+    """Refuse an unusable output before any work is done."""
+    check_writable_dir(model_dir.parent)
+    if model_dir.exists():
+        if not model_dir.is_dir():
+            raise OutputError(f"{model_dir} exists and is not a directory")
+        if any(model_dir.iterdir()):
+            if not overwrite:
+                raise OutputError(f"model directory {model_dir} is not empty; pass --overwrite to replace it")
+            if not (model_dir / MANIFEST).exists() and not (model_dir / MODEL_FILE).exists():
+                raise OutputError(f"{model_dir} holds files that are not an embedkit model; refusing to overwrite it")
+
+
+def _prepare_dir(model_dir: Path, overwrite: bool) -> None:
+    _check_model_dir(model_dir, overwrite)
+    if model_dir.exists():
+        if overwrite:
+            # Remove the manifest first: from here on the directory is recognisably incomplete.
+            (model_dir / MANIFEST).unlink(missing_ok=True)
+            for name in (MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS):
+                (model_dir / name).unlink(missing_ok=True)
+    else:
+        try:
+            model_dir.mkdir()
+        except OSError as exc:
+            raise output_error(model_dir, exc) from exc
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import skops
+
+    from . import __version__
+
+    return {"embedkit": __version__, "scikit-learn": sklearn.__version__, "skops": skops.__version__,
+            "python": sys.version.split()[0]}
+
+
+def _split(data: TrainingData, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    # Indices into the rows kept by load_training_data, in file order: a by-hand reproduction that drops the
+    # same rows and calls train_test_split(range(n), test_size, stratify=y, random_state=seed) gets this split.
+    return train_test_split(np.arange(len(data.y)), test_size=test_size, stratify=data.y, random_state=seed)
+
+
+def _min_count(y: np.ndarray) -> int:
+    return min(Counter(y.tolist()).values())
+
+
+def train(
+    features: str | Path,
+    label_column: str,
+    model_dir: str | Path,
+    *,
+    classifier: str = DEFAULT_CLASSIFIER,
+    options: ClassifierOptions | None = None,
+    column: str | None = None,
+    cv: int | None = None,
+    test_size: float = DEFAULT_TEST_SIZE,
+    seed: int = 0,
+    refit: bool = False,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Fit a classifier on a features file, evaluate it, and write a model directory.
+
+    Evaluation is a stratified hold-out of ``test_size`` (the saved model is the one evaluated, fitted on the
+    rest; ``refit`` fits it again on every row after evaluating), or with ``cv`` a stratified K-fold
+    cross-validation whose out-of-fold predictions give the metrics (the saved model is fitted on every row).
+    ``test_size`` 0 without ``cv`` fits on every row and evaluates nothing.
+
+    Raises:
+        InputError: missing label column, a single class, a class too small for the split, no usable rows.
+        ConfigError: an unknown classifier or bad option value.
+        OutputError: the model directory cannot be written or is not empty (without ``overwrite``).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if classifier not in CLASSIFIERS:
+        raise choice_error("classifier", classifier, CLASSIFIERS)
+    if cv is not None and cv < 2:
+        raise ConfigError(f"--cv needs at least 2 folds, got {cv}")
+    if not 0 <= test_size < 1:
+        raise ConfigError(f"--test-size must be in [0, 1), got {test_size}")
+    options = options or ClassifierOptions()
+    model_dir = Path(model_dir)
+    _check_model_dir(model_dir, overwrite)
+    data = load_training_data(features, label_column, column)
+    counts = data.class_counts
+    check_classes(counts, label_column, cv=cv, test_size=test_size)
+    classes = sorted(counts)
+    started = time.perf_counter()
+
+    eval_pred = np.empty(len(data.y), dtype=data.y.dtype)
+    fold = np.full(len(data.y), -1, dtype=np.int32)
+    evaluation: dict[str, Any]
+    if cv:
+        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        fold_accuracy = []
+        for k, (tr, te) in enumerate(splitter.split(data.X, data.y)):
+            _check_knn(options, classifier, len(tr))
+            est = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(data.y[tr])).fit(data.X[tr], data.y[tr])
+            eval_pred[te] = est.predict(data.X[te])
+            fold[te] = k
+            fold_accuracy.append(float(np.mean(eval_pred[te] == data.y[te])))
+        evaluated = np.arange(len(data.y))
+        evaluation = {"mode": "cv", "folds": cv, "fold_accuracy": fold_accuracy, "n_test": len(data.y)}
+        fit_rows = np.arange(len(data.y))
+    elif test_size > 0:
+        tr, te = _split(data, test_size, seed)
+        _check_knn(options, classifier, len(tr))
+        estimator = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(data.y[tr])).fit(data.X[tr], data.y[tr])
+        eval_pred[te] = estimator.predict(data.X[te])
+        evaluated = np.sort(te)
+        evaluation = {"mode": "holdout", "test_size": test_size, "n_train": len(tr), "n_test": len(te)}
+        fit_rows = np.arange(len(data.y)) if refit else tr
+    else:
+        evaluated = np.array([], dtype=np.int64)
+        evaluation = {"mode": "none"}
+        fit_rows = np.arange(len(data.y))
+    if cv or test_size == 0 or refit:
+        _check_knn(options, classifier, len(fit_rows))
+        estimator = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(data.y[fit_rows]))
+        estimator.fit(data.X[fit_rows], data.y[fit_rows])
+    seconds = time.perf_counter() - started
+
+    metrics: dict[str, Any] = {
+        "classifier": classifier, "options": options.to_dict(), "seed": seed, "label_column": label_column,
+        "column": data.column, "features": str(data.features.path), "rows_used": int(len(data.y)),
+        "skipped_null_embeddings": data.skipped_null_embeddings, "skipped_null_labels": data.skipped_null_labels,
+        "classes": [_jsonable(c) for c in classes], "class_counts": {str(c): n for c, n in counts.items()},
+        "evaluation": evaluation, "fit_rows": int(len(fit_rows)), "refit_on_all_rows": bool(refit or cv or test_size == 0),
+        "seconds": round(seconds, 3),
+    }
+    if len(evaluated):
+        metrics.update(evaluate(data.y[evaluated], eval_pred[evaluated], classes))
+
+    _prepare_dir(model_dir, overwrite)
+    _write_model_dir(model_dir, estimator, data, metrics, classes, evaluated, eval_pred, fold)
+    return TrainResult(model_dir=model_dir, metrics=metrics)
+
+
+def _write_model_dir(model_dir: Path, estimator, data: TrainingData, metrics: dict, classes: list,
+                     evaluated: np.ndarray, eval_pred: np.ndarray, fold: np.ndarray) -> None:
+    import skops.io as sio
+
+    with atomic_path(model_dir / MODEL_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            sio.dump(estimator, f)
+    write_text_atomic(model_dir / METRICS_FILE, json.dumps(metrics, indent=2, default=_jsonable) + "\n")
+    files = [MODEL_FILE, METRICS_FILE]
+    if len(evaluated):
+        columns = {"id": data.ids.take(pa.array(evaluated)), "label": pa.array(data.y[evaluated].tolist()),
+                   "predicted": pa.array(eval_pred[evaluated].tolist())}
+        if metrics["evaluation"]["mode"] == "cv":
+            columns["fold"] = pa.array(fold[evaluated])
+        with atomic_path(model_dir / EVAL_PREDICTIONS) as tmp:
+            pq.write_table(pa.table(columns), tmp)
+        ev = metrics["evaluation"]
+        title = f"{metrics['classifier']}, {'%d-fold CV' % ev['folds'] if ev['mode'] == 'cv' else 'hold-out'}: accuracy {metrics['accuracy']:.3f}"
+        plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], classes, model_dir / CONFUSION_PNG, title)
+        files += [EVAL_PREDICTIONS, CONFUSION_PNG]
+    column_config = data.features.column_config(data.column)
+    manifest = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "kind": "embedkit-classifier",
+        "classifier": metrics["classifier"],
+        "options": metrics["options"],
+        "classes": metrics["classes"],
+        "label_column": metrics["label_column"],
+        "label_type": "int" if data.y.dtype.kind in "iu" else "bool" if data.y.dtype.kind == "b" else "str",
+        "column": data.column,
+        "dim": int(data.X.shape[1]),
+        "extract_config": column_config.to_dict(),
+        "features_meta": {k: v for k, v in data.features.meta.items() if k != "config"},
+        "files": {name: _sha256(model_dir / name) for name in files},
+        "versions": _versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text_atomic(model_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: marks the dir complete
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ClassifierModel:
+    """A loaded model directory: the fitted pipeline plus everything needed to embed new text for it."""
+
+    path: Path
+    estimator: Any
+    manifest: dict[str, Any]
+    config: ExtractConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = ExtractConfig.from_dict(self.manifest["extract_config"])
+
+    @property
+    def classes(self) -> list:
+        return list(self.estimator.classes_)
+
+    @property
+    def has_proba(self) -> bool:
+        return hasattr(self.estimator, "predict_proba")
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def predict_vectors(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (and class probabilities in ``classes`` order, when the classifier has them) for vectors."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise IncompatibleError(f"vectors have shape {X.shape}; this model expects {self.dim} dimensions")
+        if len(X) == 0:
+            return np.empty(0, dtype=object), (np.empty((0, len(self.classes))) if self.has_proba else None)
+        proba = self.estimator.predict_proba(X) if self.has_proba else None
+        labels = self.estimator.classes_[np.argmax(proba, axis=1)] if proba is not None else self.estimator.predict(X)
+        return labels, proba
+
+    def extractor(self, **runtime):
+        """An Extractor with the training vectors' settings (runtime knobs: device, batch_tokens, threads)."""
+        from .extract import Extractor
+
+        extractor = Extractor(self.config, **runtime)
+        if extractor.config.vector_settings() != self.config.vector_settings():
+            raise IncompatibleError(
+                f"the model in {self.config.model} now resolves to other settings than at training time: "
+                f"{_differences(self.config.vector_settings(), extractor.config.vector_settings())}"
+            )
+        return extractor
+
+    def predict_texts(self, texts: list[str], extractor=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Embed ``texts`` with the stored settings and classify them (an InputError names any bad text)."""
+        extractor = extractor or self.extractor(device="cpu")
+        return self.predict_vectors(extractor.embed(list(texts)))
+
+
+def _differences(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    keys = [k for k in dict.fromkeys([*expected, *found]) if expected.get(k) != found.get(k)]
+    return "; ".join(f"{k}: model has {expected.get(k)!r}, input has {found.get(k)!r}" for k in keys)
+
+
+def load_model(model_dir: str | Path) -> ClassifierModel:
+    """Load a model directory written by ``train``, verifying its manifest, checksums and stored types.
+
+    Raises:
+        InputError: not a complete model directory, a checksum mismatch, or types skops must not load.
+    """
+    import skops.io as sio
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"model directory {model_dir} does not exist")
+    manifest_path = model_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise InputError(
+            f"{model_dir} has no {MANIFEST}: it is not an embedkit model directory, or training was interrupted "
+            "before it finished (train again)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{manifest_path} is unreadable: {exc}") from exc
+    if manifest.get("kind") != "embedkit-classifier" or manifest.get("format_version") != MODEL_FORMAT_VERSION:
+        raise InputError(f"{model_dir}: unsupported model format (kind {manifest.get('kind')!r}, version {manifest.get('format_version')!r})")
+    model_file = model_dir / MODEL_FILE
+    if not model_file.is_file():
+        raise InputError(f"{model_dir}: {MODEL_FILE} is missing")
+    if _sha256(model_file) != manifest.get("files", {}).get(MODEL_FILE):
+        raise InputError(f"{model_file} does not match the checksum in {MANIFEST}: the file was changed or damaged")
+    try:
+        untrusted = sio.get_untrusted_types(file=model_file)
+    except Exception as exc:  # skops raises assorted errors on a damaged archive
+        raise InputError(f"{model_file} is not a readable skops file: {exc}") from exc
+    unknown = sorted(set(untrusted) - set(TRUSTED_EXTRA_TYPES))
+    if unknown:
+        raise InputError(f"{model_file} contains types embedkit does not load (they could run code): {', '.join(unknown)}")
+    try:
+        estimator = sio.load(model_file, trusted=list(untrusted))
+    except Exception as exc:
+        raise InputError(f"{model_file} could not be loaded: {exc}") from exc
+    return ClassifierModel(path=model_dir, estimator=estimator, manifest=manifest)
+
+
+# ---------------------------------------------------------------------------------------------- predicting
+
+
+@dataclass
+class PredictSummary:
+    output: Path
+    rows: int = 0
+    predicted: int = 0
+    input_kind: str = "text"
+    bad_rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        parts = [f"{self.rows} rows -> {self.output}", f"{self.predicted} predicted ({self.input_kind} input)"]
+        if self.bad_rows:
+            bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
+            parts.append(f"{sum(self.bad_rows.values())} kept with no prediction ({bad})")
+        parts.append(f"{self.seconds:.1f}s")
+        return "; ".join(parts)
+
+
+def proba_column(label: Any) -> str:
+    return f"proba_{label}"
+
+
+def is_features_file(path: str | Path) -> bool:
+    """Whether ``path`` is a single Parquet file written by ``embedkit embed`` (it carries embedkit metadata)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".parquet", ".pq"):
+        return False
+    try:
+        read_metadata(path)
+    except InputError:
+        return False
+    return True
+
+
+def matching_column(model: ClassifierModel, feats: Features, column: str | None = None) -> str:
+    """The embedding column of ``feats`` made with the model's settings; IncompatibleError naming what differs."""
+    wanted = model.config.vector_settings()
+    candidates = [feats.embedding_column(column)] if column else feats.embedding_columns
+    if not candidates:
+        raise InputError(f"{feats.path} has no embedding column; columns: {', '.join(feats.schema.names)}")
+    for name in candidates:
+        if feats.column_config(name).vector_settings() == wanted and feats.schema.field(name).type.list_size == model.dim:
+            return name
+    closest = model.manifest["column"] if model.manifest["column"] in candidates else candidates[0]
+    found = feats.column_config(closest).vector_settings()
+    raise IncompatibleError(
+        f"{feats.path} was embedded with other settings than the model's training data (column {closest!r}): "
+        f"{_differences(wanted, found) or 'dimensions differ'}; embed the raw text again, or pass the raw text to predict"
+    )
+
+
+class _OutputWriter:
+    """Streams prediction tables to Parquet, CSV or JSONL through one atomic temp file."""
+
+    def __init__(self, tmp: Path, kind: str) -> None:
+        self.tmp, self.kind, self.writer, self.schema = tmp, kind, None, None
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+            if self.kind == "parquet":
+                self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            elif self.kind == "csv":
+                import pyarrow.csv as pacsv
+
+                self.writer = pacsv.CSVWriter(self.tmp, self.schema)
+            else:
+                self.writer = open(self.tmp, "w", encoding="utf-8")
+        table = table.cast(self.schema)
+        if self.kind == "jsonl":
+            for row in table.to_pylist():
+                self.writer.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        else:
+            self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _prediction_table(model: ClassifierModel, base: pa.Table, vectors: pa.Array | pa.ChunkedArray, status: pa.Array) -> pa.Table:
+    """``base`` (id + keep columns) plus status, prediction and one probability column per class."""
+    if isinstance(vectors, pa.ChunkedArray):
+        vectors = vectors.combine_chunks()
+    valid = pc.is_valid(vectors).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(valid)
+    labels, proba = model.predict_vectors(matrix_from_arrow(vectors.filter(pa.array(valid))) if rows.size else np.empty((0, model.dim)))
+    predicted: list[Any] = [None] * len(valid)
+    for i, label in zip(rows, labels.tolist()):
+        predicted[i] = label
+    label_type = {"int": pa.int64(), "bool": pa.bool_()}.get(model.manifest.get("label_type"), pa.string())
+    table = base.append_column("status", status).append_column("prediction", pa.array(predicted, type=label_type))
+    if proba is not None:
+        for k, label in enumerate(model.classes):
+            column = np.full(len(valid), np.nan)
+            column[rows] = proba[:, k]
+            table = table.append_column(proba_column(_jsonable(label)), pa.array(column, mask=~valid, type=pa.float32()))
+    return table
+
+
+def _text_batches(model: ClassifierModel, input, text_column, id_column, keep, fmt, runtime, batch_rows, progress):
+    from .embed import build_table
+    from .sources import Source
+
+    source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
+    extractor = model.extractor(**runtime)
+    column = extractor.columns[0]
+    from tqdm.auto import tqdm
+
+    with tqdm(total=source.total_rows(), unit="text", file=sys.stderr, disable=not progress, desc="predict") as bar:
+        for records in source.batches(batch_rows):
+            texts = [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
+            table = build_table(records, extractor.encode(texts), extractor)
+            base = table.select(["id", *keep])
+            yield _prediction_table(model, base, table.column(column), table.column("status").combine_chunks())
+            bar.update(len(records))
+
+
+def _feature_batches(model: ClassifierModel, input, column, keep, batch_rows):
+    feats = open_features(input)
+    column = matching_column(model, feats, column)
+    feats.require_columns(["id", *keep])
+    has_status = "status" in feats.schema.names
+    wanted = list(dict.fromkeys(["id", *keep, *(["status"] if has_status else []), column]))
+    try:
+        for batch in pq.ParquetFile(feats.path).iter_batches(batch_size=batch_rows, columns=wanted):
+            vectors = batch.column(column)
+            if has_status:
+                status = batch.column("status")
+            else:
+                status = pc.if_else(pc.is_valid(vectors), "ok", "null_embedding")
+            yield _prediction_table(model, pa.Table.from_batches([batch]).select(["id", *keep]), vectors, status)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{feats.path}: corrupt or unreadable Parquet: {exc}") from exc
+
+
+def predict_file(
+    model_dir: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    text_column: str = "text",
+    id_column: str | None = None,
+    keep: tuple[str, ...] | list[str] = (),
+    column: str | None = None,
+    fmt: str | None = None,
+    device: str = "auto",
+    batch_tokens: int | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    batch_rows: int = 4096,
+) -> PredictSummary:
+    """Classify every row of ``input`` with a saved model and write id, keep columns, status, prediction, proba_*.
+
+    ``input`` is either a features Parquet written by ``embedkit embed`` (its vectors are used as they are, and it
+    must have been embedded with the model's settings) or raw text in any format ``Source`` reads (embedded here
+    with the model's stored settings). Rows that cannot be embedded are kept with a null prediction and their
+    status. The output format follows the extension of ``output`` (.parquet, .csv, .jsonl).
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    kind = OUTPUT_FORMATS.get(output.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"cannot tell the output format of {output}; use an extension among {', '.join(OUTPUT_FORMATS)}")
+    if output.is_dir():
+        raise OutputError(f"output {output} is a directory; give a file path")
+    if output.exists() and not overwrite:
+        raise OutputError(f"output {output} exists; pass --overwrite to replace it")
+    model = load_model(model_dir)
+    keep = list(keep)
+    clash = [c for c in keep if c in ("id", "status", "prediction") or c.startswith("proba_")]
+    if clash:
+        raise ConfigError(f"--keep column(s) {', '.join(clash)} clash with predict's own output columns")
+    features_input = is_features_file(input)
+    if features_input:
+        batches = _feature_batches(model, input, column, keep, batch_rows)
+    else:
+        runtime = {"device": device, "batch_tokens": batch_tokens, "threads": threads}
+        batches = _text_batches(model, input, text_column, id_column, keep, fmt, runtime, batch_rows, progress)
+    summary = PredictSummary(output=output, input_kind="features" if features_input else "text")
+    bad: Counter = Counter()
+    with atomic_path(output) as tmp:
+        writer = _OutputWriter(tmp, kind)
+        try:
+            for table in batches:
+                writer.write(table)
+                summary.rows += table.num_rows
+                predicted = pc.is_valid(table.column("prediction"))
+                summary.predicted += int(pc.sum(predicted).as_py() or 0)
+                bad.update(table.column("status").filter(pc.invert(predicted)).to_pylist())
+        finally:
+            writer.close()
+        if summary.rows == 0:
+            raise InputError(f"{input} holds no data rows")
+    summary.bad_rows = {str(k): v for k, v in bad.items()}
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+__all__ = [
+    "CLASSIFIERS", "DEFAULT_CLASSIFIER", "ClassifierModel", "ClassifierOptions", "PredictSummary", "TrainResult",
+    "build_classifier", "evaluate", "load_model", "load_training_data", "predict_file", "train",
+]

@@ -1,0 +1,74 @@
+"""``embedkit train`` and ``embedkit predict``."""
+
+from __future__ import annotations
+
+import click
+
+from ..classify import CLASS_WEIGHTS, CLASSIFIERS, DEFAULT_CLASSIFIER, DEFAULT_TEST_SIZE, KNN_METRICS, KNN_WEIGHTS
+from ..extract.model import DEVICES
+from ..sources import FORMATS
+from . import cli, quiet_libraries
+from .embed import split_commas
+
+
+@cli.command()
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--label-column", "-y", required=True, help="Column holding the classes.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("--classifier", "-c", type=click.Choice(CLASSIFIERS), default=DEFAULT_CLASSIFIER, show_default=True)
+@click.option("--column", default=None, help="Embedding column to train on [default: the only one].")
+@click.option("--cv", type=click.IntRange(min=2), default=None, help="Stratified K-fold cross-validation instead of a hold-out; the saved model is fitted on every row.")
+@click.option("--test-size", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_TEST_SIZE, show_default=True, help="Stratified hold-out fraction (0: no evaluation, fit on every row).")
+@click.option("--refit", is_flag=True, help="After the hold-out evaluation, fit the saved model again on every row.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the classifiers.")
+@click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Inverse regularisation (logreg, linear-svm).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None, help="L2 penalty (ridge [1.0], mlp [1e-4]).")
+@click.option("--k-neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours (knn).")
+@click.option("--knn-metric", type=click.Choice(KNN_METRICS), default="cosine", show_default=True)
+@click.option("--knn-weights", type=click.Choice(KNN_WEIGHTS), default="distance", show_default=True)
+@click.option("--hidden-size", type=click.IntRange(min=1), default=256, show_default=True, help="Hidden units (mlp).")
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimiser iterations (logreg, linear-svm, mlp).")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True, help="'balanced' reweights rare classes (logreg, linear-svm, ridge).")
+@click.option("--no-standardize", is_flag=True, help="Skip scaling every dimension to zero mean and unit variance.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+def train(features, label_column, output, classifier, column, cv, test_size, refit, seed, C, alpha, k_neighbors,
+          knn_metric, knn_weights, hidden_size, max_iter, class_weight, no_standardize, overwrite):
+    """Train a classifier on the vectors of a FEATURES Parquet; write metrics, a confusion matrix and the model."""
+    from ..classify import ClassifierOptions
+    from ..classify import train as train_model
+
+    options = ClassifierOptions(C=C, alpha=alpha, k_neighbors=k_neighbors, knn_metric=knn_metric, knn_weights=knn_weights,
+                                hidden_size=hidden_size, max_iter=max_iter, class_weight=class_weight,
+                                standardize=not no_standardize)
+    result = train_model(features, label_column, output, classifier=classifier, options=options, column=column, cv=cv,
+                         test_size=test_size, seed=seed, refit=refit, overwrite=overwrite)
+    click.echo(result.summary())
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file: .parquet, .csv or .jsonl.")
+@click.option("--text-column", default="text", show_default=True, help="Column holding the text (raw-text input).")
+@click.option("--id-column", default=None, help="Column passed through as `id` (raw-text input) [default: the row number].")
+@click.option("--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate).")
+@click.option("--column", default=None, help="Embedding column to use (features input) [default: the one matching the model].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Raw-text input format [default: from the extension].")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def predict(model_dir, input, output, text_column, id_column, keep, column, fmt, device, batch_tokens, threads, overwrite, quiet):
+    """Classify INPUT with the model in MODEL_DIR.
+
+    INPUT is raw text (CSV, TSV, JSONL, Parquet or TXT; embedded with the model's stored settings) or a features
+    Parquet from `embedkit embed` (which must have been embedded with those same settings).
+    """
+    from ..classify import predict_file
+
+    quiet_libraries(quiet)
+    summary = predict_file(model_dir, input, output, text_column=text_column, id_column=id_column, keep=keep, column=column,
+                           fmt=fmt, device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
+                           progress=not quiet)
+    click.echo(summary.line(), err=True)

@@ -1,0 +1,225 @@
+"""The classify stage: embedkit train / predict, the model directory, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from embedkit import ExtractConfig, InputError
+from embedkit.classify import (
+    CLASSIFIERS, EVAL_PREDICTIONS, MANIFEST, MODEL_FILE, ClassifierOptions, load_model, predict_file, train,
+)
+from embedkit.cli import cli
+from embedkit.embed import embed_file
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture
+def features(features_file):
+    return features_file(n=60)
+
+
+@pytest.fixture
+def model_dir(features, tmp_path):
+    out = tmp_path / "model"
+    train(features, "label", out, seed=1)
+    return out
+
+
+def test_train_cli_writes_a_complete_model_dir(features, tmp_path):
+    out = tmp_path / "m"
+    result = run("train", features, "--label-column", "label", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and "macro F1" in result.output and "hold-out (12 test rows)" in result.output
+    for label in "abc":  # the per-class report
+        assert f"\n{label:>12}  " in result.output
+    assert {p.name for p in out.iterdir()} == {MANIFEST, MODEL_FILE, "metrics.json", "confusion_matrix.png", EVAL_PREDICTIONS}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation"]["mode"] == "holdout" and metrics["fit_rows"] == 48
+    assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) == {"a", "b", "c"}
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 12
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["extract_config"]["layers"] == [2] and manifest["extract_config"]["pooling"] == ["mean"]
+    assert manifest["classes"] == ["a", "b", "c"] and manifest["dim"] == 32
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_classifier_trains_saves_and_loads(features, tmp_path, name):
+    result = train(features, "label", tmp_path / name, classifier=name, options=ClassifierOptions(k_neighbors=3, hidden_size=16))
+    model = load_model(tmp_path / name)
+    assert model.manifest["classifier"] == name and model.classes == ["a", "b", "c"]
+    assert model.has_proba == (name in ("logreg", "knn", "mlp"))
+    evaluated = pq.read_table(tmp_path / name / EVAL_PREDICTIONS)
+    assert evaluated.num_rows == result.metrics["evaluation"]["n_test"]
+
+
+def test_model_round_trip_predicts_like_the_fitted_estimator(model_dir, features):
+    from embedkit.store import open_features
+
+    X, table, _ = open_features(features).load(extra=["label"])
+    model = load_model(model_dir)
+    labels, proba = model.predict_vectors(X)
+    np.testing.assert_array_equal(labels, model.estimator.predict(X))
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    evaluated = pq.read_table(model_dir / EVAL_PREDICTIONS).to_pylist()
+    by_id = dict(zip(table.column("id").to_pylist(), labels))
+    assert all(by_id[row["id"]] == row["predicted"] for row in evaluated)  # the saved model is the evaluated one
+
+
+def test_cv_reports_folds_and_fits_on_every_row(features, tmp_path):
+    result = run("train", features, "-y", "label", "-o", tmp_path / "m", "--cv", 3, "--classifier", "ridge", "--alpha", 2.0)
+    assert result.exit_code == 0, result.output
+    assert "3-fold stratified CV" in result.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert len(metrics["evaluation"]["fold_accuracy"]) == 3 and metrics["fit_rows"] == 60
+    assert metrics["options"]["alpha"] == 2.0
+    assert sorted(set(pq.read_table(tmp_path / "m" / EVAL_PREDICTIONS).column("fold").to_pylist())) == [0, 1, 2]
+
+
+def test_predict_raw_text_equals_predict_on_features(model_dir, features, tmp_path):
+    raw = features.with_name(features.name + ".csv")  # the CSV the fixture embedded
+    out_text, out_feat = tmp_path / "from_text.parquet", tmp_path / "from_features.parquet"
+    r1 = run("predict", model_dir, raw, "-o", out_text, "--id-column", "doc_id", "--keep", "label", "-q")
+    r2 = run("predict", model_dir, features, "-o", out_feat, "--keep", "label")
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a, b = pq.read_table(out_text), pq.read_table(out_feat)
+    assert a.column_names == b.column_names == ["id", "label", "status", "prediction", "proba_a", "proba_b", "proba_c"]
+    assert a.column("id").to_pylist() == b.column("id").to_pylist()
+    assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
+    for c in ("proba_a", "proba_b", "proba_c"):
+        np.testing.assert_allclose(a.column(c).to_numpy(), b.column(c).to_numpy(), atol=1e-4)
+    assert "60 predicted (text input)" in r1.output and "60 predicted (features input)" in r2.output
+
+
+def test_predict_keeps_bad_text_rows_with_null_prediction(model_dir, write_csv, tmp_path):
+    src = write_csv([{"text": "A good text."}, {"text": ""}, {"text": "   "}, {"text": "Another one."}])
+    out = tmp_path / "p.jsonl"
+    result = run("predict", model_dir, src, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["ok", "empty", "empty", "ok"]
+    assert rows[1]["prediction"] is None and rows[1]["proba_a"] is None
+    assert rows[0]["prediction"] in "abc"
+    assert "2 kept with no prediction (2 empty)" in result.output
+
+
+def test_predict_refuses_features_with_other_settings(model_dir, features_file, tmp_path):
+    other = features_file(n=6, name="other.parquet", layers=(1,))
+    result = run("predict", model_dir, other, "-o", tmp_path / "p.parquet")
+    assert result.exit_code == 6
+    assert "layers: model has [2], input has [1]" in result.output
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_predict_picks_the_matching_column_of_a_multi_column_file(model_dir, features_file, tmp_path):
+    multi = features_file(n=9, name="multi.parquet", layers=(1, 2))
+    result = run("predict", model_dir, multi, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert "9 predicted" in result.output
+
+
+def test_label_column_missing_lists_columns(features, tmp_path):
+    result = run("train", features, "-y", "category", "-o", tmp_path / "m")
+    assert result.exit_code == 3
+    assert "'category' not found" in result.output and "id, text, label" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_single_class_is_refused(features_file, tmp_path):
+    result = run("train", features_file(n=10, labels=("only",)), "-y", "label", "-o", tmp_path / "m")
+    assert result.exit_code == 3 and "single class ('only', 10 rows)" in result.output
+
+
+def test_class_too_small_for_holdout_and_cv(features_file, tmp_path):
+    path = features_file(n=21, labels=("a", "b") * 10 + ("rare",))
+    holdout = run("train", path, "-y", "label", "-o", tmp_path / "m")
+    assert holdout.exit_code == 3 and "class 'rare' has 1 row" in holdout.output
+    cv = run("train", path, "-y", "label", "-o", tmp_path / "m", "--cv", 5)
+    assert cv.exit_code == 3 and "class 'rare' has 1 row(s); stratified --cv 5 needs at least 5 per class" in cv.output
+    assert run("train", path, "-y", "label", "-o", tmp_path / "m", "--test-size", 0).exit_code == 0  # no split needed
+
+
+def test_null_labels_are_skipped_with_a_count(features_file, tmp_path):
+    path = features_file(n=40, labels=("a", "b", "c", ""))
+    result = run("train", path, "-y", "label", "-o", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    assert "skipped 10 with a missing label" in result.output
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["rows_used"] == 30
+
+
+def test_null_embeddings_are_skipped_with_a_count(write_csv, tiny_gpt2_shared, tmp_path):
+    rows = [{"text": t, "label": "xy"[i % 2]} for i, t in enumerate(["Fine text here."] * 20)]
+    rows[3]["text"] = rows[8]["text"] = ""
+    path = tmp_path / "f.parquet"
+    embed_file(write_csv(rows), path, ExtractConfig(model=tiny_gpt2_shared), keep=("label",), device="cpu", progress=False)
+    result = run("train", path, "-y", "label", "-o", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    assert "18 rows, 2 classes" in result.output and "skipped 2 with a null embedding" in result.output
+
+
+def test_model_dir_without_manifest_is_refused(model_dir, features, tmp_path):
+    (model_dir / MANIFEST).unlink()
+    result = run("predict", model_dir, features, "-o", tmp_path / "p.parquet")
+    assert result.exit_code == 3 and "has no embedkit_model.json" in result.output
+
+
+def test_tampered_model_file_is_refused(model_dir):
+    with open(model_dir / MODEL_FILE, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(InputError, match="checksum"):
+        load_model(model_dir)
+
+
+class Sneaky:  # a type skops does not trust: loading it could run its code
+    pass
+
+
+def test_unknown_types_in_the_model_file_are_refused(model_dir):
+    import hashlib
+
+    import skops.io as sio
+
+    model = load_model(model_dir)
+    model.estimator.sneaky_ = Sneaky()
+    sio.dump(model.estimator, model_dir / MODEL_FILE)
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    manifest["files"][MODEL_FILE] = hashlib.sha256((model_dir / MODEL_FILE).read_bytes()).hexdigest()
+    (model_dir / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="test_classify.Sneaky"):
+        load_model(model_dir)
+
+
+def test_existing_outputs_need_overwrite(model_dir, features, tmp_path):
+    again = run("train", features, "-y", "label", "-o", model_dir)
+    assert again.exit_code == 5 and "--overwrite" in again.output
+    assert run("train", features, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn").exit_code == 0
+    assert load_model(model_dir).manifest["classifier"] == "knn"
+    out = tmp_path / "p.parquet"
+    assert run("predict", model_dir, features, "-o", out).exit_code == 0
+    assert run("predict", model_dir, features, "-o", out).exit_code == 5
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--classifier", "forest"], 2, "'forest' is not one of"),
+    (["--cv", 1], 2, "--cv"),
+    (["--test-size", 1.5], 2, "--test-size"),
+    (["-c", "knn", "--k-neighbors", 100], 2, "--k-neighbors 100 exceeds the 48 rows"),
+])
+def test_bad_options(features, tmp_path, args, code, message):
+    result = run("train", features, "-y", "label", "-o", tmp_path / "m", *args)
+    assert result.exit_code == code and message in result.output
+
+
+def test_predict_output_needs_a_known_extension(model_dir, features, tmp_path):
+    with pytest.raises(Exception, match="output format"):
+        predict_file(model_dir, features, tmp_path / "p.xlsx")
