@@ -1,0 +1,274 @@
+"""The clustering stage: recovery of known groups, pre-processing that matters, outputs, CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import normalized_mutual_info_score
+
+from embedkit import ConfigError, InputError, OutputError
+from embedkit.cli import cli
+from embedkit.cluster import ClusterOptions, cluster_file, cluster_vectors, distinctive_terms, format_summary
+from embedkit.store import vectors_to_arrow
+
+TOPICS = {
+    0: "cat dog bird fish pets",
+    1: "bank loan price market money",
+    2: "team win lose ball game",
+    3: "music film song city road",
+}
+
+
+def blobs(n_per: int, k: int, dim: int, seed: int = 0, spread: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs around random unit directions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(k), n_per)
+    return (centres[labels] + rng.normal(scale=spread, size=(len(labels), dim))).astype(np.float32), labels
+
+
+def gpt2_shaped(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Make vectors look like GPT-2 hidden states: a huge shared offset and two rogue, meaningless dimensions."""
+    rng = np.random.default_rng(seed)
+    out = vectors + 60.0  # every cosine similarity close to 1
+    out[:, :2] += rng.normal(size=(len(vectors), 2)) * np.array([40.0, 25.0])  # variance that carries no groups
+    return out.astype(np.float32)
+
+
+@pytest.fixture
+def blob_file(features_file, tmp_path):
+    """Write given vectors (and labels) into an embedkit-style Parquet made by the embed stage."""
+
+    def make(vectors: np.ndarray, labels: np.ndarray | None = None, valid: np.ndarray | None = None, name: str = "blobs.parquet") -> Path:
+        path = features_file(n=len(vectors), name=name)
+        table = pq.read_table(path)
+        valid = np.ones(len(vectors), dtype=bool) if valid is None else valid
+        table = table.set_column(table.schema.get_field_index("embedding"), "embedding", vectors_to_arrow(vectors, valid, "float32"))
+        if labels is not None:
+            table = table.set_column(table.schema.get_field_index("label"), "label", pa.array([f"g{v}" for v in labels]))
+            words = [TOPICS[v % len(TOPICS)] for v in labels]
+            table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(words))
+        pq.write_table(table, path)  # the embed metadata travels with the schema
+        return path
+
+    return make
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(cli, ["cluster", *map(str, args)])
+
+
+# ------------------------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.parametrize("method", ["kmeans", "minibatch-kmeans", "agglomerative"])
+def test_known_k_recovers_blobs(blob_file, tmp_path, method):
+    vectors, labels = blobs(40, 4, 32)
+    summary = cluster_file(blob_file(vectors, labels), tmp_path / "out", ClusterOptions(method=method, k=4), label_column="label")
+    assert summary["metrics"]["nmi"] > 0.97
+    assert summary["metrics"]["ari"] > 0.95
+    assert sorted(c["size"] for c in summary["clusters"]) == [40, 40, 40, 40]
+
+
+def test_auto_k_finds_the_number_of_blobs(blob_file, tmp_path):
+    vectors, labels = blobs(40, 5, 32, seed=1)
+    summary = cluster_file(blob_file(vectors, labels), tmp_path / "out", ClusterOptions(k="auto", k_range=(2, 10)), label_column="label")
+    assert summary["k"] == 5
+    scores = summary["k_selection"]["scores"]
+    assert max(scores, key=scores.get) == 5 and set(scores) == set(range(2, 11))
+    assert summary["metrics"]["nmi"] > 0.97
+
+
+def test_hdbscan_finds_blobs_and_marks_noise(blob_file, tmp_path):
+    vectors, labels = blobs(50, 3, 16, seed=2, spread=0.02)
+    outliers = np.random.default_rng(3).uniform(-3, 3, size=(4, 16)).astype(np.float32)
+    path = blob_file(np.vstack([vectors, outliers]), np.concatenate([labels, [9, 9, 9, 9]]))
+    summary = cluster_file(path, tmp_path / "out", ClusterOptions(method="hdbscan", min_cluster_size=10, pca=0), label_column="label")
+    assert summary["metrics"]["clusters"] == 3
+    assert summary["clusters"][-1]["cluster"] == -1 and summary["metrics"]["noise_rows"] >= 2
+    table = pq.read_table(tmp_path / "out" / "clusters.parquet")
+    found = table.column("cluster").to_numpy()
+    assert normalized_mutual_info_score(labels, found[:150]) > 0.97 and (found[:150] >= 0).all()
+    assert table.column("distance").null_count == int((found == -1).sum())
+
+
+def test_defaults_undo_gpt2_anisotropy():
+    """Raw k-means on GPT-2-shaped vectors splits along rogue dimensions; the default pre-processing does not."""
+    vectors, labels = blobs(60, 4, 64, seed=4, spread=0.15)
+    shaped = gpt2_shaped(vectors)
+    cosines = (shaped / np.linalg.norm(shaped, axis=1, keepdims=True))[:50]
+    assert (cosines @ cosines.T).mean() > 0.9  # the anisotropy the defaults must undo
+    raw = cluster_vectors(shaped, ClusterOptions(k=4, standardize=False, center=False, normalize=False, pca=0))
+    default = cluster_vectors(shaped, ClusterOptions(k=4))
+    assert normalized_mutual_info_score(labels, raw.labels) < 0.3
+    assert normalized_mutual_info_score(labels, default.labels) > 0.95
+
+
+def test_sampled_fits_extend_to_every_row(monkeypatch):
+    """Agglomerative and HDBSCAN are fitted on a sample on big data; every other row must still get a cluster."""
+    import embedkit.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "MAX_FIT_ROWS", 60)
+    monkeypatch.setattr(cluster_module, "AUTO_K_ROWS", 80)
+    vectors, labels = blobs(50, 3, 16, seed=5, spread=0.02)
+    for options in (ClusterOptions(method="agglomerative", k="auto", k_range=(2, 6)), ClusterOptions(method="hdbscan", min_cluster_size=5)):
+        result = cluster_vectors(vectors, options)
+        assert len(result.labels) == 150
+        assert normalized_mutual_info_score(labels, result.labels) > 0.95, options.method
+
+
+def test_preprocessing_description():
+    vectors, _ = blobs(30, 2, 100)
+    result = cluster_vectors(vectors, ClusterOptions(k=2, pca=8))
+    assert result.vectors.shape == (60, 8) and result.vectors.dtype == np.float32
+    assert result.preprocessing["pca"] == 8 and 0 < result.preprocessing["explained_variance"] <= 1
+    none = cluster_vectors(vectors, ClusterOptions(k=2, standardize=False, center=False, normalize=False, pca=0))
+    np.testing.assert_array_equal(none.vectors, vectors)
+    assert none.preprocessing["dim"] == 100
+
+
+def test_distinctive_terms_follow_the_clusters():
+    texts = [TOPICS[i % 3] + " the of" for i in range(30)]
+    labels = np.array([i % 3 for i in range(30)])
+    terms = distinctive_terms(texts, labels, 3, top=5)
+    for c in range(3):
+        assert set(terms[c]) == set(TOPICS[c].split())
+    assert distinctive_terms(["the of and"] * 4, np.array([0, 0, 1, 1]), 2) == [[], []]
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def test_cli_writes_consistent_outputs(features_file, tmp_path):
+    path = features_file(n=45)
+    out = tmp_path / "clusters"
+    result = run_cli(path, "-o", out, "--k", "3", "--label-column", "label", "--keep", "label", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["clusters.parquet", "map.png", "summary.json"]
+    table = pq.read_table(out / "clusters.parquet")
+    source = pq.read_table(path)
+    assert table.column_names == ["id", "cluster", "distance", "label"]
+    assert table.column("id").to_pylist() == source.column("id").to_pylist()
+    assert table.column("label").to_pylist() == source.column("label").to_pylist()
+    clusters = table.column("cluster").to_numpy()
+    assert set(clusters) == {0, 1, 2} and (table.column("distance").to_numpy() >= 0).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clustered_rows"] == 45 and summary["k"] == 3 and summary["text_column"] == "text"
+    assert [c["size"] for c in summary["clusters"]] == list(np.bincount(clusters))
+    assert all(c["terms"] and c["central_texts"] for c in summary["clusters"])
+    assert {"silhouette", "nmi", "ari"} <= set(summary["metrics"])
+    assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_cli_prints_the_table(blob_file, tmp_path):
+    vectors, labels = blobs(20, 2, 16)
+    result = run_cli(blob_file(vectors, labels), "-o", tmp_path / "out", "--k", "2", "--label-column", "label", "--map", "none")
+    assert result.exit_code == 0, result.output
+    assert "40 rows clustered by kmeans into 2 clusters" in result.output
+    assert "NMI 1.000" in result.output and "cat" in result.output
+    assert not (tmp_path / "out" / "map.png").exists()
+
+
+def test_tsne_map_and_json_output(features_file, tmp_path):
+    result = run_cli(features_file(n=30), "-o", tmp_path / "out", "--k", "2", "--map", "tsne", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[: result.output.rindex("}") + 1])["files"]["map"] == "map.png"
+
+
+def test_null_embeddings_are_skipped_and_counted(blob_file, tmp_path):
+    vectors, labels = blobs(20, 2, 16)
+    valid = np.ones(40, dtype=bool)
+    valid[[3, 17]] = False
+    summary = cluster_file(blob_file(vectors, labels, valid), tmp_path / "out", ClusterOptions(k=2))
+    assert summary["skipped_rows"]["null_embedding"] == 2 and summary["clustered_rows"] == 38
+    assert pq.read_table(tmp_path / "out" / "clusters.parquet").num_rows == 38
+    assert "skipped 2 rows with a null embedding" in format_summary(summary)
+
+
+def test_existing_output_needs_overwrite(features_file, tmp_path):
+    path = features_file(n=20)
+    assert run_cli(path, "-o", tmp_path / "out", "--k", "2", "-q").exit_code == 0
+    again = run_cli(path, "-o", tmp_path / "out", "--k", "2", "-q")
+    assert again.exit_code == 5 and "--overwrite" in again.output
+    assert run_cli(path, "-o", tmp_path / "out", "--k", "3", "-q", "--overwrite").exit_code == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["k"] == 3
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_file(tmp_path):
+    result = run_cli(tmp_path / "nope.parquet", "-o", tmp_path / "out")
+    assert result.exit_code == 3 and "does not exist" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_file_without_embedding_column_lists_columns(features_file, tmp_path):
+    path = features_file(n=10)
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(["embedding"]), path)
+    result = run_cli(path, "-o", tmp_path / "out")
+    assert result.exit_code == 3
+    assert "no embedding column" in result.output and "id, text, label" in result.output
+
+
+def test_all_null_embeddings(blob_file, tmp_path):
+    vectors, _ = blobs(5, 2, 8)
+    path = blob_file(vectors, valid=np.zeros(10, dtype=bool))
+    result = run_cli(path, "-o", tmp_path / "out", "--k", "2")
+    assert result.exit_code == 3 and "no row has a usable embedding" in result.output and "10 null" in result.output
+
+
+def test_k_larger_than_rows(features_file, tmp_path):
+    result = run_cli(features_file(n=6), "-o", tmp_path / "out", "--k", "7")
+    assert result.exit_code == 3 and "k=7 is larger than the 6 rows" in result.output
+
+
+def test_too_few_rows(blob_file, tmp_path):
+    vectors, _ = blobs(1, 2, 8)
+    one = blob_file(vectors[:1], name="one.parquet")
+    result = run_cli(one, "-o", tmp_path / "a", "--k", "2")
+    assert result.exit_code == 3 and "at least 2 rows" in result.output
+    with pytest.raises(InputError, match="k auto needs more than 2 rows"):
+        cluster_vectors(vectors, ClusterOptions(k="auto"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "many"], "k must be 'auto' or an integer >= 2"),
+        (["--k", "1"], "k must be 'auto' or an integer >= 2"),
+        (["--k-range", "5:3"], "k range must satisfy"),
+        (["--k-range", "2-9"], "MIN:MAX"),
+        (["--method", "hdbscan", "--k", "3"], "hdbscan finds the number of clusters itself"),
+        (["--method", "spectral"], "Invalid value for '--method'"),
+    ],
+)
+def test_bad_options(features_file, tmp_path, args, message):
+    result = run_cli(features_file(n=10), "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_missing_label_column_lists_columns(features_file, tmp_path):
+    result = run_cli(features_file(n=10), "-o", tmp_path / "out", "--label-column", "topic")
+    assert result.exit_code == 3 and "'topic' not found" in result.output and "label" in result.output
+
+
+def test_output_parent_must_exist(features_file, tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        cluster_file(features_file(n=10), tmp_path / "no" / "out", ClusterOptions(k=2))
+
+
+def test_unknown_option_values_raise_config_error():
+    with pytest.raises(ConfigError, match="valid: kmeans, minibatch-kmeans, hdbscan, agglomerative"):
+        ClusterOptions(method="spectral")
+    with pytest.raises(ConfigError, match="valid: pca, tsne, umap, none"):
+        ClusterOptions(map="mds")
