@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..embed import DEFAULT_PART_ROWS
 from ..config import LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
+from ..embed import DEFAULT_PART_ROWS
 from ..engines import ENGINES
 from ..extract.model import DEVICES
 from ..sources import FORMATS
@@ -66,7 +66,7 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="With --engine ray: model actors [default: as many as the cluster has room for].")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, help="With --engine ray: GPUs per actor (0.5 = two actors share a GPU) [default: 0, CPU].")
 @extraction_options
-def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, engine, ray_address,
+def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, part_rows, engine, ray_address,
           workers, gpus_per_worker, model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens,
           threads, text_column, fmt, quiet):
     """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
@@ -75,7 +75,7 @@ def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, res
     quiet_libraries(quiet)
     config = make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code)
     run = dict(text_column=text_column, id_column=id_column, keep=keep, fmt=fmt, device=device, batch_tokens=batch_tokens,
-               threads=threads, resume=resume, overwrite=overwrite, strict=strict, progress=not quiet)
+               threads=threads, resume=resume, overwrite=overwrite, strict=strict, progress=not quiet, part_rows=part_rows)
     if engine == "ray":
         from ..engines.ray import embed_file_ray
 

@@ -1,0 +1,190 @@
+"""Resumable embedding: killed runs finish on --resume with output equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from conftest import sample_texts
+from embedkit import ExtractConfig
+from embedkit.cli import cli
+from embedkit.embed import embed_file
+from embedkit.store import PartWriter
+
+PART_ROWS = 40
+
+
+@pytest.fixture
+def corpus(write_csv):
+    texts = sample_texts(400, seed=9, max_words=30)
+    texts[17] = ""  # a bad row must survive the resume too
+    return write_csv([{"doc": f"d{i}", "text": t} for i, t in enumerate(texts)], "corpus.csv")
+
+
+@pytest.fixture
+def reference(corpus, tiny_gpt2_shared, tmp_path):
+    out = tmp_path / "reference.parquet"
+    embed_file(corpus, out, ExtractConfig(model=tiny_gpt2_shared), id_column="doc", device="cpu", progress=False, part_rows=PART_ROWS)
+    return pq.read_table(out)
+
+
+def assert_same_output(path, reference):
+    table = pq.read_table(path)
+    assert table.column("id").to_pylist() == reference.column("id").to_pylist()
+    assert table.column("status").to_pylist() == reference.column("status").to_pylist()
+    dim = reference.schema.field("embedding").type.list_size
+    got, want = ([[np.nan] * dim if v is None else v for v in t.column("embedding").to_pylist()] for t in (table, reference))
+    np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5, equal_nan=True)
+    assert table.schema.metadata[b"embedkit"]
+
+
+def cli_args(corpus, out, model, *extra):
+    return ["embed", str(corpus), "-o", str(out), "-m", model, "--id-column", "doc", "--part-rows", str(PART_ROWS), "-q", *extra]
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing on the way catches it."""
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
+    out = tmp_path / "out.parquet"
+    real_commit, commits = PartWriter.commit, []
+
+    def dying_commit(self, table):
+        if len(commits) == 4:
+            raise Crash
+        commits.append(1)
+        real_commit(self, table)
+
+    monkeypatch.setattr(PartWriter, "commit", dying_commit)
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
+    monkeypatch.setattr(PartWriter, "commit", real_commit)
+    assert not out.exists() and (tmp_path / "out.parquet.partial" / "manifest.json").exists()
+
+    again = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared))
+    assert again.exit_code == 5 and "pass --resume to continue it or --overwrite" in again.output
+
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert "160 resumed from an earlier run" in result.output and "400 rows" in result.output
+    assert_same_output(out, reference)
+    assert not (tmp_path / "out.parquet.partial").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--pooling", "last"], "different settings"),
+        (["--layer", "1"], "different settings"),
+        (["--text-column", "doc"], "different columns"),
+    ],
+)
+def test_resume_with_other_settings_is_refused(corpus, tiny_gpt2_shared, tmp_path, monkeypatch, change, message):
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume", *change))
+    assert result.exit_code == 6 and message in result.output and "Traceback" not in result.output
+
+
+def test_resume_after_the_input_changed_is_refused(corpus, tiny_gpt2_shared, tmp_path, monkeypatch):
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
+    monkeypatch.undo()
+    with corpus.open("a") as f:
+        f.write("d999,one more row\n")
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume"))
+    assert result.exit_code == 6 and "different input" in result.output
+
+
+def test_disk_full_keeps_committed_parts_and_resume_finishes(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
+    import embedkit.store as store
+
+    out = tmp_path / "out.parquet"
+    real_write, calls = store.pq.write_table, []
+
+    def filling_disk(table, where, *a, **k):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(table, where, *a, **k)
+
+    monkeypatch.setattr(store.pq, "write_table", filling_disk)
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared))
+    assert result.exit_code == 5 and "disk full" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    assert not [p for p in (tmp_path / "out.parquet.partial").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume")).exit_code == 0
+    assert_same_output(out, reference)
+
+
+def test_overwrite_discards_a_partial_run(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--overwrite"))
+    assert result.exit_code == 0 and "resumed" not in result.output
+    assert_same_output(out, reference)
+
+
+def test_resume_with_nothing_to_resume_just_runs(corpus, reference, tiny_gpt2_shared, tmp_path):
+    out = tmp_path / "out.parquet"
+    assert CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume")).exit_code == 0
+    assert_same_output(out, reference)
+
+
+def _committed_rows(partial) -> int:
+    try:
+        return sum(p["rows"] for p in json.loads((partial / "manifest.json").read_text())["parts"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_sigkill_at_a_random_moment_then_resume(corpus, reference, tiny_gpt2_shared, tmp_path, seed):
+    """Fault injection: a real process killed with SIGKILL mid-run, then the same command with --resume.
+
+    The kill waits for a random number of committed parts (0 up to all 10, the last case landing in the final
+    merge) plus a random delay, so it hits part writes, manifest updates and the merge, not just start-up.
+    """
+    out, partial = tmp_path / "out.parquet", tmp_path / "out.parquet.partial"
+    args = [sys.executable, "-m", "embedkit", *cli_args(corpus, out, tiny_gpt2_shared, "--resume")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(seed)
+    target_rows = rng.randint(0, 400 // PART_ROWS) * PART_ROWS
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and _committed_rows(partial) < target_rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0, 0.3))
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if killed:
+        assert not out.exists() or _committed_rows(partial) == 400  # only the merge's final rename makes OUT
+        resumed = subprocess.run(args, env=env, capture_output=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+    assert_same_output(out, reference)
+    assert not partial.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == [], leftovers
