@@ -43,6 +43,7 @@ class EmbedSummary:
     embed_seconds: float = 0.0  # the embedding loop alone, for the tokens/s figure
     bad_rows: dict[str, int] = field(default_factory=dict)
     repaired: int = 0
+    duplicate_ids: int = 0  # rows whose id was already used; all are kept, but ids no longer name one row
 
     def line(self) -> str:
         bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
@@ -55,6 +56,8 @@ class EmbedSummary:
             parts.append(f"{self.truncated} truncated")
         if self.chunked:
             parts.append(f"{self.chunked} split into windows")
+        if self.duplicate_ids:
+            parts.append(f"warning: {self.duplicate_ids} duplicate ids")
         if self.resumed_rows:
             parts.append(f"{self.resumed_rows} resumed from an earlier run")
         rate = self.tokens / self.embed_seconds if self.embed_seconds else 0.0
@@ -216,7 +219,8 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(output, columns=["status", "truncated", "n_windows"])
+    table = pq.read_table(output, columns=["id", "status", "truncated", "n_windows"])
+    id_counts = pc.value_counts(table.column("id").combine_chunks()).field("counts")
     statuses = {str(r["values"]): int(r["counts"]) for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist()}
     return EmbedSummary(
         output=output,
@@ -230,6 +234,7 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
         embed_seconds=embed_seconds,
         bad_rows={s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES},
         repaired=statuses.get("repaired", 0),
+        duplicate_ids=int(pc.sum(pc.subtract(id_counts, 1)).as_py() or 0),
     )
 
 

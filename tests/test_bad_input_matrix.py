@@ -1,0 +1,141 @@
+"""The bad-input matrix, end to end through the CLI: a clear message or a recorded status row, never a
+traceback, and rows out == rows in. The README's "Bad input" table lists the same cases and outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from embedkit.cli import cli
+
+
+def embed(tmp_path, model, source, *extra):
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(out), "-m", model, "-q", "--overwrite", *extra])
+    assert "Traceback" not in result.output
+    return result, out
+
+
+# (case, JSONL line, expected status, expected truncated)
+ROW_CASES = [
+    ("plain", json.dumps({"text": "a normal sentence"}), "ok"),
+    ("empty string", json.dumps({"text": ""}), "empty"),
+    ("whitespace only", json.dumps({"text": " \t\n "}), "empty"),
+    ("null", json.dumps({"text": None}), "null"),
+    ("NaN", '{"text": NaN}', "null"),
+    ("missing key", json.dumps({"other": 1}), "null"),
+    ("number", json.dumps({"text": 42}), "not_string"),
+    ("list", json.dumps({"text": ["a", "b"]}), "not_string"),
+    ("lone surrogate", '{"text": "half \\ud800 pair"}', "repaired"),
+    ("NUL and control chars", json.dumps({"text": "nul\u0000 bell\u0007 esc\u001b"}), "ok"),
+    ("emoji CJK RTL", json.dumps({"text": "😀 漢字テスト שלום عليكم"}), "ok"),
+    ("malformed line", '{"text": "unterminated', "malformed"),
+    ("not an object", "[1, 2, 3]", "malformed"),
+]
+
+
+def test_row_level_cases_in_jsonl(tmp_path, tiny_gpt2_shared):
+    path = tmp_path / "cases.jsonl"
+    lines = [line for _, line, _ in ROW_CASES]
+    raw = "\n".join(lines).encode("utf-8") + b'\n{"text": "invalid \xff\xfe utf-8"}\n'
+    path.write_bytes(raw)
+    result, out = embed(tmp_path, tiny_gpt2_shared, path)
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.num_rows == len(ROW_CASES) + 1  # rows out == rows in
+    statuses = table.column("status").to_pylist()
+    assert statuses == [status for _, _, status in ROW_CASES] + ["repaired"]
+    embedded = table.column("embedding").to_pylist()
+    for status, vector, error in zip(statuses, embedded, table.column("error").to_pylist()):
+        assert (vector is not None) == (status in ("ok", "repaired"))
+        assert (error is None) == (status == "ok")
+
+
+def test_invalid_utf8_and_controls_in_csv(tmp_path, tiny_gpt2_shared):
+    path = tmp_path / "cases.csv"
+    path.write_bytes(b'id,text\n1,"bad \xff\xfe bytes"\n2,""\n3,"nul \x00 inside"\n4,"  "\n5,"\xe2\x80\xae RTL override"\n')
+    result, out = embed(tmp_path, tiny_gpt2_shared, path, "--id-column", "id")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ["1", "2", "3", "4", "5"]
+    assert table.column("status").to_pylist() == ["repaired", "empty", "ok", "empty", "ok"]
+    assert "2 kept with a null embedding (2 empty)" in result.output and "1 with invalid UTF-8 repaired" in result.output
+
+
+@pytest.mark.parametrize("mode, truncated, min_windows", [("truncate", True, 1), ("chunk", False, 100)])
+def test_a_text_of_a_million_characters(tmp_path, tiny_gpt2_shared, mode, truncated, min_windows):
+    path = tmp_path / "huge.jsonl"
+    path.write_text(json.dumps({"text": "word " * 200_000}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    result, out = embed(tmp_path, tiny_gpt2_shared, path, "--long-text", mode)
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("truncated").to_pylist() == [truncated, False]
+    assert table.column("n_windows")[0].as_py() >= min_windows
+    assert table.column("n_tokens")[0].as_py() > 100_000
+    assert table.column("embedding").null_count == 0
+
+
+def test_duplicate_ids_are_kept_and_reported(tmp_path, tiny_gpt2_shared):
+    path = tmp_path / "dups.csv"
+    path.write_text("id,text\na,one\na,two\nb,three\n")
+    result, out = embed(tmp_path, tiny_gpt2_shared, path, "--id-column", "id")
+    assert result.exit_code == 0 and "warning: 1 duplicate ids" in result.output
+    assert pq.read_table(out).column("id").to_pylist() == ["a", "a", "b"]
+
+
+def _file(directory, name, content):
+    path = directory / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def _truncated_parquet(directory):
+    path = directory / "in.parquet"
+    pq.write_table(pa.table({"text": ["a text"] * 50}), path)
+    return _file(directory, "in.parquet", path.read_bytes()[:-30])
+
+
+@pytest.mark.parametrize(
+    "make, code, message",
+    [
+        (lambda p: _file(p, "e.csv", ""), 3, "is empty"),
+        (lambda p: _file(p, "h.csv", "id,text\n"), 3, "holds no data rows"),
+        (lambda p: _file(p, "c.csv", "id,body\n1,x\n"), 3, "column(s) 'text' not found; the columns are: id, body"),
+        (lambda p: _file(p, "j.jsonl", '{"body": "x"}\n'), 3, "column(s) 'text' not found; the columns are: body"),
+        (lambda p: _file(p, "x.parquet", b"PAR1 garbage"), 3, "not a readable Parquet file"),
+        (_truncated_parquet, 3, "corrupt or truncated"),
+        (lambda p: p / "missing.csv", 3, "does not exist"),
+    ],
+    ids=["empty file", "header only", "missing text column (CSV)", "missing text column (JSONL)", "corrupt parquet",
+         "truncated parquet", "missing input"],
+)
+def test_file_level_cases(tmp_path, tiny_gpt2_shared, make, code, message):
+    source = make(tmp_path)
+    result, out = embed(tmp_path, tiny_gpt2_shared, source)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert not out.exists() and not (tmp_path / "out.parquet.partial").exists()
+
+
+def test_output_in_a_missing_directory(tmp_path, tiny_gpt2_shared):
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    result = CliRunner().invoke(cli, ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "no" / "out.parquet"), "-m", tiny_gpt2_shared, "-q"])
+    assert result.exit_code == 5 and "output directory" in result.output and "does not exist" in result.output
+
+
+def test_output_in_a_read_only_directory(tmp_path, tiny_gpt2_shared, monkeypatch):
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root ignores permission bits, so make the check see what a user would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, m, **k: False if str(p) == str(locked) else real_access(p, m, **k))
+    result = CliRunner().invoke(cli, ["embed", str(tmp_path / "in.txt"), "-o", str(locked / "out.parquet"), "-m", tiny_gpt2_shared, "-q"])
+    locked.chmod(0o755)
+    assert result.exit_code == 5 and "not writable" in result.output
