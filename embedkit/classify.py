@@ -404,6 +404,25 @@ def _min_count(y: np.ndarray) -> int:
     return min(Counter(y.tolist()).values())
 
 
+def cross_validate(X: np.ndarray, y: np.ndarray, classifier: str = DEFAULT_CLASSIFIER, options: ClassifierOptions | None = None,
+                   *, cv: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions and the fold of every row, from the stratified shuffled K-fold ``train --cv`` runs.
+
+    Shared with the probe stage, so a probe score and ``embedkit train --cv`` on the same vectors agree exactly.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    options = options or ClassifierOptions()
+    predicted = np.empty(len(y), dtype=y.dtype)
+    fold = np.full(len(y), -1, dtype=np.int32)
+    for k, (tr, te) in enumerate(StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(X, y)):
+        _check_knn(options, classifier, len(tr))
+        estimator = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(y[tr])).fit(X[tr], y[tr])
+        predicted[te] = estimator.predict(X[te])
+        fold[te] = k
+    return predicted, fold
+
+
 def train(
     features: str | Path,
     label_column: str,
@@ -430,8 +449,6 @@ def train(
         ConfigError: an unknown classifier or bad option value.
         OutputError: the model directory cannot be written or is not empty (without ``overwrite``).
     """
-    from sklearn.model_selection import StratifiedKFold
-
     if classifier not in CLASSIFIERS:
         raise choice_error("classifier", classifier, CLASSIFIERS)
     if cv is not None and cv < 2:
@@ -451,14 +468,8 @@ def train(
     fold = np.full(len(data.y), -1, dtype=np.int32)
     evaluation: dict[str, Any]
     if cv:
-        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-        fold_accuracy = []
-        for k, (tr, te) in enumerate(splitter.split(data.X, data.y)):
-            _check_knn(options, classifier, len(tr))
-            est = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(data.y[tr])).fit(data.X[tr], data.y[tr])
-            eval_pred[te] = est.predict(data.X[te])
-            fold[te] = k
-            fold_accuracy.append(float(np.mean(eval_pred[te] == data.y[te])))
+        eval_pred, fold = cross_validate(data.X, data.y, classifier, options, cv=cv, seed=seed)
+        fold_accuracy = [float(np.mean(eval_pred[fold == k] == data.y[fold == k])) for k in range(cv)]
         evaluated = np.arange(len(data.y))
         evaluation = {"mode": "cv", "folds": cv, "fold_accuracy": fold_accuracy, "n_test": len(data.y)}
         fit_rows = np.arange(len(data.y))
@@ -553,7 +564,7 @@ class ClassifierModel:
 
     @property
     def classes(self) -> list:
-        return list(self.estimator.classes_)
+        return [_jsonable(c) for c in self.estimator.classes_]
 
     @property
     def has_proba(self) -> bool:
@@ -588,7 +599,7 @@ class ClassifierModel:
 
     def predict_texts(self, texts: list[str], extractor=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Embed ``texts`` with the stored settings and classify them (an InputError names any bad text)."""
-        extractor = extractor or self.extractor(device="cpu")
+        extractor = extractor or self.extractor()
         return self.predict_vectors(extractor.embed(list(texts)))
 
 
@@ -844,5 +855,5 @@ def predict_file(
 
 __all__ = [
     "CLASSIFIERS", "DEFAULT_CLASSIFIER", "ClassifierModel", "ClassifierOptions", "PredictSummary", "TrainResult",
-    "build_classifier", "evaluate", "load_model", "load_training_data", "predict_file", "train",
+    "build_classifier", "cross_validate", "evaluate", "load_model", "load_training_data", "predict_file", "train",
 ]

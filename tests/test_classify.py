@@ -53,9 +53,10 @@ def test_train_cli_writes_a_complete_model_dir(features, tmp_path):
     assert manifest["classes"] == ["a", "b", "c"] and manifest["dim"] == 32
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the MLP is capped for speed
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_classifier_trains_saves_and_loads(features, tmp_path, name):
-    result = train(features, "label", tmp_path / name, classifier=name, options=ClassifierOptions(k_neighbors=3, hidden_size=16))
+    result = train(features, "label", tmp_path / name, classifier=name, options=ClassifierOptions(k_neighbors=3, hidden_size=16, max_iter=200))
     model = load_model(tmp_path / name)
     assert model.manifest["classifier"] == name and model.classes == ["a", "b", "c"]
     assert model.has_proba == (name in ("logreg", "knn", "mlp"))
@@ -223,3 +224,15 @@ def test_bad_options(features, tmp_path, args, code, message):
 def test_predict_output_needs_a_known_extension(model_dir, features, tmp_path):
     with pytest.raises(Exception, match="output format"):
         predict_file(model_dir, features, tmp_path / "p.xlsx")
+
+
+def test_predict_texts_embeds_with_the_stored_settings(model_dir, features):
+    table = pq.read_table(features)
+    model = load_model(model_dir)
+    labels, proba = model.predict_texts(table.column("text").to_pylist()[:5])
+    X = np.array(table.column("embedding").to_pylist()[:5], dtype=np.float32)
+    expected, expected_proba = model.predict_vectors(X)
+    assert labels.tolist() == expected.tolist() and model.classes == ["a", "b", "c"]
+    np.testing.assert_allclose(proba, expected_proba, atol=1e-4)
+    with pytest.raises(InputError, match="empty"):
+        model.predict_texts(["fine", ""])
