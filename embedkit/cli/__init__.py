@@ -68,5 +68,6 @@ def quiet_libraries(quiet: bool) -> None:
 from . import embed as _embed  # noqa: E402  (commands register themselves on the group)
 from . import classify as _classify  # noqa: E402
 from . import cluster as _cluster  # noqa: E402
+from . import probe as _probe  # noqa: E402
 
 __all__ = ["cli", "quiet_libraries"]
