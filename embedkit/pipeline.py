@@ -1,0 +1,349 @@
+"""Declarative pipelines: one TOML file names the source, the extraction settings and the stages to run.
+
+A pipeline always embeds first, then runs the stages its file names, in a fixed order:
+``train`` -> ``predict`` -> ``cluster`` -> ``index`` -> ``search`` -> ``probe``. Each stage table's keys are the
+keyword arguments of the library function behind it (and the fields of its options object), so the file and
+the Python API cannot drift apart, and an unknown key is an error naming the key, the table and the file.
+
+A second run skips every stage whose inputs and settings are unchanged. Fingerprints are content hashes of the
+source files and of the settings, chained from stage to stage (a stage's fingerprint includes its upstream
+stage's), so re-embedding reruns everything downstream and editing one stage's options reruns only it and what
+depends on it. ``force`` reruns everything. Paths in the file are relative to the file itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ExtractConfig
+from .errors import ConfigError, EmbedkitError, InputError
+from .sources import resolve_files
+from .store import write_text_atomic
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+STAGES = ("embed", "train", "predict", "cluster", "index", "search", "probe")
+STATE_FILE = "pipeline-state.json"
+PIPELINE_KEYS = ("name", "output_dir")
+SOURCE_KEYS = ("path", "text_column", "id_column", "label_column", "keep", "format")
+RUNTIME_KEYS = ("device", "batch_tokens", "threads")
+NEEDS = {"predict": "train", "search": "index"}  # stage: the stage whose output it reads
+
+
+@dataclass
+class Pipeline:
+    """A parsed pipeline file; ``stages`` maps each stage named in the file to its (raw) options table."""
+
+    path: Path
+    name: str
+    output_dir: Path
+    source: dict[str, Any]
+    config: ExtractConfig
+    runtime: dict[str, Any]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def relative(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    ran: bool
+    seconds: float
+    summary: str
+    outputs: list[Path]
+
+
+def _error(path: Path, table: str, message: str) -> ConfigError:
+    return ConfigError(f"{path}: [{table}] {message}")
+
+
+def _check_keys(path: Path, table: str, values: dict[str, Any], allowed) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise _error(path, table, f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}")
+
+
+def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None) -> Pipeline:
+    """Parse and validate a pipeline file (nothing runs). ``model`` overrides the file's [extract] model."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read pipeline file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    tables = ("pipeline", "source", "extract", *STAGES[1:])
+    _check_keys(path, "top level", data, tables)
+    for name, value in data.items():
+        if not isinstance(value, dict):
+            raise _error(path, name, "must be a table ([name] followed by key = value lines)")
+    head = data.get("pipeline", {})
+    _check_keys(path, "pipeline", head, PIPELINE_KEYS)
+    source = dict(data.get("source", {}))
+    _check_keys(path, "source", source, SOURCE_KEYS)
+    if "path" not in source:
+        raise _error(path, "source", "needs 'path', the input file, directory or glob")
+    extract = dict(data.get("extract", {}))
+    config_fields = [f.name for f in dataclasses.fields(ExtractConfig)]
+    _check_keys(path, "extract", extract, [*config_fields, *RUNTIME_KEYS])
+    runtime = {k: extract.pop(k) for k in RUNTIME_KEYS if k in extract}
+    if model:
+        extract["model"] = model
+    try:
+        config = ExtractConfig(**extract)
+    except ConfigError as exc:
+        raise _error(path, "extract", str(exc)) from exc
+    except (TypeError, ValueError) as exc:
+        raise _error(path, "extract", f"bad value: {exc}") from exc
+    stages = {name: dict(data[name]) for name in STAGES[1:] if name in data}
+    for stage, needed in NEEDS.items():
+        if stage in stages and needed not in stages:
+            raise _error(path, stage, f"needs a [{needed}] stage in the same file")
+    name = str(head.get("name") or path.stem)
+    out = Path(output_dir or head.get("output_dir") or Path("embedkit-out") / name)
+    pipeline = Pipeline(path=path, name=name, output_dir=out, source=source, config=config, runtime=runtime, stages=stages)
+    for stage, options in stages.items():
+        _check_keys(path, stage, options, allowed_keys(stage))
+    return pipeline
+
+
+# ---------------------------------------------------------------------------------------------- fingerprints
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _files_digest(paths: list[Path]) -> list[str]:
+    digests = []
+    for p in paths:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests.append(h.hexdigest())
+    return digests
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def _features(p: Pipeline) -> Path:
+    return p.output_dir / "features.parquet"
+
+
+def _label(p: Pipeline, options: dict[str, Any]) -> str:
+    label = options.pop("label_column", None) or p.source.get("label_column")
+    if not label:
+        raise ConfigError("needs label_column (in this table or in [source])")
+    return label
+
+
+def _call_embed(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    from .embed import embed_file
+
+    s = p.source
+    return embed_file(
+        p.relative(s["path"]), _features(p), p.config, text_column=s.get("text_column", "text"),
+        id_column=s.get("id_column"), keep=tuple(s.get("keep", ())), fmt=s.get("format"), overwrite=True,
+        progress=progress, **p.runtime,
+    ).line()
+
+
+def _call_train(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    from .classify import train
+
+    label = _label(p, options)
+    kwargs, opts = split_options("train", options)
+    return train(_features(p), label, p.output_dir / "model", options=opts, overwrite=True, **kwargs).summary()
+
+
+def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    from .classify import predict_file
+
+    options.setdefault("text_column", p.source.get("text_column", "text"))
+    input_path = p.relative(_require(options, "input", "a file of new texts to classify"))
+    return predict_file(p.output_dir / "model", input_path, p.output_dir / "predictions.parquet", overwrite=True,
+                        progress=progress, **p.runtime, **options).line()
+
+
+def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    from .cluster import cluster_file, format_summary
+
+    if options.get("label_column") or p.source.get("label_column"):
+        options["label_column"] = _label(p, options)
+    kwargs, opts = split_options("cluster", options)
+    summary = cluster_file(_features(p), p.output_dir / "clusters", opts, overwrite=True, progress=progress, **kwargs)
+    return format_summary(summary, max_clusters=10)
+
+
+def _call_index(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    from .index import build_index
+
+    return "\n".join(build_index(_features(p), p.output_dir / "index", overwrite=True, progress=progress, **options).lines())
+
+
+def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    import pyarrow.parquet as pq
+
+    from .index import Index
+
+    queries = p.relative(_require(options, "queries", "a file of query texts"))
+    out = p.output_dir / "search-hits.parquet"
+    counts = Index.load(p.output_dir / "index").search_file(queries, out, overwrite=True, progress=progress, **options)
+    hits = pq.read_table(out).to_pylist()
+    lines = [f"{counts['searched']} queries, {counts['hits']} hits -> {out}"]
+    for hit in (h for h in hits if h["rank"] == 1):
+        shown = hit.get("text") or hit["id"]
+        lines.append(f"  {hit.get('query_text')!r} -> {str(shown)[:90]!r} (score {hit['score']:.3f})")
+    return "\n".join(lines)
+
+
+def _call_probe(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+    from .probe import probe_file
+
+    s = p.source
+    options.setdefault("text_column", s.get("text_column", "text"))
+    return probe_file(p.relative(s["path"]), _label(p, options), p.output_dir / "probe", p.config, overwrite=True,
+                      progress=progress, **p.runtime, **options).report()
+
+
+def _require(options: dict[str, Any], key: str, what: str) -> str:
+    value = options.pop(key, None)
+    if not value:
+        raise ConfigError(f"needs {key}: {what}")
+    return value
+
+
+# stage: (module, function, options class, arguments the pipeline fills in, pipeline-only keys, call, output)
+_SPECS = {
+    "train": ("classify", "train", "ClassifierOptions", ("features", "model_dir"), ("label_column",), _call_train, "model"),
+    "predict": ("classify", "predict_file", None, ("model_dir", "input", "output"), ("input",), _call_predict, "predictions.parquet"),
+    "cluster": ("cluster", "cluster_file", "ClusterOptions", ("features", "output_dir"), (), _call_cluster, "clusters"),
+    "index": ("index", "build_index", None, ("features", "output"), (), _call_index, "index"),
+    "search": ("index", "Index.search_file", None, ("self", "output"), ("queries",), _call_search, "search-hits.parquet"),
+    "probe": ("probe", "probe_file", None, ("input", "output_dir", "config"), ("label_column",), _call_probe, "probe"),
+}
+_RUNTIME_FILLED = ("options", "progress", "overwrite", *RUNTIME_KEYS)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(stage: str) -> tuple[Callable[..., Any], Any]:
+    """The library function and options class of a stage, imported only when a file names the stage."""
+    module_name, func_path, options_name, *_ = _SPECS[stage]
+    module = importlib.import_module(f"embedkit.{module_name}")
+    func = functools.reduce(getattr, func_path.split("."), module)
+    return func, getattr(module, options_name) if options_name else None
+
+
+def allowed_keys(stage: str) -> list[str]:
+    """Valid keys of a stage table: the function's keyword arguments, its options' fields, pipeline-only keys."""
+    func, options_cls = _resolve(stage)
+    _, _, _, fixed, extra, _, _ = _SPECS[stage]
+    params = inspect.signature(func).parameters.values()
+    names = {q.name for q in params if q.default is not q.empty and q.name not in (*fixed, *_RUNTIME_FILLED)}
+    if options_cls is not None:
+        names |= {f.name for f in dataclasses.fields(options_cls)}
+    return sorted(names | set(extra))
+
+
+def split_options(stage: str, options: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Separate a stage's function keyword arguments from the fields of its options object."""
+    _, options_cls = _resolve(stage)
+    fields = {f.name for f in dataclasses.fields(options_cls)}
+    built = options_cls(**{k: v for k, v in options.items() if k in fields})
+    return {k: v for k, v in options.items() if k not in fields}, built
+
+
+def stage_outputs(p: Pipeline, stage: str) -> list[Path]:
+    return [_features(p)] if stage == "embed" else [p.output_dir / _SPECS[stage][6]]
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_pipeline(
+    path: str | Path,
+    *,
+    force: bool = False,
+    model: str | None = None,
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[StageOutcome]:
+    """Run a pipeline file; stages whose fingerprint is unchanged (and whose outputs exist) are skipped."""
+    p = load_pipeline(path, model=model, output_dir=output_dir)
+    try:
+        p.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output directory {p.output_dir}: {exc}") from exc
+    state_path = p.output_dir / STATE_FILE
+    state = {} if force else _load_state(state_path)
+    source_files = resolve_files(p.relative(p.source["path"]))
+    upstream = {
+        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings()),
+    }
+    outcomes = []
+    for stage in ("embed", *[s for s in STAGES[1:] if s in p.stages]):
+        options = dict(p.stages.get(stage, {}))
+        parent = NEEDS.get(stage, "embed")
+        outputs = stage_outputs(p, stage)
+        if stage == "embed":
+            fingerprint = upstream["embed"]
+        else:
+            extra_files = [p.relative(options["input"])] if stage == "predict" and "input" in options else []
+            if stage == "search" and isinstance(options.get("queries"), str):
+                extra_files = [p.relative(options["queries"])]
+            fingerprint = _digest(upstream[parent], stage, options, _files_digest([f for f in extra_files if f.is_file()]))
+        upstream[stage] = fingerprint
+        done = state.get(stage, {})
+        if done.get("fingerprint") == fingerprint and all(o.exists() for o in outputs):
+            echo(f"[{stage}] unchanged, skipped ({', '.join(str(o) for o in outputs)})")
+            outcomes.append(StageOutcome(stage, False, 0.0, "skipped", outputs))
+            continue
+        echo(f"[{stage}] running")
+        started = time.perf_counter()
+        call = _call_embed if stage == "embed" else _SPECS[stage][5]
+        try:
+            summary = call(p, options, progress)
+        except EmbedkitError as exc:
+            raise type(exc)(f"{p.path} [{stage}]: {exc}") from exc
+        seconds = time.perf_counter() - started
+        state[stage] = {"fingerprint": fingerprint, "seconds": round(seconds, 2)}
+        # Later stages' records depend on this one; drop them so they rerun even if this run stops early.
+        for later in STAGES[STAGES.index(stage) + 1 :]:
+            if later in state and state[later].get("fingerprint") != upstream.get(later):
+                state.pop(later, None)
+        write_text_atomic(state_path, json.dumps(state, indent=1))
+        echo(f"[{stage}] done in {seconds:.1f}s: {summary}")
+        outcomes.append(StageOutcome(stage, True, seconds, str(summary), outputs))
+    return outcomes
