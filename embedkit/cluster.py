@@ -76,12 +76,15 @@ DEFAULT_K_RANGE = (2, 20)
 DEFAULT_MIN_CLUSTER_SIZE = 10
 
 # Sample sizes: big enough that the estimate is stable, small enough that the step takes seconds.
-PREPROCESS_FIT_ROWS = 20_000  # mean, variance and PCA basis
+PREPROCESS_FIT_ROWS = 10_000  # mean, variance and PCA basis (64 of 768 components: 10k rows suffice)
 AUTO_K_ROWS = 5_000  # candidates of k="auto" (silhouette is quadratic in rows)
 SILHOUETTE_ROWS = 10_000
 MAX_FIT_ROWS = 8_000  # agglomerative / HDBSCAN fit (ward keeps n^2/2 distances: 8,000 rows = 256 MB)
 MAP_ROWS = {"pca": 20_000, "tsne": 5_000, "umap": 20_000}
 CHUNK_ROWS = 8_192
+# sklearn's pairwise helpers (silhouette, nearest centroid) size their chunks by this budget; its default of
+# 1 GiB would dominate the stage's peak memory on big data.
+WORKING_MEMORY_MIB = 128
 CENTRAL_TEXTS = 5
 TOP_TERMS = 10
 TEXT_PREVIEW_CHARS = 200
@@ -204,31 +207,104 @@ def build_preprocessor(options: ClusterOptions, n_rows: int, dim: int):
     return Pipeline(steps) if steps else None
 
 
+def fit_preprocessor(sample: np.ndarray, n_rows: int, options: ClusterOptions):
+    """Fit the pre-processing on ``sample`` (rows of a matrix of ``n_rows``). Returns ``(pipeline or None, info)``."""
+    dim = sample.shape[1]
+    pipeline = build_preprocessor(options, min(n_rows, len(sample)), dim)
+    info: dict[str, Any] = {
+        "standardize": options.standardize, "center": options.centers, "normalize": options.normalize,
+        "pca": 0, "input_dim": dim, "dim": dim, "fit_rows": 0,
+    }
+    if pipeline is None:
+        return None, info
+    pipeline.fit(sample)
+    info["fit_rows"] = int(len(sample))
+    if "pca" in pipeline.named_steps:
+        pca = pipeline.named_steps["pca"]
+        info.update(dim=int(pca.n_components_), pca=int(pca.n_components_),
+                    explained_variance=round(float(pca.explained_variance_ratio_.sum()), 4))
+    return pipeline, info
+
+
+def transform_into(pipeline, matrix: np.ndarray, out: np.ndarray) -> None:
+    """Apply a fitted pre-processing to ``matrix`` chunk by chunk, writing into ``out`` (bounded temporaries)."""
+    for start in range(0, len(matrix), CHUNK_ROWS):
+        chunk = matrix[start:start + CHUNK_ROWS]
+        out[start:start + len(chunk)] = chunk if pipeline is None else pipeline.transform(chunk)
+
+
 def preprocess(matrix: np.ndarray, options: ClusterOptions) -> tuple[np.ndarray, dict[str, Any]]:
-    """Fit the pre-processing on a sample and apply it to every row in chunks.
+    """Fit the pre-processing on a sample of an in-memory matrix and apply it to every row in chunks.
 
     Returns the matrix to cluster (float32) and a description of what was done.
     """
-    n, dim = matrix.shape
-    pipeline = build_preprocessor(options, n, dim)
-    info: dict[str, Any] = {
-        "standardize": options.standardize, "center": options.centers, "normalize": options.normalize,
-        "pca": 0, "input_dim": dim, "fit_rows": 0,
-    }
+    n = len(matrix)
+    pipeline, info = fit_preprocessor(matrix[_sample_rows(n, PREPROCESS_FIT_ROWS, options.seed)], n, options)
     if pipeline is None:
-        info["dim"] = dim
         return np.ascontiguousarray(matrix, dtype=np.float32), info
-    fit_rows = _sample_rows(n, PREPROCESS_FIT_ROWS, options.seed)
-    pipeline.fit(matrix[fit_rows])
-    out_dim = pipeline.named_steps["pca"].n_components_ if "pca" in pipeline.named_steps else dim
-    out = np.empty((n, out_dim), dtype=np.float32)
-    for start in range(0, n, CHUNK_ROWS):
-        out[start:start + CHUNK_ROWS] = pipeline.transform(matrix[start:start + CHUNK_ROWS])
-    info.update(dim=int(out_dim), fit_rows=int(len(fit_rows)))
-    if "pca" in pipeline.named_steps:
-        pca = pipeline.named_steps["pca"]
-        info.update(pca=int(pca.n_components_), explained_variance=round(float(pca.explained_variance_ratio_.sum()), 4))
+    out = np.empty((n, info["dim"]), dtype=np.float32)
+    transform_into(pipeline, matrix, out)
     return out, info
+
+
+def _finite_rows(matrix: np.ndarray) -> np.ndarray:
+    return np.isfinite(matrix).all(axis=1)
+
+
+def stream_preprocess(source, column: str, extra: list[str], options: ClusterOptions):
+    """Read a features file in batches and pre-process it without holding the full-width matrix.
+
+    Pass 1 draws a Bernoulli sample of about ``PREPROCESS_FIT_ROWS`` rows to fit the pre-processing (and counts
+    the usable rows); pass 2 transforms every batch into the (usually much narrower) output matrix. When the
+    whole file fits in the sample, it is read once. Rows with a null or non-finite embedding are skipped.
+
+    Returns ``(vectors, table of id + extra, skipped_null, skipped_nonfinite, info)``.
+    """
+    rng = np.random.default_rng(options.seed)
+    keep_share = min(1.0, PREPROCESS_FIT_ROWS / max(source.num_rows, 1))
+    sample, tables, usable, nonfinite = [], [], 0, 0
+    first_pass_extra = extra if keep_share >= 1.0 else []  # texts are only worth reading in the pass that keeps them
+    for matrix, table in source.iter_batches(column, first_pass_extra, batch_rows=CHUNK_ROWS):
+        finite = _finite_rows(matrix)
+        nonfinite += int((~finite).sum())
+        matrix = matrix[finite]
+        usable += len(matrix)
+        if keep_share >= 1.0:
+            sample.append(matrix)
+            tables.append(table.filter(pa.array(finite)))
+        else:
+            sample.append(matrix[rng.random(len(matrix)) < keep_share].copy())
+    skipped_null = source.num_rows - usable - nonfinite
+    if usable == 0:
+        raise InputError(
+            f"{source.path}: no row has a usable embedding in column {column!r} "
+            f"({source.num_rows} rows: {skipped_null} null, {nonfinite} with NaN/inf)"
+        )
+    check_rows(usable, options)
+    fit_sample = np.concatenate(sample)
+    del sample
+    pipeline, info = fit_preprocessor(fit_sample, usable, options)
+    if keep_share >= 1.0:  # everything was read: transform the rows in hand
+        vectors = np.empty((usable, info["dim"]), dtype=np.float32)
+        transform_into(pipeline, fit_sample, vectors)
+        return vectors, pa.concat_tables(tables), skipped_null, nonfinite, info
+    del fit_sample
+    vectors = np.empty((usable, info["dim"]), dtype=np.float32)
+    position = 0
+    for matrix, table in source.iter_batches(column, extra, batch_rows=CHUNK_ROWS):
+        finite = _finite_rows(matrix)
+        transform_into(pipeline, matrix[finite], vectors[position:position + int(finite.sum())])
+        position += int(finite.sum())
+        tables.append(table.filter(pa.array(finite)))
+    return vectors, pa.concat_tables(tables), skipped_null, nonfinite, info
+
+
+def check_rows(n: int, options: ClusterOptions) -> None:
+    """Refuse row counts no clustering can be made of (fewer than 2 rows, or fewer rows than k)."""
+    if n < 2:
+        raise InputError(f"clustering needs at least 2 rows with an embedding; got {n}")
+    if isinstance(options.k, int) and options.k > n:
+        raise InputError(f"k={options.k} is larger than the {n} rows with an embedding; lower --k")
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -272,7 +348,14 @@ def _nearest(queries: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.nd
     """Index of and Euclidean distance to the nearest of ``points`` for every query, in chunks."""
     from sklearn.metrics import pairwise_distances_argmin_min
 
-    return pairwise_distances_argmin_min(queries, points)
+    with _bounded_memory():
+        return pairwise_distances_argmin_min(queries, points)
+
+
+def _bounded_memory():
+    import sklearn
+
+    return sklearn.config_context(working_memory=WORKING_MEMORY_MIB)
 
 
 def fit_clusters(vectors: np.ndarray, method: str, k: int | None, options: ClusterOptions) -> np.ndarray:
@@ -322,7 +405,8 @@ def choose_k(vectors: np.ndarray, options: ClusterOptions, progress: bool = Fals
     scores: dict[int, float] = {}
     for k in tqdm(range(lo, hi + 1), desc="choosing k", unit="k", disable=not progress, leave=False):
         labels = _fit_labels(sample, method, k, options)
-        scores[k] = float(silhouette_score(sample, labels)) if 1 < len(np.unique(labels)) < len(sample) else -1.0
+        with _bounded_memory():
+            scores[k] = float(silhouette_score(sample, labels)) if 1 < len(np.unique(labels)) < len(sample) else -1.0
     best = max(scores, key=lambda c: (round(scores[c], 6), -c))
     return best, scores, len(rows)
 
@@ -349,21 +433,22 @@ class ClusterResult:
 
 
 def cluster_vectors(matrix: np.ndarray, options: ClusterOptions | None = None, progress: bool = False) -> ClusterResult:
-    """Pre-process and cluster an [n, d] matrix.
+    """Pre-process and cluster an in-memory [n, d] matrix.
 
     Raises:
         InputError: too few rows for the requested k (or to choose one).
     """
     options = options or ClusterOptions()
-    n = len(matrix)
-    if n < 2:
-        raise InputError(f"clustering needs at least 2 rows with an embedding; got {n}")
-    if isinstance(options.k, int) and options.k > n:
-        raise InputError(f"k={options.k} is larger than the {n} rows with an embedding; lower --k")
-    timings: dict[str, float] = {}
+    check_rows(len(matrix), options)
     t0 = time.perf_counter()
     vectors, info = preprocess(matrix, options)
-    timings["preprocess_s"] = time.perf_counter() - t0
+    return cluster_prepared(vectors, info, options, progress, {"preprocess_s": time.perf_counter() - t0})
+
+
+def cluster_prepared(vectors: np.ndarray, info: dict[str, Any], options: ClusterOptions, progress: bool = False,
+                     timings: dict[str, float] | None = None) -> ClusterResult:
+    """Cluster already pre-processed vectors (``info`` describes the pre-processing)."""
+    timings = dict(timings or {})
     k: int | None = None if options.method == "hdbscan" else options.k
     selection = None
     if k == AUTO:
@@ -377,10 +462,17 @@ def cluster_vectors(matrix: np.ndarray, options: ClusterOptions | None = None, p
     timings["fit_s"] = time.perf_counter() - t0
     n_clusters = k if k is not None else int(labels.max()) + 1 if (labels >= 0).any() else 0
     centroids = centroids_of(vectors, labels, n_clusters)
-    distances = np.full(n, np.nan, dtype=np.float32)
-    members = labels >= 0
-    distances[members] = np.linalg.norm(vectors[members] - centroids[labels[members]], axis=1)
-    return ClusterResult(labels, distances, vectors, centroids, n_clusters, info, selection, timings)
+    return ClusterResult(labels, distances_to_centroids(vectors, labels, centroids), vectors, centroids, n_clusters, info, selection, timings)
+
+
+def distances_to_centroids(vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row to its cluster's centroid (NaN for noise), in chunks."""
+    distances = np.full(len(vectors), np.nan, dtype=np.float32)
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        part, mine = vectors[start:start + CHUNK_ROWS], labels[start:start + CHUNK_ROWS]
+        members = mine >= 0
+        distances[start:start + CHUNK_ROWS][members] = np.linalg.norm(part[members] - centroids[mine[members]], axis=1)
+    return distances
 
 
 def cluster_metrics(result: ClusterResult, truth: np.ndarray | None, seed: int = 0) -> dict[str, Any]:
@@ -395,9 +487,10 @@ def cluster_metrics(result: ClusterResult, truth: np.ndarray | None, seed: int =
     metrics: dict[str, Any] = {"clusters": result.n_clusters, "noise_rows": int((labels < 0).sum())}
     rows = members[_sample_rows(len(members), SILHOUETTE_ROWS, seed)]
     n_labels = len(np.unique(labels[rows]))
-    metrics["silhouette"] = (
-        round(float(silhouette_score(result.vectors[rows], labels[rows])), 4) if 1 < n_labels < len(rows) else None
-    )
+    with _bounded_memory():
+        metrics["silhouette"] = (
+            round(float(silhouette_score(result.vectors[rows], labels[rows])), 4) if 1 < n_labels < len(rows) else None
+        )
     metrics["silhouette_rows"] = int(len(rows))
     if truth is not None:
         known = np.array([t is not None for t in truth], dtype=bool)
@@ -537,6 +630,14 @@ def draw_map(result: ClusterResult, path: Path, how: str = DEFAULT_MAP, seed: in
 # ---------------------------------------------------------------------------------------------- files
 
 
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(f"output {output_dir} exists and is not a directory")
+    check_writable_dir(output_dir if output_dir.exists() else (output_dir.parent if str(output_dir.parent) else Path(".")))
+    if (output_dir / FILE_SUMMARY).exists() and not overwrite:
+        raise OutputError(f"{output_dir} already holds a clustering ({FILE_SUMMARY}); pass --overwrite to replace it")
+
+
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Create the output directory; refuse a finished one unless ``overwrite`` (then mark it unfinished first)."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -556,13 +657,6 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         # Remove the summary first: until the new one lands, the directory reads as incomplete.
         summary.unlink()
     (output_dir / FILE_MAP).unlink(missing_ok=True)
-
-
-def _finite_rows(matrix: np.ndarray) -> np.ndarray:
-    keep = np.ones(len(matrix), dtype=bool)
-    for start in range(0, len(matrix), CHUNK_ROWS):
-        keep[start:start + CHUNK_ROWS] = np.isfinite(matrix[start:start + CHUNK_ROWS]).all(axis=1)
-    return keep
 
 
 def _versions() -> dict[str, str]:
@@ -615,22 +709,14 @@ def cluster_file(
     extra = [c for c in dict.fromkeys([*keep, *(c for c in (label_column, text_column) if c)]) if c != "id"]
     source.require_columns(extra)
     output_dir = Path(output_dir)
-    _prepare_output_dir(output_dir, overwrite)
+    _check_output_dir(output_dir, overwrite)  # fail before the work, create only once the input proved usable
 
-    matrix, table, skipped_null = source.load(column, extra)
-    finite = _finite_rows(matrix)
-    skipped_nonfinite = int((~finite).sum())
-    if skipped_nonfinite:
-        matrix, table = matrix[finite], table.filter(pa.array(finite))
+    t0 = time.perf_counter()
+    vectors, table, skipped_null, skipped_nonfinite, info = stream_preprocess(source, column, extra, options)
     if skipped_null or skipped_nonfinite:
         log.warning("skipped %d rows with a null embedding and %d with NaN/inf values", skipped_null, skipped_nonfinite)
-    if len(matrix) == 0:
-        raise InputError(
-            f"{source.path}: no row has a usable embedding in column {column!r} "
-            f"({source.num_rows} rows: {skipped_null} null, {skipped_nonfinite} with NaN/inf)"
-        )
-    result = cluster_vectors(matrix, options, progress)
-    del matrix  # only the pre-processed (usually much smaller) matrix is needed from here on
+    result = cluster_prepared(vectors, info, options, progress, {"preprocess_s": time.perf_counter() - t0})
+    _prepare_output_dir(output_dir, overwrite)
 
     ids = table.column("id").to_pylist()
     texts = table.column(text_column).to_pylist() if text_column else None

@@ -225,6 +225,7 @@ def test_all_null_embeddings(blob_file, tmp_path):
     path = blob_file(vectors, valid=np.zeros(10, dtype=bool))
     result = run_cli(path, "-o", tmp_path / "out", "--k", "2")
     assert result.exit_code == 3 and "no row has a usable embedding" in result.output and "10 null" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_k_larger_than_rows(features_file, tmp_path):
@@ -272,3 +273,21 @@ def test_unknown_option_values_raise_config_error():
         ClusterOptions(method="spectral")
     with pytest.raises(ConfigError, match="valid: pca, tsne, umap, none"):
         ClusterOptions(map="mds")
+
+
+def test_streamed_two_pass_read_keeps_rows_in_order(blob_file, tmp_path, monkeypatch):
+    """Big files are read twice in batches (sample, then transform); rows, ids and skips must come out right."""
+    import embedkit.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "PREPROCESS_FIT_ROWS", 25)
+    monkeypatch.setattr(cluster_module, "CHUNK_ROWS", 16)
+    vectors, labels = blobs(30, 3, 16, seed=6)
+    valid = np.ones(90, dtype=bool)
+    valid[[0, 40, 89]] = False
+    path = blob_file(vectors, labels, valid)
+    summary = cluster_file(path, tmp_path / "out", ClusterOptions(k=3, pca=4), label_column="label", keep=["label"])
+    assert summary["preprocessing"]["fit_rows"] < 87 and summary["skipped_rows"]["null_embedding"] == 3
+    table = pq.read_table(tmp_path / "out" / "clusters.parquet")
+    expected = [i for i, ok in zip(pq.read_table(path).column("id").to_pylist(), valid) if ok]
+    assert table.column("id").to_pylist() == expected
+    assert summary["metrics"]["nmi"] > 0.97
