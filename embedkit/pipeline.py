@@ -126,6 +126,13 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
     pipeline = Pipeline(path=path, name=name, output_dir=out, source=source, config=config, runtime=runtime, stages=stages)
     for stage, options in stages.items():
         _check_keys(path, stage, options, allowed_keys(stage))
+        if _resolve(stage)[1] is not None:
+            try:  # building the options object checks their values now, not after the embedding
+                split_options(stage, options)
+            except ConfigError as exc:
+                raise _error(path, stage, str(exc)) from exc
+            except (TypeError, ValueError) as exc:
+                raise _error(path, stage, f"bad value: {exc}") from exc
     return pipeline
 
 
