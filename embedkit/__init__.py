@@ -1,4 +1,12 @@
-"""embedkit: hidden-state features from transformer language models, done right for GPT-2."""
+"""embedkit: hidden-state features from transformer language models, done right for GPT-2.
+
+The public API is re-exported here. Heavy modules (torch, scikit-learn, FAISS) load on first use, so
+``import embedkit`` and commands that never run a model (``embedkit info``, ``cluster``, ``index build``) stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from .config import DEFAULT_MODEL, POOLING_MODES, ExtractConfig
 from .errors import (
@@ -9,21 +17,43 @@ from .errors import (
     ModelLoadError,
     OutputError,
 )
-from .extract import EncodeResult, Extractor
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Extractor": "embedkit.extract",
+    "EncodeResult": "embedkit.extract",
+    "embed_file": "embedkit.embed",
+    "open_features": "embedkit.store",
+    "train": "embedkit.classify",
+    "predict_file": "embedkit.classify",
+    "HiddenStateEmbedder": "embedkit.estimator",
+    "cluster_file": "embedkit.cluster",
+    "build_index": "embedkit.index",
+    "Index": "embedkit.index",
+    "probe_file": "embedkit.probe",
+    "run_pipeline": "embedkit.pipeline",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",
     "POOLING_MODES",
     "ConfigError",
     "EmbedkitError",
-    "EncodeResult",
     "ExtractConfig",
-    "Extractor",
     "IncompatibleError",
     "InputError",
     "ModelLoadError",
     "OutputError",
     "__version__",
+    *_LAZY,
 ]

@@ -20,6 +20,7 @@ MODEL_ENV = "EMBEDKIT_MODEL"
 POOLING_MODES = ("mean", "last", "max", "first", "weighted-mean")
 LONG_TEXT_MODES = ("truncate", "chunk")
 STORAGE_DTYPES = ("float32", "float16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def default_model() -> str:

@@ -9,17 +9,19 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from .config import ExtractConfig
 from .errors import InputError
-from .extract import Extractor
 from .extract.texts import EMBEDDED_STATUSES
 from .sources import Records, Source
 from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, vectors_to_arrow
+
+if TYPE_CHECKING:  # torch loads only when something is embedded
+    from .extract import Extractor
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,8 @@ def embed_file(
     started = time.perf_counter()
     source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
     if extractor is None:
+        from .extract import Extractor
+
         extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
     writer = PartWriter(Path(output), fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
     resumed = writer.rows_done

@@ -39,6 +39,15 @@ INFO_COLUMNS = ("n_tokens", "n_windows", "truncated", "status", "error")
 # ---------------------------------------------------------------------------------------------- files
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -61,6 +70,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); outputs get the usual mode
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

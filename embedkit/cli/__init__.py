@@ -28,6 +28,13 @@ class EmbedkitGroup(click.Group):
             return super().invoke(ctx)
         except EmbedkitError as exc:
             raise _CleanError(exc) from exc
+        except BrokenPipeError:
+            # The reader went away (`embedkit info x | head`): not an error. Point stdout at devnull so the
+            # interpreter's final flush does not raise again.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except MemoryError as exc:
             raise click.ClickException("out of memory: lower --batch-tokens (or --max-length)") from exc
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..classify import CLASS_WEIGHTS, CLASSIFIERS, DEFAULT_CLASSIFIER, DEFAULT_TEST_SIZE, KNN_METRICS, KNN_WEIGHTS
-from ..extract.model import DEVICES
+from ..config import DEVICES
 from ..sources import FORMATS
 from . import cli, quiet_libraries
 from .embed import split_commas

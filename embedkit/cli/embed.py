@@ -6,10 +6,9 @@ import json
 
 import click
 
-from ..config import LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
+from ..config import DEVICES, LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
 from ..embed import DEFAULT_PART_ROWS
 from ..engines import ENGINES
-from ..extract.model import DEVICES
 from ..sources import FORMATS
 from . import cli, quiet_libraries
 

@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import MODEL_ENV, ExtractConfig
+from ..config import DEVICES, MODEL_ENV, ExtractConfig
 from ..errors import ConfigError, ModelLoadError, choice_error
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
