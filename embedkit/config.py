@@ -21,6 +21,10 @@ POOLING_MODES = ("mean", "last", "max", "first", "weighted-mean")
 LONG_TEXT_MODES = ("truncate", "chunk")
 STORAGE_DTYPES = ("float32", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+# How the forward pass runs. "torch" is exact (within float rounding of the reference); "int8" is dynamic int8
+# quantisation of the linear layers (CPU only): faster, approximate (cosine >= 0.99 to torch), so it is part of
+# the vector settings and travels in metadata.
+BACKENDS = ("torch", "int8")
 
 
 def default_model() -> str:
@@ -50,6 +54,7 @@ class ExtractConfig:
         normalize: L2-normalise every stored vector.
         dtype: storage dtype of the vectors, ``float32`` or ``float16``.
         trust_remote_code: allow a model's own Python code to run (off unless asked).
+        backend: ``torch`` (exact) or ``int8`` (dynamic int8 linear layers on CPU; approximate, faster).
     """
 
     model: str = field(default_factory=default_model)
@@ -62,6 +67,7 @@ class ExtractConfig:
     normalize: bool = False
     dtype: str = "float32"
     trust_remote_code: bool = False
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         # Accept lists and single values from callers, but keep the frozen object hashable and canonical.
@@ -80,6 +86,8 @@ class ExtractConfig:
             raise ConfigError(f"pooling modes repeat: {', '.join(self.pooling)}")
         if self.long_text not in LONG_TEXT_MODES:
             raise choice_error("long-text mode", self.long_text, LONG_TEXT_MODES)
+        if self.backend not in BACKENDS:
+            raise choice_error("backend", self.backend, BACKENDS)
         if self.dtype not in STORAGE_DTYPES:
             raise choice_error("dtype", self.dtype, STORAGE_DTYPES)
         if self.max_length is not None and self.max_length < 2:
