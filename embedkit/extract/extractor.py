@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 
 from ..config import ExtractConfig
 from ..errors import ConfigError, InputError
+from .backends import prepare
 from .batching import SpecialTokens, plan_batches, split_windows
 from .layers import run_to_layers
 from .model import LoadedModel, load_model
@@ -20,9 +22,10 @@ from .texts import CheckedText, check_text
 
 log = logging.getLogger(__name__)
 
-# Padded tokens per forward pass. Measured on a 2-core CPU with GPT-2 small (benchmarks/throughput.py):
-# larger budgets stop paying once matrix multiplies are big enough, and attention cost grows with length.
-DEFAULT_BATCH_TOKENS = 4096
+# Padded tokens per forward pass. Measured on a 2-core CPU with GPT-2 small (benchmarks/throughput.py): 1,024
+# keeps a block's activations ([1024, 3072] floats = 12 MB) near the caches while matrix multiplies stay big
+# enough to run at full speed; 4,096 was slower, not faster.
+DEFAULT_BATCH_TOKENS = 1024
 DEFAULT_CUDA_BATCH_TOKENS = 65536
 
 ProgressFn = Callable[[int, int], None]  # (texts finished, tokens run)
@@ -71,6 +74,13 @@ def resolve_config(config: ExtractConfig, loaded: LoadedModel) -> ExtractConfig:
     return config.replace(layers=tuple(layers), max_length=max_length, stride=stride)
 
 
+def _accepts(model: torch.nn.Module, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class Extractor:
     """Batched hidden-state feature extraction.
 
@@ -101,6 +111,9 @@ class Extractor:
                 raise ConfigError(f"threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)
         self.loaded = load_model(config, device)
+        self.loaded.model = prepare(self.loaded.model, config.backend, self.loaded.device)
+        # A KV cache is only useful for generation; building one costs a copy of every key and value.
+        self._extra_inputs = {"use_cache": False} if _accepts(self.loaded.model, "use_cache") else {}
         self.config = resolve_config(config, self.loaded)
         on_cuda = self.loaded.device.type == "cuda"
         self.batch_tokens = batch_tokens or (DEFAULT_CUDA_BATCH_TOKENS if on_cuda else DEFAULT_BATCH_TOKENS)
@@ -138,7 +151,8 @@ class Extractor:
         ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode(), self._autocast():
             hidden = run_to_layers(
-                self.loaded.model, self.loaded.blocks, set(self.config.layers), input_ids=ids, attention_mask=mask
+                self.loaded.model, self.loaded.blocks, set(self.config.layers), input_ids=ids, attention_mask=mask,
+                **self._extra_inputs,
             )
             return [pool(hidden[layer], mask, mode).cpu() for layer, mode in self.config.pairs]
 

@@ -1,0 +1,74 @@
+"""Backends: the exact rewrites keep the reference vectors; int8 is close to them and says so in its config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from conftest import sample_texts
+from embedkit import ConfigError, ExtractConfig, Extractor
+from embedkit.config import BACKENDS
+from embedkit.extract.backends import conv1d_to_linear, fuse_activations, prepare
+
+TEXTS = sample_texts(30, seed=11, max_words=80)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_fused_activation_and_linear_rewrite_keep_the_outputs(tiny_gpt2_shared):
+    original = AutoModel.from_pretrained(tiny_gpt2_shared).eval()
+    rewritten = AutoModel.from_pretrained(tiny_gpt2_shared).eval()
+    assert fuse_activations(rewritten) == 2  # one MLP activation per block
+    assert conv1d_to_linear(rewritten) == 8  # c_attn, c_proj, c_fc, mlp.c_proj per block
+    ids = torch.randint(0, original.config.vocab_size, (3, 50))
+    with torch.no_grad():
+        want = original(input_ids=ids).last_hidden_state
+        got = rewritten(input_ids=ids).last_hidden_state
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_int8_is_close_to_torch_and_recorded(extractor_factory):
+    exact = extractor_factory(pooling=("mean", "last"))
+    approx = extractor_factory(pooling=("mean", "last"), backend="int8")
+    assert approx.config.backend == "int8"
+    assert approx.config.to_dict()["backend"] == "int8"
+    assert approx.config.vector_settings() != exact.config.vector_settings()
+    a, b = exact.embed(TEXTS), approx.embed(TEXTS)
+    for column in exact.columns:
+        assert cosines(a[column], b[column]).min() >= 0.99, column
+    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in approx.loaded.model.modules())
+
+
+def test_int8_keeps_order_and_layers(extractor_factory):
+    approx = extractor_factory(backend="int8", layers=(1, -1))
+    shuffled = TEXTS[::-1]
+    forward, backward = approx.embed(TEXTS), approx.embed(shuffled)
+    for column in approx.columns:
+        np.testing.assert_allclose(forward[column][::-1], backward[column], atol=1e-5)
+
+
+def test_unknown_backend_names_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown backend 'onnx-gpu'; valid: torch, int8"):
+        ExtractConfig(model="x", backend="onnx-gpu")
+    assert BACKENDS == ("torch", "int8")
+
+
+def test_int8_refuses_cuda(tiny_gpt2_shared):
+    model = AutoModel.from_pretrained(tiny_gpt2_shared).eval()
+    with pytest.raises(ConfigError, match="CPU only"):
+        prepare(model, "int8", torch.device("cuda"))
+
+
+def test_old_metadata_without_backend_reads_as_torch(tiny_gpt2_shared):
+    stored = ExtractConfig(model=tiny_gpt2_shared).to_dict()
+    del stored["backend"]
+    assert ExtractConfig.from_dict(stored).backend == "torch"
+
+
+def test_extractor_accepts_int8_by_config(tiny_gpt2_shared):
+    ex = Extractor(ExtractConfig(model=tiny_gpt2_shared, backend="int8"), device="cpu")
+    assert ex.embed(["one text"]).shape == (1, ex.dim)
