@@ -77,5 +77,6 @@ from . import classify as _classify  # noqa: E402
 from . import cluster as _cluster  # noqa: E402
 from . import probe as _probe  # noqa: E402
 from . import pipeline as _pipeline  # noqa: E402
+from . import index as _index  # noqa: E402
 
 __all__ = ["cli", "quiet_libraries"]

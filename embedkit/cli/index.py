@@ -1,0 +1,126 @@
+"""``embedkit index build``, ``embedkit index add`` and ``embedkit search``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import click
+
+from ..config import DEVICES
+from ..index import DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
+from . import cli, quiet_libraries
+from .embed import split_commas
+
+
+@cli.group()
+def index():
+    """Build and grow FAISS similarity indexes of a features file."""
+
+
+@index.command("build")
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Index directory to create.")
+@click.option("--kind", type=click.Choice(KINDS), default="auto", show_default=True,
+              help="auto picks by rows, dimension and --memory.")
+@click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
+@click.option("--memory", default=DEFAULT_MEMORY, show_default=True, help="RAM budget for the index (e.g. 512MB, 4GB).")
+@click.option("--column", default=None, help="Embedding column [default: the only one].")
+@click.option("--store", multiple=True, callback=split_commas,
+              help="Columns kept for display in search results [default: text, when present].")
+@click.option("--no-store", is_flag=True, help="Keep only ids (no text) in the index.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_TARGET_RECALL,
+              show_default=True, help="recall@10 that nprobe/efSearch are tuned to reach.")
+@click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def build(features, output, kind, metric, memory, column, store, no_store, target_recall, overwrite, as_json, quiet):
+    """Build a similarity index of FEATURES (a Parquet from `embedkit embed`) into a directory."""
+    from ..index import build_index
+
+    report = build_index(features, output, kind=kind, metric=metric, memory=memory, column=column,
+                         store=[] if no_store else (list(store) or None), target_recall=target_recall,
+                         overwrite=overwrite, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for line in report.lines():
+            click.echo(line, err=True)
+
+
+@index.command("add")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def add(index_dir, features, column, quiet):
+    """Add the rows of FEATURES (embedded with the index's settings) to INDEX_DIR without rebuilding."""
+    from ..index import Index
+
+    idx = Index.load(index_dir)
+    added = idx.add(features, column=column, progress=not quiet)
+    click.echo(f"added {added:,} rows to {index_dir}; it now holds {idx.size:,}", err=True)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("query", required=False)
+@click.option("-k", "k", type=int, default=DEFAULT_K, show_default=True, help="Hits per query.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--queries", type=click.Path(), default=None,
+              help="File of queries (CSV/TSV/JSONL/Parquet/TXT, or a features Parquet); needs -o.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Parquet for --queries hits.")
+@click.option("--text-column", default="text", show_default=True, help="Query text column of --queries.")
+@click.option("--id-column", default=None, help="Column of --queries copied to the hits as query_id.")
+@click.option("--id", "by_id", default=None, help="More like this: search with the row of this id.")
+@click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
+@click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def search(index_dir, query, k, as_json, queries, output, text_column, id_column, by_id, nprobe, ef_search, device,
+           overwrite, quiet):
+    """Find the rows of INDEX_DIR most like QUERY (text embedded exactly as the index was), or like --id."""
+    from ..errors import ConfigError
+    from ..index import Index
+
+    given = [name for name, value in (("QUERY", query), ("--queries", queries), ("--id", by_id)) if value is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of QUERY, --queries FILE or --id X" + (f" (got {', '.join(given)})" if given else ""))
+    if queries is not None and output is None:
+        raise ConfigError("--queries needs -o OUT.parquet for the hits")
+    quiet_libraries(quiet)
+    idx = Index.load(index_dir, device=device)
+    knobs = {"nprobe": nprobe, "ef_search": ef_search}
+    if queries is not None:
+        summary = idx.search_file(queries, output, k, text_column=text_column, id_column=id_column,
+                                  overwrite=overwrite, progress=not quiet, **knobs)
+        for note in summary["notes"]:
+            click.echo(f"note: {note}", err=True)
+        skipped = f"; {summary['skipped']} empty or unreadable skipped" if summary["skipped"] else ""
+        click.echo(f"{summary['searched']:,} of {summary['queries']:,} queries searched{skipped}; "
+                   f"{summary['hits']:,} hits -> {output}", err=True)
+        return
+    result = idx.search_ids([by_id], k, **knobs) if by_id is not None else idx.search(query, k, **knobs)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    hits = result.hits(0)
+    if as_json:
+        click.echo(json.dumps({"query": query, "id": by_id, "metric": idx.metric, "hits": hits}, indent=2, default=str))
+        return
+    _print_table(hits, idx.stored_columns, idx.metric)
+
+
+def _print_table(hits: list[dict], stored: list[str], metric: str) -> None:
+    score_name = {"cosine": "cosine", "ip": "ip", "l2": "distance"}[metric]
+    ids = [str(h["id"]) for h in hits]
+    id_width = max([2, *map(len, ids)])
+    header = f"{'rank':>4}  {score_name:>8}  {'id':<{id_width}}"
+    width = shutil.get_terminal_size((120, 20)).columns
+    room = max(20, width - len(header) - 2 * len(stored) - 2)
+    click.echo(header + "".join(f"  {c}" for c in stored))
+    for h, id_text in zip(hits, ids):
+        cells = [" ".join(str(h.get(c, "")).split()) for c in stored]
+        per = room // max(1, len(cells))
+        cells = [c if len(c) <= per else c[: per - 1] + "…" for c in cells]
+        click.echo(f"{h['rank']:>4}  {h['score']:>8.4f}  {id_text:<{id_width}}" + "".join(f"  {c}" for c in cells))

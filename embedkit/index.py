@@ -1,0 +1,1054 @@
+"""FAISS similarity index: choose, train, add, verify, save/load and search by text, vector or id.
+
+An index directory holds:
+
+* ``index-N.faiss``: the FAISS index (built from an ``index_factory`` string),
+* ``ids-N.parquet``: row ``i`` of the FAISS index is row ``i`` of this table (the features ``id`` plus any
+  stored columns such as ``text``, for display),
+* ``index.json``, written last: extraction settings of the indexed column (so ``search`` embeds query text
+  exactly the same way), metric, kind, factory string, counts, tuned search parameters, build figures and the
+  sha256 of both data files, checked before FAISS reads anything.
+
+``N`` is a generation number bumped by every ``add``: new files are written beside the old ones and
+``index.json`` is switched last, so a crash mid-add leaves the previous index intact and loadable.
+
+Build streams the features file twice in bounded batches: the first pass draws a training sample and a
+held-out query sample, the second adds vectors to the index while keeping the exact top-k of the query sample
+(a running heap), so recall is measured without ever holding the whole matrix. Recall is leave-one-out: a
+query's own row is removed from both the exact and the approximate neighbours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .config import ExtractConfig
+from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
+from .store import Features, atomic_path, check_writable_dir, open_features, output_error, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+METRICS = ("cosine", "ip", "l2")
+META_FILE = "index.json"
+INDEX_FORMAT = 1
+DEFAULT_MEMORY = "4GB"
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_K = 10
+EVAL_K = 10  # recall@10, the figure the build reports
+EVAL_QUERIES = 1000  # held-out queries for recall and queries/s
+BATCH_ROWS = 65536
+
+# --kind auto, anchored on autofaiss's rules (get_optimal_index_keys_v2): exact search under 1k rows, HNSW
+# while it fits in the budget, IVF-flat with ~4*sqrt(N) lists, IVF-PQ when memory demands it.
+FLAT_MAX_ROWS = 1_000
+HNSW_M = 32
+# HNSW inserts one vector at a time with a graph search each; on a laptop-class CPU a 768-d HNSW32 build
+# passes 10 minutes around 1M rows while IVF-flat builds in about two, so auto stops choosing HNSW above
+# this many row*dimension cells (~260k rows at 768-d, ~1.5M at 128-d). Explicit --kind hnsw has no cap.
+HNSW_MAX_CELLS = 200_000_000
+IVF_MIN_ROWS_PER_LIST = 39  # faiss's own k-means minimum; below it, fewer lists
+IVF_TRAIN_ROWS_PER_LIST = 32  # training sample per list; k-means cost grows with it
+IVF_KMEANS_ITERATIONS = 15
+IVF_HNSW_QUANTIZER_LISTS = 1024  # from here on the coarse quantizer is an HNSW over centroids (as autofaiss)
+PQ_BYTES = (64, 48, 32, 24, 16, 8, 4)  # bytes per vector, largest (most accurate) first
+PQ_TRAIN_ROWS = 16_384
+PQ_KMEANS_ITERATIONS = 10
+OPQ_MIN_ROWS = 20_000
+OPQ_ITERATIONS = 10  # faiss default 50: each iteration trains a whole PQ; the rotation settles early
+OPQ_MAX_RATIO = 6  # OPQ output dim <= 6 bytes-per-vector x m (as autofaiss): keeps OPQ training affordable
+EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+ID_BYTES = 8  # FAISS stores an int64 id per vector in inverted lists
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes from ``4GB``, ``512MiB``, ``1.5G`` or a plain byte count (units are binary: 1 GB = 2**30)."""
+    if isinstance(value, (int, np.integer)):
+        if value <= 0:
+            raise ConfigError(f"memory budget must be positive, got {value}")
+        return int(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), flags=re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"cannot read memory budget {value!r}: use e.g. 4GB, 512MB, 1.5G or a byte count")
+    amount = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if amount <= 0:
+        raise ConfigError(f"memory budget must be positive, got {value!r}")
+    return int(amount)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What will be built: the kind, its FAISS factory string, the estimated size and why it was chosen."""
+
+    kind: str
+    factory: str
+    nlist: int = 0
+    pq_bytes: int = 0
+    estimated_bytes: int = 0
+    reason: str = ""
+
+
+def ivf_lists(rows: int) -> int:
+    """~4*sqrt(N) lists rounded to a power of two, but never fewer than 39 training rows per list."""
+    target = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(rows))))
+    return int(max(1, min(target, rows // IVF_MIN_ROWS_PER_LIST)))
+
+
+def _ivf_prefix(nlist: int) -> str:
+    return f"IVF{nlist}_HNSW32" if nlist >= IVF_HNSW_QUANTIZER_LISTS else f"IVF{nlist}"
+
+
+def _estimate(kind: str, rows: int, dim: int, nlist: int = 0, pq_bytes: int = 0) -> int:
+    """Resident size of an index in bytes (vectors, graph links or codes, ids, centroids)."""
+    if kind == "flat":
+        return rows * dim * 4
+    if kind == "hnsw":
+        # Level 0 keeps 2M links per vector, upper levels add ~1/M of that; plus level bookkeeping.
+        return rows * (dim * 4 + HNSW_M * 2 * 4 + HNSW_M * 4 // 2 + 12)
+    centroids = nlist * dim * 4 + (nlist * HNSW_M * 2 * 4 if nlist >= IVF_HNSW_QUANTIZER_LISTS else 0)
+    if kind == "ivf":
+        return rows * (dim * 4 + ID_BYTES) + centroids
+    opq = dim * dim * 4
+    return rows * (pq_bytes + ID_BYTES) + centroids + opq + 256 * dim * 4
+
+
+def _pq_factory(rows: int, dim: int, nlist: int, m: int) -> str:
+    sub_dims = dim // m
+    # OPQ rotates (and may reduce) the input so each of the m sub-vectors carries similar variance; it pays off
+    # when a sub-quantizer covers several dimensions and there are enough rows to learn the rotation (each of
+    # its iterations trains a 256-centroid PQ, which wants ~10k rows).
+    opq = f"OPQ{m}_{m * min(sub_dims, OPQ_MAX_RATIO)}," if sub_dims >= 2 and rows >= OPQ_MIN_ROWS else ""
+    return f"{opq}{_ivf_prefix(nlist)},PQ{m}np"  # np: no polysemous training (slow, unused here)
+
+
+def _pq_bytes(rows: int, dim: int, nlist: int, budget: int | None) -> int:
+    """Bytes per vector: the largest code that fits ``budget`` (at least 2 dimensions per byte)."""
+    candidates = [m for m in PQ_BYTES if m <= dim // 2] or [1]
+    if budget is not None:
+        within = [m for m in candidates if _estimate("ivfpq", rows, dim, nlist, m) <= budget]
+        return within[0] if within else candidates[-1]
+    return candidates[0]
+
+
+def plan_index(kind: str, rows: int, dim: int, memory: str | int = DEFAULT_MEMORY) -> IndexPlan:
+    """Turn ``kind`` (possibly ``auto``) into a concrete plan for ``rows`` vectors of ``dim`` dimensions.
+
+    Raises:
+        ConfigError: unknown kind, or no kind fits the memory budget.
+    """
+    if kind not in KINDS:
+        raise choice_error("index kind", kind, KINDS)
+    budget = parse_memory(memory)
+    nlist = ivf_lists(rows)
+    if kind == "auto":
+        return _auto_plan(rows, dim, budget, nlist)
+    if kind == "flat":
+        plan = IndexPlan("flat", "Flat", estimated_bytes=_estimate("flat", rows, dim), reason="asked for")
+    elif kind == "hnsw":
+        plan = IndexPlan("hnsw", f"HNSW{HNSW_M}", estimated_bytes=_estimate("hnsw", rows, dim), reason="asked for")
+    elif kind == "ivf":
+        plan = IndexPlan("ivf", f"{_ivf_prefix(nlist)},Flat", nlist, estimated_bytes=_estimate("ivf", rows, dim, nlist),
+                         reason="asked for")
+    else:
+        m = _pq_bytes(rows, dim, nlist, budget)
+        plan = IndexPlan("ivfpq", _pq_factory(rows, dim, nlist, m), nlist, m, _estimate("ivfpq", rows, dim, nlist, m), "asked for")
+    if plan.estimated_bytes > budget:
+        log.warning("a %s index of %d x %d needs about %s, over the %s budget", plan.kind, rows, dim,
+                    human_bytes(plan.estimated_bytes), human_bytes(budget))
+    return plan
+
+
+def _auto_plan(rows: int, dim: int, budget: int, nlist: int) -> IndexPlan:
+    flat = _estimate("flat", rows, dim)
+    if rows < FLAT_MAX_ROWS and flat <= budget:
+        return IndexPlan("flat", "Flat", estimated_bytes=flat, reason=f"under {FLAT_MAX_ROWS:,} rows exact search is fastest")
+    hnsw = _estimate("hnsw", rows, dim)
+    if hnsw <= budget and rows * dim <= HNSW_MAX_CELLS:
+        return IndexPlan("hnsw", f"HNSW{HNSW_M}", estimated_bytes=hnsw, reason="fits the memory budget with graph links")
+    ivf = _estimate("ivf", rows, dim, nlist)
+    if ivf <= budget:
+        why = "too large to build HNSW quickly" if hnsw <= budget else "HNSW does not fit the memory budget"
+        return IndexPlan("ivf", f"{_ivf_prefix(nlist)},Flat", nlist, estimated_bytes=ivf,
+                         reason=f"{why}; full vectors fit")
+    m = _pq_bytes(rows, dim, nlist, budget)
+    pq = _estimate("ivfpq", rows, dim, nlist, m)
+    if pq > budget:
+        raise ConfigError(
+            f"no index of {rows:,} x {dim} fits in {human_bytes(budget)}: the smallest (IVF-PQ, {m} bytes per vector) "
+            f"needs about {human_bytes(pq)}; raise --memory"
+        )
+    return IndexPlan("ivfpq", _pq_factory(rows, dim, nlist, m), nlist, m, pq,
+                     reason=f"full vectors ({human_bytes(ivf)}) exceed the {human_bytes(budget)} budget: {m}-byte codes")
+
+
+# ---------------------------------------------------------------------------------------------- faiss helpers
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _metric_type(metric: str) -> int:
+    faiss = _faiss()
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _prepare(matrix: np.ndarray, metric: str) -> np.ndarray:
+    """float32, C-contiguous, unit length for cosine (FAISS then ranks by inner product)."""
+    x = np.ascontiguousarray(matrix, dtype=np.float32)
+    if metric == "cosine":
+        x = x.copy() if x is matrix else x
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        np.divide(x, np.maximum(norms, 1e-12), out=x)
+    return x
+
+
+def _ivf_of(index):
+    faiss = _faiss()
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _hnsw_of(index):
+    faiss = _faiss()
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def apply_params(index, params: dict[str, int]) -> None:
+    """Set search-time knobs (nprobe, efSearch) through FAISS's ParameterSpace (it reaches wrapped indexes)."""
+    faiss = _faiss()
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if name == "nprobe" and _ivf_of(index) is None or name == "efSearch" and _hnsw_of(index) is None:
+            raise ConfigError(f"{name} does not apply to this index ({type(index).__name__})")
+        space.set_index_parameter(index, name, int(value))
+        if name == "nprobe":
+            ivf = _ivf_of(index)
+            quantizer = faiss.downcast_index(ivf.quantizer)
+            if isinstance(quantizer, faiss.IndexHNSW):
+                # The HNSW over centroids must look at least as wide as the lists it is asked to return.
+                quantizer.hnsw.efSearch = max(2 * int(value), 64)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------- recall
+
+
+def _drop_self(ids: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Remove each query's own row from its neighbour list (leave-one-out) and keep the first ``k``."""
+    out = np.full((ids.shape[0], k), -1, dtype=np.int64)
+    for q in range(ids.shape[0]):
+        row = ids[q][(ids[q] != own[q]) & (ids[q] >= 0)][:k]
+        out[q, : row.size] = row
+    return out
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true neighbours found (rows of -1 padding ignored in the truth)."""
+    hits, total = 0, 0
+    for f, t in zip(found, truth):
+        t = t[t >= 0]
+        hits += np.intersect1d(f[f >= 0], t).size
+        total += t.size
+    return hits / total if total else 1.0
+
+
+@dataclass
+class Evaluation:
+    """Held-out queries (rows of the index) and their exact leave-one-out neighbours."""
+
+    queries: np.ndarray
+    positions: np.ndarray
+    truth: np.ndarray
+    k: int
+
+    def recall(self, index) -> float:
+        _, found = index.search(self.queries, self.k + 1)
+        return recall_at_k(_drop_self(found, self.positions, self.k), self.truth)
+
+    def queries_per_second(self, index, min_seconds: float = 0.5) -> float:
+        runs, start = 0, time.perf_counter()
+        while True:
+            index.search(self.queries, self.k)
+            runs += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds or runs >= 20:
+                return runs * len(self.queries) / elapsed
+
+
+def tune(index, evaluation: Evaluation, target: float) -> tuple[dict[str, int], float]:
+    """The cheapest nprobe / efSearch whose recall reaches ``target`` (else the best one tried)."""
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        steps = sorted({min(2**i, ivf.nlist) for i in range(int(math.log2(max(1, ivf.nlist))) + 1)} | {ivf.nlist})
+        name = "nprobe"
+    elif _hnsw_of(index) is not None:
+        steps = [s for s in EF_SEARCH_STEPS if s >= evaluation.k] or [EF_SEARCH_STEPS[-1]]
+        name = "efSearch"
+    else:
+        return {}, evaluation.recall(index)
+    best: tuple[float, int] = (-1.0, steps[-1])
+    for value in steps:
+        apply_params(index, {name: value})
+        recall = evaluation.recall(index)
+        log.info("%s=%d: recall@%d %.4f", name, value, evaluation.k, recall)
+        if recall > best[0] + 1e-9:
+            best = (recall, value)
+        if recall >= target:
+            return {name: value}, recall
+    log.warning("recall@%d target %.2f not reached; best %.4f at %s=%d", evaluation.k, target, best[0], name, best[1])
+    apply_params(index, {name: best[1]})
+    return {name: best[1]}, best[0]
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+@dataclass
+class BuildReport:
+    """What a build (or add) produced, with the figures it measured."""
+
+    directory: Path
+    kind: str
+    factory: str
+    metric: str
+    rows: int
+    dim: int
+    skipped_null_rows: int
+    build_seconds: float
+    index_bytes: int
+    peak_rss_bytes: int
+    recall_at_10: float | None
+    queries_per_second: float | None
+    params: dict[str, int]
+    target_recall: float
+    eval_queries: int
+    reason: str = ""
+
+    def lines(self) -> list[str]:
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
+        out = [
+            f"{self.rows:,} vectors (dim {self.dim}, {self.metric}) -> {self.directory}",
+            f"kind {self.kind} ({self.factory}){': ' + self.reason if self.reason else ''}",
+            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, peak memory {human_bytes(self.peak_rss_bytes)}",
+        ]
+        if self.recall_at_10 is not None:
+            reached = "" if self.recall_at_10 >= self.target_recall - 1e-9 else f" (target {self.target_recall} not reached)"
+            out.append(
+                f"recall@10 {self.recall_at_10:.3f}{reached} at {params} on {self.eval_queries} held-out queries, "
+                f"{self.queries_per_second:,.0f} queries/s"
+            )
+        if self.skipped_null_rows:
+            out.append(f"{self.skipped_null_rows} rows without an embedding skipped")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["directory"] = str(self.directory)
+        return d
+
+
+def _default_store(features: Features, column: str) -> list[str]:
+    return ["text"] if "text" in features.schema.names and column != "text" else []
+
+
+def _column_dim(features: Features, column: str) -> int:
+    return int(features.schema.field(column).type.list_size)
+
+
+@dataclass
+class _Samples:
+    train: np.ndarray
+    queries: np.ndarray
+    query_positions: np.ndarray
+    rows: int
+
+
+def _draw_samples(features: Features, column: str, train_rows: int, eval_queries: int, metric: str,
+                  seed: int, batch_rows: int) -> _Samples:
+    """First pass: count rows with an embedding, draw a training sample and disjoint held-out queries."""
+    rng = np.random.default_rng(seed)
+    total = features.num_rows
+    n_queries = min(eval_queries, max(0, total - 1))
+    picks = rng.permutation(total)
+    query_set = np.sort(picks[:n_queries])
+    if n_queries + train_rows <= total:  # held out: queries never seen in training
+        train_set = np.sort(picks[n_queries : n_queries + train_rows])
+    else:  # too few rows to keep them apart: train on a sample of all rows
+        train_set = np.sort(rng.permutation(total)[:train_rows])
+    train, queries, query_pos, seen = [], [], [], 0
+    for matrix, _ in features.iter_batches(column, (), batch_rows):
+        positions = np.arange(seen, seen + len(matrix))
+        in_q = np.isin(positions, query_set)
+        queries.append(matrix[in_q])
+        query_pos.append(positions[in_q])
+        if train_rows:
+            in_t = np.isin(positions, train_set)
+            train.append(matrix[in_t])
+        seen += len(matrix)
+    if seen == 0:
+        raise InputError(f"{features.path}: no row has an embedding in {column!r} (all {total} rows are null)")
+    dim = _column_dim(features, column)
+    stack = lambda parts: _prepare(np.concatenate(parts) if parts else np.empty((0, dim), np.float32), metric)  # noqa: E731
+    return _Samples(stack(train), stack(queries), np.concatenate(query_pos).astype(np.int64), seen)
+
+
+def _train_rows(plan: IndexPlan, rows: int) -> int:
+    if plan.kind == "ivf":
+        return min(rows, plan.nlist * IVF_TRAIN_ROWS_PER_LIST)
+    if plan.kind == "ivfpq":
+        return min(rows, max(plan.nlist * IVF_TRAIN_ROWS_PER_LIST, PQ_TRAIN_ROWS))
+    return 0
+
+
+def _new_index(plan: IndexPlan, dim: int, metric: str, train: np.ndarray):
+    faiss = _faiss()
+    try:
+        index = faiss.index_factory(dim, plan.factory, _metric_type(metric))
+    except RuntimeError as exc:
+        raise ConfigError(f"FAISS cannot build {plan.factory!r} for dimension {dim}: {exc}") from exc
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf.cp.niter = IVF_KMEANS_ITERATIONS
+        # We sample IVF_TRAIN_ROWS_PER_LIST rows per list on purpose (k-means time); say so instead of warning.
+        ivf.cp.min_points_per_centroid = min(IVF_TRAIN_ROWS_PER_LIST, ivf.cp.min_points_per_centroid)
+        if hasattr(ivf, "pq"):
+            ivf.pq.cp.niter = PQ_KMEANS_ITERATIONS
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            transform = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(transform, faiss.OPQMatrix):
+                transform.niter = OPQ_ITERATIONS
+                transform.max_train_points = PQ_TRAIN_ROWS
+    if not index.is_trained:
+        if len(train) < max(1, plan.nlist):
+            raise InputError(f"{len(train)} rows are too few to train {plan.factory}; use --kind flat or hnsw")
+        if plan.pq_bytes and len(train) < 256:
+            raise InputError(f"{len(train)} rows are too few to train product quantization (256 needed); use --kind ivf")
+        index.train(train)
+    return index
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="rows", desc=desc, disable=not enabled, leave=False)
+
+
+def build_index(
+    features: str | Path,
+    output: str | Path,
+    *,
+    kind: str = "auto",
+    metric: str = "cosine",
+    memory: str | int = DEFAULT_MEMORY,
+    column: str | None = None,
+    store: Sequence[str] | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    eval_queries: int = EVAL_QUERIES,
+    batch_rows: int = BATCH_ROWS,
+    overwrite: bool = False,
+    progress: bool = False,
+    seed: int = 0,
+) -> BuildReport:
+    """Build a FAISS index of one embedding column of a features file into the directory ``output``.
+
+    Args:
+        features: Parquet written by ``embedkit embed``.
+        output: index directory (created; must not hold an index unless ``overwrite``).
+        kind: ``auto``, ``flat``, ``hnsw``, ``ivf`` or ``ivfpq``.
+        metric: ``cosine`` (vectors normalised, inner product), ``ip`` or ``l2``.
+        memory: budget for the index in RAM (``4GB``); ``auto`` picks the best kind that fits it.
+        column: embedding column (needed when the file has several).
+        store: columns kept beside the ids for display (default: ``text`` when present).
+        target_recall: recall@10 that nprobe / efSearch are tuned to reach on held-out queries.
+        eval_queries: how many rows are drawn as held-out queries.
+        batch_rows: rows per streamed batch (bounds memory).
+
+    Returns:
+        A BuildReport with build time, index size, recall@10 and queries/s.
+    """
+    started = time.perf_counter()
+    if metric not in METRICS:
+        raise choice_error("metric", metric, METRICS)
+    if not 0 < target_recall <= 1:
+        raise ConfigError(f"target recall must be in (0, 1], got {target_recall}")
+    if eval_queries < 0:
+        raise ConfigError(f"eval_queries must be >= 0, got {eval_queries}")
+    feats = open_features(features)
+    column = feats.embedding_column(column)
+    store = list(_default_store(feats, column) if store is None else store)
+    feats.require_columns(store)
+    col_config = feats.column_config(column)
+    dim = _column_dim(feats, column)
+    output = _prepare_output(Path(output), overwrite)
+
+    plan = plan_index(kind, feats.num_rows, dim, memory)
+    samples = _draw_samples(feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed, batch_rows)
+    if samples.rows != feats.num_rows:  # null rows: plan for what will really be indexed
+        plan = plan_index(kind, samples.rows, dim, memory)
+    log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
+    index = _new_index(plan, dim, metric, samples.train[: _train_rows(plan, samples.rows)])
+    samples.train = samples.train[:0]  # free the sample before the add pass
+
+    k_eval = min(EVAL_K, samples.rows - 1)
+    heap = _faiss().ResultHeap(len(samples.queries), k_eval + 1, keep_max=metric != "l2") if k_eval > 0 else None
+    tables = []
+    with _progress(feats.num_rows, progress, "indexing") as bar:
+        for matrix, table in feats.iter_batches(column, store, batch_rows):
+            x = _prepare(matrix, metric)
+            if heap is not None and len(samples.queries):
+                d, i = _faiss().knn(samples.queries, x, min(k_eval + 1, len(x)), metric=_metric_type(metric))
+                heap.add_result(_pad(d, k_eval + 1, metric), _pad_ids(i + index.ntotal, k_eval + 1))
+            index.add(x)
+            tables.append(table)
+            bar.update(len(x))
+    ids = pa.concat_tables(tables)
+    _check_ids(ids, feats.path)
+
+    params, recall, qps = {}, None, None
+    if heap is not None and len(samples.queries):
+        heap.finalize()
+        evaluation = Evaluation(samples.queries, samples.query_positions, _drop_self(heap.I, samples.query_positions, k_eval), k_eval)
+        params, recall = tune(index, evaluation, target_recall)
+        qps = evaluation.queries_per_second(index)
+    meta = {
+        "format": INDEX_FORMAT, "kind": plan.kind, "factory": plan.factory, "metric": metric, "dim": dim,
+        "rows": int(index.ntotal), "column": column, "stored_columns": store, "params": params,
+        "config": col_config.to_dict(), "model": feats.meta.get("model", {}),
+        "source": {"path": str(Path(features).resolve()), "rows": feats.num_rows, "skipped_null_rows": feats.num_rows - samples.rows},
+        "build": {"reason": plan.reason, "target_recall": target_recall, "recall_at_10": recall,
+                  "eval_queries": len(samples.queries), "queries_per_second": qps, "created_at": _now(), "adds": []},
+    }
+    index_bytes = _write_generation(output, index, ids, meta, generation=0)
+    meta["build"]["seconds"] = round(time.perf_counter() - started, 3)
+    write_text_atomic(output / META_FILE, json.dumps(meta, indent=1))
+    return BuildReport(output, plan.kind, plan.factory, metric, int(index.ntotal), dim, feats.num_rows - samples.rows,
+                       meta["build"]["seconds"], index_bytes, _peak_rss_bytes(), recall, qps, params, target_recall,
+                       len(samples.queries), plan.reason)
+
+
+def _pad(d: np.ndarray, k: int, metric: str) -> np.ndarray:
+    if d.shape[1] == k:
+        return d
+    fill = np.inf if metric == "l2" else -np.inf
+    return np.concatenate([d, np.full((d.shape[0], k - d.shape[1]), fill, dtype=d.dtype)], axis=1)
+
+
+def _pad_ids(i: np.ndarray, k: int) -> np.ndarray:
+    if i.shape[1] == k:
+        return i
+    return np.concatenate([i, np.full((i.shape[0], k - i.shape[1]), -1, dtype=i.dtype)], axis=1)
+
+
+def _check_ids(ids: pa.Table, path: Path) -> None:
+    column = ids.column("id")
+    if column.null_count:
+        raise InputError(f"{path}: {column.null_count} row(s) have a null id; every indexed row needs one")
+    if pc.count_distinct(column).as_py() != len(column):
+        counts = pc.value_counts(column.combine_chunks())
+        repeated = [str(v["values"]) for v in counts.to_pylist() if v["counts"] > 1][:5]
+        raise InputError(f"{path}: ids repeat ({', '.join(repeated)}...); ids must be unique to map search hits back")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _prepare_output(output: Path, overwrite: bool) -> Path:
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output} exists and is not a directory; give a directory for the index")
+    if (output / META_FILE).exists() and not overwrite:
+        raise OutputError(f"{output} already holds an index; pass --overwrite to replace it")
+    check_writable_dir(output.parent if not output.exists() else output)
+    try:
+        output.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise output_error(output, exc) from exc
+    return output
+
+
+def _write_generation(directory: Path, index, ids: pa.Table, meta: dict[str, Any], generation: int) -> int:
+    """Write the index and id map of one generation atomically and record their names and checksums in meta."""
+    faiss = _faiss()
+    index_name, ids_name = f"index-{generation}.faiss", f"ids-{generation}.parquet"
+    with atomic_path(directory / index_name) as tmp:
+        faiss.write_index(index, str(tmp))
+    with atomic_path(directory / ids_name) as tmp:
+        pq.write_table(ids, tmp)
+    meta["generation"] = generation
+    meta["files"] = {
+        "index": {"name": index_name, "sha256": _sha256(directory / index_name), "bytes": (directory / index_name).stat().st_size},
+        "ids": {"name": ids_name, "sha256": _sha256(directory / ids_name), "bytes": (directory / ids_name).stat().st_size},
+    }
+    return meta["files"]["index"]["bytes"]
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+
+@dataclass
+class SearchResult:
+    """Hits of a batch of queries: ``positions`` are FAISS rows (-1 where fewer than k were found)."""
+
+    scores: np.ndarray
+    positions: np.ndarray
+    ids: pa.Table
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def hits(self, query: int = 0) -> list[dict[str, Any]]:
+        """The hits of one query as dicts: rank, score, id and the stored columns."""
+        keep = self.positions[query] >= 0
+        rows = self.ids.take(pa.array(self.positions[query][keep])).to_pylist()
+        return [{"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(self.scores[query][keep], rows))]
+
+    def to_table(self, query_columns: dict[str, Sequence[Any]] | None = None) -> pa.Table:
+        """Long format: one row per (query, hit) with ``query`` (its number), rank, score, id, stored columns."""
+        q, rank = np.nonzero(self.positions >= 0)
+        hits = self.ids.take(pa.array(self.positions[q, rank]))
+        columns: dict[str, Any] = {"query": pa.array(q, pa.int64())}
+        for name, values in (query_columns or {}).items():
+            values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+            columns[name] = values.take(pa.array(q))
+        columns["rank"] = pa.array(rank + 1, pa.int32())
+        columns["score"] = pa.array(self.scores[q, rank], pa.float32())
+        for name in hits.column_names:
+            columns[name] = hits.column(name)
+        return pa.table(columns)
+
+
+def _settings_diff(a: ExtractConfig, b: ExtractConfig) -> list[str]:
+    va, vb = a.vector_settings(), b.vector_settings()
+    return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+
+
+class Index:
+    """A loaded, verified index directory.
+
+    Example:
+        >>> index = Index.load("docs-index")
+        >>> index.search("how do I reset my password", k=5).hits()
+    """
+
+    def __init__(self, directory: Path, faiss_index, ids: pa.Table, meta: dict[str, Any], device: str = "auto"):
+        self.directory = Path(directory)
+        self.faiss_index = faiss_index
+        self.ids = ids
+        self.meta = meta
+        self.device = device
+        self._extractor = None
+        self._positions: dict[Any, int] | None = None
+        if meta.get("params"):
+            apply_params(faiss_index, meta["params"])
+
+    # -- loading
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "auto") -> Index:
+        """Open an index directory, checking both data files against their sha256 before FAISS reads them.
+
+        Raises:
+            InputError: not an index directory, incomplete, or a file was changed or truncated.
+        """
+        directory = Path(directory)
+        meta = read_index_meta(directory)
+        for role in ("index", "ids"):
+            _verify(directory, meta["files"][role], role)
+        faiss = _faiss()
+        index_path = directory / meta["files"]["index"]["name"]
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            raise InputError(f"{index_path}: FAISS cannot read it: {exc}") from exc
+        try:
+            ids = pq.read_table(directory / meta["files"]["ids"]["name"])
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{directory}: the id map is unreadable: {exc}") from exc
+        if index.ntotal != ids.num_rows or index.d != meta["dim"]:
+            raise InputError(f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; rebuild it")
+        return cls(directory, index, ids, meta, device)
+
+    # -- facts
+
+    @property
+    def config(self) -> ExtractConfig:
+        return ExtractConfig.from_dict(self.meta["config"])
+
+    @property
+    def metric(self) -> str:
+        return self.meta["metric"]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def size(self) -> int:
+        return int(self.faiss_index.ntotal)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def stored_columns(self) -> list[str]:
+        return [c for c in self.ids.column_names if c != "id"]
+
+    # -- embedding
+
+    @property
+    def extractor(self):
+        """An Extractor with exactly the indexed column's settings (built on first use)."""
+        if self._extractor is None:
+            from .extract import Extractor
+
+            self.use_extractor(Extractor(self.config, device=self.device))
+        return self._extractor
+
+    def use_extractor(self, extractor) -> None:
+        """Embed queries with ``extractor`` (e.g. one already loaded); refused unless its settings match."""
+        if len(extractor.config.pairs) != 1:
+            raise IncompatibleError("the extractor makes several columns; the index needs one layer and one pooling")
+        diff = _settings_diff(extractor.config, self.config)
+        if diff:
+            raise IncompatibleError(
+                f"the extractor does not embed like this index ({'; '.join(diff)}); "
+                f"queries must be embedded with the index's settings: {self.config.vector_settings()}"
+            )
+        self._extractor = extractor
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InputError("no query given")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"query {i} is empty; give some text to search for" if len(texts) > 1 else "the query is empty; give some text to search for")
+        return self.extractor.embed(texts)
+
+    # -- searching
+
+    def search(self, queries: str | Sequence[str] | np.ndarray, k: int = DEFAULT_K, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> SearchResult:
+        """Nearest rows to query texts (embedded with the stored settings) or to query vectors.
+
+        Scores: cosine similarity (cosine), inner product (ip) or Euclidean distance (l2, lower is closer).
+        ``k`` above the index size is clamped (noted in ``SearchResult.notes``).
+        """
+        if isinstance(queries, np.ndarray):
+            vectors = queries
+        else:
+            vectors = self.embed(queries)
+        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = DEFAULT_K, *, nprobe: int | None = None,
+                       ef_search: int | None = None, exclude: np.ndarray | None = None) -> SearchResult:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IncompatibleError(f"query vectors have shape {vectors.shape}; this index holds {self.dim}-d vectors")
+        if not np.isfinite(vectors).all():
+            raise InputError("query vectors hold NaN or infinite values")
+        k, notes = self._clamp(k, extra=0 if exclude is None else 1)
+        self._set_knobs(nprobe, ef_search)
+        try:
+            extra = 0 if exclude is None else 1
+            scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra)
+        finally:
+            if nprobe is not None or ef_search is not None:
+                apply_params(self.faiss_index, self.meta.get("params") or {})
+        if exclude is not None:
+            scores, positions = _exclude(scores, positions, exclude, k)
+        if self.metric == "l2":
+            scores = np.sqrt(np.maximum(scores, 0))
+        return SearchResult(scores, positions, self.ids, notes)
+
+    def search_ids(self, ids: Sequence[Any], k: int = DEFAULT_K, **knobs) -> SearchResult:
+        """More like this: neighbours of rows already in the index (the row itself left out)."""
+        positions = np.array([self.position_of(i) for i in ids], dtype=np.int64)
+        vectors = np.vstack([self._reconstruct(p) for p in positions])
+        return self.search_vectors(vectors, k, exclude=positions, **knobs)
+
+    def search_features(self, features: str | Path, k: int = DEFAULT_K, column: str | None = None,
+                        **knobs) -> tuple[SearchResult, pa.Table]:
+        """Search with the vectors of an already embedded file; refused unless it was embedded like the index."""
+        feats = open_features(features)
+        column = feats.embedding_column(column)
+        self._check_compatible(feats, column)
+        matrix, table, skipped = feats.load(column)
+        if skipped:
+            log.warning("%d query rows without an embedding skipped", skipped)
+        return self.search_vectors(matrix, k, **knobs), table
+
+    def search_file(self, queries: str | Path, output: str | Path, k: int = DEFAULT_K, *, text_column: str = "text",
+                    id_column: str | None = None, batch_rows: int = 1024, overwrite: bool = False,
+                    progress: bool = False, **knobs) -> dict[str, Any]:
+        """Search every query of a file and write the hits to Parquet (one row per query and hit).
+
+        ``queries`` is raw text (CSV, TSV, JSONL, Parquet, TXT; read with ``Source``) or a features Parquet
+        embedded with the index's settings. Output columns: ``query`` (row number), ``query_id`` (with
+        ``id_column``), ``query_text``, ``rank``, ``score``, ``id`` and the stored columns.
+        Returns counts: queries, searched, skipped (rows with no usable text) and hits.
+        """
+        from .classify import is_features_file
+        from .sources import Source
+
+        output = Path(output)
+        if output.exists() and not overwrite:
+            raise OutputError(f"output {output} exists; pass --overwrite to replace it")
+        tables, counts, notes = [], {"queries": 0, "searched": 0, "skipped": 0}, set()
+        if is_features_file(queries):
+            result, table = self.search_features(queries, k, **knobs)
+            counts["queries"] = counts["searched"] = len(result)
+            tables.append(result.to_table({"query_id": table.column("id")}))
+            notes.update(result.notes)
+        else:
+            source = Source(queries, text_column=text_column, id_column=id_column)
+            with _progress(source.total_rows() or 0, progress, "searching") as bar:
+                for records in source.batches(batch_rows):
+                    table, searched, res_notes = self._search_records(records, k, id_column is not None, knobs)
+                    counts["queries"] += len(records)
+                    counts["searched"] += searched
+                    notes.update(res_notes)
+                    if table is not None:
+                        tables.append(table)
+                    bar.update(len(records))
+            counts["skipped"] = counts["queries"] - counts["searched"]
+        if not tables:
+            raise InputError(f"{queries}: no query could be searched ({counts['skipped']} empty or unreadable rows)")
+        hits = pa.concat_tables(tables, promote_options="permissive")
+        with atomic_path(output) as tmp:
+            pq.write_table(hits, tmp)
+        return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
+
+    def _search_records(self, records, k: int, with_ids: bool, knobs) -> tuple[pa.Table | None, int, list[str]]:
+        texts = [t if isinstance(t, str) and t.strip() else None for t in records.texts]
+        texts = [t if e is None else None for t, e in zip(texts, records.parse_errors or [None] * len(texts))]
+        good = [i for i, t in enumerate(texts) if t is not None]
+        if not good:
+            return None, 0, []
+        encoded = self.extractor.encode([texts[i] for i in good])
+        good = [i for i, ok in zip(good, encoded.valid) if ok]
+        if not good:
+            return None, 0, []
+        vectors = next(iter(encoded.vectors.values()))[encoded.valid]
+        result = self.search_vectors(vectors, k, **knobs)
+        columns: dict[str, Any] = {"query": [records.row_numbers[i] for i in good]}
+        if with_ids:
+            ids = records.ids.to_pylist() if isinstance(records.ids, pa.Array) else records.ids
+            columns["query_id"] = [ids[i] for i in good]
+        columns["query_text"] = [texts[i] for i in good]
+        return result.to_table(columns), len(good), result.notes
+
+    def _clamp(self, k: int, extra: int = 0) -> tuple[int, list[str]]:
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        available = self.size - extra
+        if available < 1:
+            raise InputError(f"the index holds {self.size} row(s): nothing to return")
+        if k > available:
+            note = f"k={k} is more than the {available} rows the index can return; returning {available}"
+            log.warning(note)
+            return available, [note]
+        return k, []
+
+    def _set_knobs(self, nprobe: int | None, ef_search: int | None) -> None:
+        knobs = {}
+        if nprobe is not None:
+            if nprobe < 1:
+                raise ConfigError(f"nprobe must be at least 1, got {nprobe}")
+            knobs["nprobe"] = nprobe
+        if ef_search is not None:
+            if ef_search < 1:
+                raise ConfigError(f"efSearch must be at least 1, got {ef_search}")
+            knobs["efSearch"] = ef_search
+        if knobs:
+            apply_params(self.faiss_index, knobs)
+
+    def position_of(self, value: Any) -> int:
+        """The FAISS row of the item with id ``value`` (a string is converted to the id column's type)."""
+        if self._positions is None:
+            self._positions = {v: i for i, v in enumerate(self.ids.column("id").to_pylist())}
+        key = _coerce_id(value, self.ids.schema.field("id").type)
+        if key not in self._positions:
+            sample = ", ".join(map(str, self.ids.column("id").slice(0, 3).to_pylist()))
+            raise InputError(f"no row with id {value!r} in the index (ids look like: {sample}, ...)")
+        return self._positions[key]
+
+    def _reconstruct(self, position: int) -> np.ndarray:
+        ivf = _ivf_of(self.faiss_index)
+        if ivf is not None and not ivf.direct_map.type:
+            ivf.make_direct_map()
+        return self.faiss_index.reconstruct(int(position))
+
+    def _check_compatible(self, feats: Features, column: str) -> None:
+        diff = _settings_diff(feats.column_config(column), self.config)
+        if diff:
+            raise IncompatibleError(
+                f"{feats.path} column {column!r} was embedded differently from the index ({'; '.join(diff)}); "
+                "re-embed it with the index's settings"
+            )
+        dim = _column_dim(feats, column)
+        if dim != self.dim:
+            raise IncompatibleError(f"{feats.path} column {column!r} holds {dim}-d vectors; the index holds {self.dim}-d")
+
+    # -- growing
+
+    def add(self, features: str | Path, column: str | None = None, batch_rows: int = BATCH_ROWS,
+            progress: bool = False) -> int:
+        """Add the rows of another features file embedded with the same settings; returns rows added.
+
+        The previous generation stays on disk until the new ``index.json`` is in place.
+        """
+        feats = open_features(features)
+        column = feats.embedding_column(column or self.meta["column"])
+        self._check_compatible(feats, column)
+        feats.require_columns(self.stored_columns)
+        before = self.size
+        tables = []
+        try:
+            with _progress(feats.num_rows, progress, "adding") as bar:
+                for matrix, table in feats.iter_batches(column, self.stored_columns, batch_rows):
+                    tables.append(table.cast(self.ids.schema) if table.schema != self.ids.schema else table)
+                    bar.update(len(matrix))
+            if not tables:
+                raise InputError(f"{feats.path}: no row has an embedding in {column!r}; nothing to add")
+            new_ids = pa.concat_tables(tables)
+            clash = pc.is_in(new_ids.column("id"), value_set=self.ids.column("id").combine_chunks())
+            if pc.any(clash).as_py():
+                repeated = new_ids.column("id").filter(clash).slice(0, 5).to_pylist()
+                raise InputError(f"{feats.path}: ids already in the index: {', '.join(map(str, repeated))}...; ids must stay unique")
+            ids = pa.concat_tables([self.ids, new_ids])
+            _check_ids(ids, feats.path)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise IncompatibleError(f"{feats.path}: its id/stored columns do not match the index's ({self.ids.schema}): {exc}") from exc
+        for matrix, _ in feats.iter_batches(column, (), batch_rows):
+            self.faiss_index.add(_prepare(matrix, self.metric))
+        self.ids = ids
+        self._positions = None
+        self._commit_add(feats, self.size - before)
+        return self.size - before
+
+    def _commit_add(self, feats: Features, added: int) -> None:
+        old_files = dict(self.meta["files"])
+        meta = json.loads(json.dumps(self.meta))
+        meta["rows"] = self.size
+        meta["build"]["adds"].append({"path": str(feats.path.resolve()), "rows": added, "at": _now()})
+        _write_generation(self.directory, self.faiss_index, self.ids, meta, generation=int(meta.get("generation", 0)) + 1)
+        write_text_atomic(self.directory / META_FILE, json.dumps(meta, indent=1))
+        self.meta = meta
+        for entry in old_files.values():
+            (self.directory / entry["name"]).unlink(missing_ok=True)
+
+
+def _exclude(scores: np.ndarray, positions: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    out_s = np.full((len(scores), k), np.nan, dtype=scores.dtype)
+    out_p = np.full((len(scores), k), -1, dtype=np.int64)
+    for q in range(len(scores)):
+        keep = (positions[q] != own[q]) & (positions[q] >= 0)
+        s, p = scores[q][keep][:k], positions[q][keep][:k]
+        out_s[q, : len(s)], out_p[q, : len(p)] = s, p
+    return out_s, out_p
+
+
+def _coerce_id(value: Any, type_: pa.DataType) -> Any:
+    if isinstance(value, str) and (pa.types.is_integer(type_) or pa.types.is_floating(type_)):
+        try:
+            return int(value) if pa.types.is_integer(type_) else float(value)
+        except ValueError:
+            raise InputError(f"id {value!r} is not a number; this index's ids are {type_}") from None
+    return value
+
+
+def read_index_meta(directory: Path) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"index directory {directory} does not exist")
+    path = directory / META_FILE
+    if not path.is_file():
+        raise InputError(f"{directory} is not an embedkit index (no {META_FILE}): an interrupted build? rebuild it")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        ExtractConfig.from_dict(meta["config"])
+        for role in ("index", "ids"):
+            meta["files"][role]["name"], meta["files"][role]["sha256"]  # noqa: B018  (presence check)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path} is unreadable or incomplete ({type(exc).__name__}: {exc}); rebuild the index") from exc
+    if meta.get("format") != INDEX_FORMAT:
+        raise IncompatibleError(f"{directory} has index format {meta.get('format')}; this embedkit reads format {INDEX_FORMAT}")
+    return meta
+
+
+def _verify(directory: Path, entry: dict[str, Any], role: str) -> None:
+    path = directory / Path(entry["name"]).name  # never follow a path out of the directory
+    if not path.is_file():
+        raise InputError(f"{directory}: the {role} file {path.name} is missing; rebuild the index")
+    size = path.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        raise InputError(
+            f"{path} is {size} bytes where {META_FILE} records {entry['bytes']}: truncated or replaced; refusing to load it"
+        )
+    if _sha256(path) != entry["sha256"]:
+        raise InputError(f"{path} does not match the sha256 recorded in {META_FILE}: it was modified; refusing to load it")
+
+
+def load_index(directory: str | Path, device: str = "auto") -> Index:
+    """Shorthand for ``Index.load``."""
+    return Index.load(directory, device=device)
+
