@@ -72,3 +72,30 @@ def test_old_metadata_without_backend_reads_as_torch(tiny_gpt2_shared):
 def test_extractor_accepts_int8_by_config(tiny_gpt2_shared):
     ex = Extractor(ExtractConfig(model=tiny_gpt2_shared, backend="int8"), device="cpu")
     assert ex.embed(["one text"]).shape == (1, ex.dim)
+
+
+def test_cli_embed_backend_int8_is_recorded_in_metadata(tiny_gpt2_shared, write_csv, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from embedkit.cli import cli
+
+    src = write_csv([{"text": t} for t in TEXTS[:5]])
+    out = tmp_path / "int8.parquet"
+    result = CliRunner().invoke(cli, ["embed", str(src), "-o", str(out), "--model", tiny_gpt2_shared, "--backend", "int8",
+                                      "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert '"backend": "int8"' in json.dumps(json.loads(pq.read_schema(out).metadata[b"embedkit"]))
+
+
+def test_cli_embed_rejects_an_unknown_backend(tiny_gpt2_shared, write_csv, tmp_path):
+    from click.testing import CliRunner
+
+    from embedkit.cli import cli
+
+    src = write_csv([{"text": "a"}])
+    result = CliRunner().invoke(cli, ["embed", str(src), "-o", str(tmp_path / "x.parquet"), "--backend", "onnx"])
+    assert result.exit_code == 2
+    assert "torch" in result.output and "int8" in result.output
