@@ -612,7 +612,7 @@ def probe_file(
     if chosen is not None:
         summary["best"]["note"] = "the embed command embeds every row of the input; the probe scored a stratified sample"
     _write_csv(scores, output_dir / FILE_CSV)
-    title = f"{Path(config.model).name or config.model}: {rows['scored']} rows, {len(classes)} classes, {cv}-fold CV"
+    title = f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, {cv}-fold CV"
     plot_scores(scores, output_dir / FILE_PLOT, title, best)
     write_text_atomic(output_dir / FILE_JSON, json.dumps(summary, indent=2, default=str) + "\n")  # last: marks it complete
     return ProbeResult(output_dir=output_dir, scores=scores, best=best, summary=summary)
