@@ -44,11 +44,12 @@ def test_int8_is_close_to_torch_and_recorded(extractor_factory):
 
 
 def test_int8_keeps_order_and_layers(extractor_factory):
+    # Dynamic quantisation scales activations per batch, so a row's vector moves slightly with its batch
+    # mates: rows are compared by cosine, not to 1e-5.
     approx = extractor_factory(backend="int8", layers=(1, -1))
-    shuffled = TEXTS[::-1]
-    forward, backward = approx.embed(TEXTS), approx.embed(shuffled)
+    forward, backward = approx.embed(TEXTS), approx.embed(TEXTS[::-1])
     for column in approx.columns:
-        np.testing.assert_allclose(forward[column][::-1], backward[column], atol=1e-5)
+        assert cosines(forward[column][::-1], backward[column]).min() >= 0.999, column
 
 
 def test_unknown_backend_names_the_valid_ones():

@@ -28,7 +28,7 @@ def extraction_options(f):
         click.option("--stride", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive windows with --long-text chunk [default: max-length/8]."),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-        click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass [default: 1024 on CPU, 65536 on CUDA]."),
+        click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA]."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
         click.option("--text-column", default="text", show_default=True),
         click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format [default: from the extension]."),
@@ -66,7 +66,7 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="With --engine ray: model actors [default: as many as the cluster has room for].")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, help="With --engine ray: GPUs per actor (0.5 = two actors share a GPU) [default: 0, CPU].")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="torch: exact. int8: dynamic int8 linear layers on CPU, about 2x faster, approximate (cosine ~0.99+ to torch); recorded in the metadata.")
+              help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, approximate (cosine >= 0.99 to torch); recorded in the metadata.")
 @extraction_options
 def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, part_rows, engine, ray_address,
           workers, gpus_per_worker, backend, model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens,

@@ -8,7 +8,8 @@ full pass over the [tokens, 3072] MLP activations; on a 2-core CPU that costs a 
 Approximate (``backend="int8"``, CPU only): the linear layers run as dynamic int8 (weights quantised once,
 activations quantised on the fly per batch) via ``torch.ao.quantization.quantize_dynamic``. GPT-2
 keeps its projections in ``Conv1D`` modules (a transposed ``nn.Linear``), which quantize_dynamic does not
-know, so they are turned into ``nn.Linear`` first.
+know, so they are turned into ``nn.Linear`` first. The activation scale is per batch, so a text's int8 vector
+moves slightly with the texts it is batched with (cosine > 0.999 between batchings); the exact backend does not.
 """
 
 from __future__ import annotations

@@ -22,10 +22,11 @@ from .texts import CheckedText, check_text
 
 log = logging.getLogger(__name__)
 
-# Padded tokens per forward pass. Measured on a 2-core CPU with GPT-2 small (benchmarks/throughput.py): 1,024
-# keeps a block's activations ([1024, 3072] floats = 12 MB) near the caches while matrix multiplies stay big
-# enough to run at full speed; 4,096 was slower, not faster.
-DEFAULT_BATCH_TOKENS = 1024
+# Padded tokens per forward pass. Measured on a 2-core CPU with GPT-2 small (benchmarks/throughput.py, RESULTS.md):
+# 512 tokens/s ~644, 1,024 ~604, 2,048 ~539, 4,096 slower still. Small batches keep a block's activations
+# ([512, 3072] floats = 6 MB) in cache, and matrix multiplies of 512 rows already run at the GEMM roof (the
+# profile is 87% addmm), so bigger batches only add cache misses and attention over longer padded rows.
+DEFAULT_BATCH_TOKENS = 512
 DEFAULT_CUDA_BATCH_TOKENS = 65536
 
 ProgressFn = Callable[[int, int], None]  # (texts finished, tokens run)
