@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from .config import ExtractConfig
 from .embed import _file_digest as _sha256
 from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
-from .store import Features, atomic_path, check_writable_dir, matrix_from_arrow, open_features, output_error, read_metadata, write_text_atomic
+from .store import Features, atomic_path, check_writable_dir, is_features_file, library_versions, matrix_from_arrow, open_features, output_error, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -381,17 +381,6 @@ def _prepare_dir(model_dir: Path, overwrite: bool) -> None:
         except OSError as exc:
             raise output_error(model_dir, exc) from exc
 
-
-def _versions() -> dict[str, str]:
-    import sklearn
-    import skops
-
-    from . import __version__
-
-    return {"embedkit": __version__, "scikit-learn": sklearn.__version__, "skops": skops.__version__,
-            "python": sys.version.split()[0]}
-
-
 def _split(data: TrainingData, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
@@ -541,7 +530,7 @@ def _write_model_dir(model_dir: Path, estimator, data: TrainingData, metrics: di
         "extract_config": column_config.to_dict(),
         "features_meta": {k: v for k, v in data.features.meta.items() if k != "config"},
         "files": {name: _sha256(model_dir / name) for name in files},
-        "versions": _versions(),
+        "versions": library_versions("scikit-learn", "skops"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_text_atomic(model_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: marks the dir complete
@@ -673,19 +662,6 @@ class PredictSummary:
 
 def proba_column(label: Any) -> str:
     return f"proba_{label}"
-
-
-def is_features_file(path: str | Path) -> bool:
-    """Whether ``path`` is a single Parquet file written by ``embedkit embed`` (it carries embedkit metadata)."""
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() not in (".parquet", ".pq"):
-        return False
-    try:
-        read_metadata(path)
-    except InputError:
-        return False
-    return True
-
 
 def matching_column(model: ClassifierModel, feats: Features, column: str | None = None) -> str:
     """The embedding column of ``feats`` made with the model's settings; IncompatibleError naming what differs."""

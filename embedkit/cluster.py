@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, InputError, OutputError, choice_error
-from .store import atomic_path, check_writable_dir, open_features, output_error, write_text_atomic
+from .store import atomic_path, check_writable_dir, library_versions, open_features, output_error, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -658,15 +658,6 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
         summary.unlink()
     (output_dir / FILE_MAP).unlink(missing_ok=True)
 
-
-def _versions() -> dict[str, str]:
-    import sklearn
-
-    from . import __version__
-
-    return {"embedkit": __version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__, "pyarrow": pa.__version__}
-
-
 def cluster_file(
     features: str | Path,
     output_dir: str | Path,
@@ -755,7 +746,7 @@ def cluster_file(
         "preprocessing": result.preprocessing, "k_selection": result.k_selection,
         "label_column": label_column, "text_column": text_column, "metrics": metrics, "clusters": clusters,
         "files": files, "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": library_versions("scikit-learn", "numpy", "pyarrow"),
     }
     write_text_atomic(output_dir / FILE_SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default))
     return summary

@@ -18,7 +18,7 @@ from .config import ExtractConfig
 from .errors import InputError
 from .extract.texts import EMBEDDED_STATUSES
 from .sources import Records, Source
-from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, vectors_to_arrow
+from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
 
 if TYPE_CHECKING:  # torch loads only when something is embedded
     from .extract import Extractor
@@ -66,18 +66,6 @@ class EmbedSummary:
         parts.append(f"{self.seconds:.1f}s, {rate:,.0f} tokens/s")
         return "; ".join(parts)
 
-
-def _versions() -> dict[str, str]:
-    import tokenizers
-    import torch
-    import transformers
-
-    from . import __version__
-
-    return {"embedkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__, "pyarrow": pa.__version__, "python": sys.version.split()[0]}
-
-
 def build_metadata(extractor: Extractor) -> dict[str, Any]:
     """The ``embedkit`` schema metadata: config, model facts, columns, versions, time."""
     loaded = extractor.loaded
@@ -87,7 +75,7 @@ def build_metadata(extractor: Extractor) -> dict[str, Any]:
         "model": {"name": loaded.name, "revision": loaded.revision, "model_type": loaded.model_type,
                   "hidden_size": loaded.hidden_size, "num_layers": loaded.n_layers, "max_positions": loaded.max_positions},
         "columns": extractor.columns,
-        "versions": _versions(),
+        "versions": library_versions("torch", "transformers", "tokenizers", "pyarrow"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -189,6 +177,8 @@ def embed_file(
 
         extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
     writer = PartWriter(Path(output), fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
+    if writer.complete:  # killed after the merge: the output is this job's, whole
+        return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
     resumed = writer.rows_done
     with _progress_bar(source.total_rows(), progress) as bar:
         bar.update(resumed)

@@ -26,7 +26,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -846,7 +846,7 @@ class Index:
         ``id_column``), ``query_text``, ``rank``, ``score``, ``id`` and the stored columns.
         Returns counts: queries, searched, skipped (rows with no usable text) and hits.
         """
-        from .classify import is_features_file
+        from .store import is_features_file
         from .sources import Source
 
         output = Path(output)

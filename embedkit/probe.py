@@ -39,7 +39,7 @@ from .config import ExtractConfig
 from .errors import ConfigError, InputError, OutputError, choice_error
 from .extract.texts import check_text
 from .sources import Source
-from .store import INFO_COLUMNS, atomic_path, check_writable_dir, open_features, output_error, write_text_atomic
+from .store import INFO_COLUMNS, atomic_path, check_writable_dir, library_versions, open_features, output_error, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -428,15 +428,6 @@ def _prepare_dir(output_dir: Path, overwrite: bool) -> None:
     # First: until the new summary lands, the directory reads as incomplete.
     (output_dir / FILE_JSON).unlink(missing_ok=True)
 
-
-def _versions() -> dict[str, str]:
-    import sklearn
-
-    from . import __version__
-
-    return {"embedkit": __version__, "scikit-learn": sklearn.__version__, "python": sys.version.split()[0]}
-
-
 # ---------------------------------------------------------------------------------------------- the stage
 
 
@@ -606,7 +597,7 @@ def probe_file(
         "files": [FILE_CSV, FILE_PLOT, FILE_JSON],
         "seconds": {"embed": round(embedded.seconds, 3), "score": round(score_seconds, 3),
                     "total": round(time.perf_counter() - started, 3)},
-        "versions": _versions(),
+        "versions": library_versions("scikit-learn"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if chosen is not None:

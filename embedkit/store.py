@@ -10,6 +10,8 @@ sees a half-written output.
 from __future__ import annotations
 
 import errno
+import glob
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from .errors import IncompatibleError, InputError, OutputError
 log = logging.getLogger(__name__)
 
 META_KEY = b"embedkit"
+JOB_KEY = b"embedkit.job"  # sha256 of the resume fingerprint of the job that wrote the file
 FORMAT_VERSION = 1
 INFO_COLUMNS = ("n_tokens", "n_windows", "truncated", "status", "error")
 
@@ -269,6 +272,37 @@ def with_metadata(schema: pa.Schema, meta: dict[str, Any]) -> pa.Schema:
     return schema.with_metadata({**(schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
+def library_versions(*packages: str) -> dict[str, str]:
+    """embedkit's, Python's and the named distributions' versions, recorded in every file embedkit writes.
+
+    Read from the installed package metadata, so recording a version never imports the package.
+    """
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = {"embedkit": __version__, "python": sys.version.split()[0]}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def is_features_file(path: str | Path) -> bool:
+    """Whether ``path`` is a single Parquet file written by ``embedkit embed`` (it carries embedkit metadata)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".parquet", ".pq"):
+        return False
+    try:
+        read_metadata(path)
+    except InputError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------- parts
 
 
@@ -287,7 +321,15 @@ class PartWriter:
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.manifest_path = self.partial / "manifest.json"
         self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc. for comparison
+        self.job = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
+        # Set when --resume finds this very job already merged into the output (a kill after the merge).
+        self.complete = False
         check_writable_dir(self.output.parent)
+        # The partial directory is renamed here before it is deleted; a kill mid-delete leaves only this.
+        shutil.rmtree(self._trash, ignore_errors=True)
+        # Temp files of a merge that a kill interrupted (atomic_path's naming); garbage whatever this run does.
+        for stale in self.output.parent.glob(f".{glob.escape(self.output.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a .parquet file path")
         self.parts: list[dict[str, Any]] = []
@@ -301,6 +343,9 @@ class PartWriter:
                     f"a partial run exists at {self.partial}: pass --resume to continue it or --overwrite to start over"
                 )
         if self.output.exists() and not overwrite and not self.partial.exists():
+            if resume and self._output_job() == self.job:
+                self.complete = True
+                return
             raise OutputError(f"output {self.output} exists; pass --overwrite to replace it")
         try:
             self.partial.mkdir(exist_ok=True)
@@ -308,6 +353,19 @@ class PartWriter:
             raise output_error(self.partial, exc) from exc
         if not self.parts:
             self._save_manifest()
+
+    @property
+    def _trash(self) -> Path:
+        return self.output.with_name(self.output.name + ".partial.trash")
+
+    def _output_job(self) -> str | None:
+        try:
+            return (pq.read_schema(self.output).metadata or {}).get(JOB_KEY, b"").decode() or None
+        except (OSError, pa.ArrowException):
+            return None
+
+    def output_rows(self) -> int:
+        return pq.read_metadata(self.output).num_rows
 
     @property
     def rows_done(self) -> int:
@@ -356,6 +414,8 @@ class PartWriter:
         # Parts are separate files, so a passthrough column that was all-null in one part and typed in another
         # is reconciled here instead of breaking the run.
         schema = with_metadata(pa.unify_schemas(schemas, promote_options="permissive").remove_metadata(), meta)
+        # Which job made the file, so a --resume that lands after the merge knows there is nothing left to do.
+        schema = schema.with_metadata({**schema.metadata, JOB_KEY: self.job.encode()})
         rows = 0
         with atomic_path(self.output) as tmp:
             with pq.ParquetWriter(tmp, schema) as writer:
@@ -363,5 +423,11 @@ class PartWriter:
                     table = pq.read_table(f).cast(schema)
                     writer.write_table(table)
                     rows += table.num_rows
-        shutil.rmtree(self.partial, ignore_errors=True)
+        # The output's rename above is the commit point; renaming the partial directory away first means a kill
+        # during the delete never leaves a half-deleted partial run next to a finished output.
+        try:
+            self.partial.rename(self._trash)
+        except OSError:
+            shutil.rmtree(self.partial, ignore_errors=True)
+        shutil.rmtree(self._trash, ignore_errors=True)
         return rows

@@ -181,10 +181,27 @@ def test_sigkill_at_a_random_moment_then_resume(corpus, reference, tiny_gpt2_sha
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     if killed:
-        assert not out.exists() or _committed_rows(partial) == 400  # only the merge's final rename makes OUT
+        # Only the merge's final rename makes OUT; after it the partial run is either whole or renamed away.
+        assert not out.exists() or not partial.exists() or _committed_rows(partial) == 400
         resumed = subprocess.run(args, env=env, capture_output=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr.decode()
     assert_same_output(out, reference)
     assert not partial.exists()
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".trash"))]
     assert leftovers == [], leftovers
+
+
+def test_resume_after_the_merge_finds_the_job_done(corpus, reference, tiny_gpt2_shared, tmp_path):
+    """A kill between the output's rename and the partial directory's removal: --resume has nothing left to do."""
+    out = tmp_path / "out.parquet"
+    assert CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared)).exit_code == 0
+    (tmp_path / "out.parquet.partial.trash").mkdir()  # what a kill during the clean-up leaves
+    before = out.stat().st_mtime_ns
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert "400 resumed from an earlier run" in result.output
+    assert out.stat().st_mtime_ns == before and not (tmp_path / "out.parquet.partial.trash").exists()
+    assert_same_output(out, reference)
+    # Another job's output is still protected: different settings with --resume refuse to touch it.
+    other = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume", "--layer", "1"))
+    assert other.exit_code == 5 and "exists" in other.output

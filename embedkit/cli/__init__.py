@@ -72,11 +72,11 @@ def quiet_libraries(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-from . import embed as _embed  # noqa: E402  (commands register themselves on the group)
-from . import classify as _classify  # noqa: E402
-from . import cluster as _cluster  # noqa: E402
-from . import probe as _probe  # noqa: E402
-from . import pipeline as _pipeline  # noqa: E402
-from . import index as _index  # noqa: E402
+from . import embed as _embed  # noqa: E402, F401  (commands register themselves on the group)
+from . import classify as _classify  # noqa: E402, F401
+from . import cluster as _cluster  # noqa: E402, F401
+from . import probe as _probe  # noqa: E402, F401
+from . import pipeline as _pipeline  # noqa: E402, F401
+from . import index as _index  # noqa: E402, F401
 
 __all__ = ["cli", "quiet_libraries"]

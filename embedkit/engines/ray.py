@@ -25,7 +25,6 @@ only the missing parts to the cluster.
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import socket
 import time
@@ -229,6 +228,8 @@ def embed_file_ray(
     writer = PartWriter(
         Path(output), {**fingerprint(source, resolved, part_rows), "engine": "ray"}, resume=resume, overwrite=overwrite
     )
+    if writer.complete:  # killed after the merge: the output is this job's, whole
+        return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
     done = {_part_index(p["file"]) for p in writer.parts}
     todo: list[dict[str, Any]] = []
     sizes: dict[int, int] = {}
