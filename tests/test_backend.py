@@ -10,6 +10,7 @@ from transformers import AutoModel
 from conftest import sample_texts
 from embedkit import ConfigError, ExtractConfig, Extractor
 from embedkit.config import BACKENDS
+from embedkit.extract import backends
 from embedkit.extract.backends import conv1d_to_linear, fuse_activations, prepare
 
 TEXTS = sample_texts(30, seed=11, max_words=80)
@@ -100,3 +101,47 @@ def test_cli_embed_rejects_an_unknown_backend(tiny_gpt2_shared, write_csv, tmp_p
     result = CliRunner().invoke(cli, ["embed", str(src), "-o", str(tmp_path / "x.parquet"), "--backend", "onnx"])
     assert result.exit_code == 2
     assert "torch" in result.output and "int8" in result.output
+
+
+@pytest.mark.skipif(not backends._onednn_usable(), reason="this torch build has no oneDNN linear ops")
+@pytest.mark.parametrize("which", ["tiny_gpt2_shared", "tiny_bert"])
+def test_onednn_linears_keep_the_outputs(which, request):
+    path = request.getfixturevalue(which)
+    original = AutoModel.from_pretrained(path).eval()
+    rewritten = AutoModel.from_pretrained(path).eval()
+    assert backends.use_onednn_linears(rewritten) > 0
+    assert not any(isinstance(m, torch.nn.Linear) for m in rewritten.modules())
+    ids = torch.randint(0, original.config.vocab_size, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 25:] = 0
+    with torch.inference_mode():
+        want = original(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = rewritten(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(not backends._onednn_usable(), reason="this torch build has no oneDNN linear ops")
+def test_extractor_vectors_are_the_same_with_or_without_onednn(tiny_gpt2_shared, monkeypatch):
+    config = ExtractConfig(model=tiny_gpt2_shared, layers=(0, 1, -1), pooling=("mean", "last", "max", "weighted-mean"))
+    monkeypatch.setattr(backends, "onednn_is_faster", lambda linear, tokens=512: False)
+    plain = Extractor(config, batch_tokens=256)
+    monkeypatch.setattr(backends, "onednn_is_faster", lambda linear, tokens=512: True)
+    fast = Extractor(config, batch_tokens=256)
+    assert any(isinstance(m, backends.OneDNNLinear) for m in fast.loaded.model.modules())
+    assert not any(isinstance(m, backends.OneDNNLinear) for m in plain.loaded.model.modules())
+    want, got = plain.embed(TEXTS), fast.embed(TEXTS)
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-5, name
+
+
+def test_onednn_is_not_used_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(backends, "_onednn_usable", lambda: False)
+    assert backends.onednn_is_faster(torch.nn.Linear(8, 8)) is False
+
+
+def test_onednn_is_timed_on_the_models_own_layer():
+    # Whatever the machine decides, the decision is a bool and the layer it timed is left untouched.
+    linear = torch.nn.Linear(64, 256)
+    before = linear.weight.detach().clone()
+    assert backends.onednn_is_faster(linear, tokens=64) in (True, False)
+    assert torch.equal(linear.weight, before)

@@ -5,6 +5,13 @@ full pass over the [tokens, 3072] MLP activations; on a 2-core CPU that costs a 
 ``nn.GELU(approximate="tanh")`` is the same formula in one fused kernel (results differ by float rounding,
 < 3e-7 per element), so it replaces those modules.
 
+Exact, on CPU: linear layers run through oneDNN with weights packed once for it, when that measures faster
+than the default BLAS on this machine (``use_onednn_linears``). torch's fp32 ``addmm`` calls MKL, and MKL takes
+its AVX2 path on AMD CPUs even where they have AVX-512; oneDNN picks its kernels by the instruction set alone.
+On a 2-core AVX-512 EPYC this doubled the throughput of GPT-2-small (958 -> 1,864 tokens/s); the results are
+fp32 like before and differ by accumulation order only (< 1e-5). Where oneDNN is not faster (or is missing, or
+disagrees with the default path), nothing changes.
+
 Approximate (``backend="int8"``, CPU only): the linear layers run as dynamic int8 (weights quantised once,
 activations quantised on the fly per batch) via ``torch.ao.quantization.quantize_dynamic``. GPT-2
 keeps its projections in ``Conv1D`` modules (a transposed ``nn.Linear``), which quantize_dynamic does not
@@ -15,6 +22,7 @@ moves slightly with the texts it is batched with (cosine > 0.999 between batchin
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 import torch
@@ -40,21 +48,85 @@ def fuse_activations(model: nn.Module) -> int:
     return swapped
 
 
+def _as_linear(conv1d: nn.Module) -> nn.Linear:
+    n_in, n_out = conv1d.weight.shape
+    linear = nn.Linear(n_in, n_out, bias=conv1d.bias is not None)
+    linear.weight = nn.Parameter(conv1d.weight.detach().t().contiguous(), requires_grad=False)
+    if conv1d.bias is not None:
+        linear.bias = nn.Parameter(conv1d.bias.detach().clone(), requires_grad=False)
+    return linear
+
+
 def conv1d_to_linear(model: nn.Module) -> int:
     """Replace GPT-2 style ``Conv1D`` (weight [in, out]) with an equivalent ``nn.Linear``; returns how many."""
     replaced = 0
-    for parent in model.modules():
+    for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child).__name__ != "Conv1D":
-                continue
-            n_in, n_out = child.weight.shape
-            linear = nn.Linear(n_in, n_out, bias=child.bias is not None)
-            linear.weight = nn.Parameter(child.weight.detach().t().contiguous(), requires_grad=False)
-            if child.bias is not None:
-                linear.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
-            setattr(parent, name, linear)
-            replaced += 1
+            if type(child).__name__ == "Conv1D":
+                setattr(parent, name, _as_linear(child))
+                replaced += 1
     return replaced
+
+
+class OneDNNLinear(nn.Module):
+    """``nn.Linear`` whose weight is packed once into oneDNN's blocked layout (what inductor does on CPU)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def _onednn_usable() -> bool:
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and ops is not None
+                    and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
+    except RuntimeError:  # an op namespace that was not built in
+        return False
+
+
+def _best_seconds(fn, x: torch.Tensor, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def onednn_is_faster(linear: nn.Linear, tokens: int = 512) -> bool:
+    """Time one of the model's own linear layers both ways on a ``tokens``-row input; also check they agree."""
+    if not _onednn_usable():
+        return False
+    try:
+        packed = OneDNNLinear(linear)
+        x = torch.randn(1, tokens, linear.in_features)
+        with torch.inference_mode():
+            want, got = linear(x), packed(x)
+            if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+                log.warning("oneDNN linear disagrees with the default path; not using it")
+                return False
+            return _best_seconds(packed, x) < 0.9 * _best_seconds(linear, x)
+    except RuntimeError as exc:  # a torch build whose oneDNN ops refuse this shape or dtype
+        log.debug("oneDNN linear unavailable: %s", exc)
+        return False
+
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Run every fp32 ``nn.Linear`` of ``model`` (GPT-2's Conv1D first turned into one) through oneDNN."""
+    conv1d_to_linear(model)
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+                setattr(parent, name, OneDNNLinear(child))
+                swapped += 1
+    return swapped
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -82,5 +154,11 @@ def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
     if backend == "int8":
         if device.type != "cpu":
             raise ConfigError("backend 'int8' runs on CPU only; use --device cpu, or backend 'torch' on CUDA")
-        model = quantize_int8(model)
+        return quantize_int8(model)
+    if device.type == "cpu":
+        first = next((m for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"), None)
+        if first is not None and type(first).__name__ == "Conv1D":
+            first = _as_linear(first)
+        if first is not None and onednn_is_faster(first):
+            log.debug("oneDNN linear layers: %d", use_onednn_linears(model))
     return model
