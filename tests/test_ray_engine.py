@@ -52,6 +52,7 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
     source = _csv_with_bad_rows(root / "in.csv")
     mp = pytest.MonkeyPatch()
     mp.setattr(ray_engine, "RAY_PART_ROWS", 40)  # several parts, so both workers get some and order is tested
+    mp.setattr(ray_engine, "WAVE_PARTS_PER_WORKER", 1)  # 4 parts, 2 actors: two waves, so waves join up right
     try:
         result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(root / "ray.parquet"), "--model", tiny_gpt2_shared,
                                           "--keep", "label", "--engine", "ray", "--workers", "2", "--device", "cpu", "-q",
@@ -143,6 +144,28 @@ def test_ray_resume_sends_only_missing_parts(tiny_gpt2_shared, tmp_path, monkeyp
     assert a.column("status").to_pylist() == b.column("status").to_pylist()
     x, y = (np.array([v for v in t.column("embedding").to_pylist() if v is not None]) for t in (a, b))
     np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_driver_reads_the_input_one_wave_at_a_time(write_csv):
+    """The driver never holds more than one wave of parts: the input is read as the waves are asked for."""
+    from embedkit.sources import Source
+
+    source = Source(write_csv([{"text": f"text {i}"} for i in range(95)]))
+    read = []
+    batches = source.batches
+
+    def counting_batches(rows, skip=0):
+        for records in batches(rows, skip):
+            read.append(len(records))
+            yield records
+
+    source.batches = counting_batches
+    waves = ray_engine._waves(source, part_rows=10, done={1, 4}, wave_parts=3)
+    first = next(waves)
+    assert [item["part"] for item in first] == [0, 2, 3] and len(read) == 4  # parts 0..3 read, 1 skipped
+    rest = list(waves)
+    assert [[item["part"] for item in wave] for wave in rest] == [[5, 6, 7], [8, 9]]
+    assert [item["rows"] for item in rest[-1]] == [10, 5] and sum(read) == 95
 
 
 def test_worker_error_reaches_the_driver_typed(tmp_path):

@@ -4,7 +4,8 @@ How it runs:
 
 1. The driver opens the input with embedkit's own ``Source`` and cuts it into parts of ``part_rows`` rows,
    exactly like the local engine. Each part travels to the cluster as one pickled ``Records`` item
-   (``ray.data.from_items``). Ray's ``read_csv``/``read_json`` would stop at the first malformed line and
+   (``ray.data.from_items``), in waves of at most ``wave_parts`` parts: the driver streams the input and
+   holds one wave of text at a time, however large the dataset. Ray's ``read_csv``/``read_json`` would stop at the first malformed line and
    ``read_parquet`` numbers no rows, so they could keep neither embedkit's bad-row contract (a malformed
    row becomes an output row with a status) nor row-number ids; reading text is also a small fraction of
    the work next to the model. The model work is what is spread out.
@@ -57,6 +58,11 @@ RAY_PART_ROWS = 1024
 # which turns a part that always kills its worker into a run that never ends.
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
+# Parts handed to Ray per wave, per actor. ``from_items`` needs the items up front, so the driver reads the
+# input in waves: its memory is bounded by one wave (parts x part_rows texts), not by the dataset. Each wave
+# starts its actor pool afresh (one model load per actor); 8 parts of 1,024 rows per actor keep that load a
+# small share of the wave's model work, and the last, partly idle moments of a wave short.
+WAVE_PARTS_PER_WORKER = 8
 CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'embedkit[ray]'"
 # Carries each row's input position from the workers to the driver; dropped before writing.
@@ -231,48 +237,62 @@ def embed_file_ray(
     if writer.complete:  # killed after the merge: the output is this job's, whole
         return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
     done = {_part_index(p["file"]) for p in writer.parts}
-    todo: list[dict[str, Any]] = []
-    sizes: dict[int, int] = {}
-    for records in source.batches(part_rows):
-        index = records.row_numbers[0] // part_rows
-        if index not in done:
-            todo.append({"part": index, "records": pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)})
-            sizes[index] = len(records)
-    if not todo and not done:
-        writer.abandon()
-        raise InputError(f"{input} holds no data rows")
+    total = source.total_rows() if progress else None
     resumed = writer.rows_done
-    t0, tokens = time.perf_counter(), 0
-    if todo:
-        if resumed:
-            log.info("resuming %s: %d parts committed, %d to do", output, len(done), len(todo))
-        worker_threads = threads or (max(1, int(cpus_per_worker)) if not gpus_per_worker else None)
-        try:
-            with _progress_bar(sum(sizes.values()) + resumed, progress) as bar, ray_session(address) as ray:
-                bar.update(resumed)
-                stream = _run(ray, todo, resolved, device, batch_tokens, worker_threads, workers, gpus_per_worker, cpus_per_worker)
+    t0, tokens, sent = time.perf_counter(), 0, 0
+    if resumed:
+        log.info("resuming %s: %d parts committed", output, len(done))
+    worker_threads = threads or (max(1, int(cpus_per_worker)) if not gpus_per_worker else None)
+    try:
+        with _progress_bar(total, progress) as bar, ray_session(address) as ray:
+            bar.update(resumed)
+            size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
+            wave_parts = WAVE_PARTS_PER_WORKER * (size[1] if isinstance(size, tuple) else size)
+            for wave in _waves(source, part_rows, done, wave_parts):
+                sent += len(wave)
+                sizes = {item["part"]: item["rows"] for item in wave}
+                stream = _run(ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker, cpus_per_worker)
                 for index, table in _whole_parts(stream, part_rows, sizes):
                     if strict:
                         _stop_at_bad_row(table, writer)
                     writer.commit(table, index=index)
                     tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
                     bar.update(table.num_rows)
-        except BaseException:
-            if not writer.parts:  # nothing worth resuming: leave no partial run behind
-                writer.abandon()
-            raise
+    except BaseException:
+        if not writer.parts:  # nothing worth resuming: leave no partial run behind
+            writer.abandon()
+        raise
+    if not sent and not done:
+        writer.abandon()
+        raise InputError(f"{input} holds no data rows")
     writer.parts.sort(key=lambda p: p["file"])  # committed as they finished; merged in input order
     writer.finish(meta)
     return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
 
 
-def _run(ray, todo, config: ExtractConfig, device, batch_tokens, threads, workers, gpus_per_worker, cpus_per_worker):
-    """Start the Ray Data pipeline; yields output blocks (Arrow tables) as workers finish them."""
+def _waves(source: Source, part_rows: int, done: set[int], wave_parts: int) -> Iterator[list[dict[str, Any]]]:
+    """The parts not yet committed, pickled, in lists of at most ``wave_parts``, read lazily from the input."""
+    wave: list[dict[str, Any]] = []
+    for records in source.batches(part_rows):
+        index = records.row_numbers[0] // part_rows
+        if index in done:
+            continue
+        wave.append({"part": index, "rows": len(records), "records": pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)})
+        if len(wave) == wave_parts:
+            yield wave
+            wave = []
+    if wave:
+        yield wave
+
+
+def _run(ray, todo, config: ExtractConfig, device, batch_tokens, threads, size, gpus_per_worker, cpus_per_worker):
+    """Run one wave through the Ray Data pipeline; yields output blocks (Arrow tables) as workers finish them."""
     from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
     context.enable_progress_bars = False  # the driver draws one bar in rows, like the local engine
-    size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
+    if isinstance(size, int):
+        size = min(size, len(todo))  # a short last wave needs no more actors than parts
     pool = ActorPoolStrategy(min_size=size[0], max_size=size[1]) if isinstance(size, tuple) else ActorPoolStrategy(size=size)
     dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
     with warnings.catch_warnings():
