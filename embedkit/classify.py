@@ -63,6 +63,12 @@ TRUSTED_EXTRA_TYPES = (
 # class that hold-out is too small to be stratified or meaningful, so the MLP trains for max_iter instead.
 MLP_EARLY_STOPPING_MIN_PER_CLASS = 20
 
+# Ridge's penalty when none is given is chosen by leave-one-out over this grid (closed form: one decomposition,
+# not one fit per value). A fixed alpha=1 barely regularises hundreds of standardised dimensions, often more
+# than the rows: 320 fortunes x 384 MiniLM dims scored 0.63 hold-out accuracy at alpha=1, 0.83 at alpha=100,
+# and leave-one-out picked ~300.
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
+
 
 # ---------------------------------------------------------------------------------------------- classifiers
 
@@ -73,7 +79,7 @@ class ClassifierOptions:
 
     Attributes:
         C: inverse regularisation strength (logreg, linear-svm); larger fits the training data more closely.
-        alpha: L2 penalty (ridge, mlp); None = each one's own default (ridge 1.0, mlp 1e-4).
+        alpha: L2 penalty (ridge, mlp); None = ridge picks it by leave-one-out over ``RIDGE_ALPHAS``, mlp uses 1e-4.
         k_neighbors: neighbours voting (knn).
         knn_metric: distance for knn (cosine suits hidden states, whose norms vary with text length).
         knn_weights: ``distance`` lets closer neighbours count more (knn).
@@ -126,7 +132,7 @@ def build_classifier(name: str, options: ClassifierOptions | None = None, *, see
         seed: random state of the classifiers that have one.
         min_class_rows: rows of the smallest class in the data it will be fitted on (decides MLP early stopping).
     """
-    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier, RidgeClassifierCV
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import Pipeline
@@ -141,8 +147,10 @@ def build_classifier(name: str, options: ClassifierOptions | None = None, *, see
         model = LinearSVC(C=o.C, max_iter=o.max_iter, class_weight=class_weight, random_state=seed)
     elif name == "knn":
         model = KNeighborsClassifier(n_neighbors=o.k_neighbors, metric=o.knn_metric, weights=o.knn_weights)
+    elif name == "ridge" and o.alpha is None:
+        model = RidgeClassifierCV(alphas=RIDGE_ALPHAS, class_weight=class_weight)
     elif name == "ridge":
-        model = RidgeClassifier(alpha=1.0 if o.alpha is None else o.alpha, class_weight=class_weight)
+        model = RidgeClassifier(alpha=o.alpha, class_weight=class_weight)
     elif name == "mlp":
         early = min_class_rows is not None and min_class_rows >= MLP_EARLY_STOPPING_MIN_PER_CLASS
         model = MLPClassifier(hidden_layer_sizes=(o.hidden_size,), alpha=1e-4 if o.alpha is None else o.alpha,
@@ -336,7 +344,8 @@ class TrainResult:
     def summary(self) -> str:
         m = self.metrics
         ev = m["evaluation"]
-        lines = [f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']} on column {m['column']!r}"]
+        chosen = f" (alpha {m['chosen_alpha']:g}, chosen by leave-one-out)" if "chosen_alpha" in m else ""
+        lines = [f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']}{chosen} on column {m['column']!r}"]
         skipped = [f"{m['skipped_null_embeddings']} with a null embedding"] if m["skipped_null_embeddings"] else []
         skipped += [f"{m['skipped_null_labels']} with a missing label"] if m["skipped_null_labels"] else []
         if skipped:
@@ -488,6 +497,8 @@ def train(
         "evaluation": evaluation, "fit_rows": int(len(fit_rows)), "refit_on_all_rows": bool(refit or cv or test_size == 0),
         "seconds": round(seconds, 3),
     }
+    if hasattr(estimator[-1], "alpha_"):  # the penalty ridge chose, so a user can fix it with --alpha
+        metrics["chosen_alpha"] = float(estimator[-1].alpha_)
     if len(evaluated):
         metrics.update(evaluate(data.y[evaluated], eval_pred[evaluated], classes))
 

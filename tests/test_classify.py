@@ -236,3 +236,28 @@ def test_predict_texts_embeds_with_the_stored_settings(model_dir, features):
     np.testing.assert_allclose(proba, expected_proba, atol=1e-4)
     with pytest.raises(InputError, match="empty"):
         model.predict_texts(["fine", ""])
+
+
+def test_ridge_default_penalty_is_chosen_from_the_data():
+    from embedkit.classify import RIDGE_ALPHAS, build_classifier
+
+    # Fewer rows than dimensions, as with hidden states: labels unrelated to the vectors need a strong
+    # penalty, labels written plainly in them a weaker one. A fixed default cannot serve both.
+    rng = np.random.RandomState(0)
+    X = rng.randn(90, 400).astype(np.float32)
+    noise_labels = rng.randint(0, 3, 90)
+    clean_labels = np.argmax(X[:, :3], axis=1)
+    noisy = build_classifier("ridge").fit(X, noise_labels)[-1].alpha_
+    clean = build_classifier("ridge").fit(X, clean_labels)[-1].alpha_
+    assert {noisy, clean} <= set(RIDGE_ALPHAS) and noisy >= 10 * clean
+    assert build_classifier("ridge", ClassifierOptions(alpha=1.0))[-1].alpha == 1.0  # --alpha still fixes it
+
+def test_ridge_records_its_chosen_penalty_and_reloads_safely(features, tmp_path):
+    result = run("train", features, "-y", "label", "-o", tmp_path / "m", "--classifier", "ridge")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert f"ridge (alpha {metrics['chosen_alpha']:g}, chosen by leave-one-out)" in result.output
+    model = load_model(tmp_path / "m")  # RidgeClassifierCV loads with skops' default trust: no extra types
+    assert model.predict_vectors(np.zeros((2, model.dim)))[0].shape == (2,)
+    run("train", features, "-y", "label", "-o", tmp_path / "fixed", "--classifier", "ridge", "--alpha", 3)
+    assert "chosen_alpha" not in json.loads((tmp_path / "fixed" / "metrics.json").read_text())

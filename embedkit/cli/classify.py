@@ -22,7 +22,7 @@ from .embed import split_commas
 @click.option("--refit", is_flag=True, help="After the hold-out evaluation, fit the saved model again on every row.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the classifiers.")
 @click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Inverse regularisation (logreg, linear-svm).")
-@click.option("--alpha", type=click.FloatRange(min=0), default=None, help="L2 penalty (ridge [1.0], mlp [1e-4]).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None, help="L2 penalty (ridge [chosen by leave-one-out over 0.01..10,000], mlp [1e-4]).")
 @click.option("--k-neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours (knn).")
 @click.option("--knn-metric", type=click.Choice(KNN_METRICS), default="cosine", show_default=True)
 @click.option("--knn-weights", type=click.Choice(KNN_WEIGHTS), default="distance", show_default=True)
