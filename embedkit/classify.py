@@ -67,6 +67,9 @@ MLP_EARLY_STOPPING_MIN_PER_CLASS = 20
 # not one fit per value). A fixed alpha=1 barely regularises hundreds of standardised dimensions, often more
 # than the rows: 320 fortunes x 384 MiniLM dims scored 0.63 hold-out accuracy at alpha=1, 0.83 at alpha=100,
 # and leave-one-out picked ~300.
+# More distinct labels than half the rows means the column named is free text or an id, not classes; below this
+# many rows a tiny hand-made set could legitimately look like that.
+LABELS_LIKE_TEXT_MIN_ROWS = 20
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
 
 
@@ -232,8 +235,14 @@ def load_training_data(features: str | Path | Features, label_column: str, colum
 # ---------------------------------------------------------------------------------------------- checks
 
 
+def _label(value: Any, width: int = 40) -> str:
+    # A label column that is really free text (the wrong column named) would otherwise flood the message.
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _fmt_counts(counts: dict[Any, int], limit: int = 8) -> str:
-    items = [f"{label!r}: {n}" for label, n in list(counts.items())[:limit]]
+    items = [f"{_label(label)}: {n}" for label, n in list(counts.items())[:limit]]
     return ", ".join(items) + (f", ... ({len(counts)} classes)" if len(counts) > limit else "")
 
 
@@ -242,14 +251,20 @@ def check_classes(counts: dict[Any, int], label_column: str, *, cv: int | None, 
     if len(counts) < 2:
         only = next(iter(counts))
         raise InputError(
-            f"label column {label_column!r} has a single class ({only!r}, {counts[only]} rows); a classifier needs at least two"
+            f"label column {label_column!r} has a single class ({_label(only)}, {counts[only]} rows); a classifier needs at least two"
+        )
+    rows = sum(counts.values())
+    if rows >= LABELS_LIKE_TEXT_MIN_ROWS and len(counts) > rows / 2:
+        raise InputError(
+            f"label column {label_column!r} has {len(counts)} distinct values for {rows} rows "
+            f"({_fmt_counts(counts, limit=3)}): is it a text or id column rather than the classes?"
         )
     if cv:
         small = {c: n for c, n in counts.items() if n < cv}
         if small:
             label, n = min(small.items(), key=lambda kv: kv[1])
             raise InputError(
-                f"class {label!r} has {n} row(s); stratified --cv {cv} needs at least {cv} per class "
+                f"class {_label(label)} has {n} row(s); stratified --cv {cv} needs at least {cv} per class "
                 f"({len(small)} class(es) too small: {_fmt_counts(small)}); lower --cv, or drop or add rows to those classes"
             )
         return
@@ -259,7 +274,7 @@ def check_classes(counts: dict[Any, int], label_column: str, *, cv: int | None, 
     if small:
         label = next(iter(small))
         raise InputError(
-            f"class {label!r} has 1 row; a stratified hold-out needs at least 2 per class (one to train on, one to test) "
+            f"class {_label(label)} has 1 row; a stratified hold-out needs at least 2 per class (one to train on, one to test) "
             f"({len(small)} class(es) with 1 row: {_fmt_counts(small)}); drop them or use --test-size 0"
         )
     n = sum(counts.values())

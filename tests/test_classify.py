@@ -150,6 +150,13 @@ def test_class_too_small_for_holdout_and_cv(features_file, tmp_path):
     assert run("train", path, "-y", "label", "-o", tmp_path / "m", "--test-size", 0).exit_code == 0  # no split needed
 
 
+@pytest.mark.parametrize("cv", [None, 3])
+def test_a_text_or_id_column_named_as_labels_is_refused_briefly(features, tmp_path, cv):
+    result = run("train", features, "-y", "text", "-o", tmp_path / "m", *(["--cv", cv] if cv else []))
+    assert result.exit_code == 3 and "'text' has 60 distinct values for 60 rows" in result.output
+    assert "is it a text or id column rather than the classes?" in result.output
+    assert len(result.output) < 400  # three labels, each cut to 40 characters, not 60 whole texts
+
 def test_null_labels_are_skipped_with_a_count(features_file, tmp_path):
     path = features_file(n=40, labels=("a", "b", "c", ""))
     result = run("train", path, "-y", "label", "-o", tmp_path / "m")
