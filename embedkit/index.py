@@ -68,6 +68,7 @@ IVF_KMEANS_ITERATIONS = 15
 IVF_HNSW_QUANTIZER_LISTS = 1024  # from here on the coarse quantizer is an HNSW over centroids (as autofaiss)
 PQ_BYTES = (64, 48, 32, 24, 16, 8, 4)  # bytes per vector, largest (most accurate) first
 PQ_TRAIN_ROWS = 16_384
+PQ_CODES = 256  # 8-bit codes: centroids per sub-quantizer
 PQ_KMEANS_ITERATIONS = 10
 OPQ_MIN_ROWS = 20_000
 OPQ_ITERATIONS = 10  # faiss default 50: each iteration trains a whole PQ; the rotation settles early
@@ -236,7 +237,8 @@ def _prepare(matrix: np.ndarray, metric: str) -> np.ndarray:
 def _ivf_of(index):
     faiss = _faiss()
     try:
-        return faiss.extract_index_ivf(index)
+        # extract_index_ivf hands back the IndexIVF base class; downcast so IVF-PQ's own fields (pq) are reachable.
+        return faiss.downcast_index(faiss.extract_index_ivf(index))
     except RuntimeError:
         return None
 
@@ -463,6 +465,13 @@ def _new_index(plan: IndexPlan, dim: int, metric: str, train: np.ndarray):
         ivf.cp.min_points_per_centroid = min(IVF_TRAIN_ROWS_PER_LIST, ivf.cp.min_points_per_centroid)
         if hasattr(ivf, "pq"):
             ivf.pq.cp.niter = PQ_KMEANS_ITERATIONS
+            # FAISS warns once per sub-quantizer (up to 64 identical lines, past --quiet) when the sample is under
+            # 39 rows per code; one warning of ours says it once, with what to do.
+            wanted = PQ_CODES * ivf.pq.cp.min_points_per_centroid
+            if 0 < len(train) < wanted:
+                log.warning("IVF-PQ codebooks trained on %d rows (%d wanted): expect lower recall; with this few "
+                            "rows --kind ivf or flat is exact enough and fast", len(train), wanted)
+            ivf.pq.cp.min_points_per_centroid = 1
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
             transform = faiss.downcast_VectorTransform(index.chain.at(i))
@@ -472,8 +481,8 @@ def _new_index(plan: IndexPlan, dim: int, metric: str, train: np.ndarray):
     if not index.is_trained:
         if len(train) < max(1, plan.nlist):
             raise InputError(f"{len(train)} rows are too few to train {plan.factory}; use --kind flat or hnsw")
-        if plan.pq_bytes and len(train) < 256:
-            raise InputError(f"{len(train)} rows are too few to train product quantization (256 needed); use --kind ivf")
+        if plan.pq_bytes and len(train) < PQ_CODES:
+            raise InputError(f"{len(train)} rows are too few to train product quantization ({PQ_CODES} needed); use --kind ivf")
         index.train(train)
     return index
 

@@ -79,6 +79,17 @@ def test_every_kind_finds_the_exact_neighbours(tmp_path, kind, metric):
     assert abs(report.recall_at_10 - recall) < 0.3  # the build's own measurement agrees with this one
 
 
+def test_ivfpq_on_few_rows_warns_once_and_applies_its_pq_settings(tmp_path, capfd, caplog):
+    from embedkit.index import PQ_KMEANS_ITERATIONS, _ivf_of, _new_index
+
+    x = clustered(600)
+    with caplog.at_level("WARNING", logger="embedkit.index"):
+        build_index(write_vectors(tmp_path / "f.parquet", x), tmp_path / "ix", kind="ivfpq", metric="l2", eval_queries=50)
+    assert "please provide at least" not in capfd.readouterr().err  # FAISS's per-sub-quantizer warning, silenced
+    assert sum("IVF-PQ codebooks trained on" in r.getMessage() for r in caplog.records) == 1
+    index = _new_index(plan_index("ivfpq", 600, 16), 16, "l2", x)
+    assert _ivf_of(index).pq.cp.niter == PQ_KMEANS_ITERATIONS
+
 def test_auto_plan_follows_rows_and_memory():
     assert plan_index("auto", 500, 768).kind == "flat"
     assert plan_index("auto", 50_000, 768).kind == "hnsw"
