@@ -375,6 +375,7 @@ class BuildReport:
     target_recall: float
     eval_queries: int
     reason: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
@@ -391,7 +392,7 @@ class BuildReport:
             )
         if self.skipped_null_rows:
             out.append(f"{self.skipped_null_rows} rows without an embedding skipped")
-        return out
+        return out + [f"note: {note}" for note in self.notes]
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items()}
@@ -401,6 +402,18 @@ class BuildReport:
 
 def _default_store(features: Features, column: str) -> list[str]:
     return ["text"] if "text" in features.schema.names and column != "text" else []
+
+
+def _store_note(features: Features, store: list[str]) -> list[str]:
+    """Say so when search will show bare ids although the file has text columns (e.g. ``--keep body``)."""
+    if store:
+        return []
+    strings = [f.name for f in features.schema if f.name not in ("id", "status", "error")
+               and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+    if not strings:
+        return []
+    return [f"search results will show ids only: no 'text' column to store for display; pass --store COLUMN "
+            f"(text columns here: {', '.join(strings)})"]
 
 
 def _column_dim(features: Features, column: str) -> int:
@@ -535,6 +548,7 @@ def build_index(
         raise ConfigError(f"eval_queries must be >= 0, got {eval_queries}")
     feats = open_features(features)
     column = feats.embedding_column(column)
+    store_given = store
     store = list(_default_store(feats, column) if store is None else store)
     feats.require_columns(store)
     col_config = feats.column_config(column)
@@ -583,7 +597,7 @@ def build_index(
     write_text_atomic(output / META_FILE, json.dumps(meta, indent=1))
     return BuildReport(output, plan.kind, plan.factory, metric, int(index.ntotal), dim, feats.num_rows - samples.rows,
                        meta["build"]["seconds"], index_bytes, _peak_rss_bytes(), recall, qps, params, target_recall,
-                       len(samples.queries), plan.reason)
+                       len(samples.queries), plan.reason, _store_note(feats, store) if store_given is None else [])
 
 
 def _pad(d: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -913,7 +927,7 @@ class Index:
             raise InputError(f"the index holds {self.size} row(s): nothing to return")
         if k > available:
             note = f"k={k} is more than the {available} rows the index can return; returning {available}"
-            log.warning(note)
+            log.info(note)  # returned as a note for the caller to show; a warning too would say it twice
             return available, [note]
         return k, []
 

@@ -90,6 +90,16 @@ def test_ivfpq_on_few_rows_warns_once_and_applies_its_pq_settings(tmp_path, capf
     index = _new_index(plan_index("ivfpq", 600, 16), 16, "l2", x)
     assert _ivf_of(index).pq.cp.niter == PQ_KMEANS_ITERATIONS
 
+def test_build_says_when_search_will_show_bare_ids(tmp_path):
+    path = write_vectors(tmp_path / "f.parquet", clustered(50))
+    table = pq.read_table(path)
+    pq.write_table(table.rename_columns(["id", "body", "embedding"]).replace_schema_metadata(table.schema.metadata), tmp_path / "body.parquet")  # text kept as `body`
+    bare = build_index(tmp_path / "body.parquet", tmp_path / "a", kind="flat")
+    assert any("show ids only" in line and "text columns here: body" in line for line in bare.lines())
+    assert not build_index(tmp_path / "body.parquet", tmp_path / "b", kind="flat", store=["body"]).notes
+    assert not build_index(path, tmp_path / "c", kind="flat").notes  # `text` is stored by default
+    assert not build_index(tmp_path / "body.parquet", tmp_path / "d", kind="flat", store=[]).notes  # --no-store: asked
+
 def test_auto_plan_follows_rows_and_memory():
     assert plan_index("auto", 500, 768).kind == "flat"
     assert plan_index("auto", 50_000, 768).kind == "hnsw"
