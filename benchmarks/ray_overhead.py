@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.corpus import load_fortunes
-from embedkit import ExtractConfig
-from embedkit.embed import embed_file
-from embedkit.engines.ray import embed_file_ray
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from benchmarks.corpus import load_fortunes  # noqa: E402
+from embedkit import ExtractConfig  # noqa: E402
+from embedkit.embed import embed_file  # noqa: E402
+from embedkit.engines.ray import embed_file_ray  # noqa: E402
 
 CHECKPOINT_TOOL = Path("/work/shared/tools/make_gpt2_checkpoint.py")
 

