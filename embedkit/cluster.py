@@ -738,6 +738,9 @@ def cluster_file(
         files["map_rows"] = map_rows
 
     result.timings["total_s"] = time.perf_counter() - started
+    notes = _notes(source, options, metrics, len(result.labels), text_column)
+    for note in notes:
+        log.info(note)
     summary = {
         "source": str(source.path), "column": column, "model": source.meta.get("model", {}).get("name"),
         "rows": source.num_rows, "clustered_rows": len(result.labels),
@@ -745,11 +748,29 @@ def cluster_file(
         "method": options.method, "k": result.k, "options": _options_dict(options),
         "preprocessing": result.preprocessing, "k_selection": result.k_selection,
         "label_column": label_column, "text_column": text_column, "metrics": metrics, "clusters": clusters,
-        "files": files, "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "files": files, "notes": notes, "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": library_versions("scikit-learn", "numpy", "pyarrow"),
     }
     write_text_atomic(output_dir / FILE_SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default))
     return summary
+
+
+def _notes(source, options: ClusterOptions, metrics: dict[str, Any], rows: int, text_column: str | None) -> list[str]:
+    """Outcomes a user would otherwise misread: mostly-noise HDBSCAN, summaries without texts."""
+    notes = []
+    noise = metrics.get("noise_rows", 0)
+    if options.method == "hdbscan" and noise * 2 >= rows:
+        notes.append(
+            f"hdbscan marked {noise:,} of {rows:,} rows as noise ({metrics['clusters']} clusters): density is thin in "
+            f"embedding space; lower --min-cluster-size (now {options.min_cluster_size}) or use --method kmeans"
+        )
+    if text_column is None:
+        strings = [f.name for f in source.schema if f.name not in ("id", "status", "error")
+                   and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+        if strings:
+            notes.append("no 'text' column: clusters are described by ids only; pass --text-column COLUMN for central "
+                         f"texts and distinctive terms (text columns here: {', '.join(strings)})")
+    return notes
 
 
 def _options_dict(options: ClusterOptions) -> dict[str, Any]:
@@ -794,6 +815,7 @@ def format_summary(summary: dict[str, Any], max_clusters: int = 50) -> str:
             lines.append(head + ", ".join(map(str, c["central_ids"][:5])))
     if len(summary["clusters"]) > max_clusters:
         lines.append(f"... {len(summary['clusters']) - max_clusters} more clusters in summary.json")
+    lines += [f"note: {note}" for note in summary.get("notes", [])]
     return "\n".join(lines)
 
 

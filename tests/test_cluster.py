@@ -99,6 +99,21 @@ def test_hdbscan_finds_blobs_and_marks_noise(blob_file, tmp_path):
     assert table.column("distance").null_count == int((found == -1).sum())
 
 
+def test_mostly_noise_hdbscan_and_missing_texts_are_explained(blob_file, tmp_path):
+    vectors = np.random.default_rng(4).normal(size=(60, 16)).astype(np.float32)  # no dense region at all
+    path = blob_file(vectors)
+    table = pq.read_table(path)
+    renamed = table.rename_columns(["body" if c == "text" else c for c in table.column_names])
+    pq.write_table(renamed.replace_schema_metadata(table.schema.metadata), tmp_path / "b.parquet")
+    result = run_cli(tmp_path / "b.parquet", "-o", tmp_path / "out", "--method", "hdbscan", "--min-cluster-size", "20")
+    assert result.exit_code == 0, result.output
+    assert "note: hdbscan marked" in result.output and "lower --min-cluster-size (now 20)" in result.output
+    assert "pass --text-column COLUMN" in result.output and "text columns here: body, label" in result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["notes"]) == 2
+    kept = cluster_file(path, tmp_path / "out2", ClusterOptions(k=2))  # `text` present, k-means: nothing to say
+    assert kept["notes"] == []
+
 def test_defaults_undo_gpt2_anisotropy():
     """Raw k-means on GPT-2-shaped vectors splits along rogue dimensions; the default pre-processing does not."""
     vectors, labels = blobs(60, 4, 64, seed=4, spread=0.15)
