@@ -181,6 +181,15 @@ class Features:
                 )
             return name
         if not columns:
+            # A list column named like an embedding but not of fixed size: rows of different lengths (e.g. vectors
+            # of two models concatenated by hand). Saying "no embedding column" while listing it would mislead.
+            ragged = [f.name for f in self.schema if f.name.startswith("embedding")
+                      and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))]
+            if ragged:
+                raise InputError(
+                    f"{self.path}: column(s) {', '.join(ragged)} hold vectors of varying length, not one fixed dimension "
+                    "(embedkit writes fixed_size_list<float>[d]); were files of different models or layers mixed?"
+                )
             raise InputError(f"{self.path} has no embedding column; columns: {', '.join(self.schema.names)}")
         if len(columns) == 1:
             return columns[0]

@@ -235,6 +235,17 @@ def test_file_without_embedding_column_lists_columns(features_file, tmp_path):
     assert "no embedding column" in result.output and "id, text, label" in result.output
 
 
+def test_vectors_of_mixed_dimensions_are_named_as_such(features_file, tmp_path):
+    path = features_file(n=10)
+    table = pq.read_table(path)
+    vectors = [v[: 4 + i % 2] for i, v in enumerate(table.column("embedding").to_pylist())]  # 4-d and 5-d rows in one column
+    table = table.set_column(table.schema.get_field_index("embedding"), "embedding", pa.array(vectors, pa.list_(pa.float32())))
+    pq.write_table(table, path)
+    result = run_cli(path, "-o", tmp_path / "out")
+    assert result.exit_code == 3
+    assert "varying length" in result.output and "no embedding column" not in result.output
+
+
 def test_all_null_embeddings(blob_file, tmp_path):
     vectors, _ = blobs(5, 2, 8)
     path = blob_file(vectors, valid=np.zeros(10, dtype=bool))
