@@ -100,6 +100,18 @@ def _truncated_parquet(directory):
     return _file(directory, "in.parquet", path.read_bytes()[:-30])
 
 
+def _corrupt_pages_parquet(directory):
+    # The footer is intact, so the file opens and its columns check out; the text column's pages are garbage,
+    # which shows only once the rows are read, after the run has started.
+    path = directory / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(100)), "text": [f"text number {i}" for i in range(100)]}), path)
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(1)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start + 30 : start + chunk.total_compressed_size - 10] = b"\x07" * (chunk.total_compressed_size - 40)
+    return _file(directory, "in.parquet", bytes(data))
+
+
 @pytest.mark.parametrize(
     "make, code, message",
     [
@@ -109,10 +121,11 @@ def _truncated_parquet(directory):
         (lambda p: _file(p, "j.jsonl", '{"body": "x"}\n'), 3, "column(s) 'text' not found; the columns are: body"),
         (lambda p: _file(p, "x.parquet", b"PAR1 garbage"), 3, "not a readable Parquet file"),
         (_truncated_parquet, 3, "corrupt or truncated"),
+        (_corrupt_pages_parquet, 3, "corrupt or unreadable Parquet"),
         (lambda p: p / "missing.csv", 3, "does not exist"),
     ],
     ids=["empty file", "header only", "missing text column (CSV)", "missing text column (JSONL)", "corrupt parquet",
-         "truncated parquet", "missing input"],
+         "truncated parquet", "corrupt parquet pages", "missing input"],
 )
 def test_file_level_cases(tmp_path, tiny_gpt2_shared, make, code, message):
     source = make(tmp_path)
