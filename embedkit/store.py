@@ -315,6 +315,29 @@ def is_features_file(path: str | Path) -> bool:
 # ---------------------------------------------------------------------------------------------- parts
 
 
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two resume fingerprints, leaf by leaf ("pooling: ['mean'] -> ['last']").
+
+    A refused resume has to say which option to put back; "different settings" alone sends the user hunting.
+    """
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            # Extraction settings read best as the option names they are; other groups keep their name.
+            changes += fingerprint_changes(before, after, "" if key == "settings" else f"{prefix}{key}.")
+        elif key == "input" and isinstance(before, list) and isinstance(after, list):
+            # Checksums mean nothing to a reader; name the files that changed, appeared or went away.
+            was, now = ({f.get("path"): f.get("sha256") for f in files} for files in (before, after))
+            changes += [f"input {path} {'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
+                        for path in sorted(set(was) | set(now)) if was.get(path) != now.get(path)]
+        else:
+            changes.append(f"{prefix}{key}: {before!r} -> {after!r}")
+    return changes
+
+
 class PartWriter:
     """Writes committed parts for ``output`` and merges them into it at the end.
 
@@ -391,7 +414,8 @@ class PartWriter:
             old, new = manifest.get("fingerprint", {}), self.fingerprint
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise IncompatibleError(
-                f"cannot resume {self.output}: the partial run was made with different {', '.join(changed)}; "
+                f"cannot resume {self.output}: the partial run was made with different {', '.join(changed)} "
+                f"({'; '.join(fingerprint_changes(old, new))}); "
                 "run with the same settings and input, or pass --overwrite to start over"
             )
         self.parts = [p for p in manifest.get("parts", []) if (self.partial / p["file"]).is_file()]

@@ -86,9 +86,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, reference, tin
 @pytest.mark.parametrize(
     "change, message",
     [
-        (["--pooling", "last"], "different settings"),
-        (["--layer", "1"], "different settings"),
-        (["--text-column", "doc"], "different columns"),
+        # The refusal names the option that changed and both values, so the user knows what to put back.
+        (["--pooling", "last"], "different settings (pooling: ['mean'] -> ['last'])"),
+        (["--layer", "1"], "different settings (layers: ["),
+        (["--text-column", "doc"], "different columns (columns.text: 'text' -> 'doc')"),
     ],
 )
 def test_resume_with_other_settings_is_refused(corpus, tiny_gpt2_shared, tmp_path, monkeypatch, change, message):
@@ -110,7 +111,7 @@ def test_resume_after_the_input_changed_is_refused(corpus, tiny_gpt2_shared, tmp
     with corpus.open("a") as f:
         f.write("d999,one more row\n")
     result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume"))
-    assert result.exit_code == 6 and "different input" in result.output
+    assert result.exit_code == 6 and f"different input (input {corpus.resolve()} changed)" in result.output
 
 
 def test_disk_full_keeps_committed_parts_and_resume_finishes(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
