@@ -141,3 +141,15 @@ def test_model_from_environment_variable(reviews, tiny_gpt2_shared, tmp_path, mo
     monkeypatch.setenv("EMBEDKIT_MODEL", tiny_gpt2_shared)
     assert run("embed", path, "-o", tmp_path / "o.parquet", "--text-column", "body", "-q").exit_code == 0
     assert open_features(tmp_path / "o.parquet").config.model == tiny_gpt2_shared
+
+
+def test_hub_retry_warnings_stay_quiet_unless_verbose(monkeypatch, tmp_path):
+    """Offline, huggingface_hub logs each retry; by default only embedkit's one-line message should show."""
+    import os
+
+    monkeypatch.delenv("HF_HUB_VERBOSITY", raising=False)
+    CliRunner().invoke(cli, ["info", str(tmp_path / "missing.parquet")])
+    assert os.environ.get("HF_HUB_VERBOSITY") == "error"
+    monkeypatch.delenv("HF_HUB_VERBOSITY")
+    CliRunner().invoke(cli, ["-v", "info", str(tmp_path / "missing.parquet")])
+    assert "HF_HUB_VERBOSITY" not in os.environ

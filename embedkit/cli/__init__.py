@@ -7,6 +7,7 @@ one-line messages with the exit codes documented in ``embedkit.errors``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -31,8 +32,6 @@ class EmbedkitGroup(click.Group):
         except BrokenPipeError:
             # The reader went away (`embedkit info x | head`): not an error. Point stdout at devnull so the
             # interpreter's final flush does not raise again.
-            import os
-
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except MemoryError as exc:
@@ -62,6 +61,11 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj["debug"] = debug
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 0:
+        # Offline, huggingface_hub logs every retry of an unreachable hub (a dozen lines, each twice through its
+        # own handler and ours) before embedkit's one-line message says what to do; -v shows them again. It sets
+        # its level from this variable when first imported (lazily, later), so a setLevel now would be undone.
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 
 def quiet_libraries(quiet: bool) -> None:
