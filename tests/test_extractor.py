@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import shutil
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +250,43 @@ def test_hub_id_offline_without_cache_says_how_to_point_at_a_directory(monkeypat
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelLoadError, match=r"Point --model \(or \$EMBEDKIT_MODEL\) at a local directory"):
         Extractor(ExtractConfig(model="openai-community/gpt2"), device="cpu")
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """A hub that refuses connections at once (discard port on localhost) and an empty cache under tmp_path."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def _cache_as_hub_model(model_dir: str, cache: Path, repo: str) -> None:
+    # The layout huggingface_hub leaves after a download: refs/main names a snapshot holding the files.
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / "0123abc"
+    shutil.copytree(model_dir, snapshot)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("0123abc")
+
+
+# Without the reachability probe, huggingface_hub retries each file five times with back-off (~25 s per file)
+# before giving up or falling back to the cache; the time limits below are far under that.
+def test_hub_id_without_network_or_cache_fails_at_once_with_the_message(unreachable_hub):
+    from embedkit import ModelLoadError
+
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"Point --model \(or \$EMBEDKIT_MODEL\) at a local directory"):
+        Extractor(ExtractConfig(model="openai-community/gpt2"), device="cpu")
+    assert time.perf_counter() - started < 10
+
+
+def test_cached_hub_id_loads_at_once_without_network(unreachable_hub, tiny_gpt2_shared):
+    _cache_as_hub_model(tiny_gpt2_shared, unreachable_hub, "openai-community/gpt2")
+    started = time.perf_counter()
+    cached = Extractor(ExtractConfig(model="openai-community/gpt2"), device="cpu").embed(["a cached model"])
+    assert time.perf_counter() - started < 10
+    local = Extractor(ExtractConfig(model=tiny_gpt2_shared), device="cpu").embed(["a cached model"])
+    np.testing.assert_allclose(cached, local, atol=1e-6)

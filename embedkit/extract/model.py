@@ -71,6 +71,25 @@ def _offline_message(name: str, cause: Exception) -> str:
     )
 
 
+def _hub_unreachable(name: str) -> bool:
+    """Whether ``name`` is a hub id and the hub cannot be reached right now (one quick request, no retries).
+
+    Without this, huggingface_hub retries a failed connection five times with back-off (about 25 s, a screen of
+    warnings) for each file before transformers falls back to the cache. One probe lets an offline machine load
+    a cached model, or get the "point --model at a directory" message, at once.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE or _looks_like_path(name):
+        return False  # the hub library already stays off the network, or there is no network to ask
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception:  # noqa: BLE001  (DNS, refused, timeout, proxy: the http client's error types vary by version)
+        return True
+    return False
+
+
 def _from_pretrained(loader, name: str, **kwargs):
     try:
         return loader.from_pretrained(name, **kwargs)
@@ -99,6 +118,9 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
     torch_device = resolve_device(device)
     name = str(Path(config.model).expanduser()) if config.model.startswith("~") else config.model
     common = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if _hub_unreachable(name):
+        log.info("the Hugging Face hub cannot be reached; loading %s from the local cache only", name)
+        common["local_files_only"] = True
     model_config = _from_pretrained(AutoConfig, name, **common)
     tokenizer = _from_pretrained(AutoTokenizer, name, **common)
     try:
