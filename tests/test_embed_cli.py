@@ -153,3 +153,21 @@ def test_hub_retry_warnings_stay_quiet_unless_verbose(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_VERBOSITY")
     CliRunner().invoke(cli, ["-v", "info", str(tmp_path / "missing.parquet")])
     assert "HF_HUB_VERBOSITY" not in os.environ
+
+
+def test_hub_warnings_shown_with_verbose_are_printed_once(tmp_path):
+    # In a real process (pytest's own log handlers would hide the doubling): the CLI configures logging, then
+    # huggingface_hub warns through its own handler, as it does while retrying a download. -v lets them show.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from huggingface_hub.utils import logging as hub_logging\nfrom embedkit.cli import cli\n"
+        f"try:\n    cli(['-v', 'info', {str(tmp_path / 'none.parquet')!r}])\nexcept SystemExit:\n    pass\n"
+        "hub_logging.get_logger('huggingface_hub.utils._http').warning('retrying in 1s')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_VERBOSITY"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert "does not exist" in done.stderr
+    assert done.stderr.count("retrying in 1s") == 1, done.stderr

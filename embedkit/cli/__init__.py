@@ -61,6 +61,9 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj["debug"] = debug
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # huggingface_hub prints through a stderr handler of its own; passing its records on to ours as well showed
+    # every hub warning twice when they are shown (-v). transformers already keeps its records to itself.
+    logging.getLogger("huggingface_hub").propagate = False
     if verbose == 0:
         # Offline, huggingface_hub logs every retry of an unreachable hub (a dozen lines, each twice through its
         # own handler and ours) before embedkit's one-line message says what to do; -v shows them again. It sets
