@@ -171,3 +171,14 @@ def test_hub_warnings_shown_with_verbose_are_printed_once(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "does not exist" in done.stderr
     assert done.stderr.count("retrying in 1s") == 1, done.stderr
+
+
+def test_layers_and_poolings_take_comma_separated_lists(reviews, tiny_gpt2_shared, tmp_path):
+    path, _ = reviews
+    out = tmp_path / "o.parquet"
+    result = run("embed", path, "-o", out, "-m", tiny_gpt2_shared, "--text-column", "body", "-l", "0,-1", "-l", "1",
+                 "-p", "mean,last", "-q")
+    assert result.exit_code == 0, result.output
+    assert open_features(out).config.layers == (0, 2, 1)
+    bad = run("embed", path, "-o", tmp_path / "p.parquet", "-m", tiny_gpt2_shared, "--text-column", "body", "-l", "1,last")
+    assert bad.exit_code == 2 and "'last' is not a layer index" in bad.output

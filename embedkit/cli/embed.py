@@ -18,6 +18,15 @@ def split_commas(_ctx, _param, values):
     return tuple(v.strip() for value in values for v in str(value).split(",") if v.strip())
 
 
+def split_layers(ctx, param, values):
+    """--layer takes comma-separated lists like --pooling does: --layer 0,6,-1 == --layer 0 --layer 6 --layer -1."""
+    layers = split_commas(ctx, param, values)
+    bad = [v for v in layers if not v.lstrip("-").isdigit()]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r} is not a layer index (0 = embeddings, i = block i, -1 = last)")
+    return tuple(int(v) for v in layers)
+
+
 def extraction_options(f):
     """Options that define the vectors; shared by every command that embeds text (embed, probe)."""
     options = [
@@ -53,7 +62,7 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .parquet file.")
 @click.option("--id-column", default=None, help="Column passed through as `id` [default: the row number].")
 @click.option("--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate).")
-@click.option("--layer", "-l", "layers", multiple=True, type=int, help="Hidden-state index: 0 = embeddings, i = block i, -1 = last [default: -1]. Repeatable.")
+@click.option("--layer", "-l", "layers", multiple=True, callback=split_layers, metavar="INTEGER", help="Hidden-state index: 0 = embeddings, i = block i, -1 = last [default: -1]. Repeatable.")
 @click.option("--pooling", "-p", multiple=True, callback=split_commas, help="mean, last, max, first, weighted-mean [default: mean]. Repeatable.")
 @click.option("--normalize", is_flag=True, help="L2-normalise the stored vectors.")
 @click.option("--dtype", type=click.Choice(STORAGE_DTYPES), default="float32", show_default=True, help="Storage dtype of the vectors.")
