@@ -88,10 +88,25 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _model_files(model: str) -> list[dict[str, Any]] | None:
+    """Size and modification time of each file of a local model directory; None for a hub id.
+
+    A checkpoint replaced at the same path is another model, and its vectors must not be mixed with the old
+    ones in one output. Stat data, not a digest: hashing gigabytes of weights on every run would cost more
+    than the check is worth, and a re-copied directory only costs a clear refusal.
+    """
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None  # a hub id: the revision in the settings names it
+    return [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+            for f in sorted(path.iterdir()) if f.is_file()]
+
+
 def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[str, Any]:
-    """What a resumed run must share with the partial one: settings, input content and column choices."""
+    """What a resumed run must share with the partial one: settings, model files, input content, columns."""
     return {
         "settings": config.vector_settings(),
+        "model_files": _model_files(config.model),
         "input": [{"path": str(p.resolve()), "sha256": _file_digest(p)} for p in source.files],
         "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
         "part_rows": part_rows,

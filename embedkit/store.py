@@ -315,6 +315,10 @@ def is_features_file(path: str | Path) -> bool:
 # ---------------------------------------------------------------------------------------------- parts
 
 
+# Fingerprint entries that list files ({"path": ..., facts...}), and how a message names one of their files.
+_FILE_LISTS = {"input": "input", "model_files": "model file"}
+
+
 def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """What differs between two resume fingerprints, leaf by leaf ("pooling: ['mean'] -> ['last']").
 
@@ -328,10 +332,10 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = 
         if isinstance(before, dict) and isinstance(after, dict):
             # Extraction settings read best as the option names they are; other groups keep their name.
             changes += fingerprint_changes(before, after, "" if key == "settings" else f"{prefix}{key}.")
-        elif key == "input" and isinstance(before, list) and isinstance(after, list):
-            # Checksums mean nothing to a reader; name the files that changed, appeared or went away.
-            was, now = ({f.get("path"): f.get("sha256") for f in files} for files in (before, after))
-            changes += [f"input {path} {'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
+        elif key in _FILE_LISTS and isinstance(before, list) and isinstance(after, list):
+            # Checksums and sizes mean nothing to a reader; name the files that changed, appeared or went away.
+            was, now = ({f.get("path"): f for f in files} for files in (before, after))
+            changes += [f"{_FILE_LISTS[key]} {path} {'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
                         for path in sorted(set(was) | set(now)) if was.get(path) != now.get(path)]
         else:
             changes.append(f"{prefix}{key}: {before!r} -> {after!r}")

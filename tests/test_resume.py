@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -206,3 +207,17 @@ def test_resume_after_the_merge_finds_the_job_done(corpus, reference, tiny_gpt2_
     # Another job's output is still protected: different settings with --resume refuse to touch it.
     other = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume", "--layer", "1"))
     assert other.exit_code == 5 and "exists" in other.output
+
+
+def test_resume_after_the_model_files_changed_is_refused(corpus, tiny_gpt2, tmp_path, monkeypatch):
+    # Same --model path, other weights (a checkpoint re-saved in place): vectors of two models must not mix.
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2), catch_exceptions=False)
+    monkeypatch.undo()
+    weights = Path(tiny_gpt2) / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2, "--resume"))
+    assert result.exit_code == 6, result.output
+    assert f"different model_files (model file {weights.resolve()} changed)" in result.output
