@@ -58,6 +58,14 @@ class Crash(BaseException):
     """Stands for the process dying: not an Exception, so nothing on the way catches it."""
 
 
+def crash_before_the_merge(corpus, out, model, monkeypatch):
+    """Run the CLI until every part is committed and die there, leaving a whole partial run to resume."""
+    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, cli_args(corpus, out, model), catch_exceptions=False)
+    monkeypatch.undo()
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
     out = tmp_path / "out.parquet"
     real_commit, commits = PartWriter.commit, []
@@ -95,20 +103,14 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, reference, tin
 )
 def test_resume_with_other_settings_is_refused(corpus, tiny_gpt2_shared, tmp_path, monkeypatch, change, message):
     out = tmp_path / "out.parquet"
-    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
-    monkeypatch.undo()
+    crash_before_the_merge(corpus, out, tiny_gpt2_shared, monkeypatch)
     result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume", *change))
     assert result.exit_code == 6 and message in result.output and "Traceback" not in result.output
 
 
 def test_resume_after_the_input_changed_is_refused(corpus, tiny_gpt2_shared, tmp_path, monkeypatch):
     out = tmp_path / "out.parquet"
-    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
-    monkeypatch.undo()
+    crash_before_the_merge(corpus, out, tiny_gpt2_shared, monkeypatch)
     with corpus.open("a") as f:
         f.write("d999,one more row\n")
     result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--resume"))
@@ -139,10 +141,7 @@ def test_disk_full_keeps_committed_parts_and_resume_finishes(corpus, reference, 
 
 def test_overwrite_discards_a_partial_run(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
     out = tmp_path / "out.parquet"
-    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
-    monkeypatch.undo()
+    crash_before_the_merge(corpus, out, tiny_gpt2_shared, monkeypatch)
     result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2_shared, "--overwrite"))
     assert result.exit_code == 0 and "resumed" not in result.output
     assert_same_output(out, reference)
@@ -212,10 +211,7 @@ def test_resume_after_the_merge_finds_the_job_done(corpus, reference, tiny_gpt2_
 def test_resume_after_the_model_files_changed_is_refused(corpus, tiny_gpt2, tmp_path, monkeypatch):
     # Same --model path, other weights (a checkpoint re-saved in place): vectors of two models must not mix.
     out = tmp_path / "out.parquet"
-    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
-    with pytest.raises(Crash):
-        CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2), catch_exceptions=False)
-    monkeypatch.undo()
+    crash_before_the_merge(corpus, out, tiny_gpt2, monkeypatch)
     weights = Path(tiny_gpt2) / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2, "--resume"))
