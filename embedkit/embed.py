@@ -88,7 +88,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _model_files(model: str) -> list[dict[str, Any]] | None:
+def model_files(model: str) -> list[dict[str, Any]] | None:
     """Size and modification time of each file of a local model directory; None for a hub id.
 
     A checkpoint replaced at the same path is another model, and its vectors must not be mixed with the old
@@ -106,7 +106,7 @@ def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[s
     """What a resumed run must share with the partial one: settings, model files, input content, columns."""
     return {
         "settings": config.vector_settings(),
-        "model_files": _model_files(config.model),
+        "model_files": model_files(config.model),
         "input": [{"path": str(p.resolve()), "sha256": _file_digest(p)} for p in source.files],
         "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
         "part_rows": part_rows,

@@ -315,9 +315,12 @@ def run_pipeline(
         raise ConfigError(f"cannot create the output directory {p.output_dir}: {exc}") from exc
     state_path = p.output_dir / STATE_FILE
     state = {} if force else _load_state(state_path)
+    from .embed import model_files  # lazily, like every stage: `embedkit run --help` stays fast
+
     source_files = resolve_files(p.relative(p.source["path"]))
     upstream = {
-        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings()),
+        # A checkpoint replaced at the same local path is another model: its stat data is part of the key.
+        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings(), model_files(p.config.model)),
     }
     outcomes = []
     for stage in ("embed", *[s for s in STAGES[1:] if s in p.stages]):

@@ -40,6 +40,17 @@ def test_ready_pipelines_run_end_to_end(tiny_gpt2_shared, tmp_path, name, output
     assert pq.read_table(tmp_path / "features.parquet").num_rows == 160
 
 
+def test_a_model_replaced_at_the_same_path_reruns_the_embedding(tiny_gpt2_shared, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_gpt2_shared, model)
+    pipeline, out = PIPELINES / "corpus-clustering.toml", tmp_path / "out"
+    assert stages(run(pipeline, "-m", model, "--output-dir", out), "done in") == ["embed", "cluster"]
+    assert stages(run(pipeline, "-m", model, "--output-dir", out), "skipped") == ["embed", "cluster"]
+    config = model / "config.json"
+    config.write_text(config.read_text() + "\n")  # same settings, another file: the checkpoint was replaced
+    assert stages(run(pipeline, "-m", model, "--output-dir", out), "done in") == ["embed", "cluster"]
+
+
 def test_second_run_skips_and_a_changed_stage_reruns_only_what_depends_on_it(tiny_gpt2_shared, tmp_path):
     work = tmp_path / "pipelines"
     shutil.copytree(PIPELINES, work)
