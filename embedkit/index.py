@@ -457,6 +457,25 @@ def _draw_samples(features: Features, column: str, train_rows: int, eval_queries
     return _Samples(stack(train), stack(queries), np.concatenate(query_pos).astype(np.int64), seen)
 
 
+def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batch_rows: int) -> None:
+    """Size each inverted list of an IVF-flat index to its final length before the vectors are added.
+
+    FAISS appends to its lists by growing each std::vector, which doubles its capacity: an IVF-flat index of
+    0.9 GB of vectors measured 1.5 GB of RSS after its adds, and 1,000,000 x 768 (2.9 GB) peaked near 9 GB.
+    Counting the list of every row first (one more read of the file and one coarse-quantizer search per row)
+    lets each list allocate once. Resizing to the count and back to 0 keeps that capacity: std::vector does
+    not shrink. A count that differs from the add's own assignment only costs a reallocation, never a result.
+    """
+    ivf = _faiss().extract_index_ivf(index)
+    counts = np.zeros(ivf.nlist, dtype=np.int64)
+    for matrix, _ in features.iter_batches(column, (), batch_rows):
+        _, lists = ivf.quantizer.search(_prepare(matrix, metric), 1)
+        counts += np.bincount(lists[:, 0][lists[:, 0] >= 0], minlength=ivf.nlist)
+    for list_no in np.flatnonzero(counts):
+        ivf.invlists.resize(int(list_no), int(counts[list_no]))
+        ivf.invlists.resize(int(list_no), 0)
+
+
 def _train_rows(plan: IndexPlan, rows: int) -> int:
     if plan.kind == "ivf":
         return min(rows, plan.nlist * IVF_TRAIN_ROWS_PER_LIST)
@@ -561,7 +580,9 @@ def build_index(
         plan = plan_index(kind, samples.rows, dim, memory)
     log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
     index = _new_index(plan, dim, metric, samples.train[: _train_rows(plan, samples.rows)])
-    samples.train = samples.train[:0]  # free the sample before the add pass
+    samples.train = np.empty((0, dim), np.float32)  # free the sample before the add pass (a [:0] view would keep it)
+    if plan.kind == "ivf":
+        _reserve_ivf_lists(index, feats, column, metric, batch_rows)
 
     k_eval = min(EVAL_K, samples.rows - 1)
     heap = _faiss().ResultHeap(len(samples.queries), k_eval + 1, keep_max=metric != "l2") if k_eval > 0 else None
