@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from .config import ExtractConfig
 from .embed import _file_digest as _sha256
 from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
+from .sources import parquet_batches
 from .store import Features, atomic_path, check_writable_dir, is_features_file, library_versions, matrix_from_arrow, open_features, output_error, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -780,7 +781,7 @@ def _feature_batches(model: ClassifierModel, input, column, keep, batch_rows):
     has_status = "status" in feats.schema.names
     wanted = list(dict.fromkeys(["id", *keep, *(["status"] if has_status else []), column]))
     try:
-        for batch in pq.ParquetFile(feats.path).iter_batches(batch_size=batch_rows, columns=wanted):
+        for batch in parquet_batches(pq.ParquetFile(feats.path), batch_rows, wanted):
             vectors = batch.column(column)
             if has_status:
                 status = batch.column("status")

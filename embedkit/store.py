@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from .config import ExtractConfig
 from .errors import IncompatibleError, InputError, OutputError
+from .sources import parquet_batches
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class Features:
         extra = [c for c in dict.fromkeys(["id", *extra]) if c != column]
         self.require_columns(extra)
         try:
-            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows, columns=[column, *extra]):
+            for batch in parquet_batches(pq.ParquetFile(self.path), batch_rows, [column, *extra]):
                 table = pa.Table.from_batches([batch])
                 kept = table.filter(pc.is_valid(table.column(column)))
                 if kept.num_rows:

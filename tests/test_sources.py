@@ -143,3 +143,17 @@ def test_input_errors(tmp_path):
         Source(_write(tmp_path, "txt"), keep=["stars"])
     with pytest.raises(ConfigError, match="clash"):
         Source(_write(tmp_path, "csv"), text_column="body", keep=["status"])
+
+
+def test_parquet_batches_read_every_row_in_order_one_row_group_at_a_time(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedkit.sources import parquet_batches
+
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pa.table({"a": list(range(30)), "b": [str(i) for i in range(30)]}), path, row_group_size=7)
+    batches = list(parquet_batches(pq.ParquetFile(path), 5, ["a"]))
+    assert [b.num_rows for b in batches] == [5, 2, 5, 2, 5, 2, 5, 2, 2]  # never across a row-group boundary
+    assert [v for b in batches for v in b.column("a").to_pylist()] == list(range(30))
+    assert all(b.schema.names == ["a"] for b in batches)
