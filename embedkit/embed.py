@@ -60,6 +60,9 @@ class EmbedSummary:
             parts.append(f"{self.chunked} split into windows")
         if self.duplicate_ids:
             parts.append(f"warning: {self.duplicate_ids} duplicate ids")
+        if self.resumed_rows and self.resumed_rows == self.rows and not self.tokens:
+            parts.append("already complete: nothing left to embed")  # --resume on a finished output
+            return "; ".join(parts)
         if self.resumed_rows:
             parts.append(f"{self.resumed_rows} resumed from an earlier run")
         rate = self.tokens / self.embed_seconds if self.embed_seconds else 0.0
