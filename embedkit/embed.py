@@ -198,37 +198,26 @@ def embed_file(
     if writer.complete:  # killed after the merge: the output is this job's, whole
         return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
     resumed = writer.rows_done
-    try:
-        with _progress_bar(source.total_rows(), progress) as bar:
-            bar.update(resumed)
-            t0, tokens = time.perf_counter(), 0
+    with writer.abandoned_on_failure(), _progress_bar(source.total_rows(), progress) as bar:
+        bar.update(resumed)
+        t0, tokens = time.perf_counter(), 0
 
-            def on_batch(texts: int, batch_tokens: int) -> None:
-                nonlocal tokens
-                tokens += batch_tokens
-                bar.update(texts)
-                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
+        def on_batch(texts: int, batch_tokens: int) -> None:
+            nonlocal tokens
+            tokens += batch_tokens
+            bar.update(texts)
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
 
-            for records in source.batches(part_rows, skip=resumed):
-                table, result = encode_records(records, extractor, progress=on_batch)
-                bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
-                bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
-                if strict and bad.size:
-                    row = table.slice(int(bad[0]), 1).to_pylist()[0]
-                    raise InputError(
-                        f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
-                    )
-                writer.commit(table)
-    except InputError:
-        # The input itself is at fault (a bad row in strict mode, corrupt data mid-file): resuming would stop at
-        # the same row, and a repaired input no longer matches the fingerprint, so the parts are of no use. Left
-        # behind, they would only make the next run refuse with "a partial run exists".
-        writer.abandon()
-        raise
-    except BaseException:
-        if writer.rows_done == 0:  # nothing committed, nothing to resume: leave no partial run behind
-            writer.abandon()
-        raise
+        for records in source.batches(part_rows, skip=resumed):
+            table, result = encode_records(records, extractor, progress=on_batch)
+            bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
+            bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
+            if strict and bad.size:
+                row = table.slice(int(bad[0]), 1).to_pylist()[0]
+                raise InputError(
+                    f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
+                )
+            writer.commit(table)
     if writer.rows_done == 0:
         writer.abandon()
         raise InputError(f"{input} holds no data rows")

@@ -445,6 +445,25 @@ class PartWriter:
         """Remove the partial directory (nothing worth resuming: no rows, or a strict-mode stop)."""
         shutil.rmtree(self.partial, ignore_errors=True)
 
+    @contextmanager
+    def abandoned_on_failure(self) -> Iterator[None]:
+        """Around an engine's part loop: keep the committed parts only where a rerun with --resume can use them.
+
+        The input itself at fault (a bad row in strict mode, corrupt data mid-file): resuming would stop at the
+        same row, and a repaired input no longer matches the fingerprint, so the parts are of no use; left
+        behind, they would only make the next run refuse with "a partial run exists". Any other failure (a
+        kill, a full disk, a lost Ray node) keeps them, unless none was committed.
+        """
+        try:
+            yield
+        except InputError:
+            self.abandon()
+            raise
+        except BaseException:
+            if not self.parts:
+                self.abandon()
+            raise
+
     def finish(self, meta: dict[str, Any]) -> int:
         """Merge the parts into the output (atomically) and remove the partial directory. Returns rows."""
         files = [self.partial / p["file"] for p in self.parts]

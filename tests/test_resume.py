@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import sample_texts
-from embedkit import ExtractConfig
+from embedkit import ExtractConfig, InputError
 from embedkit.cli import cli
 from embedkit.embed import embed_file
 from embedkit.store import PartWriter
@@ -217,3 +217,23 @@ def test_resume_after_the_model_files_changed_is_refused(corpus, tiny_gpt2, tmp_
     result = CliRunner().invoke(cli, cli_args(corpus, out, tiny_gpt2, "--resume"))
     assert result.exit_code == 6, result.output
     assert f"different model_files (model file {weights.resolve()} changed)" in result.output
+
+
+@pytest.mark.parametrize(
+    "error, commits, partial_kept",
+    [
+        (OSError("disk full (simulated)"), 1, True),  # resumable: the committed part is kept
+        (OSError("disk full (simulated)"), 0, False),  # nothing committed: nothing to resume
+        (InputError("corrupt data (simulated)"), 1, False),  # the input is at fault: resuming cannot help
+    ],
+)
+def test_parts_are_kept_only_where_resume_can_use_them(tmp_path, error, commits, partial_kept):
+    """The rule both engines share (local and Ray) for what a failed run leaves behind."""
+    import pyarrow as pa
+
+    writer = PartWriter(tmp_path / "out.parquet", {"job": 1})
+    with pytest.raises(type(error)), writer.abandoned_on_failure():
+        for _ in range(commits):
+            writer.commit(pa.table({"id": [1, 2]}))
+        raise error
+    assert writer.partial.exists() == partial_kept

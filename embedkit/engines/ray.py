@@ -243,25 +243,20 @@ def embed_file_ray(
     if resumed:
         log.info("resuming %s: %d parts committed", output, len(done))
     worker_threads = threads or (max(1, int(cpus_per_worker)) if not gpus_per_worker else None)
-    try:
-        with _progress_bar(total, progress) as bar, ray_session(address) as ray:
-            bar.update(resumed)
-            size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
-            wave_parts = WAVE_PARTS_PER_WORKER * (size[1] if isinstance(size, tuple) else size)
-            for wave in _waves(source, part_rows, done, wave_parts):
-                sent += len(wave)
-                sizes = {item["part"]: item["rows"] for item in wave}
-                stream = _run(ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker, cpus_per_worker)
-                for index, table in _whole_parts(stream, part_rows, sizes):
-                    if strict:
-                        _stop_at_bad_row(table, writer)
-                    writer.commit(table, index=index)
-                    tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
-                    bar.update(table.num_rows)
-    except BaseException:
-        if not writer.parts:  # nothing worth resuming: leave no partial run behind
-            writer.abandon()
-        raise
+    with writer.abandoned_on_failure(), _progress_bar(total, progress) as bar, ray_session(address) as ray:
+        bar.update(resumed)
+        size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
+        wave_parts = WAVE_PARTS_PER_WORKER * (size[1] if isinstance(size, tuple) else size)
+        for wave in _waves(source, part_rows, done, wave_parts):
+            sent += len(wave)
+            sizes = {item["part"]: item["rows"] for item in wave}
+            stream = _run(ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker, cpus_per_worker)
+            for index, table in _whole_parts(stream, part_rows, sizes):
+                if strict:
+                    _stop_at_bad_row(table)
+                writer.commit(table, index=index)
+                tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
+                bar.update(table.num_rows)
     if not sent and not done:
         writer.abandon()
         raise InputError(f"{input} holds no data rows")
@@ -332,11 +327,10 @@ def _whole_parts(blocks, part_rows: int, sizes: dict[int, int]) -> Iterator[tupl
         raise RuntimeError(f"parts {sorted(pending)} came back from Ray incomplete")
 
 
-def _stop_at_bad_row(table: pa.Table, writer: PartWriter) -> None:
+def _stop_at_bad_row(table: pa.Table) -> None:
     bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
     if bad.size:
         row = table.slice(int(bad[0]), 1).to_pylist()[0]
-        writer.abandon()
         raise InputError(f"row id {row['id']!r} is {row['status']}: {row['error']}")
 
 
