@@ -64,13 +64,13 @@ TRUSTED_EXTRA_TYPES = (
 # class that hold-out is too small to be stratified or meaningful, so the MLP trains for max_iter instead.
 MLP_EARLY_STOPPING_MIN_PER_CLASS = 20
 
+# More distinct labels than half the rows means the column named is free text or an id, not classes; below this
+# many rows a tiny hand-made set could legitimately look like that.
+LABELS_LIKE_TEXT_MIN_ROWS = 20
 # Ridge's penalty when none is given is chosen by leave-one-out over this grid (closed form: one decomposition,
 # not one fit per value). A fixed alpha=1 barely regularises hundreds of standardised dimensions, often more
 # than the rows: 320 fortunes x 384 MiniLM dims scored 0.63 hold-out accuracy at alpha=1, 0.83 at alpha=100,
 # and leave-one-out picked ~300.
-# More distinct labels than half the rows means the column named is free text or an id, not classes; below this
-# many rows a tiny hand-made set could legitimately look like that.
-LABELS_LIKE_TEXT_MIN_ROWS = 20
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 13))
 
 

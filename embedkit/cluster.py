@@ -764,12 +764,9 @@ def _notes(source, options: ClusterOptions, metrics: dict[str, Any], rows: int, 
             f"hdbscan marked {noise:,} of {rows:,} rows as noise ({metrics['clusters']} clusters): density is thin in "
             f"embedding space; lower --min-cluster-size (now {options.min_cluster_size}) or use --method kmeans"
         )
-    if text_column is None:
-        strings = [f.name for f in source.schema if f.name not in ("id", "status", "error")
-                   and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
-        if strings:
-            notes.append("no 'text' column: clusters are described by ids only; pass --text-column COLUMN for central "
-                         f"texts and distinctive terms (text columns here: {', '.join(strings)})")
+    if text_column is None and source.text_columns:
+        notes.append("no 'text' column: clusters are described by ids only; pass --text-column COLUMN for central "
+                     f"texts and distinctive terms (text columns here: {', '.join(source.text_columns)})")
     return notes
 
 

@@ -406,14 +406,10 @@ def _default_store(features: Features, column: str) -> list[str]:
 
 def _store_note(features: Features, store: list[str]) -> list[str]:
     """Say so when search will show bare ids although the file has text columns (e.g. ``--keep body``)."""
-    if store:
-        return []
-    strings = [f.name for f in features.schema if f.name not in ("id", "status", "error")
-               and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
-    if not strings:
+    if store or not features.text_columns:
         return []
     return [f"search results will show ids only: no 'text' column to store for display; pass --store COLUMN "
-            f"(text columns here: {', '.join(strings)})"]
+            f"(text columns here: {', '.join(features.text_columns)})"]
 
 
 def _column_dim(features: Features, column: str) -> int:
@@ -466,7 +462,7 @@ def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batc
     lets each list allocate once. Resizing to the count and back to 0 keeps that capacity: std::vector does
     not shrink. A count that differs from the add's own assignment only costs a reallocation, never a result.
     """
-    ivf = _faiss().extract_index_ivf(index)
+    ivf = _ivf_of(index)
     counts = np.zeros(ivf.nlist, dtype=np.int64)
     for matrix, _ in features.iter_batches(column, (), batch_rows):
         _, lists = ivf.quantizer.search(_prepare(matrix, metric), 1)

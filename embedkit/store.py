@@ -171,6 +171,12 @@ class Features:
     def embedding_columns(self) -> list[str]:
         return [f.name for f in self.schema if f.name.startswith("embedding") and pa.types.is_fixed_size_list(f.type)]
 
+    @property
+    def text_columns(self) -> list[str]:
+        """String columns other than embedkit's own (id, status, error): what could be shown as a row's text."""
+        return [f.name for f in self.schema if f.name not in ("id", "status", "error")
+                and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+
     def embedding_column(self, name: str | None = None) -> str:
         """Resolve the embedding column to use: ``name`` if given, else the only one, else ``embedding``."""
         columns = self.embedding_columns
