@@ -10,6 +10,7 @@ import importlib
 
 from .config import DEFAULT_MODEL, POOLING_MODES, ExtractConfig
 from .errors import (
+    BusyError,
     ConfigError,
     EmbedkitError,
     IncompatibleError,
@@ -45,6 +46,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BusyError",
     "DEFAULT_MODEL",
     "POOLING_MODES",
     "ConfigError",

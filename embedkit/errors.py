@@ -8,6 +8,7 @@ Exit codes (documented in the README):
     4  model: the model could not be loaded
     5  output: the output exists, its directory is missing or read-only, the disk is full
     6  incompatible: features, an index or a resume state made with other extraction settings
+    7  busy: another embedkit process is writing the same output (pass --wait to wait for it)
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class IncompatibleError(EmbedkitError):
     """Two artefacts were made with different extraction settings (or a resume state does not match)."""
 
     exit_code = 6
+
+
+class BusyError(OutputError):
+    """Another process holds the output's lock: two writers of one output never both succeed."""
+
+    exit_code = 7
 
 
 def choice_error(option: str, value: object, valid: tuple[str, ...] | list[str]) -> ConfigError:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .artefact import atomic_path, check_writable_dir, output_error, write_text_atomic
 from .config import ExtractConfig
 from .errors import IncompatibleError, InputError, OutputError
 from .sources import parquet_batches
@@ -38,78 +39,6 @@ META_KEY = b"embedkit"
 JOB_KEY = b"embedkit.job"  # sha256 of the resume fingerprint of the job that wrote the file
 FORMAT_VERSION = 1
 INFO_COLUMNS = ("n_tokens", "n_windows", "truncated", "status", "error")
-
-
-# ---------------------------------------------------------------------------------------------- files
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; on success it is fsynced and renamed onto ``target``.
-
-    On failure the temp file is removed, so a crash never leaves a file that looks complete.
-    """
-    target = Path(target)
-    check_writable_dir(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); outputs get the usual mode
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        raise output_error(target, exc) from exc
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(target: Path, text: str) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def output_error(target: Path, exc: OSError) -> OutputError:
-    if exc.errno == errno.ENOSPC:
-        return OutputError(f"disk full while writing {target}; free some space and run again (with --resume for embed)")
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return OutputError(f"cannot write {target}: permission denied or read-only file system")
-    return OutputError(f"cannot write {target}: {exc.strerror or exc}")
-
-
-def check_writable_dir(directory: Path) -> None:
-    directory = Path(directory)
-    if not directory.exists():
-        raise OutputError(f"output directory {directory} does not exist")
-    if not directory.is_dir():
-        raise OutputError(f"{directory} is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {directory} is not writable")
 
 
 # ---------------------------------------------------------------------------------------------- tables
