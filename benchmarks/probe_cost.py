@@ -5,7 +5,7 @@ with mean, last and weighted-mean pooling and (b) extracting only the last layer
 fortune texts with a GPT-2-shaped checkpoint (random weights: speed only), median of ``--repeats`` runs each.
 
 Run:
-    python /work/shared/tools/make_gpt2_checkpoint.py /tmp/gpt2-small   # once
+    python -m embedkit.testing.checkpoint /tmp/gpt2-small   # once
     python benchmarks/probe_cost.py --model /tmp/gpt2-small [--n 256] [--repeats 3]
 """
 

@@ -8,7 +8,7 @@ the figure says how much, i.e. how large a job must be before spreading it over 
     python benchmarks/ray_overhead.py [--n 1000] [--model /tmp/gpt2-small] [--cpus 2] [--part-rows 128] [--repeats 1]
 
 ``--model`` defaults to a GPT-2-shaped checkpoint (random weights: speed only), built on first use with
-/work/shared/tools/make_gpt2_checkpoint.py.
+``python -m embedkit.testing.checkpoint``.
 
 Measured (2026-11-24, 2-core EPYC, 1,000 fortunes, 45,093 tokens, parts of 128 rows): local 49.6 s (910
 tokens/s), Ray with 2 actors x 1 thread 63.4 s (711 tokens/s): +28% (+13.9 s) without ray.init (3.5 s); vectors
@@ -35,12 +35,9 @@ from embedkit import ExtractConfig  # noqa: E402
 from embedkit.embed import embed_file  # noqa: E402
 from embedkit.engines.ray import embed_file_ray  # noqa: E402
 
-CHECKPOINT_TOOL = Path("/work/shared/tools/make_gpt2_checkpoint.py")
-
-
 def ensure_model(path: Path) -> Path:
     if not (path / "config.json").is_file():
-        subprocess.run([sys.executable, str(CHECKPOINT_TOOL), str(path)], check=True)
+        subprocess.run([sys.executable, "-m", "embedkit.testing.checkpoint", str(path)], check=True)
     return path
 
 

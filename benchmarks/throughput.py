@@ -21,7 +21,7 @@ have cosine >= 0.99 to embedkit's.
 
 Run:  .venv/bin/python benchmarks/throughput.py --model /tmp/gpt2-small [--n 500] [--runs 3]
       [--corpus FILE_OR_DIR] [--text-column text] [--methods embedkit,st,...] [--json results.json]
-Make the model with: .venv/bin/python /work/shared/tools/make_gpt2_checkpoint.py /tmp/gpt2-small
+Make the model with: .venv/bin/python -m embedkit.testing.checkpoint /tmp/gpt2-small
 """
 
 from __future__ import annotations

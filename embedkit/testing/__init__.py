@@ -1,0 +1,1 @@
+"""Tools for tests and benchmarks that must run without the model hub (see ``embedkit.testing.checkpoint``)."""
