@@ -74,9 +74,15 @@ def file_entry(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- locking
 
 
+def absolute(target: str | Path) -> Path:
+    """``target`` as an absolute path without ``.``/``..``: an output named ``.`` or ``x/..`` must get its lock and
+    temporary directory beside it, in its real parent, never inside itself."""
+    return Path(os.path.abspath(target))
+
+
 def lock_path(target: Path) -> Path:
     """The lock file of an output: hidden, beside it (inside it would not survive the switch by rename)."""
-    target = Path(target)
+    target = absolute(target)
     return target.parent / f".{target.name}.lock"
 
 
@@ -86,7 +92,7 @@ def output_lock(target: str | Path, *, wait: bool = False) -> Iterator[None]:
 
     ``wait=True`` blocks until the other writer is done instead.
     """
-    target = Path(target)
+    target = absolute(target)
     _check_parent(target)
     lock = filelock.FileLock(str(lock_path(target)), timeout=-1 if wait else 0)
     try:
@@ -112,7 +118,7 @@ def writing_file(target: str | Path, *, overwrite: bool = False, wait: bool = Fa
 
     On any failure the temp file is removed and ``target`` is left as it was.
     """
-    target = Path(target)
+    target = absolute(target)
     with output_lock(target, wait=wait):
         _remove_leftovers(target)
         if target.is_dir():
@@ -196,7 +202,7 @@ def writing_dir(target: str | Path, *, kind: str, manifest_name: str, overwrite:
     was. ``start_from_current`` copies the current artefact's files into the staging directory first (for
     updates in place such as ``index add``), hard-linking where the file system allows.
     """
-    target = Path(target)
+    target = absolute(target)
     with output_lock(target, wait=wait):
         _remove_leftovers(target)
         check_dir_target(target, manifest_name=manifest_name, overwrite=overwrite or start_from_current)
@@ -227,7 +233,9 @@ def writing_dir(target: str | Path, *, kind: str, manifest_name: str, overwrite:
 def check_dir_target(target: Path, *, manifest_name: str, overwrite: bool) -> None:
     """Refuse an output directory that cannot be (re)placed: see :func:`writing_dir`."""
     _check_parent(target)
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    if target.is_symlink():
+        raise OutputError(f"output {target} is a symlink; give the real directory's path (it is replaced by a rename)")
+    if target.exists() and not target.is_dir():
         raise OutputError(f"output {target} exists and is not a directory")
     if not target.exists():
         return
@@ -394,16 +402,21 @@ def verify_file(path: Path, entry: dict[str, Any], manifest_name: str) -> None:
 
 
 def _restore_stranded(directory: Path) -> None:
-    # Only the fallback switch (no renameat2) can strand an artefact as ".NAME.old-*" with NAME gone; reading it
-    # back where it belongs needs no lock: no writer is mid-switch, or NAME would exist.
+    # Only the fallback switch (no renameat2) can strand an artefact as ".NAME.old-*" with NAME gone. A writer
+    # between its two renames is in exactly that state, so a reader puts the old one back only when it can take
+    # the lock itself (no writer is running), without waiting.
+    directory = absolute(directory)
     if directory.exists() or not directory.parent.is_dir():
         return
-    for entry in directory.parent.glob(f".{glob.escape(directory.name)}.old-*"):
-        try:
-            os.rename(entry, directory)
-            return
-        except OSError:
-            continue
+    stranded = sorted(directory.parent.glob(f".{glob.escape(directory.name)}.old-*"))
+    if not stranded:
+        return
+    try:
+        with filelock.FileLock(str(lock_path(directory)), timeout=0):
+            if not directory.exists():
+                os.rename(stranded[0], directory)
+    except (filelock.Timeout, OSError):
+        return  # a writer is mid-switch (it will finish), or the directory is read-only: read what is there
 
 
 def _is_count(value: object) -> bool:

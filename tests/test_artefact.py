@@ -197,3 +197,23 @@ def test_fallback_switch_without_exchange_is_recovered_after_a_kill_between_rena
     monkeypatch.setattr(artefact, "_exchange", lambda a, b: False)
     _write(target, "new", overwrite=True)
     assert _read(target) == "new"
+
+
+def test_outputs_named_with_dot_components_lock_and_stage_beside_themselves(tmp_path):
+    (tmp_path / "idx").mkdir()
+    assert artefact.lock_path(tmp_path / "idx" / ".") == tmp_path / ".idx.lock"
+    assert artefact.lock_path(tmp_path / "idx" / "sub" / "..") == tmp_path / ".idx.lock"
+    _write(tmp_path / "idx" / ".", "dotted")
+    assert _read(tmp_path / "idx") == "dotted"
+
+
+def test_a_reader_leaves_a_stranded_old_artefact_alone_while_a_writer_holds_the_lock(tmp_path):
+    target = tmp_path / "thing"
+    _write(target, "old")
+    stranded = tmp_path / ".thing.old-xyz"
+    os.rename(target, stranded)
+    with artefact.output_lock(target):  # a writer between its two renames
+        with pytest.raises(InputError):
+            _read(target)
+        assert stranded.exists()
+    assert _read(target) == "old"
