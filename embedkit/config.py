@@ -8,11 +8,16 @@ Runtime knobs that do not change the vectors (device, batch size, threads) are d
 from __future__ import annotations
 
 import dataclasses
+import logging
+import operator
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, choice_error
+from .errors import ConfigError, InputError, choice_error
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "openai-community/gpt2"
 MODEL_ENV = "EMBEDKIT_MODEL"
@@ -32,10 +37,43 @@ def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
-def _as_tuple(value: Any) -> tuple:
-    if isinstance(value, (str, int)):
-        return (value,)
+def _as_tuple(value: Any, name: str) -> tuple:
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return (value,)  # one layer or pooling mode; its type is checked by the caller
+    if isinstance(value, (dict, set, frozenset)):  # no order, or not a list of values at all
+        raise ConfigError(f"{name} must be a list, got {type(value).__name__} {value!r}")
     return tuple(value)
+
+
+def _as_int(value: Any, name: str) -> int:
+    """An integer (numpy integers too); never a bool, float or string that merely converts to one."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
+def _check_str(value: Any, name: str, optional: bool = False) -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise ConfigError(f"{name} must be a string{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
+
+
+def _check_bool(value: Any, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
+
+
+def canonical_model(model: str) -> str:
+    """A local model directory as an absolute, resolved path; anything else (a hub id) unchanged.
+
+    Stored settings must name the same model whatever directory a later command runs in, so a path typed
+    relative to one working directory (``../tiny``) never silently means another model elsewhere.
+    Transformers loads an existing directory before trying the hub, so the check follows the same rule.
+    """
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
 
 
 @dataclass(frozen=True)
@@ -53,8 +91,12 @@ class ExtractConfig:
         stride: tokens shared by consecutive windows in ``chunk`` mode; None = max_length // 8.
         normalize: L2-normalise every stored vector.
         dtype: storage dtype of the vectors, ``float32`` or ``float16``.
-        trust_remote_code: allow a model's own Python code to run (off unless asked).
+        trust_remote_code: allow a model's own Python code to run (off unless asked). Only the person running
+            the command decides: a value read from an artefact is ignored (see ``from_stored``).
         backend: ``torch`` (exact) or ``int8`` (dynamic int8 linear layers on CPU; approximate, faster).
+        expected_model: ``(fingerprint, artefact)`` when the settings were read from an artefact that recorded
+            its model's fingerprint; loading the model then checks that it is still that model. Not a vector
+            setting and never written (see ``to_dict``).
     """
 
     model: str = field(default_factory=default_model)
@@ -68,13 +110,28 @@ class ExtractConfig:
     dtype: str = "float32"
     trust_remote_code: bool = False
     backend: str = "torch"
+    expected_model: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Accept lists and single values from callers, but keep the frozen object hashable and canonical.
-        object.__setattr__(self, "layers", tuple(int(x) for x in _as_tuple(self.layers)))
-        object.__setattr__(self, "pooling", tuple(str(p) for p in _as_tuple(self.pooling)))
+        # Accept lists, tuples and single values from callers, but keep the frozen object hashable and canonical.
+        # Types are checked, not converted: a stored 1.5, true or "6" is a corrupt setting, not layer 1 or 6.
+        object.__setattr__(self, "layers", tuple(_as_int(x, "layers") for x in _as_tuple(self.layers, "layers")))
+        pooling = _as_tuple(self.pooling, "pooling")
+        for p in pooling:
+            _check_str(p, "pooling")
+        object.__setattr__(self, "pooling", pooling)
+        _check_str(self.model, "model")
+        _check_str(self.revision, "revision", optional=True)
+        for name in ("long_text", "dtype", "backend"):
+            _check_str(getattr(self, name), name)
+        for name in ("max_length", "stride"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _as_int(getattr(self, name), name))
+        _check_bool(self.normalize, "normalize")
+        _check_bool(self.trust_remote_code, "trust_remote_code")
         if not self.model:
             raise ConfigError("model must be a hub id or a local directory, got an empty string")
+        object.__setattr__(self, "model", canonical_model(self.model))
         if not self.layers:
             raise ConfigError("at least one layer is needed")
         if not self.pooling:
@@ -116,20 +173,75 @@ class ExtractConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d.pop("expected_model")
         d["layers"] = list(self.layers)
         d["pooling"] = list(self.pooling)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """Settings from a dict the caller vouches for (its own ``to_dict``); artefacts go through ``from_stored``."""
+        unknown = sorted(set(data) - set(setting_names()))
         if unknown:
-            raise ConfigError(f"unknown extraction setting(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown extraction setting(s): {', '.join(map(str, unknown))}")
         return cls(**data)
+
+    @classmethod
+    def from_stored(cls, data: Any, *, trust_remote_code: bool = False, origin: str,
+                    model: Any = None) -> "ExtractConfig":
+        """Settings read from an artefact (features metadata, index.json, a model manifest, a pipeline file).
+
+        The one place where stored settings become an ExtractConfig, so every reader gets the same rules:
+
+        * Trust comes only from the person running the command: ``trust_remote_code`` is the caller's argument
+          (``--trust-remote-code``), and a stored value is ignored, with a warning saying how to opt in. An
+          artefact is data; a shared file must never be able to make a model's own Python code run.
+        * A wrong type or unknown key is a corrupt artefact: InputError naming ``origin`` and the field.
+        * ``model`` is the artefact's model block; its ``fingerprint`` (written since embedkit checks models)
+          is kept in ``expected_model`` so loading the model checks it is still the one the vectors came from.
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"{origin}: the stored extraction settings are missing or not a table "
+                             f"(got {type(data).__name__}); the artefact is corrupt or was not written by embedkit")
+        data = dict(data)
+        ignore_stored_trust(data.pop("trust_remote_code", False), trust_remote_code, origin)
+        fingerprint = model.get("fingerprint") if isinstance(model, dict) else None
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise InputError(f"{origin}: model.fingerprint must be a string, got {type(fingerprint).__name__}")
+        try:
+            config = cls.from_dict(data)
+        except ConfigError as exc:
+            raise InputError(f"{origin}: invalid stored extraction setting: {exc} (a corrupt or hand-edited "
+                             "artefact; re-create it)") from exc
+        if fingerprint is None:
+            log.info("%s records no model fingerprint (written by an older embedkit): the model is not checked", origin)
+        return config.replace(trust_remote_code=bool(trust_remote_code),
+                              expected_model=(fingerprint, origin) if fingerprint else None)
 
     def vector_settings(self) -> dict[str, Any]:
         """What must match for two sets of vectors to be comparable (everything but trust_remote_code)."""
         d = self.to_dict()
         d.pop("trust_remote_code")
         return d
+
+
+def setting_names() -> list[str]:
+    """The settings a dict, a pipeline's [extract] table or an artefact may hold."""
+    return [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "expected_model"]
+
+
+_warned: set[str] = set()
+
+
+def ignore_stored_trust(stored: Any, trust_remote_code: bool, origin: str) -> None:
+    """The rule for a ``trust_remote_code`` read from a file: never used; a stored true is reported once."""
+    if stored in (False, None) or trust_remote_code:
+        return
+    # Once per artefact and process: an index or a features file is read several times by one command.
+    if origin in _warned:
+        return
+    _warned.add(origin)
+    log.warning(
+        "%s stores trust_remote_code = true; ignored: a file cannot allow a model's own code to run. "
+        "If you trust the model, pass --trust-remote-code (trust_remote_code=True in Python).", origin
+    )
