@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +13,59 @@ import torch
 from torch import nn
 
 from ..config import DEVICES, MODEL_ENV, ExtractConfig
-from ..errors import ConfigError, ModelLoadError, choice_error
+from ..errors import ConfigError, EmbedkitError, IncompatibleError, ModelLoadError, choice_error
 
 log = logging.getLogger(__name__)
 
+# What a model fingerprint covers: the files AutoConfig, AutoTokenizer and AutoModel read (and a model's own
+# code), not a README or training leftovers, so editing documentation never makes an artefact refuse its model.
+MODEL_FILE_PATTERNS = ("config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
+                       "added_tokens.json", "*.model", "*.tiktoken", "*.safetensors", "*.bin", "*.index.json", "*.py")
+NOT_MODEL_FILES = ("training_args.bin",)
+# Files up to this size are hashed whole (config, tokenizer, the weights of small models: ~3 MB for GPT-2's
+# tokenizer, a few ms). Larger files (weights) are fingerprinted by their size and SAMPLE_BLOCKS blocks spread
+# over the file, the first holding the safetensors header (tensor names, shapes, dtypes, offsets): reading 1 MB
+# costs ~1 ms where hashing GPT-2 small's 548 MB costs ~0.5 s and GPT-2 XL's 6 GB several seconds on every
+# `search` cold start (issue #23). Retrained or other weights differ in every block, so sampling catches a
+# replaced checkpoint; it is a guard against using the wrong model by mistake, not against a forger, who could
+# as well edit the stored fingerprint (running a model's code is what --trust-remote-code guards).
+FULL_HASH_BYTES = 16 << 20
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10
 
+
+def fingerprint_directory(directory: Path) -> str:
+    """A cheap content fingerprint of a local model directory (see MODEL_FILE_PATTERNS, FULL_HASH_BYTES)."""
+    h = hashlib.sha256()
+    files = sorted(f for f in directory.iterdir() if f.is_file() and f.name not in NOT_MODEL_FILES
+                   and any(fnmatch.fnmatch(f.name, pattern) for pattern in MODEL_FILE_PATTERNS))
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                size = fh.seek(0, 2)
+                h.update(json.dumps([f.name, size]).encode())
+                if size <= FULL_HASH_BYTES:
+                    fh.seek(0)
+                    h.update(fh.read())
+                    continue
+                for i in range(SAMPLE_BLOCKS):
+                    fh.seek(i * (size - SAMPLE_BYTES) // (SAMPLE_BLOCKS - 1))
+                    h.update(fh.read(SAMPLE_BYTES))
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {f} of the model: {exc}") from exc
+    return "sha256:" + h.hexdigest()
+
+
+def _check_expected(config: ExtractConfig, name: str, found: str | None) -> None:
+    """IncompatibleError unless the model about to be used is the one the artefact's vectors were made with."""
+    if config.expected_model is None:
+        return
+    expected, origin = config.expected_model
+    if found is not None and found != expected:
+        raise IncompatibleError(
+            f"the model at {name} is not the one {origin} was made with: its files changed since (fingerprint "
+            f"{found[:19]}, recorded {expected[:19]}). Its vectors would not be comparable; point the model path "
+            "back at the original model, or re-create the artefact with this one."
+        )
 
 @dataclass
 class LoadedModel:
@@ -26,10 +77,11 @@ class LoadedModel:
     n_layers: int
     hidden_size: int
     max_positions: int
-    name: str
-    revision: str | None
+    name: str  # a local directory as an absolute path, else the hub id
+    revision: str | None  # the hub commit hash when known, else the revision asked for
     model_type: str
     device: torch.device
+    fingerprint: str | None = None  # see fingerprint_directory; "commit:<hash>" for a hub model
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,7 +145,9 @@ def _hub_unreachable(name: str) -> bool:
 def _from_pretrained(loader, name: str, **kwargs):
     try:
         return loader.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (EmbedkitError, MemoryError):
+        raise
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         text = str(exc)
         if "trust_remote_code" in text:
             raise ModelLoadError(
@@ -104,6 +158,15 @@ def _from_pretrained(loader, name: str, **kwargs):
         if _looks_like_path(name):
             raise ModelLoadError(f"model directory {name!r} does not exist") from exc
         raise ModelLoadError(_offline_message(name, exc)) from exc
+    except Exception as exc:  # noqa: BLE001
+        # A hostile or damaged config.json (wrong types, missing keys) makes transformers fail with whatever
+        # error the code reading it hits (KeyError, TypeError, AttributeError, ...): the model cannot be loaded.
+        raise ModelLoadError(_broken_message(name, loader, exc)) from exc
+
+
+def _broken_message(name: str, loader, exc: Exception) -> str:
+    what = {"AutoConfig": "config.json", "AutoTokenizer": "tokenizer files"}.get(getattr(loader, "__name__", ""), "files")
+    return f"could not load model {name!r}: its {what} are broken or not what transformers expects ({type(exc).__name__}: {exc})"
 
 
 def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
@@ -117,34 +180,54 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
 
     torch_device = resolve_device(device)
     name = str(Path(config.model).expanduser()) if config.model.startswith("~") else config.model
+    local = Path(name).is_dir()
+    fingerprint = None
+    if local:
+        # Checked before anything is loaded: a replaced checkpoint is refused without running any of it.
+        name = str(Path(name).resolve())
+        fingerprint = fingerprint_directory(Path(name))
+        _check_expected(config, name, fingerprint)
     common = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     if _hub_unreachable(name):
         log.info("the Hugging Face hub cannot be reached; loading %s from the local cache only", name)
         common["local_files_only"] = True
     model_config = _from_pretrained(AutoConfig, name, **common)
+    commit = getattr(model_config, "_commit_hash", None)
+    if not local:
+        # A hub model is named by the commit its files came from: the same id can move to other weights.
+        fingerprint = f"commit:{commit}" if isinstance(commit, str) and commit else None
+        _check_expected(config, name, fingerprint)
     tokenizer = _from_pretrained(AutoTokenizer, name, **common)
     try:
         model = AutoModel.from_pretrained(name, config=model_config, use_safetensors=True, dtype=torch.float32, **common)
+    except (EmbedkitError, MemoryError):
+        raise
     except (OSError, ValueError) as exc:
         if "safetensors" not in str(exc).lower():
             raise ModelLoadError(f"could not load the weights of {name!r}: {exc}") from exc
         log.warning("%s has no safetensors weights; loading .bin weights with the weights-only unpickler", name)
         model = _from_pretrained(AutoModel, name, config=model_config, use_safetensors=False, dtype=torch.float32, **common)
-    model.eval().requires_grad_(False).to(torch_device)
-
-    n_layers = int(model_config.num_hidden_layers)
-    max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    candidates = [int(x) for x in (max_positions, tok_limit) if x and x < 1_000_000]
+    except Exception as exc:  # noqa: BLE001  (a hostile config makes the model class fail in arbitrary ways)
+        raise ModelLoadError(_broken_message(name, AutoModel, exc)) from exc
+    try:
+        model.eval().requires_grad_(False).to(torch_device)
+        n_layers = int(model_config.num_hidden_layers)
+        hidden_size = int(model_config.hidden_size)
+        max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+        tok_limit = getattr(tokenizer, "model_max_length", None)
+        candidates = [int(x) for x in (max_positions, tok_limit) if x and x < 1_000_000]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ModelLoadError(_broken_message(name, AutoConfig, exc)) from exc
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         blocks=find_blocks(model, n_layers),
         n_layers=n_layers,
-        hidden_size=int(model_config.hidden_size),
+        hidden_size=hidden_size,
         max_positions=min(candidates) if candidates else 512,
-        name=config.model,
-        revision=config.revision or getattr(model_config, "_commit_hash", None),
+        name=name if local else config.model,
+        revision=commit if isinstance(commit, str) and commit else config.revision,
         model_type=str(getattr(model_config, "model_type", "unknown")),
         device=torch_device,
+        fingerprint=fingerprint,
     )
