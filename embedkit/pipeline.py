@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExtractConfig
+from .config import ExtractConfig, ignore_stored_trust, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
 from .store import write_text_atomic
@@ -83,8 +83,13 @@ def _check_keys(path: Path, table: str, values: dict[str, Any], allowed) -> None
         raise _error(path, table, f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}")
 
 
-def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None) -> Pipeline:
-    """Parse and validate a pipeline file (nothing runs). ``model`` overrides the file's [extract] model."""
+def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None,
+                  trust_remote_code: bool = False) -> Pipeline:
+    """Parse and validate a pipeline file (nothing runs). ``model`` overrides the file's [extract] model.
+
+    A pipeline file is shared like any artefact: its own ``trust_remote_code`` is ignored (with a warning) and
+    ``trust_remote_code`` (``embedkit run --trust-remote-code``) decides for every stage.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -106,11 +111,15 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
     if "path" not in source:
         raise _error(path, "source", "needs 'path', the input file, directory or glob")
     extract = dict(data.get("extract", {}))
-    config_fields = [f.name for f in dataclasses.fields(ExtractConfig)]
-    _check_keys(path, "extract", extract, [*config_fields, *RUNTIME_KEYS])
+    _check_keys(path, "extract", extract, [*setting_names(), *RUNTIME_KEYS])
     runtime = {k: extract.pop(k) for k in RUNTIME_KEYS if k in extract}
+    ignore_stored_trust(extract.pop("trust_remote_code", False), trust_remote_code, f"{path} [extract]")
+    extract["trust_remote_code"] = bool(trust_remote_code)
     if model:
         extract["model"] = model
+    elif isinstance(extract.get("model"), str) and _names_a_path(path, extract["model"]):
+        # Like every path in the file, a model directory is relative to the file, not to where `run` is started.
+        extract["model"] = str((path.parent / Path(extract["model"]).expanduser()).resolve())
     try:
         config = ExtractConfig(**extract)
     except ConfigError as exc:
@@ -134,6 +143,11 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
             except (TypeError, ValueError) as exc:
                 raise _error(path, stage, f"bad value: {exc}") from exc
     return pipeline
+
+
+def _names_a_path(path: Path, model: str) -> bool:
+    """Whether the file's [extract] model is a directory path rather than a hub id ("owner/name")."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or (path.parent / model).is_dir()
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
@@ -196,7 +210,7 @@ def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
     options.setdefault("text_column", p.source.get("text_column", "text"))
     input_path = p.relative(_require(options, "input", "a file of new texts to classify"))
     return predict_file(p.output_dir / "model", input_path, p.output_dir / "predictions.parquet", overwrite=True,
-                        progress=progress, **p.runtime, **options).line()
+                        progress=progress, trust_remote_code=p.config.trust_remote_code, **p.runtime, **options).line()
 
 
 def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
@@ -222,7 +236,8 @@ def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
 
     queries = p.relative(_require(options, "queries", "a file of query texts"))
     out = p.output_dir / "search-hits.parquet"
-    counts = Index.load(p.output_dir / "index").search_file(queries, out, overwrite=True, progress=progress, **options)
+    index = Index.load(p.output_dir / "index", trust_remote_code=p.config.trust_remote_code)
+    counts = index.search_file(queries, out, overwrite=True, progress=progress, **options)
     hits = pq.read_table(out).to_pylist()
     lines = [f"{counts['searched']} queries, {counts['hits']} hits -> {out}"]
     for hit in (h for h in hits if h["rank"] == 1):
@@ -256,7 +271,8 @@ _SPECS = {
     "search": ("index", "Index.search_file", None, ("self", "output"), ("queries",), _call_search, "search-hits.parquet"),
     "probe": ("probe", "probe_file", None, ("input", "output_dir", "config"), ("label_column",), _call_probe, "probe"),
 }
-_RUNTIME_FILLED = ("options", "progress", "overwrite", *RUNTIME_KEYS)
+# trust_remote_code is filled from the command line only: a stage table must not be able to grant it.
+_RUNTIME_FILLED = ("options", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -306,9 +322,13 @@ def run_pipeline(
     output_dir: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    trust_remote_code: bool = False,
 ) -> list[StageOutcome]:
-    """Run a pipeline file; stages whose fingerprint is unchanged (and whose outputs exist) are skipped."""
-    p = load_pipeline(path, model=model, output_dir=output_dir)
+    """Run a pipeline file; stages whose fingerprint is unchanged (and whose outputs exist) are skipped.
+
+    ``trust_remote_code`` lets the model's own code run in every stage; the file cannot ask for it.
+    """
+    p = load_pipeline(path, model=model, output_dir=output_dir, trust_remote_code=trust_remote_code)
     try:
         p.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
