@@ -8,7 +8,6 @@ Runtime knobs that do not change the vectors (device, batch size, threads) are d
 from __future__ import annotations
 
 import dataclasses
-import logging
 import operator
 import os
 from dataclasses import dataclass, field
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError, choice_error
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "openai-community/gpt2"
 MODEL_ENV = "EMBEDKIT_MODEL"
@@ -77,6 +74,15 @@ def canonical_model(model: str) -> str:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where stored settings were read from, and what that artefact said about its model."""
+
+    origin: str  # the artefact, as shown in messages ("f.parquet (embedkit metadata)", "ix/index.json")
+    fingerprint: str | None = None  # the model fingerprint it recorded; None for artefacts older than the check
+    asked_for_remote_code: bool = False  # it stored trust_remote_code = true, which is never used
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
     """Settings that determine the vectors.
 
@@ -94,9 +100,9 @@ class ExtractConfig:
         trust_remote_code: allow a model's own Python code to run (off unless asked). Only the person running
             the command decides: a value read from an artefact is ignored (see ``from_stored``).
         backend: ``torch`` (exact) or ``int8`` (dynamic int8 linear layers on CPU; approximate, faster).
-        expected_model: ``(fingerprint, artefact)`` when the settings were read from an artefact that recorded
-            its model's fingerprint; loading the model then checks that it is still that model. Not a vector
-            setting and never written (see ``to_dict``).
+        provenance: set by ``from_stored``: the artefact the settings came from, the model fingerprint it
+            recorded (loading the model checks it is still that model) and whether it asked for remote code
+            (ignored, and said so when the model is loaded). Not a setting: never compared nor written.
     """
 
     model: str = field(default_factory=default_model)
@@ -110,7 +116,7 @@ class ExtractConfig:
     dtype: str = "float32"
     trust_remote_code: bool = False
     backend: str = "torch"
-    expected_model: tuple[str, str] | None = field(default=None, compare=False, repr=False)
+    provenance: Provenance | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Accept lists, tuples and single values from callers, but keep the frozen object hashable and canonical.
@@ -173,7 +179,7 @@ class ExtractConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("expected_model")
+        d.pop("provenance")
         d["layers"] = list(self.layers)
         d["pooling"] = list(self.pooling)
         return d
@@ -194,17 +200,17 @@ class ExtractConfig:
         The one place where stored settings become an ExtractConfig, so every reader gets the same rules:
 
         * Trust comes only from the person running the command: ``trust_remote_code`` is the caller's argument
-          (``--trust-remote-code``), and a stored value is ignored, with a warning saying how to opt in. An
-          artefact is data; a shared file must never be able to make a model's own Python code run.
+          (``--trust-remote-code``), and a stored value is ignored (a warning saying how to opt in is logged if
+          the model is loaded). An artefact is data; a shared file must never make a model's own code run.
         * A wrong type or unknown key is a corrupt artefact: InputError naming ``origin`` and the field.
         * ``model`` is the artefact's model block; its ``fingerprint`` (written since embedkit checks models)
-          is kept in ``expected_model`` so loading the model checks it is still the one the vectors came from.
+          is kept in ``provenance`` so loading the model checks it is still the one the vectors came from.
         """
         if not isinstance(data, dict):
             raise InputError(f"{origin}: the stored extraction settings are missing or not a table "
                              f"(got {type(data).__name__}); the artefact is corrupt or was not written by embedkit")
         data = dict(data)
-        ignore_stored_trust(data.pop("trust_remote_code", False), trust_remote_code, origin)
+        stored_trust = data.pop("trust_remote_code", False) not in (False, None)
         fingerprint = model.get("fingerprint") if isinstance(model, dict) else None
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise InputError(f"{origin}: model.fingerprint must be a string, got {type(fingerprint).__name__}")
@@ -213,10 +219,8 @@ class ExtractConfig:
         except ConfigError as exc:
             raise InputError(f"{origin}: invalid stored extraction setting: {exc} (a corrupt or hand-edited "
                              "artefact; re-create it)") from exc
-        if fingerprint is None:
-            log.info("%s records no model fingerprint (written by an older embedkit): the model is not checked", origin)
         return config.replace(trust_remote_code=bool(trust_remote_code),
-                              expected_model=(fingerprint, origin) if fingerprint else None)
+                              provenance=Provenance(origin, fingerprint, stored_trust))
 
     def vector_settings(self) -> dict[str, Any]:
         """What must match for two sets of vectors to be comparable (everything but trust_remote_code)."""
@@ -227,21 +231,5 @@ class ExtractConfig:
 
 def setting_names() -> list[str]:
     """The settings a dict, a pipeline's [extract] table or an artefact may hold."""
-    return [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "expected_model"]
+    return [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "provenance"]
 
-
-_warned: set[str] = set()
-
-
-def ignore_stored_trust(stored: Any, trust_remote_code: bool, origin: str) -> None:
-    """The rule for a ``trust_remote_code`` read from a file: never used; a stored true is reported once."""
-    if stored in (False, None) or trust_remote_code:
-        return
-    # Once per artefact and process: an index or a features file is read several times by one command.
-    if origin in _warned:
-        return
-    _warned.add(origin)
-    log.warning(
-        "%s stores trust_remote_code = true; ignored: a file cannot allow a model's own code to run. "
-        "If you trust the model, pass --trust-remote-code (trust_remote_code=True in Python).", origin
-    )

@@ -77,15 +77,15 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                        long_text=config.long_text, stride=config.stride, normalize=config.normalize,
                        revision=config.revision, trust_remote_code=trust_remote_code, **runtime)
         # Not an __init__ parameter (clone() drops it): it belongs to this file's model, not to the settings.
-        embedder._expected_model = (config.model, config.expected_model)
+        embedder._provenance = (config.model, config.provenance)
         return embedder
 
     def _config(self) -> ExtractConfig:
         config = ExtractConfig(model=self.model or default_model(), revision=self.revision, layers=(self.layer,),
                                pooling=(self.pooling,), max_length=self.max_length, long_text=self.long_text,
                                stride=self.stride, normalize=self.normalize, trust_remote_code=self.trust_remote_code)
-        model, expected = getattr(self, "_expected_model", (None, None))
-        return config.replace(expected_model=expected) if expected and config.model == model else config
+        model, provenance = getattr(self, "_provenance", (None, None))
+        return config.replace(provenance=provenance) if provenance and config.model == model else config
 
     def fit(self, X=None, y=None):
         """Validate the parameters and load the model; ``X`` is checked to be texts and otherwise unused.

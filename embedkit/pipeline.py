@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExtractConfig, ignore_stored_trust, setting_names
+from .config import ExtractConfig, Provenance, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
 from .store import write_text_atomic
@@ -113,7 +113,7 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
     extract = dict(data.get("extract", {}))
     _check_keys(path, "extract", extract, [*setting_names(), *RUNTIME_KEYS])
     runtime = {k: extract.pop(k) for k in RUNTIME_KEYS if k in extract}
-    ignore_stored_trust(extract.pop("trust_remote_code", False), trust_remote_code, f"{path} [extract]")
+    asked = extract.pop("trust_remote_code", False) not in (False, None)
     extract["trust_remote_code"] = bool(trust_remote_code)
     if model:
         extract["model"] = model
@@ -126,6 +126,8 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
         raise _error(path, "extract", str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise _error(path, "extract", f"bad value: {exc}") from exc
+    if asked:  # the file's own trust_remote_code is never used; loading the model says so (once)
+        config = config.replace(provenance=Provenance(f"{path} [extract]", asked_for_remote_code=True))
     stages = {name: dict(data[name]) for name in STAGES[1:] if name in data}
     for stage, needed in NEEDS.items():
         if stage in stages and needed not in stages:

@@ -155,12 +155,13 @@ def test_without_the_flag_a_model_that_ships_code_is_refused(evil_model, tmp_pat
 
 def test_features_stored_trust_is_ignored_by_from_features(evil_features, caplog):
     features, _, marker = evil_features
-    with caplog.at_level(logging.WARNING):
-        embedder = HiddenStateEmbedder.from_features(features, device="cpu")
+    embedder = HiddenStateEmbedder.from_features(features, device="cpu")
     assert embedder.trust_remote_code is False
-    assert "stores trust_remote_code = true; ignored" in caplog.text and "--trust-remote-code" in caplog.text
-    with pytest.raises(ModelLoadError, match="pass --trust-remote-code"):
+    assert not caplog.text  # reading the settings is not loading the model: nothing to warn about yet
+    with caplog.at_level(logging.WARNING), pytest.raises(ModelLoadError, match="pass --trust-remote-code"):
         embedder.fit()
+    assert "f.parquet (embedkit metadata) stores trust_remote_code = true; ignored" in caplog.text
+    assert "pass --trust-remote-code" in caplog.text
     assert not marker.exists()
     assert open_features(features).config.trust_remote_code is False
 

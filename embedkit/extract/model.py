@@ -57,15 +57,33 @@ def fingerprint_directory(directory: Path) -> str:
 
 def _check_expected(config: ExtractConfig, name: str, found: str | None) -> None:
     """IncompatibleError unless the model about to be used is the one the artefact's vectors were made with."""
-    if config.expected_model is None:
+    stored = config.provenance
+    if stored is None:
+        return  # settings given by the caller: nothing to compare with
+    if stored.fingerprint is None:
+        log.info("%s records no model fingerprint (older artefacts do not): %s is used unchecked", stored.origin, name)
         return
-    expected, origin = config.expected_model
-    if found is not None and found != expected:
+    if found is not None and found != stored.fingerprint:
         raise IncompatibleError(
-            f"the model at {name} is not the one {origin} was made with: its files changed since (fingerprint "
-            f"{found[:19]}, recorded {expected[:19]}). Its vectors would not be comparable; point the model path "
-            "back at the original model, or re-create the artefact with this one."
+            f"the model at {name} is not the one {stored.origin} was made with: its files changed since (fingerprint "
+            f"{found[:19]}, recorded {stored.fingerprint[:19]}). Its vectors would not be comparable; point the model "
+            "path back at the original model, or re-create the artefact with this one."
         )
+
+
+_warned: set[str] = set()
+
+
+def _warn_ignored_trust(config: ExtractConfig) -> None:
+    """Say (once per artefact and process) that an artefact's own trust_remote_code was not used, and how to opt in."""
+    stored = config.provenance
+    if stored is None or not stored.asked_for_remote_code or config.trust_remote_code or stored.origin in _warned:
+        return
+    _warned.add(stored.origin)
+    log.warning(
+        "%s stores trust_remote_code = true; ignored: a file cannot allow a model's own code to run. "
+        "If you trust the model, pass --trust-remote-code (trust_remote_code=True in Python).", stored.origin
+    )
 
 @dataclass
 class LoadedModel:
@@ -179,6 +197,7 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     torch_device = resolve_device(device)
+    _warn_ignored_trust(config)
     name = str(Path(config.model).expanduser()) if config.model.startswith("~") else config.model
     local = Path(name).is_dir()
     fingerprint = None
