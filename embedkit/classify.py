@@ -578,9 +578,9 @@ class ClassifierModel:
 
     def __post_init__(self) -> None:
         features_meta = self.manifest.get("features_meta")
-        self.config = ExtractConfig.from_stored(
-            self.manifest.get("extract_config"), trust_remote_code=self.trust_remote_code,
-            origin=str(self.path / MANIFEST), model=features_meta.get("model") if isinstance(features_meta, dict) else None)
+        model = features_meta.get("model") if isinstance(features_meta, dict) else None
+        self.config = ExtractConfig.from_stored(self.manifest.get("extract_config"), origin=str(self.path / MANIFEST),
+                                                trust_remote_code=self.trust_remote_code, model=model)
 
     @property
     def classes(self) -> list:

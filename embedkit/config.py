@@ -54,7 +54,8 @@ def _as_int(value: Any, name: str) -> int:
 
 def _check_str(value: Any, name: str, optional: bool = False) -> None:
     if not (isinstance(value, str) or (optional and value is None)):
-        raise ConfigError(f"{name} must be a string{' or null' if optional else ''}, got {type(value).__name__} {value!r}")
+        kind = "a string or null" if optional else "a string"
+        raise ConfigError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
 
 
 def _check_bool(value: Any, name: str) -> None:

@@ -73,9 +73,10 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         feats = open_features(path, trust_remote_code=trust_remote_code)
         config = feats.column_config(feats.embedding_column(column))
-        embedder = cls(model=config.model, layer=config.layers[0], pooling=config.pooling[0], max_length=config.max_length,
-                       long_text=config.long_text, stride=config.stride, normalize=config.normalize,
-                       revision=config.revision, trust_remote_code=trust_remote_code, **runtime)
+        embedder = cls(model=config.model, layer=config.layers[0], pooling=config.pooling[0],
+                       max_length=config.max_length, long_text=config.long_text, stride=config.stride,
+                       normalize=config.normalize, revision=config.revision, trust_remote_code=trust_remote_code,
+                       **runtime)
         # Not an __init__ parameter (clone() drops it): it belongs to this file's model, not to the settings.
         embedder._provenance = (config.model, config.provenance)
         return embedder

@@ -189,7 +189,8 @@ def test_classifier_manifest_stored_trust_is_ignored_by_predict(evil_features, t
     assert r.exit_code == 0, r.output
     edit_json(tmp_path / "clf" / "embedkit_model.json", set_trust("extract_config"))
     texts = write_texts(tmp_path / "new.csv", 5)
-    assert_refused(invoke("predict", tmp_path / "clf", texts, "-o", tmp_path / "p.csv", "--device", "cpu", "-q"), marker)
+    r = invoke("predict", tmp_path / "clf", texts, "-o", tmp_path / "p.csv", "--device", "cpu", "-q")
+    assert_refused(r, marker)
 
     r = invoke("predict", tmp_path / "clf", texts, "-o", tmp_path / "p.csv", "--device", "cpu", "-q",
                "--trust-remote-code")
@@ -218,7 +219,8 @@ def test_pipeline_file_stored_trust_is_ignored_by_run(evil_model, tmp_path, capl
 
 
 def test_pipeline_stage_table_cannot_grant_trust(tiny_gpt2_shared, tmp_path):
-    path = write_pipeline(tmp_path, Path(tiny_gpt2_shared), '[train]\n[predict]\ninput = "t.csv"\ntrust_remote_code = true\n')
+    stages = '[train]\n[predict]\ninput = "t.csv"\ntrust_remote_code = true\n'
+    path = write_pipeline(tmp_path, Path(tiny_gpt2_shared), stages)
     r = invoke("run", path, "-q")
     assert r.exit_code == 2, r.output
     assert "[predict] unknown key(s) 'trust_remote_code'" in r.output
@@ -403,3 +405,30 @@ def test_a_broken_config_json_is_a_model_load_error(tiny_gpt2, tmp_path, config_
                "--device", "cpu", "-q")
     assert r.exit_code == 4, r.output
     assert "internal error" not in r.output and "Traceback" not in r.output
+
+
+def test_hub_model_is_recorded_by_commit_and_a_moved_ref_is_refused(tiny_gpt2_shared, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    root = cache / "models--openai-community--gpt2"
+    first, second = "a" * 40, "b" * 40
+    shutil.copytree(tiny_gpt2_shared, root / "snapshots" / first)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(first)
+    out = tmp_path / "f.parquet"
+    r = invoke("embed", write_texts(tmp_path / "t.csv", 5), "-o", out, "--model", "openai-community/gpt2",
+               "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    meta = read_metadata(out)
+    assert meta["config"]["model"] == "openai-community/gpt2"
+    assert meta["model"]["revision"] == first and meta["model"]["fingerprint"] == f"commit:{first}"
+    HiddenStateEmbedder.from_features(out, device="cpu").fit()
+
+    # The cache now holds another commit of the same id (a later download): not the features' model.
+    changed = root / "snapshots" / second
+    shutil.copytree(tiny_gpt2_shared, changed)
+    (root / "refs" / "main").write_text(second)
+    with pytest.raises(IncompatibleError, match="openai-community/gpt2 is not the one"):
+        HiddenStateEmbedder.from_features(out, device="cpu").fit()

@@ -57,7 +57,8 @@ def train(features, label_column, output, classifier, column, cv, test_size, ref
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def predict(model_dir, input, output, text_column, id_column, keep, column, fmt, device, batch_tokens, threads,

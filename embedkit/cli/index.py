@@ -76,7 +76,8 @@ def add(index_dir, features, column, quiet):
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def search(index_dir, query, k, as_json, queries, output, text_column, id_column, by_id, nprobe, ef_search, device,

@@ -24,11 +24,12 @@ MODEL_FILE_PATTERNS = ("config.json", "tokenizer*", "vocab*", "merges.txt", "spe
 NOT_MODEL_FILES = ("training_args.bin",)
 # Files up to this size are hashed whole (config, tokenizer, the weights of small models: ~3 MB for GPT-2's
 # tokenizer, a few ms). Larger files (weights) are fingerprinted by their size and SAMPLE_BLOCKS blocks spread
-# over the file, the first holding the safetensors header (tensor names, shapes, dtypes, offsets): reading 1 MB
-# costs ~1 ms where hashing GPT-2 small's 548 MB costs ~0.5 s and GPT-2 XL's 6 GB several seconds on every
-# `search` cold start (issue #23). Retrained or other weights differ in every block, so sampling catches a
-# replaced checkpoint; it is a guard against using the wrong model by mistake, not against a forger, who could
-# as well edit the stored fingerprint (running a model's code is what --trust-remote-code guards).
+# over the file, the first holding the safetensors header (tensor names, shapes, dtypes, offsets). Measured on the
+# 2-core dev machine, page cache warm, for a GPT-2-small-sized directory: 4 ms (18 ms cold) where hashing the
+# 548 MB of weights alone takes 0.47 s, and GPT-2 XL's 6 GB several seconds, on every `search` cold start (#23).
+# Retrained or other weights differ in every block, so sampling catches a replaced checkpoint; it guards against
+# using the wrong model by mistake, not against a forger, who could as well edit the stored fingerprint (whether
+# a model's code may run is what --trust-remote-code decides).
 FULL_HASH_BYTES = 16 << 20
 SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10
 
@@ -183,8 +184,30 @@ def _from_pretrained(loader, name: str, **kwargs):
 
 
 def _broken_message(name: str, loader, exc: Exception) -> str:
-    what = {"AutoConfig": "config.json", "AutoTokenizer": "tokenizer files"}.get(getattr(loader, "__name__", ""), "files")
-    return f"could not load model {name!r}: its {what} are broken or not what transformers expects ({type(exc).__name__}: {exc})"
+    what = {"AutoConfig": "config.json is", "AutoTokenizer": "tokenizer files are"}.get(
+        getattr(loader, "__name__", ""), "files are")
+    return (f"could not load model {name!r}: its {what} broken or not what transformers expects "
+            f"({type(exc).__name__}: {exc})")
+
+
+def _hub_commit(name: str, revision: str | None, model_config) -> str | None:
+    """The commit of the hub snapshot a model id was just loaded from (None if it cannot be told).
+
+    Older transformers kept it on the config (``_commit_hash``); newer ones do not, so ask the local cache which
+    snapshot the revision points at. A download updates that pointer, so this is the snapshot just read, and
+    it costs no request to the hub.
+    """
+    commit = getattr(model_config, "_commit_hash", None)
+    if not commit:
+        from huggingface_hub import try_to_load_from_cache
+        from transformers.utils.hub import extract_commit_hash
+
+        try:
+            resolved = try_to_load_from_cache(name, "config.json", revision=revision)
+        except Exception:  # noqa: BLE001  (an id the cache cannot hold: no commit to record)
+            resolved = None
+        commit = extract_commit_hash(resolved, None) if isinstance(resolved, str) else None
+    return commit if isinstance(commit, str) and commit else None
 
 
 def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
@@ -211,10 +234,10 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
         log.info("the Hugging Face hub cannot be reached; loading %s from the local cache only", name)
         common["local_files_only"] = True
     model_config = _from_pretrained(AutoConfig, name, **common)
-    commit = getattr(model_config, "_commit_hash", None)
+    commit = None if local else _hub_commit(name, config.revision, model_config)
     if not local:
         # A hub model is named by the commit its files came from: the same id can move to other weights.
-        fingerprint = f"commit:{commit}" if isinstance(commit, str) and commit else None
+        fingerprint = f"commit:{commit}" if commit else None
         _check_expected(config, name, fingerprint)
     tokenizer = _from_pretrained(AutoTokenizer, name, **common)
     try:
@@ -232,7 +255,8 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
         model.eval().requires_grad_(False).to(torch_device)
         n_layers = int(model_config.num_hidden_layers)
         hidden_size = int(model_config.hidden_size)
-        max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+        max_positions = (getattr(model_config, "max_position_embeddings", None)
+                         or getattr(model_config, "n_positions", None))
         tok_limit = getattr(tokenizer, "model_max_length", None)
         candidates = [int(x) for x in (max_positions, tok_limit) if x and x < 1_000_000]
     except (AttributeError, TypeError, ValueError) as exc:
@@ -245,7 +269,7 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
         hidden_size=hidden_size,
         max_positions=min(candidates) if candidates else 512,
         name=name if local else config.model,
-        revision=commit if isinstance(commit, str) and commit else config.revision,
+        revision=commit or config.revision,
         model_type=str(getattr(model_config, "model_type", "unknown")),
         device=torch_device,
         fingerprint=fingerprint,
