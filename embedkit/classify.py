@@ -702,12 +702,15 @@ def matching_column(model: ClassifierModel, feats: Features, column: str | None 
         raise InputError(f"{feats.path} has no embedding column; columns: {', '.join(feats.schema.names)}")
     for name in candidates:
         if feats.column_config(name).vector_settings() == wanted and feats.schema.field(name).type.list_size == model.dim:
-            return name
+            if not feats.column_config(name).model_difference(model.config):
+                return name
     closest = model.manifest["column"] if model.manifest["column"] in candidates else candidates[0]
     found = feats.column_config(closest).vector_settings()
+    other_model = feats.column_config(closest).model_difference(model.config)
     raise IncompatibleError(
         f"{feats.path} was embedded with other settings than the model's training data (column {closest!r}): "
-        f"{_differences(wanted, found) or 'dimensions differ'}; embed the raw text again, or pass the raw text to predict"
+        f"{_differences(wanted, found) or other_model or 'dimensions differ'}; "
+        "embed the raw text again, or pass the raw text to predict"
     )
 
 

@@ -223,6 +223,17 @@ class ExtractConfig:
         return config.replace(trust_remote_code=bool(trust_remote_code),
                               provenance=Provenance(origin, fingerprint, stored_trust))
 
+    def model_difference(self, other: "ExtractConfig") -> str | None:
+        """A note when both settings were read from artefacts that recorded different model fingerprints.
+
+        Equal settings name the model by its path or id only; a checkpoint replaced at that path between two
+        embeddings makes vectors that must not be mixed (added to one index, classified by one model).
+        """
+        mine, theirs = (c.provenance.fingerprint if c.provenance else None for c in (self, other))
+        if mine and theirs and mine != theirs:
+            return f"the model files at {self.model} differ (fingerprint {mine[:19]} vs {theirs[:19]})"
+        return None
+
     def vector_settings(self) -> dict[str, Any]:
         """What must match for two sets of vectors to be comparable (everything but trust_remote_code)."""
         d = self.to_dict()

@@ -711,7 +711,9 @@ class SearchResult:
 
 def _settings_diff(a: ExtractConfig, b: ExtractConfig) -> list[str]:
     va, vb = a.vector_settings(), b.vector_settings()
-    return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    model = a.model_difference(b)  # same settings, but another checkpoint at the model path
+    return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)] + (
+        [model] if model else [])
 
 
 class Index:

@@ -338,13 +338,7 @@ def test_relative_model_path_works_from_another_directory_and_a_changed_model_is
     HiddenStateEmbedder.from_features(work / "f.parquet", device="cpu").fit()
 
     # The same path, other weights: every stage that reloads the model refuses it.
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    changed = GPT2LMHeadModel.from_pretrained(tiny_gpt2)
-    with torch.no_grad():
-        changed.transformer.wte.weight.add_(0.01)
-    changed.save_pretrained(tiny_gpt2)
+    perturb_weights(tiny_gpt2)
     for r in (invoke("search", work / "ix", "some words", "--device", "cpu"),
               invoke("predict", work / "clf", texts, "-o", "p2.csv", "--device", "cpu", "-q")):
         assert r.exit_code == 6, r.output
@@ -432,3 +426,36 @@ def test_hub_model_is_recorded_by_commit_and_a_moved_ref_is_refused(tiny_gpt2_sh
     (root / "refs" / "main").write_text(second)
     with pytest.raises(IncompatibleError, match="openai-community/gpt2 is not the one"):
         HiddenStateEmbedder.from_features(out, device="cpu").fit()
+
+
+def perturb_weights(model_dir: str) -> None:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    changed = GPT2LMHeadModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        changed.transformer.wte.weight.add_(0.01)
+    changed.save_pretrained(model_dir)
+
+
+def test_vectors_of_a_replaced_checkpoint_are_not_mixed_with_the_old_ones(tiny_gpt2, tmp_path):
+    """Same path, same settings, other weights: index add and predict on features refuse to mix them."""
+    texts = write_texts(tmp_path / "t.csv", 30)
+
+    def embed(out):
+        r = invoke("embed", texts, "-o", out, "--model", tiny_gpt2, "--keep", "text,label", "--device", "cpu", "-q")
+        assert r.exit_code == 0, r.output
+
+    embed(tmp_path / "old.parquet")
+    assert invoke("index", "build", tmp_path / "old.parquet", "-o", tmp_path / "ix", "-q").exit_code == 0
+    assert invoke("train", tmp_path / "old.parquet", "-y", "label", "-o", tmp_path / "clf", "--test-size", "0").exit_code == 0
+    perturb_weights(tiny_gpt2)
+    embed(tmp_path / "new.parquet")
+    assert open_features(tmp_path / "new.parquet").config == open_features(tmp_path / "old.parquet").config
+
+    r = invoke("index", "add", tmp_path / "ix", tmp_path / "new.parquet", "-q")
+    assert r.exit_code == 6 and "model files at" in r.output, r.output
+    r = invoke("predict", tmp_path / "clf", tmp_path / "new.parquet", "-o", tmp_path / "p.csv")
+    assert r.exit_code == 6 and "model files at" in r.output, r.output
+    r = invoke("predict", tmp_path / "clf", tmp_path / "old.parquet", "-o", tmp_path / "p.csv")  # control
+    assert r.exit_code == 0, r.output
