@@ -385,16 +385,27 @@ def test_fingerprint_covers_model_files_only(tiny_gpt2, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- broken models
 
 
-@pytest.mark.parametrize("config_text", [
-    "{not json",
-    "[1, 2, 3]",
-    json.dumps({"model_type": "gpt2", "n_layer": "two", "n_embd": 32, "n_head": 2}),
-    json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": None, "n_head": 2}),
-    json.dumps({"model_type": 7}),
-    json.dumps({"model_type": "no-such-architecture"}),
+def _config_update(**changes):
+    return lambda d: edit_json(d / "config.json", lambda c: c.update(changes))
+
+
+@pytest.mark.parametrize("break_it", [
+    lambda d: (d / "config.json").write_text("{not json"),
+    lambda d: (d / "config.json").write_text("[1, 2, 3]"),
+    lambda d: (d / "config.json").write_text(json.dumps({"model_type": 7})),
+    lambda d: (d / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"})),
+    _config_update(n_layer="two"),
+    _config_update(n_embd=None),
+    _config_update(n_layer=0),
+    _config_update(n_layer=-1),
+    _config_update(n_head=0),
+    _config_update(activation_function="evil"),
+    lambda d: (d / "tokenizer_config.json").write_text("[]"),
+    lambda d: edit_json(d / "tokenizer_config.json", lambda c: c.update(eos_token=5)),
+    lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
 ])
-def test_a_broken_config_json_is_a_model_load_error(tiny_gpt2, tmp_path, config_text):
-    (Path(tiny_gpt2) / "config.json").write_text(config_text)
+def test_a_broken_model_directory_is_a_model_load_error(tiny_gpt2, tmp_path, break_it):
+    break_it(Path(tiny_gpt2))
     r = invoke("embed", write_texts(tmp_path / "t.csv", 3), "-o", tmp_path / "f.parquet", "--model", tiny_gpt2,
                "--device", "cpu", "-q")
     assert r.exit_code == 4, r.output

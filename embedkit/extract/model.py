@@ -261,6 +261,9 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
         candidates = [int(x) for x in (max_positions, tok_limit) if x and x < 1_000_000]
     except (AttributeError, TypeError, ValueError) as exc:
         raise ModelLoadError(_broken_message(name, AutoConfig, exc)) from exc
+    if n_layers < 1 or hidden_size < 1:
+        raise ModelLoadError(f"could not load model {name!r}: its config.json gives {n_layers} layers of width "
+                             f"{hidden_size}; a model needs at least one layer of at least one unit")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
