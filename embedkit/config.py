@@ -210,6 +210,10 @@ class ExtractConfig:
         if not isinstance(data, dict):
             raise InputError(f"{origin}: the stored extraction settings are missing or not a table "
                              f"(got {type(data).__name__}); the artefact is corrupt or was not written by embedkit")
+        missing = [k for k in ("model", "layers", "pooling") if k not in data]
+        if missing:  # every embedkit version wrote these; defaults would silently stand in for another model
+            raise InputError(f"{origin}: the stored extraction settings lack {', '.join(missing)}; the artefact is "
+                             "corrupt or was not written by embedkit")
         data = dict(data)
         stored_trust = data.pop("trust_remote_code", False) not in (False, None)
         fingerprint = model.get("fingerprint") if isinstance(model, dict) else None

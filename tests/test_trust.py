@@ -268,6 +268,8 @@ def test_hand_edited_settings_are_a_corrupt_artefact(features_file, tmp_path, ch
     lambda m: m.pop("config"),
     lambda m: m.update(config=None),
     lambda m: m.update(config=[1, 2]),
+    lambda m: m.update(config={}),
+    lambda m: m["config"].pop("model"),
     lambda m: m.update(model="gpt2"),
     lambda m: m["model"].update(fingerprint=42),
 ])
@@ -470,3 +472,12 @@ def test_vectors_of_a_replaced_checkpoint_are_not_mixed_with_the_old_ones(tiny_g
     assert r.exit_code == 6 and "model files at" in r.output, r.output
     r = invoke("predict", tmp_path / "clf", tmp_path / "old.parquet", "-o", tmp_path / "p.csv")  # control
     assert r.exit_code == 0, r.output
+
+
+def test_stored_settings_the_model_cannot_honour_are_incompatible_not_a_usage_error(features_file, tmp_path):
+    features = features_file(n=20)
+    assert invoke("index", "build", features, "-o", tmp_path / "ix", "-q").exit_code == 0
+    edit_json(tmp_path / "ix" / "index.json", lambda m: m["config"].update(layers=[99]))
+    r = invoke("search", tmp_path / "ix", "words", "--device", "cpu")
+    assert r.exit_code == 6, r.output
+    assert "index.json: its stored settings do not fit the model" in r.output and "layer 99 is out of range" in r.output
