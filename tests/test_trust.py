@@ -481,3 +481,18 @@ def test_stored_settings_the_model_cannot_honour_are_incompatible_not_a_usage_er
     r = invoke("search", tmp_path / "ix", "words", "--device", "cpu")
     assert r.exit_code == 6, r.output
     assert "index.json: its stored settings do not fit the model" in r.output and "layer 99 is out of range" in r.output
+
+
+def test_pipeline_model_path_is_relative_to_the_file(tiny_gpt2, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.move(tiny_gpt2, project / "tiny")
+    write_texts(project / "t.csv", 10)
+    (project / "p.toml").write_text(f'[pipeline]\noutput_dir = "{tmp_path / "out"}"\n[source]\npath = "t.csv"\n'
+                                    '[extract]\nmodel = "./tiny"\ndevice = "cpu"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = invoke("run", project / "p.toml", "-q")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(tmp_path / "out" / "features.parquet")["config"]["model"] == str((project / "tiny").resolve())
