@@ -496,3 +496,30 @@ def test_pipeline_model_path_is_relative_to_the_file(tiny_gpt2, tmp_path, monkey
     r = invoke("run", project / "p.toml", "-q")
     assert r.exit_code == 0, r.output
     assert read_metadata(tmp_path / "out" / "features.parquet")["config"]["model"] == str((project / "tiny").resolve())
+
+
+def test_an_extractor_of_a_replaced_checkpoint_is_refused_by_the_index(tiny_gpt2, tmp_path):
+    from embedkit import Extractor
+    from embedkit.index import Index
+
+    r = invoke("embed", write_texts(tmp_path / "t.csv", 20), "-o", tmp_path / "f.parquet", "--model", tiny_gpt2,
+               "--keep", "text", "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert invoke("index", "build", tmp_path / "f.parquet", "-o", tmp_path / "ix", "-q").exit_code == 0
+    index = Index.load(tmp_path / "ix", device="cpu")
+    settings = index.config.replace(provenance=None)
+    index.use_extractor(Extractor(settings, device="cpu"))  # control: the same model is accepted
+    perturb_weights(tiny_gpt2)
+    with pytest.raises(IncompatibleError, match="model files at .* differ"):
+        index.use_extractor(Extractor(settings, device="cpu"))
+
+
+def test_a_pickled_embedder_refuses_a_model_replaced_since(tiny_gpt2):
+    import pickle
+
+    embedder = HiddenStateEmbedder(model=tiny_gpt2, device="cpu").fit()
+    saved = pickle.dumps(embedder)
+    pickle.loads(saved).transform(["a text"])  # control: the same model reloads
+    perturb_weights(tiny_gpt2)
+    with pytest.raises(IncompatibleError, match="not the one an embedder loaded earlier was made with"):
+        pickle.loads(saved).transform(["a text"])

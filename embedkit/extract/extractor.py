@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import ExtractConfig
+from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
 from .backends import prepare
 from .batching import SpecialTokens, plan_batches, split_windows
@@ -123,6 +124,10 @@ class Extractor:
             # Settings read from an artefact that this model cannot honour: no option of this command fixes that.
             raise IncompatibleError(f"{config.provenance.origin}: its stored settings do not fit the model "
                                     f"{self.loaded.name}: {exc}") from exc
+        # The config names the model by path or id only; carrying the loaded model's fingerprint lets an index or a
+        # classifier tell a replaced checkpoint from its own (ExtractConfig.model_difference) whoever built this.
+        known = config.provenance or Provenance("an embedder loaded earlier")  # when this config is reused
+        self.config = self.config.replace(provenance=dataclasses.replace(known, fingerprint=self.loaded.fingerprint))
         on_cuda = self.loaded.device.type == "cuda"
         self.batch_tokens = batch_tokens or (DEFAULT_CUDA_BATCH_TOKENS if on_cuda else DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < 1:
