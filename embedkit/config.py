@@ -70,8 +70,17 @@ def canonical_model(model: str) -> str:
     relative to one working directory (``../tiny``) never silently means another model elsewhere.
     Transformers loads an existing directory before trying the hub, so the check follows the same rule.
     """
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
+    path = local_model_dir(model)
+    return str(path) if path is not None else model
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The resolved directory ``model`` names, or None when it names none (a hub id, a missing path)."""
+    try:
+        path = Path(model).expanduser()
+        return path.resolve() if path.is_dir() else None
+    except (OSError, ValueError, RuntimeError):  # too long for a path, a NUL byte, "~user" of no user: no directory
+        return None
 
 
 @dataclass(frozen=True)

@@ -523,3 +523,11 @@ def test_a_pickled_embedder_refuses_a_model_replaced_since(tiny_gpt2):
     perturb_weights(tiny_gpt2)
     with pytest.raises(IncompatibleError, match="not the one an embedder loaded earlier was made with"):
         pickle.loads(saved).transform(["a text"])
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "/x" * 3000, "~no-such-user-embedkit/x", "a\x00b/c/d"])
+def test_model_names_that_cannot_be_paths_are_a_model_load_error(tmp_path, name):
+    assert ExtractConfig(model=name).model == name  # not a directory: kept as given
+    r = invoke("embed", write_texts(tmp_path / "t.csv", 2), "-o", tmp_path / "f.parquet", "--model", name,
+               "--device", "cpu", "-q")
+    assert r.exit_code == 4, r.output

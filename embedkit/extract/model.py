@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import DEVICES, MODEL_ENV, ExtractConfig
+from ..config import DEVICES, MODEL_ENV, ExtractConfig, local_model_dir
 from ..errors import ConfigError, EmbedkitError, IncompatibleError, ModelLoadError, choice_error
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def _warn_ignored_trust(config: ExtractConfig) -> None:
         "If you trust the model, pass --trust-remote-code (trust_remote_code=True in Python).", stored.origin
     )
 
+
 @dataclass
 class LoadedModel:
     """A model ready for feature extraction, with the facts the extractor and the metadata need."""
@@ -130,7 +131,7 @@ def find_blocks(model: nn.Module, n_layers: int) -> nn.ModuleList:
 
 def _looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else that looks like a path is treated as one.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or local_model_dir(name) is not None
 
 
 def _offline_message(name: str, cause: Exception) -> str:
@@ -172,7 +173,7 @@ def _from_pretrained(loader, name: str, **kwargs):
             raise ModelLoadError(
                 f"model {name!r} needs its own Python code to run; pass --trust-remote-code if you trust it"
             ) from exc
-        if Path(name).expanduser().is_dir():
+        if local_model_dir(name) is not None:
             raise ModelLoadError(f"could not load {name!r} as a Hugging Face model directory: {text}") from exc
         if _looks_like_path(name):
             raise ModelLoadError(f"model directory {name!r} does not exist") from exc
@@ -221,13 +222,13 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
 
     torch_device = resolve_device(device)
     _warn_ignored_trust(config)
-    name = str(Path(config.model).expanduser()) if config.model.startswith("~") else config.model
-    local = Path(name).is_dir()
+    directory = local_model_dir(config.model)
+    local = directory is not None
+    name = str(directory) if local else config.model
     fingerprint = None
     if local:
         # Checked before anything is loaded: a replaced checkpoint is refused without running any of it.
-        name = str(Path(name).resolve())
-        fingerprint = fingerprint_directory(Path(name))
+        fingerprint = fingerprint_directory(directory)
         _check_expected(config, name, fingerprint)
     common = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     if _hub_unreachable(name):
