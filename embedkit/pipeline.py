@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExtractConfig, Provenance, setting_names
+from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
 from .store import write_text_atomic
@@ -117,9 +117,8 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
     extract["trust_remote_code"] = bool(trust_remote_code)
     if model:
         extract["model"] = model
-    elif isinstance(extract.get("model"), str) and _names_a_path(path, extract["model"]):
-        # Like every path in the file, a model directory is relative to the file, not to where `run` is started.
-        extract["model"] = str((path.parent / Path(extract["model"]).expanduser()).resolve())
+    elif isinstance(extract.get("model"), str):
+        extract["model"] = _file_relative_model(path, extract["model"])
     try:
         config = ExtractConfig(**extract)
     except ConfigError as exc:
@@ -147,9 +146,18 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
     return pipeline
 
 
-def _names_a_path(path: Path, model: str) -> bool:
-    """Whether the file's [extract] model is a directory path rather than a hub id ("owner/name")."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or (path.parent / model).is_dir()
+def _file_relative_model(path: Path, model: str) -> str:
+    """The file's [extract] model: a directory path resolved against the file (like every path in it), or a hub id.
+
+    Against the working directory instead, `embedkit run` started elsewhere would load another model, or none.
+    """
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if not looks_like_path and local_model_dir(str(path.parent / model)) is None:
+        return model  # "name" or "owner/name" with no such directory next to the file: a hub id
+    try:
+        return str((path.parent / Path(model).expanduser()).resolve())
+    except (OSError, ValueError, RuntimeError):  # not a usable path at all: loading it will say so
+        return model
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
@@ -340,9 +348,10 @@ def run_pipeline(
     from .embed import model_files  # lazily, like every stage: `embedkit run --help` stays fast
 
     source_files = resolve_files(p.relative(p.source["path"]))
+    # A checkpoint replaced at the same local path is another model: its stat data is part of the key.
+    model_stat = model_files(p.config.model) if local_model_dir(p.config.model) is not None else None  # hub id: None
     upstream = {
-        # A checkpoint replaced at the same local path is another model: its stat data is part of the key.
-        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings(), model_files(p.config.model)),
+        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings(), model_stat),
     }
     outcomes = []
     for stage in ("embed", *[s for s in STAGES[1:] if s in p.stages]):

@@ -531,3 +531,12 @@ def test_model_names_that_cannot_be_paths_are_a_model_load_error(tmp_path, name)
     r = invoke("embed", write_texts(tmp_path / "t.csv", 2), "-o", tmp_path / "f.parquet", "--model", name,
                "--device", "cpu", "-q")
     assert r.exit_code == 4, r.output
+
+
+@pytest.mark.parametrize("model", ["~no-such-user-embedkit/tiny", "x" * 5000, "./missing"])
+def test_pipeline_model_that_is_no_directory_is_a_model_load_error(tmp_path, model):
+    write_texts(tmp_path / "t.csv", 3)
+    (tmp_path / "p.toml").write_text(f'[pipeline]\noutput_dir = "{tmp_path / "out"}"\n[source]\npath = "t.csv"\n'
+                                     f'[extract]\nmodel = "{model}"\ndevice = "cpu"\n')
+    r = invoke("run", tmp_path / "p.toml", "-q")
+    assert r.exit_code == 4, r.output
