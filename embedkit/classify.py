@@ -573,10 +573,14 @@ class ClassifierModel:
     path: Path
     estimator: Any
     manifest: dict[str, Any]
+    trust_remote_code: bool = False  # the caller's decision; the manifest's own is never used
     config: ExtractConfig = field(init=False)
 
     def __post_init__(self) -> None:
-        self.config = ExtractConfig.from_dict(self.manifest["extract_config"])
+        features_meta = self.manifest.get("features_meta")
+        model = features_meta.get("model") if isinstance(features_meta, dict) else None
+        self.config = ExtractConfig.from_stored(self.manifest.get("extract_config"), origin=str(self.path / MANIFEST),
+                                                trust_remote_code=self.trust_remote_code, model=model)
 
     @property
     def classes(self) -> list:
@@ -624,7 +628,7 @@ def _differences(expected: dict[str, Any], found: dict[str, Any]) -> str:
     return "; ".join(f"{k}: model has {expected.get(k)!r}, input has {found.get(k)!r}" for k in keys)
 
 
-def load_model(model_dir: str | Path) -> ClassifierModel:
+def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> ClassifierModel:
     """Load a model directory written by ``train``, verifying its manifest, checksums and stored types.
 
     Raises:
@@ -663,7 +667,7 @@ def load_model(model_dir: str | Path) -> ClassifierModel:
         estimator = sio.load(model_file, trusted=list(untrusted))
     except Exception as exc:
         raise InputError(f"{model_file} could not be loaded: {exc}") from exc
-    return ClassifierModel(path=model_dir, estimator=estimator, manifest=manifest)
+    return ClassifierModel(path=model_dir, estimator=estimator, manifest=manifest, trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------------------------------------- predicting
@@ -698,12 +702,15 @@ def matching_column(model: ClassifierModel, feats: Features, column: str | None 
         raise InputError(f"{feats.path} has no embedding column; columns: {', '.join(feats.schema.names)}")
     for name in candidates:
         if feats.column_config(name).vector_settings() == wanted and feats.schema.field(name).type.list_size == model.dim:
-            return name
+            if not feats.column_config(name).model_difference(model.config):
+                return name
     closest = model.manifest["column"] if model.manifest["column"] in candidates else candidates[0]
     found = feats.column_config(closest).vector_settings()
+    other_model = feats.column_config(closest).model_difference(model.config)
     raise IncompatibleError(
         f"{feats.path} was embedded with other settings than the model's training data (column {closest!r}): "
-        f"{_differences(wanted, found) or 'dimensions differ'}; embed the raw text again, or pass the raw text to predict"
+        f"{_differences(wanted, found) or other_model or 'dimensions differ'}; "
+        "embed the raw text again, or pass the raw text to predict"
     )
 
 
@@ -808,6 +815,7 @@ def predict_file(
     overwrite: bool = False,
     progress: bool = True,
     batch_rows: int = 4096,
+    trust_remote_code: bool = False,
 ) -> PredictSummary:
     """Classify every row of ``input`` with a saved model and write id, keep columns, status, prediction, proba_*.
 
@@ -825,7 +833,7 @@ def predict_file(
         raise OutputError(f"output {output} is a directory; give a file path")
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} exists; pass --overwrite to replace it")
-    model = load_model(model_dir)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code)
     keep = list(keep)
     clash = [c for c in keep if c in ("id", "status", "prediction") or c.startswith("proba_")]
     if clash:

@@ -76,7 +76,8 @@ def build_metadata(extractor: Extractor) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "config": extractor.config.to_dict(),
         "model": {"name": loaded.name, "revision": loaded.revision, "model_type": loaded.model_type,
-                  "hidden_size": loaded.hidden_size, "num_layers": loaded.n_layers, "max_positions": loaded.max_positions},
+                  "hidden_size": loaded.hidden_size, "num_layers": loaded.n_layers,
+                  "max_positions": loaded.max_positions, "fingerprint": loaded.fingerprint},  # checked on reload
         "columns": extractor.columns,
         "versions": library_versions("torch", "transformers", "tokenizers", "pyarrow"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

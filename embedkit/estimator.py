@@ -62,20 +62,31 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.batch_tokens = batch_tokens
 
     @classmethod
-    def from_features(cls, path: str | Path, column: str | None = None, **runtime) -> "HiddenStateEmbedder":
-        """An embedder that makes vectors exactly like ``column`` of a features file (runtime: device, batch_tokens)."""
+    def from_features(cls, path: str | Path, column: str | None = None, *, trust_remote_code: bool = False,
+                      **runtime) -> "HiddenStateEmbedder":
+        """An embedder that makes vectors exactly like ``column`` of a features file (runtime: device, batch_tokens).
+
+        ``trust_remote_code`` is yours to give: a value stored in the file is ignored. ``fit`` checks that the model
+        is still the one the file was made with (its recorded fingerprint), as long as ``model`` is not changed.
+        """
         from .store import open_features
 
-        feats = open_features(path)
+        feats = open_features(path, trust_remote_code=trust_remote_code)
         config = feats.column_config(feats.embedding_column(column))
-        return cls(model=config.model, layer=config.layers[0], pooling=config.pooling[0], max_length=config.max_length,
-                   long_text=config.long_text, stride=config.stride, normalize=config.normalize, revision=config.revision,
-                   trust_remote_code=config.trust_remote_code, **runtime)
+        embedder = cls(model=config.model, layer=config.layers[0], pooling=config.pooling[0],
+                       max_length=config.max_length, long_text=config.long_text, stride=config.stride,
+                       normalize=config.normalize, revision=config.revision, trust_remote_code=trust_remote_code,
+                       **runtime)
+        # Not an __init__ parameter (clone() drops it): it belongs to this file's model, not to the settings.
+        embedder._provenance = (config.model, config.provenance)
+        return embedder
 
     def _config(self) -> ExtractConfig:
-        return ExtractConfig(model=self.model or default_model(), revision=self.revision, layers=(self.layer,),
-                             pooling=(self.pooling,), max_length=self.max_length, long_text=self.long_text,
-                             stride=self.stride, normalize=self.normalize, trust_remote_code=self.trust_remote_code)
+        config = ExtractConfig(model=self.model or default_model(), revision=self.revision, layers=(self.layer,),
+                               pooling=(self.pooling,), max_length=self.max_length, long_text=self.long_text,
+                               stride=self.stride, normalize=self.normalize, trust_remote_code=self.trust_remote_code)
+        model, provenance = getattr(self, "_provenance", (None, None))
+        return config.replace(provenance=provenance) if provenance and config.model == model else config
 
     def fit(self, X=None, y=None):
         """Validate the parameters and load the model; ``X`` is checked to be texts and otherwise unused.

@@ -711,7 +711,9 @@ class SearchResult:
 
 def _settings_diff(a: ExtractConfig, b: ExtractConfig) -> list[str]:
     va, vb = a.vector_settings(), b.vector_settings()
-    return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    model = a.model_difference(b)  # same settings, but another checkpoint at the model path
+    return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)] + (
+        [model] if model else [])
 
 
 class Index:
@@ -722,8 +724,10 @@ class Index:
         >>> index.search("how do I reset my password", k=5).hits()
     """
 
-    def __init__(self, directory: Path, faiss_index, ids: pa.Table, meta: dict[str, Any], device: str = "auto"):
+    def __init__(self, directory: Path, faiss_index, ids: pa.Table, meta: dict[str, Any], device: str = "auto",
+                 trust_remote_code: bool = False):
         self.directory = Path(directory)
+        self.trust_remote_code = trust_remote_code  # the caller's decision; index.json's own is never used
         self.faiss_index = faiss_index
         self.ids = ids
         self.meta = meta
@@ -736,7 +740,7 @@ class Index:
     # -- loading
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "auto") -> Index:
+    def load(cls, directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:
         """Open an index directory, checking both data files against their sha256 before FAISS reads them.
 
         Raises:
@@ -758,13 +762,14 @@ class Index:
             raise InputError(f"{directory}: the id map is unreadable: {exc}") from exc
         if index.ntotal != ids.num_rows or index.d != meta["dim"]:
             raise InputError(f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; rebuild it")
-        return cls(directory, index, ids, meta, device)
+        return cls(directory, index, ids, meta, device, trust_remote_code)
 
     # -- facts
 
     @property
     def config(self) -> ExtractConfig:
-        return ExtractConfig.from_dict(self.meta["config"])
+        return ExtractConfig.from_stored(self.meta["config"], trust_remote_code=self.trust_remote_code,
+                                         origin=str(self.directory / META_FILE), model=self.meta.get("model"))
 
     @property
     def metric(self) -> str:
@@ -1088,7 +1093,7 @@ def _verify(directory: Path, entry: dict[str, Any], role: str) -> None:
         raise InputError(f"{path} does not match the sha256 recorded in {META_FILE}: it was modified; refusing to load it")
 
 
-def load_index(directory: str | Path, device: str = "auto") -> Index:
+def load_index(directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:
     """Shorthand for ``Index.load``."""
-    return Index.load(directory, device=device)
+    return Index.load(directory, device=device, trust_remote_code=trust_remote_code)
 

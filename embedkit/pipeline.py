@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExtractConfig
+from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
 from .store import write_text_atomic
@@ -83,8 +83,13 @@ def _check_keys(path: Path, table: str, values: dict[str, Any], allowed) -> None
         raise _error(path, table, f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}")
 
 
-def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None) -> Pipeline:
-    """Parse and validate a pipeline file (nothing runs). ``model`` overrides the file's [extract] model."""
+def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None,
+                  trust_remote_code: bool = False) -> Pipeline:
+    """Parse and validate a pipeline file (nothing runs). ``model`` overrides the file's [extract] model.
+
+    A pipeline file is shared like any artefact: its own ``trust_remote_code`` is ignored (with a warning) and
+    ``trust_remote_code`` (``embedkit run --trust-remote-code``) decides for every stage.
+    """
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -106,17 +111,22 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
     if "path" not in source:
         raise _error(path, "source", "needs 'path', the input file, directory or glob")
     extract = dict(data.get("extract", {}))
-    config_fields = [f.name for f in dataclasses.fields(ExtractConfig)]
-    _check_keys(path, "extract", extract, [*config_fields, *RUNTIME_KEYS])
+    _check_keys(path, "extract", extract, [*setting_names(), *RUNTIME_KEYS])
     runtime = {k: extract.pop(k) for k in RUNTIME_KEYS if k in extract}
+    asked = extract.pop("trust_remote_code", False) not in (False, None)
+    extract["trust_remote_code"] = bool(trust_remote_code)
     if model:
         extract["model"] = model
+    elif isinstance(extract.get("model"), str):
+        extract["model"] = _file_relative_model(path, extract["model"])
     try:
         config = ExtractConfig(**extract)
     except ConfigError as exc:
         raise _error(path, "extract", str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise _error(path, "extract", f"bad value: {exc}") from exc
+    if asked:  # the file's own trust_remote_code is never used; loading the model says so (once)
+        config = config.replace(provenance=Provenance(f"{path} [extract]", asked_for_remote_code=True))
     stages = {name: dict(data[name]) for name in STAGES[1:] if name in data}
     for stage, needed in NEEDS.items():
         if stage in stages and needed not in stages:
@@ -134,6 +144,20 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
             except (TypeError, ValueError) as exc:
                 raise _error(path, stage, f"bad value: {exc}") from exc
     return pipeline
+
+
+def _file_relative_model(path: Path, model: str) -> str:
+    """The file's [extract] model: a directory path resolved against the file (like every path in it), or a hub id.
+
+    Against the working directory instead, `embedkit run` started elsewhere would load another model, or none.
+    """
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if not looks_like_path and local_model_dir(str(path.parent / model)) is None:
+        return model  # "name" or "owner/name" with no such directory next to the file: a hub id
+    try:
+        return str((path.parent / Path(model).expanduser()).resolve())
+    except (OSError, ValueError, RuntimeError):  # not a usable path at all: loading it will say so
+        return model
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
@@ -196,7 +220,7 @@ def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
     options.setdefault("text_column", p.source.get("text_column", "text"))
     input_path = p.relative(_require(options, "input", "a file of new texts to classify"))
     return predict_file(p.output_dir / "model", input_path, p.output_dir / "predictions.parquet", overwrite=True,
-                        progress=progress, **p.runtime, **options).line()
+                        progress=progress, trust_remote_code=p.config.trust_remote_code, **p.runtime, **options).line()
 
 
 def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
@@ -222,7 +246,8 @@ def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
 
     queries = p.relative(_require(options, "queries", "a file of query texts"))
     out = p.output_dir / "search-hits.parquet"
-    counts = Index.load(p.output_dir / "index").search_file(queries, out, overwrite=True, progress=progress, **options)
+    index = Index.load(p.output_dir / "index", trust_remote_code=p.config.trust_remote_code)
+    counts = index.search_file(queries, out, overwrite=True, progress=progress, **options)
     hits = pq.read_table(out).to_pylist()
     lines = [f"{counts['searched']} queries, {counts['hits']} hits -> {out}"]
     for hit in (h for h in hits if h["rank"] == 1):
@@ -256,7 +281,8 @@ _SPECS = {
     "search": ("index", "Index.search_file", None, ("self", "output"), ("queries",), _call_search, "search-hits.parquet"),
     "probe": ("probe", "probe_file", None, ("input", "output_dir", "config"), ("label_column",), _call_probe, "probe"),
 }
-_RUNTIME_FILLED = ("options", "progress", "overwrite", *RUNTIME_KEYS)
+# trust_remote_code is filled from the command line only: a stage table must not be able to grant it.
+_RUNTIME_FILLED = ("options", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -306,9 +332,13 @@ def run_pipeline(
     output_dir: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    trust_remote_code: bool = False,
 ) -> list[StageOutcome]:
-    """Run a pipeline file; stages whose fingerprint is unchanged (and whose outputs exist) are skipped."""
-    p = load_pipeline(path, model=model, output_dir=output_dir)
+    """Run a pipeline file; stages whose fingerprint is unchanged (and whose outputs exist) are skipped.
+
+    ``trust_remote_code`` lets the model's own code run in every stage; the file cannot ask for it.
+    """
+    p = load_pipeline(path, model=model, output_dir=output_dir, trust_remote_code=trust_remote_code)
     try:
         p.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -318,9 +348,10 @@ def run_pipeline(
     from .embed import model_files  # lazily, like every stage: `embedkit run --help` stays fast
 
     source_files = resolve_files(p.relative(p.source["path"]))
+    # A checkpoint replaced at the same local path is another model: its stat data is part of the key.
+    model_stat = model_files(p.config.model) if local_model_dir(p.config.model) is not None else None  # hub id: None
     upstream = {
-        # A checkpoint replaced at the same local path is another model: its stat data is part of the key.
-        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings(), model_files(p.config.model)),
+        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings(), model_stat),
     }
     outcomes = []
     for stage in ("embed", *[s for s in STAGES[1:] if s in p.stages]):

@@ -181,14 +181,17 @@ def _read_table(path: Path, columns: list[str]) -> pa.Table:
         raise InputError(f"{path}: corrupt or unreadable Parquet: {exc}") from exc
 
 
-def open_features(path: str | Path) -> Features:
-    """Open a Parquet written by ``embedkit embed`` (or the Ray engine) and read its settings."""
+def open_features(path: str | Path, *, trust_remote_code: bool = False) -> Features:
+    """Open a Parquet written by ``embedkit embed`` (or the Ray engine) and read its settings.
+
+    ``trust_remote_code`` is the caller's decision for models loaded with these settings; the stored one is ignored.
+    """
     path = Path(path)
     meta = read_metadata(path)
-    try:
-        config = ExtractConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: the embedkit metadata has no valid extraction config: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("model", {}), dict):
+        raise InputError(f"{path}: the embedkit metadata is corrupt (expected a table with a 'model' table)")
+    config = ExtractConfig.from_stored(meta.get("config"), trust_remote_code=trust_remote_code,
+                                       origin=f"{path} (embedkit metadata)", model=meta.get("model"))
     pf = pq.ParquetFile(path)
     return Features(path=path, schema=pf.schema_arrow, meta=meta, config=config, num_rows=pf.metadata.num_rows)
 

@@ -82,7 +82,7 @@ def test_second_run_skips_and_a_changed_stage_reruns_only_what_depends_on_it(tin
         ('[source]\npath = "x.csv"\n[train]\nclasifier = "svm"\n', "[train] unknown key(s) 'clasifier'; valid: C, alpha"),
         ('[source]\npath = "x.csv"\ncolumn = "t"\n', "[source] unknown key(s) 'column'"),
         ('[source]\npath = "x.csv"\n[extract]\npooling = ["avg"]\n', "[extract] unknown pooling 'avg'; valid: mean"),
-        ('[source]\npath = "x.csv"\n[extract]\nlayers = ["six"]\n', "[extract] bad value"),
+        ('[source]\npath = "x.csv"\n[extract]\nlayers = ["six"]\n', "[extract] layers must be an integer, got str 'six'"),
         ('[source]\ntext_column = "t"\n', "[source] needs 'path'"),
         ('[source]\npath = "x.csv"\n[predict]\ninput = "y.csv"\n', "[predict] needs a [train] stage"),
         ('[source\npath = "x.csv"\n', "not valid TOML"),

@@ -57,9 +57,12 @@ def train(features, label_column, output, classifier, column, cv, test_size, ref
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def predict(model_dir, input, output, text_column, id_column, keep, column, fmt, device, batch_tokens, threads, overwrite, quiet):
+def predict(model_dir, input, output, text_column, id_column, keep, column, fmt, device, batch_tokens, threads,
+            trust_remote_code, overwrite, quiet):
     """Classify INPUT with the model in MODEL_DIR.
 
     INPUT is raw text (CSV, TSV, JSONL, Parquet or TXT; embedded with the model's stored settings) or a features
@@ -70,5 +73,5 @@ def predict(model_dir, input, output, text_column, id_column, keep, column, fmt,
     quiet_libraries(quiet)
     summary = predict_file(model_dir, input, output, text_column=text_column, id_column=id_column, keep=keep, column=column,
                            fmt=fmt, device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
-                           progress=not quiet)
+                           progress=not quiet, trust_remote_code=trust_remote_code)
     click.echo(summary.line(), err=True)

@@ -76,10 +76,12 @@ def add(index_dir, features, column, quiet):
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def search(index_dir, query, k, as_json, queries, output, text_column, id_column, by_id, nprobe, ef_search, device,
-           overwrite, quiet):
+           trust_remote_code, overwrite, quiet):
     """Find the rows of INDEX_DIR most like QUERY (text embedded exactly as the index was), or like --id."""
     from ..errors import ConfigError
     from ..index import Index
@@ -90,7 +92,7 @@ def search(index_dir, query, k, as_json, queries, output, text_column, id_column
     if queries is not None and output is None:
         raise ConfigError("--queries needs -o OUT.parquet for the hits")
     quiet_libraries(quiet)
-    idx = Index.load(index_dir, device=device)
+    idx = Index.load(index_dir, device=device, trust_remote_code=trust_remote_code)
     knobs = {"nprobe": nprobe, "ef_search": ef_search}
     if queries is not None:
         summary = idx.search_file(queries, output, k, text_column=text_column, id_column=id_column,

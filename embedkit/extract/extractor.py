@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import ExtractConfig
-from ..errors import ConfigError, InputError
+from ..config import ExtractConfig, Provenance
+from ..errors import ConfigError, IncompatibleError, InputError
 from .backends import prepare
 from .batching import SpecialTokens, plan_batches, split_windows
 from .layers import run_to_layers
@@ -115,7 +116,18 @@ class Extractor:
         self.loaded.model = prepare(self.loaded.model, config.backend, self.loaded.device)
         # A KV cache is only useful for generation; building one costs a copy of every key and value.
         self._extra_inputs = {"use_cache": False} if _accepts(self.loaded.model, "use_cache") else {}
-        self.config = resolve_config(config, self.loaded)
+        try:
+            self.config = resolve_config(config, self.loaded)
+        except ConfigError as exc:
+            if config.provenance is None:
+                raise  # the caller's own options: a usage error
+            # Settings read from an artefact that this model cannot honour: no option of this command fixes that.
+            raise IncompatibleError(f"{config.provenance.origin}: its stored settings do not fit the model "
+                                    f"{self.loaded.name}: {exc}") from exc
+        # The config names the model by path or id only; carrying the loaded model's fingerprint lets an index or a
+        # classifier tell a replaced checkpoint from its own (ExtractConfig.model_difference) whoever built this.
+        known = config.provenance or Provenance("an embedder loaded earlier")  # when this config is reused
+        self.config = self.config.replace(provenance=dataclasses.replace(known, fingerprint=self.loaded.fingerprint))
         on_cuda = self.loaded.device.type == "cuda"
         self.batch_tokens = batch_tokens or (DEFAULT_CUDA_BATCH_TOKENS if on_cuda else DEFAULT_BATCH_TOKENS)
         if self.batch_tokens < 1:
