@@ -381,6 +381,7 @@ class BuildReport:
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     skipped_nonfinite_rows: int = 0
+    skipped_nonfinite_ids: list[Any] = field(default_factory=list)  # the first few, to find them
 
     def lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
@@ -395,7 +396,7 @@ class BuildReport:
                 f"recall@10 {self.recall_at_10:.3f}{reached} at {params} on {self.eval_queries} held-out queries, "
                 f"{self.queries_per_second:,.0f} queries/s"
             )
-        out += _skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows)
+        out += _skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)
         return out + [f"note: {note}" for note in self.notes]
 
     def to_dict(self) -> dict[str, Any]:
@@ -420,13 +421,14 @@ def _column_dim(features: Features, column: str) -> int:
     return int(features.schema.field(column).type.list_size)
 
 
-def _skipped_lines(null_rows: int, nonfinite_rows: int) -> list[str]:
+def _skipped_lines(null_rows: int, nonfinite_rows: int, nonfinite_ids: list[Any]) -> list[str]:
     out = []
     if null_rows:
         out.append(f"{null_rows} rows without an embedding skipped")
     if nonfinite_rows:
+        ids = ", ".join(map(str, nonfinite_ids)) + (", ..." if nonfinite_rows > len(nonfinite_ids) else "")
         out.append(f"{nonfinite_rows} rows whose embedding holds NaN, infinite or overflowing values skipped (no "
-                   "search could return them); re-embed those rows")
+                   f"search could return them; ids {ids}): re-embed those rows")
     return out
 
 
@@ -436,12 +438,6 @@ class _Skipped:
 
     rows: int = 0
     examples: list[Any] = field(default_factory=list)
-
-    def warn(self, path: Path, done: str) -> None:
-        if self.rows:
-            more = ", ..." if self.rows > len(self.examples) else ""
-            log.warning("%s: %d rows hold NaN, infinite or overflowing values and were not %s (ids: %s%s)", path,
-                        self.rows, done, ", ".join(map(str, self.examples)), more)
 
 
 def _usable_batches(features: Features, column: str, extra, batch_rows: int, skipped: _Skipped | None = None):
@@ -670,7 +666,6 @@ def build_index(
             qps = evaluation.queries_per_second(index)
         nonfinite = samples.nonfinite.rows
         null_rows = feats.num_rows - samples.rows - nonfinite
-        samples.nonfinite.warn(feats.path, "indexed")
         meta = {
             "format": INDEX_FORMAT, "index_kind": plan.kind, "factory": plan.factory, "metric": metric, "dim": dim,
             "rows": int(index.ntotal), "column": column, "stored_columns": store, "params": params,
@@ -687,7 +682,7 @@ def build_index(
     return BuildReport(output, plan.kind, plan.factory, metric, int(index.ntotal), dim, null_rows,
                        meta["build"]["seconds"], index_bytes, _peak_rss_bytes(), recall, qps, params, target_recall,
                        len(samples.queries), plan.reason, _store_note(feats, store) if store_given is None else [],
-                       nonfinite)
+                       nonfinite, samples.nonfinite.examples)
 
 
 def _pad(d: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -1102,8 +1097,8 @@ class Index:
         self.ids = ids
         self._positions = None
         added = self.size - before
-        nonfinite.warn(feats.path, "added")
-        return AddReport(self.directory, added, self.size, feats.num_rows - added - nonfinite.rows, nonfinite.rows)
+        return AddReport(self.directory, added, self.size, feats.num_rows - added - nonfinite.rows, nonfinite.rows,
+                         nonfinite.examples)
 
     def _write_generation(self, stage: artefact.Staging, feats: Features, report: AddReport) -> None:
         """Write this (grown) index as the next generation into ``stage`` and seal it."""
@@ -1126,10 +1121,11 @@ class AddReport:
     rows: int
     skipped_null_rows: int = 0
     skipped_nonfinite_rows: int = 0
+    skipped_nonfinite_ids: list[Any] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         head = f"added {self.added:,} rows to {self.directory}; it now holds {self.rows:,}"
-        return [head, *_skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows)]
+        return [head, *_skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)]
 
 
 def add_to_index(directory: str | Path, features: str | Path, *, column: str | None = None,
