@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import stat
 import time
@@ -627,7 +628,7 @@ def build_index(
     feats.require_columns(store)
     col_config = feats.column_config(column)
     dim = _column_dim(feats, column)
-    output = Path(output)
+    output = _named(output)
 
     with artefact.writing_dir(output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite,
                               wait=wait) as stage:
@@ -710,6 +711,16 @@ def _check_ids(ids: pa.Table, path: Path) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _named(directory: str | Path) -> Path:
+    """``directory`` with a name of its own: ``.`` or ``x/..`` made absolute (symlinks are left alone).
+
+    The lock and the directory built aside sit beside the output under its name; for ``.`` they would land inside
+    it (a lock no other writer of the same index takes) and the switch by rename would fail.
+    """
+    directory = Path(directory)
+    return Path(os.path.abspath(directory)) if directory.name in ("", ".", "..") else directory
 
 
 def _write_data(stage: artefact.Staging, index, ids: pa.Table) -> int:
@@ -1142,7 +1153,7 @@ def add_to_index(directory: str | Path, features: str | Path, *, column: str | N
         BusyError: another process is writing the index (unless ``wait``).
         InputError: not an index, or a bad features file; IncompatibleError: embedded with other settings.
     """
-    directory = Path(directory)
+    directory = _named(directory)
     # Not an index (missing, another kind of directory, corrupt manifest): say so before taking a lock or writing.
     artefact.read_manifest(directory, manifest_name=META_FILE, what="index")
     feats = open_features(features)
@@ -1171,13 +1182,6 @@ def _coerce_id(value: Any, type_: pa.DataType) -> Any:
         except ValueError:
             raise InputError(f"id {value!r} is not a number; this index's ids are {type_}") from None
     return value
-
-
-def read_index_meta(directory: str | Path) -> dict[str, Any]:
-    """The checked ``index.json`` of an index directory (files verified, no data parsed)."""
-    directory = Path(directory)
-    meta, _ = _checked_meta(directory, artefact.read_manifest(directory, manifest_name=META_FILE, what="index"))
-    return meta
 
 
 def _manifest_bytes(directory: Path) -> bytes | None:

@@ -344,6 +344,16 @@ def test_search_hits_file_is_not_written_into_the_index_or_over_the_queries(ix, 
     assert _snapshot(tmp_path) == before
 
 
+def test_the_index_directory_can_be_named_dot(ix, tmp_path, monkeypatch):
+    more = _batch(tmp_path, "more.parquet", 10_000)
+    monkeypatch.chdir(ix)  # `embedkit index add . more.parquet` from inside the index
+    result = CliRunner().invoke(cli, ["index", "add", ".", str(more), "-q"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.chdir(tmp_path)  # the old directory was switched out from under the working directory
+    assert _assert_complete(ix) == set(range(N_BASE)) | set(range(10_000, 10_000 + N_BATCH))
+    assert sorted(p.name for p in ix.iterdir()) == ["ids.parquet", "index.faiss", "index.json"]  # no lock inside
+
+
 # ---------------------------------------------------------------------------------------------- races
 
 
