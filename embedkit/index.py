@@ -959,7 +959,7 @@ class Index:
     def _check_output(self, output: Path, queries: str | Path) -> None:
         # A hits file in the index directory would be deleted by the next add (and its lock file would sit in
         # the artefact); writing over the queries file would destroy the input.
-        if output.resolve().parent == self.directory.resolve():
+        if self.directory.resolve() in output.resolve().parents:
             raise OutputError(f"{output} is inside the index directory {self.directory}; write the hits elsewhere")
         if output.resolve() == Path(queries).resolve():
             raise OutputError(f"{output} is the queries file itself; write the hits to another file")
@@ -1212,6 +1212,11 @@ def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
         raise InputError(f"{directory}: the id map {ids_name} is unreadable: {exc}") from exc
     if "id" not in ids.column_names:
         raise InputError(f"{directory}: the id map {ids_name} has no 'id' column; rebuild the index")
+    id_type = ids.schema.field("id").type
+    if pa.types.is_nested(id_type) or pa.types.is_dictionary(id_type) or ids.column("id").null_count:
+        # Search maps ids back through a dict: a list/struct id (unhashable) or a null one would fail there.
+        raise InputError(f"{directory}: the id map {ids_name} holds null or {id_type} ids, which embedkit never "
+                         "writes; rebuild the index")
     if ids.num_rows != index.ntotal:
         raise InputError(f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; "
                          "rebuild it")

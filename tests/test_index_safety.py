@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from test_index import clustered, write_vectors
 
-from embedkit import ExtractConfig
+from embedkit import ExtractConfig, artefact
 from embedkit.cli import cli
 from embedkit.errors import InputError
 from embedkit.index import Index, add_to_index, build_index
@@ -216,6 +216,14 @@ def test_hand_edited_index_json_is_refused_with_exit_3_naming_the_field(ix, tmp_
 
 def test_other_damage_is_refused_cleanly(ix):
     runner = CliRunner()
+    for ids in (pa.table({"id": [[1]] * N_BASE, "text": ["t"] * N_BASE}),  # an unhashable id
+                pa.table({"id": [None] * N_BASE, "text": ["t"] * N_BASE})):
+        pq.write_table(ids, ix / "ids.parquet")
+        meta = _meta(ix)
+        meta["files"]["ids.parquet"] = artefact.file_entry(ix / "ids.parquet")  # digests that match the new file
+        _write_meta(ix, meta)
+        result = runner.invoke(cli, ["search", str(ix), "--id", "3"])
+        assert result.exit_code == 3 and "ids, which embedkit never writes" in result.output, result.output
     (ix / "ids.parquet").unlink()
     assert runner.invoke(cli, ["search", str(ix), "--id", "3"]).exit_code == 3
     _write_meta(ix, [1, 2])
@@ -338,7 +346,8 @@ def test_search_hits_file_is_not_written_into_the_index_or_over_the_queries(ix, 
     queries = write_csv([{"text": "x"}], name="q.csv")
     runner = CliRunner()
     before = _snapshot(tmp_path)
-    for output in (ix / "hits.parquet", queries):
+    (ix / "sub").mkdir()
+    for output in (ix / "hits.parquet", ix / "sub" / "hits.parquet", queries):
         result = runner.invoke(cli, ["search", str(ix), "--queries", str(queries), "-o", str(output), "--overwrite"])
         assert result.exit_code == 5, result.output
     assert _snapshot(tmp_path) == before
