@@ -214,6 +214,42 @@ def test_hand_edited_index_json_is_refused_with_exit_3_naming_the_field(ix, tmp_
     assert _snapshot(ix) == before and not _leftovers(tmp_path, "ix")
 
 
+FIELDS = ["format", "kind", "index_kind", "factory", "metric", "dim", "rows", "column", "stored_columns", "params",
+          "config", "model", "generation", "source", "build", "files", "build.adds", "params.efSearch",
+          "config.model", "config.layers", "config.pooling", "files.index.faiss", "files.index.faiss.bytes"]
+WRONG_TYPES = [None, "x", -1, 1.5, True, 10**30, [], {}, [1, "a"]]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_any_type_in_any_field_is_exit_0_3_or_6_never_an_internal_error(tmp_path, field):
+    root = tmp_path / "hnsw"
+    root.mkdir()
+    build_index(write_vectors(root / "f.parquet", clustered(200)), root / "ix", kind="hnsw")  # has params
+    reference = _meta(root / "ix")
+    more = _batch(tmp_path, "more.parquet", 10_000)
+    runner = CliRunner()
+    *parents, last = ["files", "index.faiss", *field.split(".")[3:]] if field.startswith("files.") else field.split(".")
+    for value in [*WRONG_TYPES, "drop"]:
+        shutil.rmtree(tmp_path / "ix", ignore_errors=True)
+        shutil.copytree(root / "ix", tmp_path / "ix")
+        meta = json.loads(json.dumps(reference))
+        node = meta
+        for key in parents:
+            node = node[key]
+        if value == "drop":
+            node.pop(last)
+        else:
+            node[last] = value
+        _write_meta(tmp_path / "ix", meta)
+        before = _snapshot(tmp_path / "ix")
+        for args in (["search", str(tmp_path / "ix"), "--id", "3", "-k", "2"],
+                     ["index", "add", str(tmp_path / "ix"), str(more), "-q"]):
+            result = runner.invoke(cli, args)
+            assert result.exit_code in (0, 3, 6), (field, value, args[0], result.output)
+            if result.exit_code:
+                assert _snapshot(tmp_path / "ix") == before
+
+
 def test_other_damage_is_refused_cleanly(ix):
     runner = CliRunner()
     for ids in (pa.table({"id": [[1]] * N_BASE, "text": ["t"] * N_BASE}),  # an unhashable id
