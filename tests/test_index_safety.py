@@ -72,8 +72,12 @@ def _leftovers(parent: Path, name: str) -> list[str]:
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (lock files aside) with its bytes: what a refused command must leave alone."""
-    return {str(p.relative_to(root)): os.readlink(p).encode() if p.is_symlink() else p.read_bytes()
-            for p in sorted(root.rglob("*")) if (p.is_file() or p.is_symlink()) and not p.name.endswith(".lock")}
+    def content(p: Path) -> bytes:
+        if p.is_symlink():
+            return b"link to " + os.readlink(p).encode()
+        return p.read_bytes() if p.is_file() else b"directory" if p.is_dir() else b"special file"  # FIFOs: not read
+
+    return {str(p.relative_to(root)): content(p) for p in sorted(root.rglob("*")) if not p.name.endswith(".lock")}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +119,7 @@ def _to_format_1(ix: Path, index_name: str = "index-0.faiss", ids_name: str = "i
 
 
 @pytest.mark.parametrize("attack", ["traversal", "absolute", "symlink_out", "unlisted", "format1_traversal",
-                                    "format1_absolute", "format1_same_file"])
+                                    "format1_absolute", "format1_same_file", "manifest_symlink", "fifo", "directory"])
 def test_hostile_file_names_are_refused_and_nothing_outside_is_touched(ix, tmp_path, attack):
     outside = tmp_path / "outside.faiss"
     shutil.copy(ix / "index.faiss", outside)  # a sentinel that even has the right bytes
@@ -131,11 +135,18 @@ def test_hostile_file_names_are_refused_and_nothing_outside_is_touched(ix, tmp_p
     elif attack == "unlisted":
         meta["files"] = {"other.faiss": entry, "ids.parquet": meta["files"]["ids.parquet"]}
         (ix / "index.faiss").rename(ix / "other.faiss")
+    elif attack in ("fifo", "directory"):  # reading a FIFO would hang; neither is a file of an artefact
+        (ix / "index.faiss").unlink()
+        os.mkfifo(ix / "index.faiss") if attack == "fifo" else (ix / "index.faiss").mkdir()
     if attack.startswith("format1"):
         target = {"format1_traversal": "../outside.faiss", "format1_absolute": str(outside),
                   "format1_same_file": "ids-0.parquet"}[attack]
         meta = _to_format_1(ix, index_name=target)
     _write_meta(ix, meta)
+    if attack == "manifest_symlink":
+        (tmp_path / "outside.json").write_text(json.dumps(meta))
+        (ix / "index.json").unlink()
+        (ix / "index.json").symlink_to(tmp_path / "outside.json")
     before = _snapshot(tmp_path)
     more = _batch(tmp_path, "more.parquet", 10_000)
     before["more.parquet"] = more.read_bytes()
@@ -146,7 +157,7 @@ def test_hostile_file_names_are_refused_and_nothing_outside_is_touched(ix, tmp_p
     for result in (searched, added):
         assert result.exit_code == 3, result.output
         assert "Traceback" not in result.output and "internal error" not in result.output
-    assert any(word in added.output for word in ("plain names", "symlink", "not listed", "two different"))
+    assert any(word in added.output for word in ("plain names", "symlink", "not listed", "two different")), added.output
     assert _snapshot(tmp_path) == before  # the sentinel exists and is unchanged, the index directory too
     assert not _leftovers(tmp_path, "ix")
 
@@ -381,8 +392,8 @@ def test_a_busy_index_or_hits_file_fails_at_once_with_exit_7_and_waits_with_wait
 def test_search_hits_file_is_not_written_into_the_index_or_over_the_queries(ix, tmp_path, write_csv):
     queries = write_csv([{"text": "x"}], name="q.csv")
     runner = CliRunner()
-    before = _snapshot(tmp_path)
     (ix / "sub").mkdir()
+    before = _snapshot(tmp_path)
     for output in (ix / "hits.parquet", ix / "sub" / "hits.parquet", queries):
         result = runner.invoke(cli, ["search", str(ix), "--queries", str(queries), "-o", str(output), "--overwrite"])
         assert result.exit_code == 5, result.output
