@@ -263,14 +263,17 @@ def test_any_type_in_any_field_is_exit_0_3_or_6_never_an_internal_error(tmp_path
 
 def test_other_damage_is_refused_cleanly(ix):
     runner = CliRunner()
-    for ids in (pa.table({"id": [[1]] * N_BASE, "text": ["t"] * N_BASE}),  # an unhashable id
-                pa.table({"id": [None] * N_BASE, "text": ["t"] * N_BASE})):
+    twice = pa.Table.from_arrays([pa.array(range(N_BASE))] * 2 + [pa.array(["t"] * N_BASE)], ["id", "id", "text"])
+    never = "ids, which embedkit never writes"
+    for ids, message in ((pa.table({"id": [[1]] * N_BASE, "text": ["t"] * N_BASE}), never),  # unhashable ids
+                         (pa.table({"id": [None] * N_BASE, "text": ["t"] * N_BASE}), never),
+                         (twice, "the id map ids.parquet")):  # pyarrow refuses to read it
         pq.write_table(ids, ix / "ids.parquet")
         meta = _meta(ix)
         meta["files"]["ids.parquet"] = artefact.file_entry(ix / "ids.parquet")  # digests that match the new file
         _write_meta(ix, meta)
         result = runner.invoke(cli, ["search", str(ix), "--id", "3"])
-        assert result.exit_code == 3 and "ids, which embedkit never writes" in result.output, result.output
+        assert result.exit_code == 3 and message in result.output, result.output
     (ix / "ids.parquet").unlink()
     assert runner.invoke(cli, ["search", str(ix), "--id", "3"]).exit_code == 3
     _write_meta(ix, [1, 2])
