@@ -403,6 +403,16 @@ def test_search_hits_file_is_not_written_into_the_index_or_over_the_queries(ix, 
     assert _snapshot(tmp_path) == before
 
 
+def test_build_never_replaces_a_directory_that_is_not_an_index(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    features = write_vectors(tmp_path / "f.parquet", clustered(30))
+    result = CliRunner().invoke(cli, ["index", "build", str(features), "-o", str(mine), "--overwrite"])
+    assert result.exit_code == 5 and "refusing" in result.output, result.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and not _leftovers(tmp_path, "mine")
+
+
 def test_the_index_directory_can_be_named_dot(ix, tmp_path, monkeypatch):
     more = _batch(tmp_path, "more.parquet", 10_000)
     monkeypatch.chdir(ix)  # `embedkit index add . more.parquet` from inside the index
