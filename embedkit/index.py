@@ -1,30 +1,36 @@
 """FAISS similarity index: choose, train, add, verify, save/load and search by text, vector or id.
 
-An index directory holds:
+An index directory is an embedkit artefact (:mod:`embedkit.artefact`) holding:
 
-* ``index-N.faiss``: the FAISS index (built from an ``index_factory`` string),
-* ``ids-N.parquet``: row ``i`` of the FAISS index is row ``i`` of this table (the features ``id`` plus any
+* ``index.faiss``: the FAISS index (built from an ``index_factory`` string),
+* ``ids.parquet``: row ``i`` of the FAISS index is row ``i`` of this table (the features ``id`` plus any
   stored columns such as ``text``, for display),
-* ``index.json``, written last: extraction settings of the indexed column (so ``search`` embeds query text
-  exactly the same way), metric, kind, factory string, counts, tuned search parameters, build figures and the
-  sha256 of both data files, checked before FAISS reads anything.
+* ``index.json``, the manifest, written last: extraction settings of the indexed column (so ``search`` embeds
+  query text exactly the same way), metric, index kind, factory string, counts, tuned search parameters, build
+  figures and the sha256 and size of every file, all checked before FAISS reads anything.
 
-``N`` is a generation number bumped by every ``add``: new files are written beside the old ones and
-``index.json`` is switched last, so a crash mid-add leaves the previous index intact and loadable.
+Every write (``build``, ``build --overwrite``, ``add``) holds the directory's lock, writes a complete new
+directory aside and switches it in by rename, so a kill at any instant leaves the previous index or the new one,
+and two writers never both succeed. ``add`` re-reads the index under the lock, so concurrent adds serialise and
+no batch is lost. Indexes of format 1 (``index-N.faiss`` / ``ids-N.parquet`` named in ``index.json``) are still
+read; the first ``add`` rewrites them in the current format.
 
 Build streams the features file twice in bounded batches: the first pass draws a training sample and a
 held-out query sample, the second adds vectors to the index while keeping the exact top-k of the query sample
 (a running heap), so recall is measured without ever holding the whole matrix. Recall is leave-one-out: a
-query's own row is removed from both the exact and the approximate neighbours.
+query's own row is removed from both the exact and the approximate neighbours. Rows whose vector holds NaN, an
+infinity or values whose square overflows float32 are skipped and counted, like rows without an embedding:
+FAISS would index them, but no search could ever rank them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+import os
 import re
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,16 +43,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import artefact
 from .config import ExtractConfig
 from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
-from .store import Features, atomic_path, check_writable_dir, open_features, output_error, write_text_atomic
+from .store import Features, open_features
 
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 METRICS = ("cosine", "ip", "l2")
-META_FILE = "index.json"
-INDEX_FORMAT = 1
+META_FILE = "index.json"  # the artefact manifest
+INDEX_FORMAT = 2  # 1: data files named index-N.faiss / ids-N.parquet by index.json, still read
+ARTEFACT_KIND = "embedkit-index"
+INDEX_FILE, IDS_FILE = "index.faiss", "ids.parquet"
+PARAM_NAMES = ("nprobe", "efSearch")
+MAX_STORED_EF_SEARCH = 1 << 16  # tuning stops at 2048; a larger stored value is hostile (it sizes search buffers)
+MAX_DIM = 1 << 20
+LOAD_ATTEMPTS = 20  # a reader that saw the directory switched under it (a concurrent add) reads it again
 DEFAULT_MEMORY = "4GB"
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_K = 10
@@ -265,14 +278,6 @@ def apply_params(index, params: dict[str, int]) -> None:
                 quantizer.hnsw.efSearch = max(2 * int(value), 64)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _peak_rss_bytes() -> int:
     try:
         import resource
@@ -376,6 +381,8 @@ class BuildReport:
     eval_queries: int
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    skipped_nonfinite_rows: int = 0
+    skipped_nonfinite_ids: list[Any] = field(default_factory=list)  # the first few, to find them
 
     def lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
@@ -390,8 +397,7 @@ class BuildReport:
                 f"recall@10 {self.recall_at_10:.3f}{reached} at {params} on {self.eval_queries} held-out queries, "
                 f"{self.queries_per_second:,.0f} queries/s"
             )
-        if self.skipped_null_rows:
-            out.append(f"{self.skipped_null_rows} rows without an embedding skipped")
+        out += _skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)
         return out + [f"note: {note}" for note in self.notes]
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,12 +422,60 @@ def _column_dim(features: Features, column: str) -> int:
     return int(features.schema.field(column).type.list_size)
 
 
+def _skipped_lines(null_rows: int, nonfinite_rows: int, nonfinite_ids: list[Any]) -> list[str]:
+    out = []
+    if null_rows:
+        out.append(f"{null_rows} rows without an embedding skipped")
+    if nonfinite_rows:
+        ids = ", ".join(map(str, nonfinite_ids)) + (", ..." if nonfinite_rows > len(nonfinite_ids) else "")
+        out.append(f"{nonfinite_rows} rows whose embedding holds NaN, infinite or overflowing values skipped (no "
+                   f"search could return them; ids {ids}): re-embed those rows")
+    return out
+
+
+@dataclass
+class _Skipped:
+    """Rows of a features file left out of the index because their vector is not usable (see _usable_rows)."""
+
+    rows: int = 0
+    examples: list[Any] = field(default_factory=list)
+
+
+def _usable_batches(features: Features, column: str, extra, batch_rows: int, skipped: _Skipped | None = None):
+    """``Features.iter_batches`` without the rows whose vector is not finite (counted into ``skipped``).
+
+    Every pass over a file goes through here, so row positions agree between the sampling pass and the add pass.
+    """
+    for matrix, table in features.iter_batches(column, extra, batch_rows):
+        finite = _usable_rows(matrix)
+        if not finite.all():
+            if skipped is not None:
+                skipped.rows += int((~finite).sum())
+                left = 5 - len(skipped.examples)
+                if left > 0:
+                    skipped.examples += table.column("id").filter(pa.array(~finite)).slice(0, left).to_pylist()
+            matrix, table = matrix[finite], table.filter(pa.array(finite))
+        if len(matrix):
+            yield matrix, table
+
+
+def _usable_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows FAISS can rank: no NaN or infinity, and a squared norm that fits float32.
+
+    embed's writer turns an infinity into float32's largest value, whose square overflows FAISS's float32
+    distances (and the cosine normalisation) just as an infinity would; one check catches all three.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.isfinite(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float32))
+
+
 @dataclass
 class _Samples:
     train: np.ndarray
     queries: np.ndarray
     query_positions: np.ndarray
     rows: int
+    nonfinite: _Skipped
 
 
 def _draw_samples(features: Features, column: str, train_rows: int, eval_queries: int, metric: str,
@@ -436,8 +490,8 @@ def _draw_samples(features: Features, column: str, train_rows: int, eval_queries
         train_set = np.sort(picks[n_queries : n_queries + train_rows])
     else:  # too few rows to keep them apart: train on a sample of all rows
         train_set = np.sort(rng.permutation(total)[:train_rows])
-    train, queries, query_pos, seen = [], [], [], 0
-    for matrix, _ in features.iter_batches(column, (), batch_rows):
+    train, queries, query_pos, seen, nonfinite = [], [], [], 0, _Skipped()
+    for matrix, _ in _usable_batches(features, column, (), batch_rows, nonfinite):
         positions = np.arange(seen, seen + len(matrix))
         in_q = np.isin(positions, query_set)
         queries.append(matrix[in_q])
@@ -447,10 +501,11 @@ def _draw_samples(features: Features, column: str, train_rows: int, eval_queries
             train.append(matrix[in_t])
         seen += len(matrix)
     if seen == 0:
-        raise InputError(f"{features.path}: no row has an embedding in {column!r} (all {total} rows are null)")
+        why = f"{nonfinite.rows} hold NaN, infinite or overflowing values" if nonfinite.rows else "all are null"
+        raise InputError(f"{features.path}: no row has a usable embedding in {column!r} ({total} rows: {why})")
     dim = _column_dim(features, column)
     stack = lambda parts: _prepare(np.concatenate(parts) if parts else np.empty((0, dim), np.float32), metric)  # noqa: E731
-    return _Samples(stack(train), stack(queries), np.concatenate(query_pos).astype(np.int64), seen)
+    return _Samples(stack(train), stack(queries), np.concatenate(query_pos).astype(np.int64), seen, nonfinite)
 
 
 def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batch_rows: int) -> None:
@@ -464,7 +519,7 @@ def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batc
     """
     ivf = _ivf_of(index)
     counts = np.zeros(ivf.nlist, dtype=np.int64)
-    for matrix, _ in features.iter_batches(column, (), batch_rows):
+    for matrix, _ in _usable_batches(features, column, (), batch_rows):
         _, lists = ivf.quantizer.search(_prepare(matrix, metric), 1)
         counts += np.bincount(lists[:, 0][lists[:, 0] >= 0], minlength=ivf.nlist)
     for list_no in np.flatnonzero(counts):
@@ -536,8 +591,12 @@ def build_index(
     overwrite: bool = False,
     progress: bool = False,
     seed: int = 0,
+    wait: bool = False,
 ) -> BuildReport:
     """Build a FAISS index of one embedding column of a features file into the directory ``output``.
+
+    The index is built aside under ``output``'s lock and switched in complete: with ``overwrite`` the previous
+    index stays usable until then, and survives a failure or a kill.
 
     Args:
         features: Parquet written by ``embedkit embed``.
@@ -550,6 +609,7 @@ def build_index(
         target_recall: recall@10 that nprobe / efSearch are tuned to reach on held-out queries.
         eval_queries: how many rows are drawn as held-out queries.
         batch_rows: rows per streamed batch (bounds memory).
+        wait: wait for another process writing ``output`` instead of failing with BusyError.
 
     Returns:
         A BuildReport with build time, index size, recall@10 and queries/s.
@@ -568,53 +628,62 @@ def build_index(
     feats.require_columns(store)
     col_config = feats.column_config(column)
     dim = _column_dim(feats, column)
-    output = _prepare_output(Path(output), overwrite)
+    output = _named(output)
 
-    plan = plan_index(kind, feats.num_rows, dim, memory)
-    samples = _draw_samples(feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed, batch_rows)
-    if samples.rows != feats.num_rows:  # null rows: plan for what will really be indexed
-        plan = plan_index(kind, samples.rows, dim, memory)
-    log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
-    index = _new_index(plan, dim, metric, samples.train[: _train_rows(plan, samples.rows)])
-    samples.train = np.empty((0, dim), np.float32)  # free the sample before the add pass (a [:0] view would keep it)
-    if plan.kind == "ivf":
-        _reserve_ivf_lists(index, feats, column, metric, batch_rows)
+    with artefact.writing_dir(output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite,
+                              wait=wait) as stage:
+        plan = plan_index(kind, feats.num_rows, dim, memory)
+        samples = _draw_samples(feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed,
+                                batch_rows)
+        if samples.rows != feats.num_rows:  # null or non-finite rows: plan for what will really be indexed
+            plan = plan_index(kind, samples.rows, dim, memory)
+        log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
+        index = _new_index(plan, dim, metric, samples.train[: _train_rows(plan, samples.rows)])
+        samples.train = np.empty((0, dim), np.float32)  # free the sample before the add pass (a [:0] view keeps it)
+        if plan.kind == "ivf":
+            _reserve_ivf_lists(index, feats, column, metric, batch_rows)
 
-    k_eval = min(EVAL_K, samples.rows - 1)
-    heap = _faiss().ResultHeap(len(samples.queries), k_eval + 1, keep_max=metric != "l2") if k_eval > 0 else None
-    tables = []
-    with _progress(feats.num_rows, progress, "indexing") as bar:
-        for matrix, table in feats.iter_batches(column, store, batch_rows):
-            x = _prepare(matrix, metric)
-            if heap is not None and len(samples.queries):
-                d, i = _faiss().knn(samples.queries, x, min(k_eval + 1, len(x)), metric=_metric_type(metric))
-                heap.add_result(_pad(d, k_eval + 1, metric), _pad_ids(i + index.ntotal, k_eval + 1))
-            index.add(x)
-            tables.append(table)
-            bar.update(len(x))
-    ids = pa.concat_tables(tables)
-    _check_ids(ids, feats.path)
+        k_eval = min(EVAL_K, samples.rows - 1)
+        heap = _faiss().ResultHeap(len(samples.queries), k_eval + 1, keep_max=metric != "l2") if k_eval > 0 else None
+        tables = []
+        with _progress(feats.num_rows, progress, "indexing") as bar:
+            for matrix, table in _usable_batches(feats, column, store, batch_rows):
+                x = _prepare(matrix, metric)
+                if heap is not None and len(samples.queries):
+                    d, i = _faiss().knn(samples.queries, x, min(k_eval + 1, len(x)), metric=_metric_type(metric))
+                    heap.add_result(_pad(d, k_eval + 1, metric), _pad_ids(i + index.ntotal, k_eval + 1))
+                index.add(x)
+                tables.append(table)
+                bar.update(len(x))
+        ids = pa.concat_tables(tables)
+        _check_ids(ids, feats.path)
 
-    params, recall, qps = {}, None, None
-    if heap is not None and len(samples.queries):
-        heap.finalize()
-        evaluation = Evaluation(samples.queries, samples.query_positions, _drop_self(heap.I, samples.query_positions, k_eval), k_eval)
-        params, recall = tune(index, evaluation, target_recall)
-        qps = evaluation.queries_per_second(index)
-    meta = {
-        "format": INDEX_FORMAT, "kind": plan.kind, "factory": plan.factory, "metric": metric, "dim": dim,
-        "rows": int(index.ntotal), "column": column, "stored_columns": store, "params": params,
-        "config": col_config.to_dict(), "model": feats.meta.get("model", {}),
-        "source": {"path": str(Path(features).resolve()), "rows": feats.num_rows, "skipped_null_rows": feats.num_rows - samples.rows},
-        "build": {"reason": plan.reason, "target_recall": target_recall, "recall_at_10": recall,
-                  "eval_queries": len(samples.queries), "queries_per_second": qps, "created_at": _now(), "adds": []},
-    }
-    index_bytes = _write_generation(output, index, ids, meta, generation=0)
-    meta["build"]["seconds"] = round(time.perf_counter() - started, 3)
-    write_text_atomic(output / META_FILE, json.dumps(meta, indent=1))
-    return BuildReport(output, plan.kind, plan.factory, metric, int(index.ntotal), dim, feats.num_rows - samples.rows,
+        params, recall, qps = {}, None, None
+        if heap is not None and len(samples.queries):
+            heap.finalize()
+            truth = _drop_self(heap.I, samples.query_positions, k_eval)
+            evaluation = Evaluation(samples.queries, samples.query_positions, truth, k_eval)
+            params, recall = tune(index, evaluation, target_recall)
+            qps = evaluation.queries_per_second(index)
+        nonfinite = samples.nonfinite.rows
+        null_rows = feats.num_rows - samples.rows - nonfinite
+        meta = {
+            "format": INDEX_FORMAT, "index_kind": plan.kind, "factory": plan.factory, "metric": metric, "dim": dim,
+            "rows": int(index.ntotal), "column": column, "stored_columns": store, "params": params,
+            "config": col_config.to_dict(), "model": feats.meta.get("model", {}), "generation": 0,
+            "source": {"path": str(Path(features).resolve()), "rows": feats.num_rows, "skipped_null_rows": null_rows,
+                       "skipped_nonfinite_rows": nonfinite},
+            "build": {"reason": plan.reason, "target_recall": target_recall, "recall_at_10": recall,
+                      "eval_queries": len(samples.queries), "queries_per_second": qps, "created_at": _now(),
+                      "adds": []},
+        }
+        index_bytes = _write_data(stage, index, ids)
+        meta["build"]["seconds"] = round(time.perf_counter() - started, 3)
+        stage.seal(meta)
+    return BuildReport(output, plan.kind, plan.factory, metric, int(index.ntotal), dim, null_rows,
                        meta["build"]["seconds"], index_bytes, _peak_rss_bytes(), recall, qps, params, target_recall,
-                       len(samples.queries), plan.reason, _store_note(feats, store) if store_given is None else [])
+                       len(samples.queries), plan.reason, _store_note(feats, store) if store_given is None else [],
+                       nonfinite, samples.nonfinite.examples)
 
 
 def _pad(d: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -644,33 +713,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _prepare_output(output: Path, overwrite: bool) -> Path:
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"{output} exists and is not a directory; give a directory for the index")
-    if (output / META_FILE).exists() and not overwrite:
-        raise OutputError(f"{output} already holds an index; pass --overwrite to replace it")
-    check_writable_dir(output.parent if not output.exists() else output)
+def _named(directory: str | Path) -> Path:
+    """``directory`` with a name of its own: ``.`` or ``x/..`` made absolute (symlinks are left alone).
+
+    The lock and the directory built aside sit beside the output under its name; for ``.`` they would land inside
+    it (a lock no other writer of the same index takes) and the switch by rename would fail.
+    """
+    directory = Path(directory)
+    return Path(os.path.abspath(directory)) if directory.name in ("", ".", "..") else directory
+
+
+def _write_data(stage: artefact.Staging, index, ids: pa.Table) -> int:
+    """Write the FAISS index and the id map into a directory being built; returns the index's size in bytes."""
+    index_path = stage.path(INDEX_FILE)
     try:
-        output.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise output_error(output, exc) from exc
-    return output
-
-
-def _write_generation(directory: Path, index, ids: pa.Table, meta: dict[str, Any], generation: int) -> int:
-    """Write the index and id map of one generation atomically and record their names and checksums in meta."""
-    faiss = _faiss()
-    index_name, ids_name = f"index-{generation}.faiss", f"ids-{generation}.parquet"
-    with atomic_path(directory / index_name) as tmp:
-        faiss.write_index(index, str(tmp))
-    with atomic_path(directory / ids_name) as tmp:
-        pq.write_table(ids, tmp)
-    meta["generation"] = generation
-    meta["files"] = {
-        "index": {"name": index_name, "sha256": _sha256(directory / index_name), "bytes": (directory / index_name).stat().st_size},
-        "ids": {"name": ids_name, "sha256": _sha256(directory / ids_name), "bytes": (directory / ids_name).stat().st_size},
-    }
-    return meta["files"]["index"]["bytes"]
+        _faiss().write_index(index, str(index_path))
+    except RuntimeError as exc:  # FAISS reports a failed write (disk full, ...) as a RuntimeError
+        raise OutputError(f"cannot write {index_path}: {exc}") from exc
+    pq.write_table(ids, stage.path(IDS_FILE))
+    return index_path.stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------- search
@@ -741,28 +802,28 @@ class Index:
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:
-        """Open an index directory, checking both data files against their sha256 before FAISS reads them.
+        """Open an index directory: every field of ``index.json`` and every file are checked before FAISS reads.
+
+        Readers take no lock: a directory switched in by a concurrent writer (``index add``) while it was being
+        read is read again, so a search never mixes two generations nor fails because of one.
 
         Raises:
-            InputError: not an index directory, incomplete, or a file was changed or truncated.
+            InputError: not an index directory, incomplete, a field of ``index.json`` missing or invalid, a file
+                name that leads outside the directory, a file changed, truncated or replaced by a symlink.
+            IncompatibleError: an index format this embedkit does not know (written by a newer one).
         """
         directory = Path(directory)
-        meta = read_index_meta(directory)
-        for role in ("index", "ids"):
-            _verify(directory, meta["files"][role], role)
-        faiss = _faiss()
-        index_path = directory / meta["files"]["index"]["name"]
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise InputError(f"{index_path}: FAISS cannot read it: {exc}") from exc
-        try:
-            ids = pq.read_table(directory / meta["files"]["ids"]["name"])
-        except (OSError, pa.ArrowException) as exc:
-            raise InputError(f"{directory}: the id map is unreadable: {exc}") from exc
-        if index.ntotal != ids.num_rows or index.d != meta["dim"]:
-            raise InputError(f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; rebuild it")
-        return cls(directory, index, ids, meta, device, trust_remote_code)
+        for attempt in range(LOAD_ATTEMPTS):
+            before = _manifest_bytes(directory)
+            try:
+                index, ids, meta = _read_index(directory)
+            except InputError:
+                if attempt + 1 < LOAD_ATTEMPTS and _manifest_bytes(directory) != before:
+                    continue
+                raise
+            if _manifest_bytes(directory) == before:
+                return cls(directory, index, ids, meta, device, trust_remote_code)
+        raise InputError(f"{directory} was replaced {LOAD_ATTEMPTS} times while it was being read; try again")
 
     # -- facts
 
@@ -777,7 +838,7 @@ class Index:
 
     @property
     def kind(self) -> str:
-        return self.meta["kind"]
+        return self.meta["index_kind"]
 
     @property
     def dim(self) -> int:
@@ -848,8 +909,8 @@ class Index:
             vectors = vectors[None, :]
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise IncompatibleError(f"query vectors have shape {vectors.shape}; this index holds {self.dim}-d vectors")
-        if not np.isfinite(vectors).all():
-            raise InputError("query vectors hold NaN or infinite values")
+        if not _usable_rows(vectors).all():
+            raise InputError("query vectors hold NaN, infinite or overflowing values")
         k, notes = self._clamp(k, extra=0 if exclude is None else 1)
         self._set_knobs(nprobe, ef_search)
         try:
@@ -883,20 +944,36 @@ class Index:
 
     def search_file(self, queries: str | Path, output: str | Path, k: int = DEFAULT_K, *, text_column: str = "text",
                     id_column: str | None = None, batch_rows: int = 1024, overwrite: bool = False,
-                    progress: bool = False, **knobs) -> dict[str, Any]:
+                    progress: bool = False, wait: bool = False, **knobs) -> dict[str, Any]:
         """Search every query of a file and write the hits to Parquet (one row per query and hit).
 
         ``queries`` is raw text (CSV, TSV, JSONL, Parquet, TXT; read with ``Source``) or a features Parquet
         embedded with the index's settings. Output columns: ``query`` (row number), ``query_id`` (with
         ``id_column``), ``query_text``, ``rank``, ``score``, ``id`` and the stored columns.
+        ``output`` is locked for the whole run (BusyError if another process writes it, unless ``wait``) and
+        written aside, then renamed: a failure or a kill leaves the previous file, if any, as it was.
         Returns counts: queries, searched, skipped (rows with no usable text) and hits.
         """
-        from .store import is_features_file
-        from .sources import Source
-
         output = Path(output)
-        if output.exists() and not overwrite:
-            raise OutputError(f"output {output} exists; pass --overwrite to replace it")
+        self._check_output(output, queries)
+        with artefact.writing_file(output, overwrite=overwrite, wait=wait) as tmp:
+            hits, counts, notes = self._search_all(queries, k, text_column, id_column, batch_rows, progress, knobs)
+            pq.write_table(hits, tmp)
+        return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
+
+    def _check_output(self, output: Path, queries: str | Path) -> None:
+        # A hits file in the index directory would be deleted by the next add (and its lock file would sit in
+        # the artefact); writing over the queries file would destroy the input.
+        if self.directory.resolve() in output.resolve().parents:
+            raise OutputError(f"{output} is inside the index directory {self.directory}; write the hits elsewhere")
+        if output.resolve() == Path(queries).resolve():
+            raise OutputError(f"{output} is the queries file itself; write the hits to another file")
+
+    def _search_all(self, queries: str | Path, k: int, text_column: str, id_column: str | None, batch_rows: int,
+                    progress: bool, knobs) -> tuple[pa.Table, dict[str, int], set[str]]:
+        from .sources import Source
+        from .store import is_features_file
+
         tables, counts, notes = [], {"queries": 0, "searched": 0, "skipped": 0}, set()
         if is_features_file(queries):
             result, table = self.search_features(queries, k, **knobs)
@@ -917,10 +994,7 @@ class Index:
             counts["skipped"] = counts["queries"] - counts["searched"]
         if not tables:
             raise InputError(f"{queries}: no query could be searched ({counts['skipped']} empty or unreadable rows)")
-        hits = pa.concat_tables(tables, promote_options="permissive")
-        with atomic_path(output) as tmp:
-            pq.write_table(hits, tmp)
-        return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
+        return pa.concat_tables(tables, promote_options="permissive"), counts, notes
 
     def _search_records(self, records, k: int, with_ids: bool, knobs) -> tuple[pa.Table | None, int, list[str]]:
         texts = [t if isinstance(t, str) and t.strip() else None for t in records.texts]
@@ -996,50 +1070,104 @@ class Index:
     # -- growing
 
     def add(self, features: str | Path, column: str | None = None, batch_rows: int = BATCH_ROWS,
-            progress: bool = False) -> int:
+            progress: bool = False, wait: bool = False) -> int:
         """Add the rows of another features file embedded with the same settings; returns rows added.
 
-        The previous generation stays on disk until the new ``index.json`` is in place.
+        See :func:`add_to_index`: the rows are added to the index as it is on disk under its lock (which may hold
+        rows another process added since this object was loaded); this object then holds the result.
         """
-        feats = open_features(features)
+        grown, report = add_to_index(self.directory, features, column=column, batch_rows=batch_rows,
+                                     progress=progress, wait=wait, device=self.device)
+        self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
+        return report.added
+
+    def _grow(self, feats: Features, column: str | None, batch_rows: int, progress: bool) -> AddReport:
+        """Add the usable rows of ``feats`` to this in-memory index (nothing is written)."""
         column = feats.embedding_column(column or self.meta["column"])
         self._check_compatible(feats, column)
         feats.require_columns(self.stored_columns)
         before = self.size
-        tables = []
+        tables, nonfinite = [], _Skipped()
         try:
             with _progress(feats.num_rows, progress, "adding") as bar:
-                for matrix, table in feats.iter_batches(column, self.stored_columns, batch_rows):
+                for matrix, table in _usable_batches(feats, column, self.stored_columns, batch_rows, nonfinite):
                     tables.append(table.cast(self.ids.schema) if table.schema != self.ids.schema else table)
                     bar.update(len(matrix))
             if not tables:
-                raise InputError(f"{feats.path}: no row has an embedding in {column!r}; nothing to add")
+                why = f"{nonfinite.rows} hold NaN, infinite or overflowing values" if nonfinite.rows else "all are null"
+                raise InputError(f"{feats.path}: no row has a usable embedding in {column!r} ({feats.num_rows} rows: "
+                                 f"{why}); nothing to add")
             new_ids = pa.concat_tables(tables)
             clash = pc.is_in(new_ids.column("id"), value_set=self.ids.column("id").combine_chunks())
             if pc.any(clash).as_py():
                 repeated = new_ids.column("id").filter(clash).slice(0, 5).to_pylist()
-                raise InputError(f"{feats.path}: ids already in the index: {', '.join(map(str, repeated))}...; ids must stay unique")
+                raise InputError(f"{feats.path}: ids already in the index: {', '.join(map(str, repeated))}...; "
+                                 "ids must stay unique")
             ids = pa.concat_tables([self.ids, new_ids])
             _check_ids(ids, feats.path)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise IncompatibleError(f"{feats.path}: its id/stored columns do not match the index's ({self.ids.schema}): {exc}") from exc
-        for matrix, _ in feats.iter_batches(column, (), batch_rows):
+            raise IncompatibleError(f"{feats.path}: its id/stored columns do not match the index's "
+                                    f"({self.ids.schema}): {exc}") from exc
+        for matrix, _ in _usable_batches(feats, column, (), batch_rows):
             self.faiss_index.add(_prepare(matrix, self.metric))
         self.ids = ids
         self._positions = None
-        self._commit_add(feats, self.size - before)
-        return self.size - before
+        added = self.size - before
+        return AddReport(self.directory, added, self.size, feats.num_rows - added - nonfinite.rows, nonfinite.rows,
+                         nonfinite.examples)
 
-    def _commit_add(self, feats: Features, added: int) -> None:
-        old_files = dict(self.meta["files"])
-        meta = json.loads(json.dumps(self.meta))
-        meta["rows"] = self.size
-        meta["build"]["adds"].append({"path": str(feats.path.resolve()), "rows": added, "at": _now()})
-        _write_generation(self.directory, self.faiss_index, self.ids, meta, generation=int(meta.get("generation", 0)) + 1)
-        write_text_atomic(self.directory / META_FILE, json.dumps(meta, indent=1))
-        self.meta = meta
-        for entry in old_files.values():
-            (self.directory / entry["name"]).unlink(missing_ok=True)
+    def _write_generation(self, stage: artefact.Staging, feats: Features, report: AddReport) -> None:
+        """Write this (grown) index as the next generation into ``stage`` and seal it."""
+        meta = json.loads(json.dumps(self.meta))  # a deep copy: self.meta is replaced only by the sealed one
+        meta.pop("files", None)  # seal lists the new files (a format-1 index's role-keyed entries go too)
+        meta.update(format=INDEX_FORMAT, rows=self.size, generation=int(meta.get("generation", 0)) + 1)
+        meta.setdefault("build", {}).setdefault("adds", []).append(
+            {"path": str(feats.path.resolve()), "rows": report.added, "skipped_null_rows": report.skipped_null_rows,
+             "skipped_nonfinite_rows": report.skipped_nonfinite_rows, "at": _now()})
+        _write_data(stage, self.faiss_index, self.ids)
+        self.meta = stage.seal(meta)
+
+
+@dataclass
+class AddReport:
+    """What ``index add`` did."""
+
+    directory: Path
+    added: int
+    rows: int
+    skipped_null_rows: int = 0
+    skipped_nonfinite_rows: int = 0
+    skipped_nonfinite_ids: list[Any] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        head = f"added {self.added:,} rows to {self.directory}; it now holds {self.rows:,}"
+        return [head, *_skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)]
+
+
+def add_to_index(directory: str | Path, features: str | Path, *, column: str | None = None,
+                 batch_rows: int = BATCH_ROWS, progress: bool = False, wait: bool = False,
+                 device: str = "auto") -> tuple[Index, AddReport]:
+    """Add the rows of a features file to the index in ``directory`` (``embedkit index add``).
+
+    The directory's lock is held throughout: the index is read from disk under it (so an add that waited for
+    another builds on that one's result and no batch is lost), grown in memory, written aside as a complete new
+    generation and switched in. A failure or a kill leaves the previous index as it was. Returns the grown index
+    and a report.
+
+    Raises:
+        BusyError: another process is writing the index (unless ``wait``).
+        InputError: not an index, or a bad features file; IncompatibleError: embedded with other settings.
+    """
+    directory = _named(directory)
+    # Not an index (missing, another kind of directory, corrupt manifest): say so before taking a lock or writing.
+    artefact.read_manifest(directory, manifest_name=META_FILE, what="index")
+    feats = open_features(features)
+    with artefact.writing_dir(directory, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=True,
+                              wait=wait) as stage:
+        index = Index.load(directory, device=device)
+        report = index._grow(feats, column, batch_rows, progress)
+        index._write_generation(stage, feats, report)
+    return index, report
 
 
 def _exclude(scores: np.ndarray, positions: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1061,36 +1189,153 @@ def _coerce_id(value: Any, type_: pa.DataType) -> Any:
     return value
 
 
-def read_index_meta(directory: Path) -> dict[str, Any]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise InputError(f"index directory {directory} does not exist")
+def _manifest_bytes(directory: Path) -> bytes | None:
+    """The raw ``index.json`` (None when absent or not a plain file): compared before and after a read."""
     path = directory / META_FILE
-    if not path.is_file():
-        raise InputError(f"{directory} is not an embedkit index (no {META_FILE}): an interrupted build? rebuild it")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        ExtractConfig.from_dict(meta["config"])
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > artefact.MAX_MANIFEST_BYTES:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
+    """Read one generation: checked manifest, verified files, then FAISS index and id map cross-checked with it."""
+    meta, (index_name, ids_name) = _checked_meta(directory, artefact.read_manifest(directory, manifest_name=META_FILE,
+                                                                                   what="index"))
+    index_path = directory / index_name
+    try:
+        index = _faiss().read_index(str(index_path))
+    except RuntimeError as exc:
+        raise InputError(f"{index_path}: FAISS cannot read it: {exc}") from exc
+    _check_against_faiss(directory / META_FILE, meta, index, index_name)
+    try:
+        ids = pq.read_table(directory / ids_name)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{directory}: the id map {ids_name} is unreadable: {exc}") from exc
+    if "id" not in ids.column_names:
+        raise InputError(f"{directory}: the id map {ids_name} has no 'id' column; rebuild the index")
+    id_type = ids.schema.field("id").type
+    if pa.types.is_nested(id_type) or pa.types.is_dictionary(id_type) or ids.column("id").null_count:
+        # Search maps ids back through a dict: a list/struct id (unhashable) or a null one would fail there.
+        raise InputError(f"{directory}: the id map {ids_name} holds null or {id_type} ids, which embedkit never "
+                         "writes; rebuild the index")
+    if ids.num_rows != index.ntotal:
+        raise InputError(f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; "
+                         "rebuild it")
+    stored = [c for c in ids.column_names if c != "id"]
+    if stored != meta["stored_columns"]:
+        raise InputError(f"{directory / META_FILE}: 'stored_columns' is {meta['stored_columns']!r} but the id map "
+                         f"holds {stored!r}; rebuild the index")
+    return index, ids, meta
+
+
+def _checked_meta(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str]]:
+    """Check every field the code uses and verify every file; returns the meta and the two data file names.
+
+    A format-1 index names its data files in ``files.index.name`` / ``files.ids.name``: those names get the same
+    plain-name rule as any manifest entry, so none leads outside the directory.
+    """
+    where = directory / META_FILE
+    fmt = manifest.get("format")
+    if not _is_int(fmt):
+        raise _field_error(where, "format", fmt, "an index format number")
+    if fmt not in (1, INDEX_FORMAT):
+        raise IncompatibleError(f"{directory} has index format {fmt}; this embedkit reads formats 1 and "
+                                f"{INDEX_FORMAT}: upgrade embedkit or rebuild the index")
+    meta = dict(manifest)
+    if fmt == 1:
+        entries, names = {}, []
         for role in ("index", "ids"):
-            meta["files"][role]["name"], meta["files"][role]["sha256"]  # noqa: B018  (presence check)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path} is unreadable or incomplete ({type(exc).__name__}: {exc}); rebuild the index") from exc
-    if meta.get("format") != INDEX_FORMAT:
-        raise IncompatibleError(f"{directory} has index format {meta.get('format')}; this embedkit reads format {INDEX_FORMAT}")
-    return meta
+            entry = manifest["files"].get(role)
+            if not isinstance(entry, dict):
+                raise _field_error(where, f"files.{role}", entry, "the entry of the index's data file")
+            name = artefact.plain_name(entry.get("name"), where=where)
+            entries[name] = entry  # read_manifest checked its sha256 and byte count
+            names.append(name)
+        if names[0] == names[1]:
+            raise _field_error(where, "files", manifest["files"], "two different data files")
+        meta["index_kind"], meta["kind"] = manifest.get("kind"), ARTEFACT_KIND  # format 1 had the FAISS kind here
+    else:
+        if meta.get("kind") != ARTEFACT_KIND:
+            raise _field_error(where, "kind", meta.get("kind"), f"{ARTEFACT_KIND!r} (is this an embedkit index?)")
+        entries, names = manifest["files"], [INDEX_FILE, IDS_FILE]
+        for name in names:
+            if name not in entries:
+                raise InputError(f"{where}: {name} is not listed in 'files'; the index is incomplete: rebuild it")
+    _check_fields(meta, where)
+    for name, entry in entries.items():
+        artefact.verify_file(directory / name, entry, META_FILE)
+    return meta, (names[0], names[1])
 
 
-def _verify(directory: Path, entry: dict[str, Any], role: str) -> None:
-    path = directory / Path(entry["name"]).name  # never follow a path out of the directory
-    if not path.is_file():
-        raise InputError(f"{directory}: the {role} file {path.name} is missing; rebuild the index")
-    size = path.stat().st_size
-    if "bytes" in entry and size != entry["bytes"]:
-        raise InputError(
-            f"{path} is {size} bytes where {META_FILE} records {entry['bytes']}: truncated or replaced; refusing to load it"
-        )
-    if _sha256(path) != entry["sha256"]:
-        raise InputError(f"{path} does not match the sha256 recorded in {META_FILE}: it was modified; refusing to load it")
+def _check_fields(meta: dict[str, Any], where: Path) -> None:
+    """InputError naming the first field of ``index.json`` that the code would trip over."""
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("index_kind", meta.get("index_kind"), meta.get("index_kind") in KINDS[1:], f"one of {', '.join(KINDS[1:])}"),
+        ("metric", meta.get("metric"), meta.get("metric") in METRICS, f"one of {', '.join(METRICS)}"),
+        ("dim", meta.get("dim"), _is_int(meta.get("dim")) and 0 < meta["dim"] <= MAX_DIM,
+         f"a dimension from 1 to {MAX_DIM}"),
+        ("rows", meta.get("rows"), _is_int(meta.get("rows")) and meta["rows"] >= 0, "a row count"),
+        ("column", meta.get("column"), isinstance(meta.get("column"), str) and meta["column"] != "",
+         "the name of the indexed column"),
+        ("stored_columns", meta.get("stored_columns"), _is_names(meta.get("stored_columns")),
+         "a list of distinct column names other than 'id'"),
+        ("params", meta.get("params"), isinstance(meta.get("params"), dict),
+         "an object of search parameters (nprobe, efSearch)"),
+        ("generation", meta.get("generation"), _is_int(meta.get("generation", 0)) and meta.get("generation", 0) >= 0,
+         "a generation number"),
+        ("build", meta.get("build"), isinstance(meta.get("build", {}), dict)
+         and isinstance(meta.get("build", {}).get("adds", []), list), "an object whose 'adds' is a list"),
+        ("config", meta.get("config"), isinstance(meta.get("config"), dict), "the extraction settings"),
+    ]
+    for name, value, ok, want in checks:
+        if not ok:
+            raise _field_error(where, name, value, want)
+    for name, value in meta["params"].items():
+        limit = MAX_STORED_EF_SEARCH if name == "efSearch" else 2**31 - 1
+        if name not in PARAM_NAMES or not _is_int(value) or not 1 <= value <= limit:
+            raise _field_error(where, f"params.{name}", value, f"a search parameter ({', '.join(PARAM_NAMES)}) "
+                               f"from 1 to {limit}")
+    # The one reader of stored settings: strict types, and a stored trust_remote_code never counts.
+    ExtractConfig.from_stored(meta["config"], origin=f"{where} field 'config'", model=meta.get("model"))
+
+
+def _check_against_faiss(where: Path, meta: dict[str, Any], index, name: str) -> None:
+    """The fields of ``index.json`` that describe the FAISS index must describe this one."""
+    if index.d != meta["dim"]:
+        raise InputError(f"{where}: 'dim' is {meta['dim']} but {name} holds {index.d}-d vectors; the index is "
+                         "corrupt or was edited by hand: rebuild it")
+    if index.metric_type != _metric_type(meta["metric"]):
+        ranks = "L2 distance" if index.metric_type == _faiss().METRIC_L2 else "inner product"
+        raise InputError(f"{where}: 'metric' is {meta['metric']!r} but {name} ranks by {ranks}; the index is corrupt "
+                         "or was edited by hand: rebuild it")
+    if index.ntotal != meta["rows"]:
+        raise InputError(f"{where}: 'rows' is {meta['rows']} but {name} holds {index.ntotal} vectors; the index is "
+                         "corrupt or was edited by hand: rebuild it")
+    for param, value in meta["params"].items():
+        ivf = _ivf_of(index) if param == "nprobe" else None
+        if param == "nprobe" and (ivf is None or value > ivf.nlist) or param == "efSearch" and _hnsw_of(index) is None:
+            raise InputError(f"{where}: 'params.{param}' = {value} does not fit {name} ({type(index).__name__}); "
+                             "rebuild the index")
+
+
+def _field_error(where: Path, name: str, value: Any, want: str) -> InputError:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    state = "missing" if value is None else f"{shown}"
+    return InputError(f"{where}: field {name!r} is {state}; expected {want}. The index is corrupt or was edited by "
+                      "hand: rebuild it")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_names(value: Any) -> bool:
+    return (isinstance(value, list) and all(isinstance(v, str) and v and v != "id" for v in value)
+            and len(set(value)) == len(value))
 
 
 def load_index(directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:

@@ -131,7 +131,8 @@ def test_null_rows_skipped_ids_and_stored_columns_kept(tmp_path):
 def test_tampered_or_truncated_index_is_refused(tmp_path):
     build_index(write_vectors(tmp_path / "f.parquet", clustered(100)), tmp_path / "ix", kind="flat")
     meta = json.loads((tmp_path / "ix" / "index.json").read_text())
-    path = tmp_path / "ix" / meta["files"]["index"]["name"]
+    assert set(meta["files"]) == {"index.faiss", "ids.parquet"}
+    path = tmp_path / "ix" / "index.faiss"
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -141,18 +142,21 @@ def test_tampered_or_truncated_index_is_refused(tmp_path):
     with pytest.raises(InputError, match="truncated"):
         Index.load(tmp_path / "ix")
     (tmp_path / "ix" / "index.json").unlink()
-    with pytest.raises(InputError, match="not an embedkit index"):
+    with pytest.raises(InputError, match="not a complete embedkit index"):
         Index.load(tmp_path / "ix")
 
 
 def test_add_grows_the_index_and_refuses_mismatches(tmp_path):
     x = clustered(400)
     build_index(write_vectors(tmp_path / "a.parquet", x[:300]), tmp_path / "ix", kind="ivf")
-    first = json.loads((tmp_path / "ix" / "index.json").read_text())["files"]["index"]["name"]
+    first = json.loads((tmp_path / "ix" / "index.json").read_text())["files"]["index.faiss"]["sha256"]
     index = Index.load(tmp_path / "ix")
     assert index.add(write_vectors(tmp_path / "b.parquet", x[300:], ids=np.arange(300, 400))) == 100
+    assert index.size == 400 and index.meta["generation"] == 1  # the object holds what it wrote
     reloaded = Index.load(tmp_path / "ix")
-    assert reloaded.size == 400 and not (tmp_path / "ix" / first).exists()
+    files = json.loads((tmp_path / "ix" / "index.json").read_text())["files"]
+    assert reloaded.size == 400 and files["index.faiss"]["sha256"] != first
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == ["ids.parquet", "index.faiss", "index.json"]
     assert reloaded.search(x[350:351], k=1, nprobe=reloaded.faiss_index.nlist).hits(0)[0]["id"] == 350
     with pytest.raises(InputError, match="already in the index"):
         reloaded.add(tmp_path / "b.parquet")

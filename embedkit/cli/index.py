@@ -32,15 +32,17 @@ def index():
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_TARGET_RECALL,
               show_default=True, help="recall@10 that nprobe/efSearch are tuned to reach.")
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
+@click.option("--wait", is_flag=True, help="Wait while another process writes the index (default: exit 7 at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def build(features, output, kind, metric, memory, column, store, no_store, target_recall, overwrite, as_json, quiet):
+def build(features, output, kind, metric, memory, column, store, no_store, target_recall, overwrite, wait, as_json,
+          quiet):
     """Build a similarity index of FEATURES (a Parquet from `embedkit embed`) into a directory."""
     from ..index import build_index
 
     report = build_index(features, output, kind=kind, metric=metric, memory=memory, column=column,
                          store=[] if no_store else (list(store) or None), target_recall=target_recall,
-                         overwrite=overwrite, progress=not quiet)
+                         overwrite=overwrite, wait=wait, progress=not quiet)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -52,14 +54,15 @@ def build(features, output, kind, metric, memory, column, store, no_store, targe
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("features", type=click.Path(dir_okay=False))
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
+@click.option("--wait", is_flag=True, help="Wait while another process writes the index (default: exit 7 at once).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def add(index_dir, features, column, quiet):
+def add(index_dir, features, column, wait, quiet):
     """Add the rows of FEATURES (embedded with the index's settings) to INDEX_DIR without rebuilding."""
-    from ..index import Index
+    from ..index import add_to_index
 
-    idx = Index.load(index_dir)
-    added = idx.add(features, column=column, progress=not quiet)
-    click.echo(f"added {added:,} rows to {index_dir}; it now holds {idx.size:,}", err=True)
+    _, report = add_to_index(index_dir, features, column=column, wait=wait, progress=not quiet)
+    for line in report.lines():
+        click.echo(line, err=True)
 
 
 @cli.command()
@@ -79,9 +82,10 @@ def add(index_dir, features, column, quiet):
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
+@click.option("--wait", is_flag=True, help="Wait while another process writes the -o file (default: exit 7 at once).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def search(index_dir, query, k, as_json, queries, output, text_column, id_column, by_id, nprobe, ef_search, device,
-           trust_remote_code, overwrite, quiet):
+           trust_remote_code, overwrite, wait, quiet):
     """Find the rows of INDEX_DIR most like QUERY (text embedded exactly as the index was), or like --id."""
     from ..errors import ConfigError
     from ..index import Index
@@ -96,7 +100,7 @@ def search(index_dir, query, k, as_json, queries, output, text_column, id_column
     knobs = {"nprobe": nprobe, "ef_search": ef_search}
     if queries is not None:
         summary = idx.search_file(queries, output, k, text_column=text_column, id_column=id_column,
-                                  overwrite=overwrite, progress=not quiet, **knobs)
+                                  overwrite=overwrite, wait=wait, progress=not quiet, **knobs)
         for note in summary["notes"]:
             click.echo(f"note: {note}", err=True)
         skipped = f"; {summary['skipped']} empty or unreadable skipped" if summary["skipped"] else ""
