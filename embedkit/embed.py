@@ -45,6 +45,7 @@ class EmbedSummary:
     embed_seconds: float = 0.0  # the embedding loop alone, for the tokens/s figure
     bad_rows: dict[str, int] = field(default_factory=dict)
     repaired: int = 0
+    cut: int = 0  # rows too long to read whole: embedded from their start (status cut)
     duplicate_ids: int = 0  # rows whose id was already used; all are kept, but ids no longer name one row
 
     def line(self) -> str:
@@ -56,6 +57,8 @@ class EmbedSummary:
             parts.append(f"{self.repaired} with invalid UTF-8 repaired")
         if self.truncated:
             parts.append(f"{self.truncated} truncated")
+        if self.cut:
+            parts.append(f"{self.cut} cut before tokenising (too long to read whole)")
         if self.chunked:
             parts.append(f"{self.chunked} split into windows")
         if self.duplicate_ids:
@@ -245,6 +248,7 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
         embed_seconds=embed_seconds,
         bad_rows={s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES},
         repaired=statuses.get("repaired", 0),
+        cut=statuses.get("cut", 0),
         duplicate_ids=int(pc.sum(pc.subtract(id_counts, 1)).as_py() or 0),
     )
 
