@@ -181,6 +181,7 @@ def embed_file(
     threads: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    wait: bool = False,
     strict: bool = False,
     progress: bool = True,
     part_rows: int = DEFAULT_PART_ROWS,
@@ -190,42 +191,48 @@ def embed_file(
 
     Rows that cannot be embedded are kept with a null embedding and a status (or, with ``strict``, stop the
     run with an InputError). With ``resume``, a run that was killed continues where it stopped.
+
+    The output is written by one process at a time: another embed of the same output raises BusyError (exit 7)
+    at once, or with ``wait`` waits for it. ``overwrite`` keeps the old output until the new one is merged.
     """
     started = time.perf_counter()
     source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
-    if extractor is None:
-        from .extract import Extractor
+    # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.
+    with PartWriter(Path(output), wait=wait) as writer:
+        if extractor is None:
+            from .extract import Extractor
 
-        extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
-    writer = PartWriter(Path(output), fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
-    if writer.complete:  # killed after the merge: the output is this job's, whole
-        return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
-    resumed = writer.rows_done
-    with writer.abandoned_on_failure(), _progress_bar(source.total_rows(), progress) as bar:
-        bar.update(resumed)
-        t0, tokens = time.perf_counter(), 0
+            extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
+        writer.start(fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
+        if writer.complete:  # killed after the merge: the output is this job's, whole
+            return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
+        resumed = writer.rows_done
+        with writer.abandoned_on_failure(), _progress_bar(source.total_rows(), progress) as bar:
+            bar.update(resumed)
+            t0, tokens = time.perf_counter(), 0
 
-        def on_batch(texts: int, batch_tokens: int) -> None:
-            nonlocal tokens
-            tokens += batch_tokens
-            bar.update(texts)
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
+            def on_batch(texts: int, batch_tokens: int) -> None:
+                nonlocal tokens
+                tokens += batch_tokens
+                bar.update(texts)
+                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
 
-        for records in source.batches(part_rows, skip=resumed):
-            table, result = encode_records(records, extractor, progress=on_batch)
-            bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
-            bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
-            if strict and bad.size:
-                row = table.slice(int(bad[0]), 1).to_pylist()[0]
-                raise InputError(
-                    f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
-                )
-            writer.commit(table)
-    if writer.rows_done == 0:
-        writer.abandon()
-        raise InputError(f"{input} holds no data rows")
-    writer.finish(build_metadata(extractor))
-    return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+            for records in source.batches(part_rows, skip=resumed):
+                table, result = encode_records(records, extractor, progress=on_batch)
+                bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
+                bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
+                if strict and bad.size:
+                    row = table.slice(int(bad[0]), 1).to_pylist()[0]
+                    raise InputError(
+                        f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
+                    )
+                writer.commit(table)
+        if writer.rows_done == 0:
+            writer.abandon()
+            raise InputError(f"{input} holds no data rows")
+        writer.finish(build_metadata(extractor))
+        # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
+        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
 
 
 def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
