@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .config import ExtractConfig
 from .errors import InputError
-from .extract.texts import EMBEDDED_STATUSES
+from .extract.texts import _SURROGATES, EMBEDDED_STATUSES
 from .sources import Records, Source
 from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
 
@@ -127,9 +127,9 @@ def build_table(records: Records, result, extractor: Extractor) -> pa.Table:
             status[i], error[i] = "malformed", parse_error
     valid = np.array([s in EMBEDDED_STATUSES for s in status], dtype=bool)
     ids = records.ids if records.ids is not None else pa.array(records.row_numbers, type=pa.int64())
-    columns: dict[str, pa.Array] = {"id": ids if isinstance(ids, pa.Array) else _to_arrow(ids, "id")}
+    columns: dict[str, pa.Array] = {"id": _valid_utf8(ids, "id") if isinstance(ids, pa.Array) else _to_arrow(ids, "id")}
     for name, values in records.keep.items():
-        columns[name] = values if isinstance(values, pa.Array) else _to_arrow(values, name)
+        columns[name] = _valid_utf8(values, name) if isinstance(values, pa.Array) else _to_arrow(values, name)
     columns["n_tokens"] = pa.array(np.where(valid, result.n_tokens, 0), type=pa.int32())
     columns["n_windows"] = pa.array(np.where(valid, result.n_windows, 0), type=pa.int32())
     columns["truncated"] = pa.array(result.truncated & valid)
@@ -153,12 +153,44 @@ def encode_records(records: Records, extractor: Extractor, progress=None) -> tup
 def _to_arrow(values: list, name: str) -> pa.Array:
     try:
         return pa.array(values)
+    except UnicodeEncodeError:
+        # Readers decode with surrogateescape, so invalid UTF-8 in an id or --keep column arrives as lone
+        # surrogates, which Parquet strings cannot hold: stored with U+FFFD, like a repaired text.
+        log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
+        return _to_arrow(_without_surrogates(values), name)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text.
         import json
 
         log.warning("column %r mixes value types; passing it through as JSON text", name)
         return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values])
+
+
+def _valid_utf8(values: pa.Array, name: str) -> pa.Array:
+    """A Parquet string column passed through, with invalid UTF-8 (which other writers let in) as U+FFFD.
+
+    Left as it was, the output would break every reader that decodes the column (pyarrow's to_pylist, pandas).
+    """
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return values
+    try:
+        values.validate(full=True)
+        return values
+    except pa.ArrowInvalid:
+        log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
+        binary = pa.binary() if pa.types.is_string(values.type) else pa.large_binary()
+        raw = values.view(binary).to_pylist()
+        return pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw], type=values.type)
+
+
+def _without_surrogates(value):
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _progress_bar(total: int | None, enabled: bool):

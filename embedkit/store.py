@@ -32,7 +32,7 @@ from .artefact import check_writable_dir  # noqa: F401  (re-exported: classify, 
 from .artefact import atomic_path, output_error, output_lock, write_text_atomic
 from .config import ExtractConfig
 from .errors import IncompatibleError, InputError, OutputError
-from .sources import parquet_batches
+from .sources import parquet_batches, utf8_path
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,11 @@ class PartWriter:
     def __init__(self, output: Path, fingerprint: dict[str, Any] | None = None, *, resume: bool = False,
                  overwrite: bool = False, wait: bool = False):
         self.output = Path(output)
+        if not utf8_path(self.output):
+            raise OutputError(
+                f"output {os.fsencode(self.output)!r} is not a valid UTF-8 name, which Parquet (Arrow) file names must "
+                "be; choose another name"
+            )
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.manifest_path = self.partial / "manifest.json"
         self.parts: list[dict[str, Any]] = []
