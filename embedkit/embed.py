@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .config import ExtractConfig
 from .errors import InputError
-from .extract.texts import _SURROGATES, EMBEDDED_STATUSES
+from .extract.texts import EMBEDDED_STATUSES, without_surrogates
 from .sources import Records, Source
 from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
 
@@ -157,7 +157,7 @@ def _to_arrow(values: list, name: str) -> pa.Array:
         # Readers decode with surrogateescape, so invalid UTF-8 in an id or --keep column arrives as lone
         # surrogates, which Parquet strings cannot hold: stored with U+FFFD, like a repaired text.
         log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
-        return _to_arrow(_without_surrogates(values), name)
+        return _to_arrow(_repaired_values(values), name)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text.
         import json
@@ -183,13 +183,13 @@ def _valid_utf8(values: pa.Array, name: str) -> pa.Array:
         return pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw], type=values.type)
 
 
-def _without_surrogates(value):
+def _repaired_values(value):
     if isinstance(value, str):
-        return _SURROGATES.sub("\ufffd", value)
+        return without_surrogates(value)
     if isinstance(value, list):
-        return [_without_surrogates(v) for v in value]
+        return [_repaired_values(v) for v in value]
     if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+        return {_repaired_values(k): _repaired_values(v) for k, v in value.items()}
     return value
 
 

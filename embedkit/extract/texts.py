@@ -25,6 +25,11 @@ STATUSES = (*EMBEDDED_STATUSES, "empty", "null", "not_string", "malformed")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
+def without_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (an invalid UTF-8 byte read with surrogateescape) as U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
 @dataclass(frozen=True)
 class CheckedText:
     text: str | None  # None when the row cannot be embedded
