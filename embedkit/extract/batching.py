@@ -2,7 +2,7 @@
 
 Bounded memory per row: a tokenizer given a whole 50 MB text builds every token, offset and byte mapping of it
 at once (6.5 GB of RSS for GPT-2), though truncate mode uses only the first ``max_length`` tokens. So no text is
-handed to the tokenizer whole when it is longer than :func:`piece_chars` characters: :func:`tokenize_prefix`
+handed to the tokenizer whole when it is longer than :func:`piece_chars` characters (GPT-2: 262,144): :func:`tokenize_prefix`
 tokenises it in pieces of at most that many characters and stops as soon as the row has every token it can use
 (truncate: ``max_length``; chunk: :data:`MAX_CHUNK_WINDOWS` windows). The characters after that are never
 tokenised and the row's status says it was ``cut``.
@@ -17,6 +17,10 @@ from dataclasses import dataclass
 # GPT-2 that is 1,024 + 1,023 x 896 = 917,632 tokens, about 3.5 MB of English: a long book. It bounds a row's
 # memory (its token ids, ~40 MB as Python ints) and its time (about 25 minutes of GPT-2 small on 2 CPU cores).
 MAX_CHUNK_WINDOWS = 1024
+# Texts up to this many characters are always tokenised whole, whatever max_length (e.g. 64 for a small BERT),
+# so n_tokens stays exact for every ordinary text. A GPT-2 fast tokenizer needs about 130 bytes per character
+# of its input (6.5 GB for a 48.5 MB text), so a piece costs at most ~35 MB.
+MIN_PIECE_CHARS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -103,12 +107,14 @@ def max_token_chars(tokenizer) -> int:
 
 
 def piece_chars(max_length: int, token_chars: int) -> int:
-    """Characters one tokenizer call is given at most: ``max_length`` tokens of the longest kind.
+    """Characters one tokenizer call is given at most: ``max_length`` tokens of the longest kind, or more.
 
     Since no token covers more than ``token_chars`` characters, a piece this long holds at least ``max_length``
-    tokens: in truncate mode one piece is all a row ever needs (GPT-2: 1,024 x 128 = 131,072 characters).
+    tokens: in truncate mode one piece is all a row ever needs (GPT-2: 1,024 x 128 = 131,072 characters). Never
+    less than :data:`MIN_PIECE_CHARS`, so that ordinary long texts are still tokenised whole and keep an exact
+    ``n_tokens``; only texts past that are cut.
     """
-    return max_length * token_chars
+    return max(max_length * token_chars, MIN_PIECE_CHARS)
 
 
 def _piece_end(text: str, start: int, size: int) -> int:
