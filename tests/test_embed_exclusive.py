@@ -73,7 +73,7 @@ def _expected(name):
 def test_two_overwrites_of_one_output_never_both_succeed(inputs, tiny_gpt2_shared, tmp_path):
     out = tmp_path / "out.parquet"
     for trial in range(2):
-        procs = [_start(tmp_path, 3, *_embed_args(inputs[name], out, tiny_gpt2_shared, "--overwrite")) for name in "ab"]
+        procs = [_start(tmp_path, 5, *_embed_args(inputs[name], out, tiny_gpt2_shared, "--overwrite")) for name in "ab"]
         results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
         codes = sorted(code for code, _, _ in results)
         assert codes == [0, 7], results
