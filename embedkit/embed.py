@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .config import ExtractConfig
 from .errors import InputError
-from .extract.texts import EMBEDDED_STATUSES
+from .extract.texts import EMBEDDED_STATUSES, without_surrogates
 from .sources import Records, Source
 from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
 
@@ -45,6 +45,7 @@ class EmbedSummary:
     embed_seconds: float = 0.0  # the embedding loop alone, for the tokens/s figure
     bad_rows: dict[str, int] = field(default_factory=dict)
     repaired: int = 0
+    cut: int = 0  # rows too long to read whole: embedded from their start (status cut)
     duplicate_ids: int = 0  # rows whose id was already used; all are kept, but ids no longer name one row
 
     def line(self) -> str:
@@ -56,6 +57,8 @@ class EmbedSummary:
             parts.append(f"{self.repaired} with invalid UTF-8 repaired")
         if self.truncated:
             parts.append(f"{self.truncated} truncated")
+        if self.cut:
+            parts.append(f"{self.cut} cut before tokenising (too long to read whole)")
         if self.chunked:
             parts.append(f"{self.chunked} split into windows")
         if self.duplicate_ids:
@@ -125,9 +128,9 @@ def build_table(records: Records, result, extractor: Extractor) -> pa.Table:
             status[i], error[i] = "malformed", parse_error
     valid = np.array([s in EMBEDDED_STATUSES for s in status], dtype=bool)
     ids = records.ids if records.ids is not None else pa.array(records.row_numbers, type=pa.int64())
-    columns: dict[str, pa.Array] = {"id": ids if isinstance(ids, pa.Array) else _to_arrow(ids, "id")}
+    columns: dict[str, pa.Array] = {"id": _valid_utf8(ids, "id") if isinstance(ids, pa.Array) else _to_arrow(ids, "id")}
     for name, values in records.keep.items():
-        columns[name] = values if isinstance(values, pa.Array) else _to_arrow(values, name)
+        columns[name] = _valid_utf8(values, name) if isinstance(values, pa.Array) else _to_arrow(values, name)
     columns["n_tokens"] = pa.array(np.where(valid, result.n_tokens, 0), type=pa.int32())
     columns["n_windows"] = pa.array(np.where(valid, result.n_windows, 0), type=pa.int32())
     columns["truncated"] = pa.array(result.truncated & valid)
@@ -151,12 +154,44 @@ def encode_records(records: Records, extractor: Extractor, progress=None) -> tup
 def _to_arrow(values: list, name: str) -> pa.Array:
     try:
         return pa.array(values)
+    except UnicodeEncodeError:
+        # Readers decode with surrogateescape, so invalid UTF-8 in an id or --keep column arrives as lone
+        # surrogates, which Parquet strings cannot hold: stored with U+FFFD, like a repaired text.
+        log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
+        return _to_arrow(_repaired_values(values), name)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text.
         import json
 
         log.warning("column %r mixes value types; passing it through as JSON text", name)
         return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values])
+
+
+def _valid_utf8(values: pa.Array, name: str) -> pa.Array:
+    """A Parquet string column passed through, with invalid UTF-8 (which other writers let in) as U+FFFD.
+
+    Left as it was, the output would break every reader that decodes the column (pyarrow's to_pylist, pandas).
+    """
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return values
+    try:
+        values.validate(full=True)
+        return values
+    except pa.ArrowInvalid:
+        log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
+        binary = pa.binary() if pa.types.is_string(values.type) else pa.large_binary()
+        raw = values.view(binary).to_pylist()
+        return pa.array([None if b is None else b.decode("utf-8", "replace") for b in raw], type=values.type)
+
+
+def _repaired_values(value):
+    if isinstance(value, str):
+        return without_surrogates(value)
+    if isinstance(value, list):
+        return [_repaired_values(v) for v in value]
+    if isinstance(value, dict):
+        return {_repaired_values(k): _repaired_values(v) for k, v in value.items()}
+    return value
 
 
 def _progress_bar(total: int | None, enabled: bool):
@@ -179,6 +214,7 @@ def embed_file(
     threads: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    wait: bool = False,
     strict: bool = False,
     progress: bool = True,
     part_rows: int = DEFAULT_PART_ROWS,
@@ -188,42 +224,48 @@ def embed_file(
 
     Rows that cannot be embedded are kept with a null embedding and a status (or, with ``strict``, stop the
     run with an InputError). With ``resume``, a run that was killed continues where it stopped.
+
+    The output is written by one process at a time: another embed of the same output raises BusyError (exit 7)
+    at once, or with ``wait`` waits for it. ``overwrite`` keeps the old output until the new one is merged.
     """
     started = time.perf_counter()
     source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
-    if extractor is None:
-        from .extract import Extractor
+    # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.
+    with PartWriter(Path(output), wait=wait) as writer:
+        if extractor is None:
+            from .extract import Extractor
 
-        extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
-    writer = PartWriter(Path(output), fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
-    if writer.complete:  # killed after the merge: the output is this job's, whole
-        return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
-    resumed = writer.rows_done
-    with writer.abandoned_on_failure(), _progress_bar(source.total_rows(), progress) as bar:
-        bar.update(resumed)
-        t0, tokens = time.perf_counter(), 0
+            extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
+        writer.start(fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
+        if writer.complete:  # killed after the merge: the output is this job's, whole
+            return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
+        resumed = writer.rows_done
+        with writer.abandoned_on_failure(), _progress_bar(source.total_rows(), progress) as bar:
+            bar.update(resumed)
+            t0, tokens = time.perf_counter(), 0
 
-        def on_batch(texts: int, batch_tokens: int) -> None:
-            nonlocal tokens
-            tokens += batch_tokens
-            bar.update(texts)
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
+            def on_batch(texts: int, batch_tokens: int) -> None:
+                nonlocal tokens
+                tokens += batch_tokens
+                bar.update(texts)
+                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
 
-        for records in source.batches(part_rows, skip=resumed):
-            table, result = encode_records(records, extractor, progress=on_batch)
-            bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
-            bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
-            if strict and bad.size:
-                row = table.slice(int(bad[0]), 1).to_pylist()[0]
-                raise InputError(
-                    f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
-                )
-            writer.commit(table)
-    if writer.rows_done == 0:
-        writer.abandon()
-        raise InputError(f"{input} holds no data rows")
-    writer.finish(build_metadata(extractor))
-    return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+            for records in source.batches(part_rows, skip=resumed):
+                table, result = encode_records(records, extractor, progress=on_batch)
+                bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
+                bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
+                if strict and bad.size:
+                    row = table.slice(int(bad[0]), 1).to_pylist()[0]
+                    raise InputError(
+                        f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
+                    )
+                writer.commit(table)
+        if writer.rows_done == 0:
+            writer.abandon()
+            raise InputError(f"{input} holds no data rows")
+        writer.finish(build_metadata(extractor))
+        # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
+        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
 
 
 def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
@@ -246,6 +288,7 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
         embed_seconds=embed_seconds,
         bad_rows={s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES},
         repaired=statuses.get("repaired", 0),
+        cut=statuses.get("cut", 0),
         duplicate_ids=int(pc.sum(pc.subtract(id_counts, 1)).as_py() or 0),
     )
 

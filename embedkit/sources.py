@@ -10,9 +10,12 @@ and recorded instead of aborting the whole file.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import json
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,21 +51,51 @@ class Records:
         return len(self.texts)
 
 
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _regular(path: Path) -> bool:
+    """True for a regular file (through symlinks); False for a directory; InputError for anything else.
+
+    An input is read more than once (columns are checked, then rows streamed, and --resume fingerprints its
+    bytes), which a pipe or a device cannot give: /dev/zero would never end, a FIFO would be drained by the first
+    read. Refused by name instead of being reported as missing or silently skipped in a directory.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return stat.S_ISREG(mode)
+    raise InputError(
+        f"input {path} is {_kind_of(mode)}; embedkit reads regular files (it reads them more than once, and "
+        "--resume checks their content), so save the data to a file first"
+    )
+
+
 def resolve_files(spec: str | Path) -> list[Path]:
     """The files an input names: the file itself, a directory's known files, or a glob's matches."""
     path = Path(spec).expanduser()
-    if path.is_file():
+    if _regular(path):
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS
+                       and _regular(p))
         if not files:
             raise InputError(f"directory {spec} holds no readable files (extensions: {', '.join(sorted(EXTENSIONS))})")
         return files
     if any(ch in str(spec) for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if _regular(Path(p)))
         if not files:
             raise InputError(f"no file matches {spec}")
         return files
+    if path.is_symlink():
+        raise InputError(f"input {spec} is a symbolic link to a missing file")
     raise InputError(f"input {spec} does not exist")
 
 
@@ -222,9 +255,12 @@ class Source:
     def _read_txt(self, path: Path, kind: str, rows: int):
         chunk = _empty_chunk(self)
         with path.open("rb") as f:
-            for raw in f:
+            for number, raw in enumerate(f):
+                if number == 0 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]  # a byte-order mark is not part of the first text
                 line = raw.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
-                _append(chunk, {"text": line, "id": None, "keep": {}, "parse_error": None})
+                # The one column is "text": --keep text and --id-column text pass the line itself through.
+                _append(chunk, self._row_dict(lambda _column: line, None))
                 if len(chunk["text"]) >= rows:
                     yield chunk
                     chunk = _empty_chunk(self)
@@ -237,7 +273,7 @@ class Source:
             for batch in parquet_batches(_parquet_file(path), rows, columns):
                 n = batch.num_rows
                 yield {
-                    "text": batch.column(self.text_column).to_pylist(),
+                    "text": _text_values(batch.column(self.text_column)),
                     "id": batch.column(self.id_column) if self.id_column else None,
                     "keep": {c: batch.column(c) for c in self.keep},
                     "parse_error": [None] * n,
@@ -256,9 +292,34 @@ def parquet_batches(pf: pq.ParquetFile, batch_rows: int, columns: list[str]) -> 
         yield from pf.iter_batches(batch_size=batch_rows, columns=columns, row_groups=[group])
 
 
+def _text_values(column: pa.Array) -> list[object]:
+    """Python values of a text column. Strings come out as bytes when they hold invalid UTF-8.
+
+    Parquet writers do not all validate UTF-8, and pyarrow's ``to_pylist`` raises on the first bad string; as
+    bytes, the extractor repairs and records the row (status ``repaired``) as it does for CSV and JSONL.
+    """
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            binary = pa.binary() if pa.types.is_string(column.type) else pa.large_binary()
+            return column.view(binary).to_pylist()
+    return column.to_pylist()
+
+
+def utf8_path(path: Path) -> bool:
+    """Whether a path's bytes are UTF-8: Arrow takes file names as UTF-8 only (others arrive as surrogates)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        # A name that is not UTF-8 is opened by Python, which takes any bytes, and handed to Arrow as a file.
+        return pq.ParquetFile(path if utf8_path(path) else path.open("rb"))
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file (corrupt or truncated?): {exc}") from exc
 

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .artefact import atomic_path, check_writable_dir, output_error, write_text_atomic
+from .artefact import check_writable_dir  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
+from .artefact import atomic_path, output_error, output_lock, write_text_atomic
 from .config import ExtractConfig
 from .errors import IncompatibleError, InputError, OutputError
-from .sources import parquet_batches
+from .sources import parquet_batches, utf8_path
 
 log = logging.getLogger(__name__)
 
@@ -282,24 +283,60 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = 
 
 
 class PartWriter:
-    """Writes committed parts for ``output`` and merges them into it at the end.
+    """Writes committed parts for ``output`` and merges them into it at the end, holding the output's lock.
+
+    Two writers of one output never both run: the constructor takes :func:`~embedkit.artefact.output_lock` of
+    ``output`` (BusyError, exit 7, at once if another process holds it; with ``wait`` it waits), before the partial
+    directory is touched, and holds it until :meth:`close` (``with PartWriter(...)``), after the merge or the
+    failure. Engines take it before loading the model, so a second writer fails in a second, not after a model
+    load, and call :meth:`start` once the fingerprint is known. The old output stays in place until ``finish``
+    renames the merged file over it.
 
     Args:
         output: final Parquet path.
-        fingerprint: what must match for a resume to be allowed (settings, input content, columns).
+        fingerprint: what must match for a resume to be allowed (settings, input content, columns); given here,
+            :meth:`start` runs at once.
         resume: continue a partial run whose fingerprint matches.
         overwrite: replace an existing output and discard any partial run.
+        wait: wait for another writer of ``output`` to finish instead of raising BusyError.
     """
 
-    def __init__(self, output: Path, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False):
+    def __init__(self, output: Path, fingerprint: dict[str, Any] | None = None, *, resume: bool = False,
+                 overwrite: bool = False, wait: bool = False):
         self.output = Path(output)
+        if not utf8_path(self.output):
+            raise OutputError(
+                f"output {os.fsencode(self.output)!r} is not a valid UTF-8 name, which Parquet (Arrow) file names must "
+                "be; choose another name"
+            )
         self.partial = self.output.with_name(self.output.name + ".partial")
         self.manifest_path = self.partial / "manifest.json"
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc. for comparison
-        self.job = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
+        self.parts: list[dict[str, Any]] = []
         # Set when --resume finds this very job already merged into the output (a kill after the merge).
         self.complete = False
-        check_writable_dir(self.output.parent)
+        self._lock = ExitStack()
+        self._lock.enter_context(output_lock(self.output, wait=wait))
+        if fingerprint is not None:
+            try:
+                self.start(fingerprint, resume=resume, overwrite=overwrite)
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Release the output's lock (idempotent). Committed parts stay for a --resume."""
+        self._lock.close()
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
+        """Check the output and set up (or resume) the partial run of the job ``fingerprint`` names."""
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc. for comparison
+        self.job = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
         # The partial directory is renamed here before it is deleted; a kill mid-delete leaves only this.
         shutil.rmtree(self._trash, ignore_errors=True)
         # Temp files of a merge that a kill interrupted (atomic_path's naming); garbage whatever this run does.
@@ -307,7 +344,6 @@ class PartWriter:
             stale.unlink(missing_ok=True)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a .parquet file path")
-        self.parts: list[dict[str, Any]] = []
         if self.partial.exists():
             if resume:
                 self._load_manifest()

@@ -67,16 +67,20 @@ def test_invalid_utf8_and_controls_in_csv(tmp_path, tiny_gpt2_shared):
     assert "2 kept with a null embedding (2 empty)" in result.output and "1 with invalid UTF-8 repaired" in result.output
 
 
-@pytest.mark.parametrize("mode, truncated, min_windows", [("truncate", True, 1), ("chunk", False, 100)])
-def test_a_text_of_a_million_characters(tmp_path, tiny_gpt2_shared, mode, truncated, min_windows):
+# Truncate mode reads a long text only as far as its first max_length tokens (status cut, n_tokens counts the
+# tokens read); chunk mode reads all of it while it fits MAX_CHUNK_WINDOWS windows.
+@pytest.mark.parametrize("mode, status, truncated, min_windows, min_tokens", [
+    ("truncate", "cut", True, 1, 1024), ("chunk", "ok", False, 100, 100_000)])
+def test_a_text_of_a_million_characters(tmp_path, tiny_gpt2_shared, mode, status, truncated, min_windows, min_tokens):
     path = tmp_path / "huge.jsonl"
     path.write_text(json.dumps({"text": "word " * 200_000}) + "\n" + json.dumps({"text": "short"}) + "\n")
     result, out = embed(tmp_path, tiny_gpt2_shared, path, "--long-text", mode)
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
+    assert table.column("status").to_pylist() == [status, "ok"]
     assert table.column("truncated").to_pylist() == [truncated, False]
     assert table.column("n_windows")[0].as_py() >= min_windows
-    assert table.column("n_tokens")[0].as_py() > 100_000
+    assert table.column("n_tokens")[0].as_py() > min_tokens
     assert table.column("embedding").null_count == 0
 
 
@@ -152,3 +156,86 @@ def test_output_in_a_read_only_directory(tmp_path, tiny_gpt2_shared, monkeypatch
     result = CliRunner().invoke(cli, ["embed", str(tmp_path / "in.txt"), "-o", str(locked / "out.parquet"), "-m", tiny_gpt2_shared, "-q"])
     locked.chmod(0o755)
     assert result.exit_code == 5 and "not writable" in result.output
+
+
+# ---------------------------------------------------------------------------------------------- input edge cases
+
+
+def test_keep_text_with_a_plain_text_file_passes_each_line_through(tmp_path, tiny_gpt2_shared):
+    path = _file(tmp_path, "lines.txt", "first line\n\nthird\n")
+    result, out = embed(tmp_path, tiny_gpt2_shared, path, "--keep", "text")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("text").to_pylist() == ["first line", "", "third"]
+    assert table.column("status").to_pylist() == ["ok", "empty", "ok"]
+
+
+@pytest.mark.parametrize("name, content, column", [
+    ("bom.txt", b"\xef\xbb\xbffirst\nsecond\n", "text"),
+    ("bom.csv", b"\xef\xbb\xbftext,n\nfirst,1\nsecond,2\n", "text"),
+    ("bom.jsonl", b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n', "text"),
+])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_text(tmp_path, tiny_gpt2_shared, name, content, column):
+    path = _file(tmp_path, name, content)
+    result, out = embed(tmp_path, tiny_gpt2_shared, path, "--keep", column)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).column(column).to_pylist() == ["first", "second"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_non_regular_inputs_are_named_not_reported_missing(tmp_path, tiny_gpt2_shared):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for source, what in [(fifo, "is a FIFO (named pipe)"), ("/dev/null", "is a character device")]:
+        result, out = embed(tmp_path, tiny_gpt2_shared, source, "--format", "txt")
+        assert result.exit_code == 3 and what in result.output and "does not exist" not in result.output
+        assert not out.exists()
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "dir" / "pipe.jsonl")  # in a directory too: refused by name, never silently skipped
+    result, _ = embed(tmp_path, tiny_gpt2_shared, tmp_path / "dir")
+    assert result.exit_code == 3 and "is a FIFO" in result.output
+    (tmp_path / "link.txt").symlink_to(tmp_path / "gone.txt")
+    result, _ = embed(tmp_path, tiny_gpt2_shared, tmp_path / "link.txt")
+    assert result.exit_code == 3 and "symbolic link to a missing file" in result.output
+
+
+def test_an_output_name_that_is_not_utf8_gets_a_clean_message(tmp_path, tiny_gpt2_shared):
+    path = _file(tmp_path, "in.txt", "a line\n")
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/\xff.parquet")  # what click hands over for such a name
+    result = CliRunner().invoke(cli, ["embed", str(path), "-o", out, "-m", tiny_gpt2_shared, "-q"])
+    assert result.exit_code == 5 and "not a valid UTF-8 name" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]  # no lock, partial or temp file left
+
+
+def test_a_parquet_input_whose_name_is_not_utf8_is_read(tmp_path, tiny_gpt2_shared):
+    path = os.fsdecode(os.fsencode(tmp_path) + b"/\xfe.parquet")
+    pq.write_table(pa.table({"text": ["one", "two"]}), (tmp_path / "x.parquet"))
+    os.rename(tmp_path / "x.parquet", path)
+    result, out = embed(tmp_path, tiny_gpt2_shared, path)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).column("status").to_pylist() == ["ok", "ok"]
+
+
+def test_invalid_utf8_in_every_format_and_in_passthrough_columns(tmp_path, tiny_gpt2_shared):
+    cases = {
+        "csv": (b"id,text,extra\n\xff1,bad \xff text,x\xfey\n2,fine,ok\n", ["--id-column", "id"]),
+        "jsonl": (b'{"id": "\xff1", "text": "bad \xff text", "extra": "x\xfey"}\n{"id": "2", "text": "fine", "extra": "ok"}\n',
+                  ["--id-column", "id"]),
+        "txt": (b"bad \xff text\nfine\n", []),
+    }
+    raw = pa.array([b"bad \xff text", b"fine"], pa.binary())
+    pq.write_table(pa.table({"text": raw.view(pa.string()), "extra": pa.array([b"x\xfey", b"ok"]).view(pa.string())}),
+                   tmp_path / "in.parquet")  # a writer that does not validate UTF-8
+    cases["parquet"] = ((tmp_path / "in.parquet").read_bytes(), [])
+    for fmt, (content, extra) in cases.items():
+        path = _file(tmp_path, f"in.{fmt}", content)
+        keep = ["--keep", "extra"] if fmt != "txt" else ["--keep", "text"]
+        result, out = embed(tmp_path, tiny_gpt2_shared, path, *extra, *keep)
+        assert result.exit_code == 0, (fmt, result.output)
+        rows = pq.read_table(out).to_pylist()  # decodes every string column: the output is valid UTF-8
+        assert [r["status"] for r in rows] == ["repaired", "ok"], fmt
+        assert all(r["embedding"] is not None for r in rows)
+        if fmt in ("csv", "jsonl"):
+            assert [r["id"] for r in rows] == ["\ufffd1", "2"] and rows[0]["extra"] == "x\ufffdy"
+        if fmt == "parquet":
+            assert rows[0]["extra"] == "x\ufffdy"

@@ -67,7 +67,10 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.option("--normalize", is_flag=True, help="L2-normalise the stored vectors.")
 @click.option("--dtype", type=click.Choice(STORAGE_DTYPES), default="float32", show_default=True, help="Storage dtype of the vectors.")
 @click.option("--resume", is_flag=True, help="Continue a killed run of the same command.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (and discard a partial run).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing output (and discard a partial run); the old one stays until the new one is whole.")
+@click.option("--wait", is_flag=True,
+              help="If another embedkit process is writing the same output, wait for it instead of failing (exit 7).")
 @click.option("--strict", is_flag=True, help="Stop at the first row that cannot be embedded instead of recording it.")
 @click.option("--part-rows", type=click.IntRange(min=1), default=DEFAULT_PART_ROWS, show_default=True, help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="Run in this process, or on a Ray cluster (pip install 'embedkit[ray]').")
@@ -77,16 +80,17 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, approximate (cosine >= 0.99 to torch); recorded in the metadata.")
 @extraction_options
-def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, strict, part_rows, engine, ray_address,
-          workers, gpus_per_worker, backend, model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens,
-          threads, text_column, fmt, quiet):
+def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, wait, strict, part_rows, engine,
+          ray_address, workers, gpus_per_worker, backend, model, revision, max_length, long_text, stride, trust_remote_code,
+          device, batch_tokens, threads, text_column, fmt, quiet):
     """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
     from ..embed import embed_file
 
     quiet_libraries(quiet)
     config = make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code, backend)
     run = dict(text_column=text_column, id_column=id_column, keep=keep, fmt=fmt, device=device, batch_tokens=batch_tokens,
-               threads=threads, resume=resume, overwrite=overwrite, strict=strict, progress=not quiet, part_rows=part_rows)
+               threads=threads, resume=resume, overwrite=overwrite, wait=wait, strict=strict, progress=not quiet,
+               part_rows=part_rows)
     if engine == "ray":
         from ..engines.ray import embed_file_ray
 

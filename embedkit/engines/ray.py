@@ -192,6 +192,7 @@ def embed_file_ray(
     threads: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    wait: bool = False,
     strict: bool = False,
     progress: bool = True,
     part_rows: int | None = None,
@@ -226,43 +227,44 @@ def embed_file_ray(
         raise ConfigError("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1)")
     import_ray()  # before any work: a missing extra is the first thing to say
     source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
-    # Loading the model here validates the settings with embedkit's own errors before any actor starts, and
-    # gives the metadata (resolved config, model facts) that the output must carry.
-    probe = Extractor(config, device="cpu", batch_tokens=batch_tokens, threads=threads)
-    resolved, meta = probe.config, build_metadata(probe)
-    del probe
-    writer = PartWriter(
-        Path(output), {**fingerprint(source, resolved, part_rows), "engine": "ray"}, resume=resume, overwrite=overwrite
-    )
-    if writer.complete:  # killed after the merge: the output is this job's, whole
-        return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
-    done = {_part_index(p["file"]) for p in writer.parts}
-    total = source.total_rows() if progress else None
-    resumed = writer.rows_done
-    t0, tokens, sent = time.perf_counter(), 0, 0
-    if resumed:
-        log.info("resuming %s: %d parts committed", output, len(done))
-    worker_threads = threads or (max(1, int(cpus_per_worker)) if not gpus_per_worker else None)
-    with writer.abandoned_on_failure(), _progress_bar(total, progress) as bar, ray_session(address) as ray:
-        bar.update(resumed)
-        size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
-        wave_parts = WAVE_PARTS_PER_WORKER * (size[1] if isinstance(size, tuple) else size)
-        for wave in _waves(source, part_rows, done, wave_parts):
-            sent += len(wave)
-            sizes = {item["part"]: item["rows"] for item in wave}
-            stream = _run(ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker, cpus_per_worker)
-            for index, table in _whole_parts(stream, part_rows, sizes):
-                if strict:
-                    _stop_at_bad_row(table)
-                writer.commit(table, index=index)
-                tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
-                bar.update(table.num_rows)
-    if not sent and not done:
-        writer.abandon()
-        raise InputError(f"{input} holds no data rows")
-    writer.parts.sort(key=lambda p: p["file"])  # committed as they finished; merged in input order
-    writer.finish(meta)
-    return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+    # The output's lock before the model load, as the local engine: a second writer stops at once (BusyError).
+    with PartWriter(Path(output), wait=wait) as writer:
+        # Loading the model here validates the settings with embedkit's own errors before any actor starts, and
+        # gives the metadata (resolved config, model facts) that the output must carry.
+        probe = Extractor(config, device="cpu", batch_tokens=batch_tokens, threads=threads)
+        resolved, meta = probe.config, build_metadata(probe)
+        del probe
+        writer.start({**fingerprint(source, resolved, part_rows), "engine": "ray"}, resume=resume, overwrite=overwrite)
+        if writer.complete:  # killed after the merge: the output is this job's, whole
+            return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
+        done = {_part_index(p["file"]) for p in writer.parts}
+        total = source.total_rows() if progress else None
+        resumed = writer.rows_done
+        t0, tokens, sent = time.perf_counter(), 0, 0
+        if resumed:
+            log.info("resuming %s: %d parts committed", output, len(done))
+        worker_threads = threads or (max(1, int(cpus_per_worker)) if not gpus_per_worker else None)
+        with writer.abandoned_on_failure(), _progress_bar(total, progress) as bar, ray_session(address) as ray:
+            bar.update(resumed)
+            size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
+            wave_parts = WAVE_PARTS_PER_WORKER * (size[1] if isinstance(size, tuple) else size)
+            for wave in _waves(source, part_rows, done, wave_parts):
+                sent += len(wave)
+                sizes = {item["part"]: item["rows"] for item in wave}
+                stream = _run(ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker,
+                              cpus_per_worker)
+                for index, table in _whole_parts(stream, part_rows, sizes):
+                    if strict:
+                        _stop_at_bad_row(table)
+                    writer.commit(table, index=index)
+                    tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
+                    bar.update(table.num_rows)
+        if not sent and not done:
+            writer.abandon()
+            raise InputError(f"{input} holds no data rows")
+        writer.parts.sort(key=lambda p: p["file"])  # committed as they finished; merged in input order
+        writer.finish(meta)
+        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
 
 
 def _waves(source: Source, part_rows: int, done: set[int], wave_parts: int) -> Iterator[list[dict[str, Any]]]:

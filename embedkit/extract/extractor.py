@@ -15,11 +15,11 @@ import torch
 from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
 from .backends import prepare
-from .batching import SpecialTokens, plan_batches, split_windows
+from .batching import MAX_CHUNK_WINDOWS, SpecialTokens, max_token_chars, piece_chars, plan_batches, split_windows, tokenize_prefix
 from .layers import run_to_layers
 from .model import LoadedModel, load_model
 from .pooling import combine_windows, pool
-from .texts import CheckedText, check_text
+from .texts import CUT_STATUS, CheckedText, check_text
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class EncodeResult:
     """
 
     vectors: dict[str, np.ndarray]
-    n_tokens: np.ndarray  # int32: tokens of the whole text (special tokens included), before any cut
+    n_tokens: np.ndarray  # int32: tokens of the whole text (special tokens included); of the part read if ``cut``
     n_windows: np.ndarray  # int32: windows the text was run in (0 for rows not embedded)
     truncated: np.ndarray  # bool: tokens beyond max_length were dropped
     status: list[str]
@@ -74,6 +74,13 @@ def resolve_config(config: ExtractConfig, loaded: LoadedModel) -> ExtractConfig:
     if stride >= (max_length - specials) // 2:
         raise ConfigError(f"stride {stride} must be less than half of max_length {max_length}")
     return config.replace(layers=tuple(layers), max_length=max_length, stride=stride)
+
+
+def _cut(checked: CheckedText, chars: int, mode: str) -> CheckedText:
+    """The record of a text that was cut before the end (embedded from its start; see batching.py)."""
+    used = "the first max_length tokens" if mode != "chunk" else f"the first {MAX_CHUNK_WINDOWS} windows"
+    note = f"text of {chars:,} characters cut: only {used} were tokenised and embedded; n_tokens counts those"
+    return CheckedText(checked.text, CUT_STATUS, note if checked.error is None else f"{note}; {checked.error}")
 
 
 def _accepts(model: torch.nn.Module, argument: str) -> bool:
@@ -137,6 +144,34 @@ class Extractor:
         # GPT-2 has no pad token. Any id works for padding on the right since the attention mask hides it
         # and causal attention never looks right; the caller's tokenizer is never changed.
         self._pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+        # Texts longer than this are tokenised in pieces and only as far as they are used (batching.py).
+        self.piece_chars = piece_chars(self.config.max_length, max_token_chars(tok))
+
+    def _content_tokens(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Content tokens of each text (no special tokens) and whether it was cut before the end.
+
+        Texts of at most ``piece_chars`` characters are tokenised whole, in one call for speed; longer ones in
+        pieces, only up to the tokens the long-text mode can use, so memory per row stays bounded.
+        """
+        cfg, tok = self.config, self.loaded.tokenizer
+        budget = cfg.max_length - len(self._specials)
+        wanted = budget if cfg.long_text != "chunk" else budget + (MAX_CHUNK_WINDOWS - 1) * (budget - cfg.stride)
+        short = [i for i, t in enumerate(texts) if len(t) <= self.piece_chars]
+        ids: list[list[int]] = [[] for _ in texts]
+        cut = [False] * len(texts)
+        if short:
+            encoded = tok([texts[i] for i in short], add_special_tokens=False, verbose=False)["input_ids"]
+            for i, row in zip(short, encoded):
+                ids[i] = row
+        for i, text in enumerate(texts):
+            if len(text) > self.piece_chars:
+                ids[i], cut[i] = tokenize_prefix(
+                    lambda piece: tok(piece, add_special_tokens=False, verbose=False)["input_ids"],
+                    text, self.piece_chars, wanted,
+                )
+            if cfg.long_text == "chunk" and len(ids[i]) > wanted:  # past its windows: the rest is not embedded
+                ids[i], cut[i] = ids[i][:wanted], True
+        return ids, cut
 
     @property
     def columns(self) -> list[str]:
@@ -181,14 +216,16 @@ class Extractor:
         owner: list[int] = []  # row of each window; a row's windows are contiguous
         first_window = np.zeros(n, dtype=np.int64)
         if good:
-            content = self.loaded.tokenizer([checked[i].text for i in good], add_special_tokens=False, verbose=False)
-            for row, ids in zip(good, content["input_ids"]):
+            content, cut_rows = self._content_tokens([checked[i].text for i in good])
+            for row, ids, cut_row in zip(good, content, cut_rows):
+                if cut_row:
+                    checked[row] = _cut(checked[row], len(checked[row].text), cfg.long_text)
                 row_windows, cut = split_windows(
                     ids, self._specials, cfg.max_length, cfg.stride, chunk=cfg.long_text == "chunk"
                 )
                 n_tokens[row] = len(ids) + len(self._specials)
                 n_windows[row] = len(row_windows)
-                truncated[row] = cut
+                truncated[row] = cut or cut_row
                 first_window[row] = len(windows)
                 windows.extend(row_windows)
                 owner.extend([row] * len(row_windows))

@@ -3,6 +3,9 @@
 Statuses written to the ``status`` column:
     ok          embedded as given
     repaired    embedded after invalid UTF-8 bytes / lone surrogates were replaced by U+FFFD
+    cut         embedded from the start of a text too long to read whole: only the tokens the long-text mode
+                uses were tokenised (truncate: max_length; chunk: MAX_CHUNK_WINDOWS windows). ``truncated`` is
+                true and ``n_tokens`` counts the tokens read, not the whole text's (which were never counted).
     empty       empty or whitespace-only text (null embedding)
     null        None, NaN or a missing value (null embedding)
     not_string  a number, list or other non-text value (null embedding)
@@ -15,10 +18,16 @@ import math
 import re
 from dataclasses import dataclass
 
-EMBEDDED_STATUSES = ("ok", "repaired")
+CUT_STATUS = "cut"
+EMBEDDED_STATUSES = ("ok", "repaired", CUT_STATUS)
 STATUSES = (*EMBEDDED_STATUSES, "empty", "null", "not_string", "malformed")
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (an invalid UTF-8 byte read with surrogateescape) as U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text)
 
 
 @dataclass(frozen=True)
