@@ -8,7 +8,6 @@ staging directory and the switch are the real ones; only the moment of the kill 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -349,10 +348,14 @@ def test_two_cluster_overwrite_runs_at_the_same_moment_never_mix(two_features, t
     assert leftovers(tmp_path) == []
 
 
-def _hold_lock(target: str, ready, release) -> None:
-    with artefact.output_lock(Path(target)):
-        ready.set()
-        release.wait(60)
+def hold_lock(target: Path) -> subprocess.Popen:
+    """Another process holding the lock of ``target`` until its stdin is closed (ready once it printed a line)."""
+    code = ("import sys\nfrom embedkit import artefact\nwith artefact.output_lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(target)], env=ENV, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
 
 
 @pytest.mark.parametrize("stage", ["predict", "probe", "probe-features"])
@@ -368,24 +371,20 @@ def test_predict_and_probe_outputs_are_locked_and_wait(two_features, tiny_gpt2_s
         args = ["probe", first.with_name(first.name + ".csv"), "-y", "label", "-o", tmp_path / "report", "--model",
                 tiny_gpt2_shared, "--layers", "1", "--cv", 2, "--save-features", tmp_path / "features-kept.parquet",
                 "-q", "--device", "cpu"]
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(target), ready, release))
-    holder.start()
+    holder = hold_lock(target)
     try:
-        assert ready.wait(60)
         code, output = finish(start(*args))
         assert code == 7 and "--wait" in output, output
         assert not target.exists() and not (tmp_path / "report").exists()
         waiting = start(*args, "--wait")
         time.sleep(1)
         assert waiting.poll() is None  # blocked on the lock
-        release.set()
+        holder.stdin.close()
         code, output = finish(waiting)
         assert code == 0, output
     finally:
-        release.set()
-        holder.join(30)
+        holder.kill()
+        holder.wait(30)
     assert target.exists() and leftovers(tmp_path) == []
 
 
