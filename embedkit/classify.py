@@ -520,7 +520,8 @@ def _fit_and_evaluate(data: TrainingData, label_column: str, classifier: str, op
         "classifier": classifier, "options": options.to_dict(), "seed": seed, "label_column": label_column,
         "column": data.column, "features": str(data.features.path), "rows_used": int(len(data.y)),
         "skipped_null_embeddings": data.skipped_null_embeddings, "skipped_null_labels": data.skipped_null_labels,
-        "skipped_non_finite": data.skipped_non_finite, "classes": [_jsonable(c) for c in classes], "class_counts": {str(c): n for c, n in counts.items()},
+        "skipped_non_finite": data.skipped_non_finite, "classes": [_jsonable(c) for c in classes],
+        "class_counts": {str(c): n for c, n in counts.items()},
         "evaluation": evaluation, "fit_rows": int(len(fit_rows)), "refit_on_all_rows": bool(refit or cv or test_size == 0),
         "seconds": round(seconds, 3),
     }

@@ -867,6 +867,7 @@ def format_summary(summary: dict[str, Any], max_clusters: int = 50) -> str:
 
 
 __all__ = [
-    "METHODS", "MAP_METHODS", "ClusterOptions", "ClusterResult", "Clustering", "cluster_file", "load_clustering", "cluster_vectors", "cluster_metrics",
-    "choose_k", "distinctive_terms", "draw_map", "format_summary", "parse_k", "parse_k_range", "preprocess",
+    "METHODS", "MAP_METHODS", "ClusterOptions", "ClusterResult", "Clustering", "cluster_file", "cluster_metrics",
+    "cluster_vectors", "choose_k", "distinctive_terms", "draw_map", "format_summary", "load_clustering", "parse_k",
+    "parse_k_range", "preprocess",
 ]

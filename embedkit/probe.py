@@ -470,7 +470,8 @@ def load_report(directory: str | Path) -> ProbeReport:
         summary = json.loads(opened.path(FILE_JSON).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"{directory / FILE_JSON} is not readable JSON: {exc}") from exc
-    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) or not isinstance(summary.get("best"), dict):
+    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) \
+            or not isinstance(summary.get("best"), dict):
         raise InputError(f"{directory / FILE_JSON} lacks the table or the best pair; the report is corrupt")
     return ProbeReport(directory, summary, {name: opened.path(name) for name in manifest["files"]})
 
@@ -591,7 +592,8 @@ def probe_file(
         if in_report:
             features_target = stage.path(Path(save_features).name)
         elif save_features is not None:
-            features_target = outputs.enter_context(artefact.writing_file(save_features, overwrite=overwrite, wait=wait))
+            features_target = outputs.enter_context(
+                artefact.writing_file(save_features, overwrite=overwrite, wait=wait))
         source = Source(input, text_column=text_column, id_column=id_column, keep=(label_column,), fmt=fmt)
         scan = scan_labels(source, label_column)
         rows: dict[str, Any] = {"input": scan.rows, "skipped": dict(scan.skipped)}
@@ -632,8 +634,8 @@ def probe_file(
             rows["skipped"]["not embedded"] = unexpected
         best = best_pair(scores, metric)
         classes = sorted(scan.class_counts, key=str)
-        embed_cmd = embed_command(input, config, best.layer, best.pooling, label_column=label_column, text_column=text_column,
-                                  id_column=id_column, fmt=fmt)
+        embed_cmd = embed_command(input, config, best.layer, best.pooling, label_column=label_column,
+                                  text_column=text_column, id_column=id_column, fmt=fmt)
         summary: dict[str, Any] = {
             "kind": "embedkit-probe",
             "input": str(input),
@@ -660,9 +662,11 @@ def probe_file(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if chosen is not None:
-            summary["best"]["note"] = "the embed command embeds every row of the input; the probe scored a stratified sample"
+            summary["best"]["note"] = ("the embed command embeds every row of the input; the probe scored a "
+                                       "stratified sample")
         _write_csv(scores, stage.path(FILE_CSV))
-        title = f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, {cv}-fold CV"
+        title = (f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, "
+                 f"{cv}-fold CV")
         plot_scores(scores, stage.path(FILE_PLOT), title, best)
         stage.path(FILE_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         stage.seal({"format_version": FORMAT_VERSION, "summary": FILE_JSON, "created_at": summary["created_at"]})

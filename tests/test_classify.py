@@ -178,7 +178,8 @@ def test_null_embeddings_are_skipped_with_a_count(write_csv, tiny_gpt2_shared, t
 def test_model_dir_without_manifest_is_refused(model_dir, features, tmp_path):
     (model_dir / MANIFEST).unlink()
     result = run("predict", model_dir, features, "-o", tmp_path / "p.parquet")
-    assert result.exit_code == 3 and "not a complete embedkit classifier model (no embedkit_model.json)" in result.output
+    assert result.exit_code == 3
+    assert "not a complete embedkit classifier model (no embedkit_model.json)" in result.output
 
 
 def test_tampered_model_file_is_refused(model_dir):
@@ -209,7 +210,7 @@ def test_unknown_types_in_the_model_file_are_refused(model_dir):
     model.estimator.sneaky_ = Sneaky()
     sio.dump(model.estimator, model_dir / MODEL_FILE)
     manifest = json.loads((model_dir / MANIFEST).read_text())
-    manifest["files"][MODEL_FILE] = file_entry(model_dir / MODEL_FILE)  # a consistent manifest: skops' check must refuse
+    manifest["files"][MODEL_FILE] = file_entry(model_dir / MODEL_FILE)  # consistent: skops' check must refuse
     (model_dir / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="test_classify.Sneaky"):
         load_model(model_dir)

@@ -168,7 +168,8 @@ def test_cli_writes_consistent_outputs(features_file, tmp_path):
     out = tmp_path / "clusters"
     result = run_cli(path, "-o", out, "--k", "3", "--label-column", "label", "--keep", "label", "--quiet")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["clusters.parquet", "embedkit_clusters.json", "map.png", "summary.json"]
+    files = ["clusters.parquet", "embedkit_clusters.json", "map.png", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == files
     table = pq.read_table(out / "clusters.parquet")
     source = pq.read_table(path)
     assert table.column_names == ["id", "cluster", "distance", "label"]

@@ -181,7 +181,8 @@ FILE_ATTACKS = {
         (d / MODEL_FILE).unlink(), (d / MODEL_FILE).symlink_to(s),
         _edit(d, lambda m: m["files"].__setitem__(MODEL_FILE, artefact.file_entry(s)))),
     "manifest_symlink": lambda d, s: (
-        os.replace(d / MANIFEST, s.with_name("elsewhere.json")), (d / MANIFEST).symlink_to(s.with_name("elsewhere.json"))),
+        os.replace(d / MANIFEST, s.with_name("elsewhere.json")),
+        (d / MANIFEST).symlink_to(s.with_name("elsewhere.json"))),
     "tampered_model": lambda d, s: _flip_byte(d / MODEL_FILE),
     "tampered_metrics": lambda d, s: (d / METRICS_FILE).write_text((d / METRICS_FILE).read_text().replace("a", "b")),
     "model_unlisted": lambda d, s: _edit(d, lambda m: m["files"].pop(MODEL_FILE)),
@@ -192,8 +193,9 @@ FIELD_ATTACKS = {
                 lambda m: m.__setitem__("classes", []), lambda m: m.__setitem__("classes", ["a", "a", "b"]),
                 lambda m: m.__setitem__("classes", [1, 2, 3])],
     "label_type": [lambda m: m.__setitem__("label_type", "float"), lambda m: m.pop("label_type")],
-    "dim": [lambda m: m.__setitem__("dim", "32"), lambda m: m.__setitem__("dim", -1), lambda m: m.__setitem__("dim", 64),
-            lambda m: m.__setitem__("dim", True), lambda m: m.__setitem__("dim", 10**12)],
+    "dim": [lambda m: m.__setitem__("dim", "32"), lambda m: m.__setitem__("dim", -1),
+            lambda m: m.__setitem__("dim", 64), lambda m: m.__setitem__("dim", True),
+            lambda m: m.__setitem__("dim", 10**12)],
     "column": [lambda m: m.__setitem__("column", 7), lambda m: m.pop("column")],
     "label_column": [lambda m: m.__setitem__("label_column", None)],
     "classifier": [lambda m: m.__setitem__("classifier", "os.system")],
@@ -232,7 +234,8 @@ def test_hand_edited_manifest_fields_are_named_with_exit_3(model_and_sentinel, _
 def test_a_model_of_the_older_format_says_train_again(model_and_sentinel, _trained, tmp_path):
     model_dir, sentinel = model_and_sentinel
     _edit(model_dir, lambda m: m.update(format_version=1, files={n: e["sha256"] for n, e in m["files"].items()}))
-    _assert_refused(model_dir, sentinel, _trained / "features.parquet", tmp_path, match="older embedkit .* train it again")
+    _assert_refused(model_dir, sentinel, _trained / "features.parquet", tmp_path,
+                    match="older embedkit .* train it again")
 
 
 def test_hostile_clustering_and_probe_manifests_are_refused(two_features, tmp_path):
@@ -299,7 +302,8 @@ def test_two_train_overwrite_runs_at_the_same_moment_never_mix(two_features, tmp
     first, second = two_features
     model_dir = tmp_path / "model"
     train(first, "label", model_dir, seed=1)
-    runs = {"knn": start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3),
+    runs = {"knn": start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn",
+                         "--k-neighbors", 3),
             "ridge": start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge")}
     codes = {name: finish(proc)[0] for name, proc in runs.items()}
     assert sorted(codes.values()) in ([0, 0], [0, 7]), codes
@@ -422,12 +426,14 @@ def _kill_at_increasing_moments(target: Path, reset, args: tuple, old, new, tria
     assert finish(timing)[0] == 0
     work = time.monotonic() - began  # from the lock to the end of one run
     outcomes = []
+    rng = random.Random(trials)
     for trial in range(trials):
         reset()
         assert leftovers(target.parent) == []  # the writer after a kill removed what the kill left
         proc = start(*args)
         assert wait_for_staging(target, proc)
-        time.sleep(work * 1.2 * trial / (trials - 1))
+        # 0 (at once), then random moments in successive slices of the run, the last reaching past its end.
+        time.sleep(work * 1.2 * (trial - 1 + rng.random()) / (trials - 1) if trial else 0)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)

@@ -30,7 +30,8 @@ from .embed import split_commas
 @click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimiser iterations (logreg, linear-svm, mlp).")
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True, help="'balanced' reweights rare classes (logreg, linear-svm, ridge).")
 @click.option("--no-standardize", is_flag=True, help="Skip scaling every dimension to zero mean and unit variance.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing model directory (kept whole until the new one is complete).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing model directory (kept whole until the new one is complete).")
 @wait_option
 def train(features, label_column, output, classifier, column, cv, test_size, refit, seed, C, alpha, k_neighbors,
           knn_metric, knn_weights, hidden_size, max_iter, class_weight, no_standardize, overwrite, wait):

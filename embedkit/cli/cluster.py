@@ -26,7 +26,8 @@ from .embed import split_commas
 @click.option("--min-cluster-size", type=click.IntRange(min=2), default=DEFAULT_MIN_CLUSTER_SIZE, show_default=True, help="hdbscan: smallest cluster.")
 @click.option("--map", "map_method", type=click.Choice(MAP_METHODS), default="pca", show_default=True, help="2-D map projection (umap needs umap-learn).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace a finished clustering in the output directory (kept whole until the new one is complete).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a finished clustering in the output directory (kept whole until the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @wait_option

@@ -41,6 +41,6 @@ def probe(input, label_column, output, id_column, layers, pooling, cv, sample, s
     config = make_config(model, revision, (), pooling, max_length, long_text, stride, trust_remote_code=trust_remote_code)
     result = probe_file(input, label_column, output, config, layers=layers, text_column=text_column, id_column=id_column,
                         fmt=fmt, cv=cv, sample=sample, seed=seed, nmi=nmi, metric=metric, save_features=save_features,
-                        device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite, progress=not quiet,
-                        wait=wait)
+                        device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
+                        progress=not quiet, wait=wait)
     click.echo(result.report())
