@@ -472,8 +472,8 @@ def train(
         raise ConfigError(f"--test-size must be in [0, 1), got {test_size}")
     options = options or ClassifierOptions()
     model_dir = Path(model_dir)
-    with artefact.writing_dir(model_dir, kind=MODEL_KIND, manifest_name=MANIFEST, overwrite=overwrite,
-                              wait=wait) as stage:
+    with artefact.writing_dir(model_dir, kind=MODEL_KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
+                              former_names=(MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS)) as stage:
         data = load_training_data(features, label_column, column)
         estimator, metrics, evaluated, eval_pred, fold = _fit_and_evaluate(
             data, label_column, classifier, options, cv=cv, test_size=test_size, seed=seed, refit=refit)

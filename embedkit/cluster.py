@@ -684,7 +684,8 @@ def cluster_file(
     source.require_columns(extra)
     output_dir = Path(output_dir)
     # The lock is held from before the vectors are read until the switch: a second writer fails (or waits) at once.
-    with artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait) as stage:
+    with artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
+                              former_names=(FILE_CLUSTERS, FILE_MAP, FILE_SUMMARY)) as stage:
         summary = _cluster_into(stage, source, column, options, label_column, text_column, keep, extra, progress,
                                 started)
     return summary

@@ -586,8 +586,9 @@ def probe_file(
     # Both outputs are locked before any reading: a second writer of either fails (or waits) at once. The features
     # file is renamed into place first, then the report is switched in; a kill before either leaves the old ones.
     with ExitStack() as outputs:
-        stage = outputs.enter_context(artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST,
-                                                           overwrite=overwrite, wait=wait))
+        stage = outputs.enter_context(artefact.writing_dir(
+            output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
+            former_names=(FILE_CSV, FILE_JSON, FILE_PLOT)))
         features_target = None
         if in_report:
             features_target = stage.path(Path(save_features).name)

@@ -531,3 +531,23 @@ def test_cluster_skips_and_counts_nan_and_inf_rows(features_file, tmp_path):
     assert result.exit_code == 0, result.output
     loaded = load_clustering(tmp_path / "c")
     assert loaded.summary["skipped_rows"] == {"null_embedding": 0, "non_finite": 3} and loaded.rows == 27
+
+
+def test_outputs_of_an_earlier_embedkit_are_replaced_only_with_overwrite_and_a_users_files_never(features_file,
+                                                                                                   tmp_path):
+    path = features_file(n=20)
+    out = tmp_path / "clusters"
+    out.mkdir()
+    for name in ("clusters.parquet", "map.png", "summary.json"):  # what cluster wrote before manifests
+        (out / name).write_text("old")
+    result = run("cluster", path, "-o", out, "--k", 2, "-q")
+    assert result.exit_code == 5 and "earlier embedkit output" in result.output and "--overwrite" in result.output
+    assert run("cluster", path, "-o", out, "--k", 2, "-q", "--overwrite").exit_code == 0
+    assert load_clustering(out).k == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text("old")
+    (mine / "notes.txt").write_text("precious")
+    result = run("cluster", path, "-o", mine, "--k", 2, "-q", "--overwrite")
+    assert result.exit_code == 5 and "refusing" in result.output
+    assert (mine / "notes.txt").read_text() == "precious"
