@@ -699,6 +699,12 @@ def _check_settings(value: Any) -> str | None:
     """What is wrong with stored extraction settings, or None."""
     if not isinstance(value, dict):
         return f"must be an object of extraction settings, got {type(value).__name__}"
+    try:  # first, so ExtractConfig's own words name a bad value wherever it checks one
+        ExtractConfig.from_dict(value)
+    except (ConfigError, TypeError, ValueError) as exc:
+        return f"is not valid: {exc}"
+    # What ExtractConfig's constructor converts instead of refusing ("2" -> 2, a single name -> a list) is still
+    # not what train wrote: refused here, since a converted value may not describe the stored vectors.
     for key, types in _SETTING_TYPES.items():
         if key in value and (not isinstance(value[key], types) or (bool not in types and isinstance(value[key], bool))):
             return f"setting {key!r} has a wrong type ({type(value[key]).__name__})"
@@ -706,10 +712,6 @@ def _check_settings(value: Any) -> str | None:
         items = value.get(key)
         if key in value and (not isinstance(items, list) or not items or not all(kind(v) for v in items)):
             return f"setting {key!r} must be a non-empty list of {'integers' if key == 'layers' else 'names'}"
-    try:
-        ExtractConfig.from_dict(value)
-    except (ConfigError, TypeError, ValueError) as exc:
-        return f"is not valid: {exc}"
     return None
 
 
