@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -425,7 +426,8 @@ def _inside(path: Path, report: Path) -> bool:
     Raises ConfigError where it cannot be either: the report directory itself, a subdirectory of it, a name the
     report uses, or a name that is not a plain file name.
     """
-    path, report = path.resolve(), report.resolve()
+    # Normalised, not resolved: a symlink in the report is replaced with the report, so it counts as inside.
+    path, report = Path(os.path.abspath(path)), Path(os.path.abspath(report))
     if path == report or report in path.parents and path.parent != report:
         raise ConfigError(f"--save-features {path} must be a file directly in the report directory {report} or "
                           "outside it")
