@@ -1,8 +1,8 @@
 """train, predict, cluster and probe outputs under the artefact protocol: hostile artefacts, races, kills, NaN.
 
 The races and kills run the real CLI in separate processes. Where a test needs a writer to still be working when
-the second one arrives, the first is slowed down by wrapping one function with a sleep (``_SLOW``): the lock, the
-staging directory and the switch are the real ones; only the moment of the kill or of the second start is chosen.
+the second one arrives, the first is held at a gate: one function is wrapped to wait until the test creates a file
+(``_GATED``). The lock, the staging directory and the switch are the real ones; only the moments are chosen.
 """
 
 from __future__ import annotations
@@ -31,23 +31,25 @@ from embedkit.errors import InputError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
-# Runs the CLI with one function wrapped in a sleep of argv[1] seconds: the writer is then certainly mid-work
-# when the test acts. argv[2] names the function as module:attribute.
-_SLOW = (
-    "import importlib, sys, time\n"
-    "seconds, target = float(sys.argv[1]), sys.argv[2]\n"
+# Runs the CLI with one function (argv[2], as module:attribute) waiting until the file argv[1] exists (at most two
+# minutes): the writer holds its lock mid-work until the test opens the gate, however slow the machine is.
+_GATED = (
+    "import importlib, os, sys, time\n"
+    "gate, target = sys.argv[1], sys.argv[2]\n"
     "module, name = target.split(':')\n"
     "module = importlib.import_module(module)\n"
     "original = getattr(module, name)\n"
-    "def slow(*args, **kwargs):\n"
-    "    time.sleep(seconds)\n"
+    "def gated(*args, **kwargs):\n"
+    "    deadline = time.monotonic() + 120\n"
+    "    while not os.path.exists(gate) and time.monotonic() < deadline:\n"
+    "        time.sleep(0.05)\n"
     "    return original(*args, **kwargs)\n"
-    "setattr(module, name, slow)\n"
+    "setattr(module, name, gated)\n"
     "from embedkit.cli import cli\n"
     "cli(sys.argv[3:], prog_name='embedkit')\n"
 )
-SLOW_TRAIN = "embedkit.classify:_fit_and_evaluate"
-SLOW_CLUSTER = "embedkit.cluster:_cluster_into"
+GATED_TRAIN = "embedkit.classify:_fit_and_evaluate"
+GATED_CLUSTER = "embedkit.cluster:_cluster_into"
 
 
 def run(*args):
@@ -56,8 +58,8 @@ def run(*args):
     return result
 
 
-def start(*args, slow: tuple[float, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-c", _SLOW, str(slow[0]), slow[1]] if slow else [sys.executable, "-m", "embedkit"]
+def start(*args, gate: tuple[Path, str] | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-c", _GATED, str(gate[0]), gate[1]] if gate else [sys.executable, "-m", "embedkit"]
     return subprocess.Popen([*command, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -274,24 +276,28 @@ def test_second_train_fails_at_once_while_the_first_works_then_waits_with_wait(t
     first, second = two_features
     model_dir = tmp_path / "model"
     train(first, "label", model_dir, seed=1)  # the old model: logreg on a/b/c
+    gate = tmp_path / "gate-1"
     a = start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3,
-              slow=(4, SLOW_TRAIN))
+              gate=(gate, GATED_TRAIN))
     try:
         assert wait_for_staging(model_dir, a)
-        started = time.monotonic()
         code, output = finish(start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge"))
         assert code == 7 and "--wait" in output, output
-        assert a.poll() is None, "the second writer waited for the first instead of failing at once"
-        assert time.monotonic() - started < 30
+        assert a.poll() is None  # still held at its gate: the second writer failed without waiting for it
         assert consistent_model(model_dir) == ("logreg", ["a", "b", "c"])  # the old model is whole meanwhile
     finally:
+        gate.touch()
         code, output = finish(a)
     assert code == 0, output
     assert consistent_model(model_dir) == ("knn", ["x", "y"])
 
-    a = start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "logreg", slow=(3, SLOW_TRAIN))
+    gate = tmp_path / "gate-2"
+    a = start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "logreg", gate=(gate, GATED_TRAIN))
     assert wait_for_staging(model_dir, a)
     b = start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge", "--wait")
+    time.sleep(2)
+    assert b.poll() is None  # blocked behind the first writer, not failed
+    gate.touch()
     assert finish(a)[0] == 0 and finish(b)[0] == 0
     assert consistent_model(model_dir) == ("ridge", ["x", "y"])  # the waiting writer went second
     assert leftovers(tmp_path) == []
@@ -318,7 +324,8 @@ def test_second_cluster_fails_at_once_while_the_first_works_then_waits_with_wait
     first, second = two_features
     out = tmp_path / "clusters"
     cluster_file(first, out, ClusterOptions(k=2, map="none"))
-    a = start("cluster", second, "-o", out, "--k", 3, "--overwrite", "-q", slow=(4, SLOW_CLUSTER))
+    gate = tmp_path / "gate-1"
+    a = start("cluster", second, "-o", out, "--k", 3, "--overwrite", "-q", gate=(gate, GATED_CLUSTER))
     try:
         assert wait_for_staging(out, a)
         code, output = finish(start("cluster", first, "-o", out, "--k", 4, "--overwrite", "-q"))
@@ -326,13 +333,18 @@ def test_second_cluster_fails_at_once_while_the_first_works_then_waits_with_wait
         assert a.poll() is None
         assert consistent_clustering(out) == (str(first), 2)
     finally:
+        gate.touch()
         code, output = finish(a)
     assert code == 0, output
     assert consistent_clustering(out) == (str(second), 3)
 
-    a = start("cluster", first, "-o", out, "--k", 2, "--overwrite", "-q", slow=(3, SLOW_CLUSTER))
+    gate = tmp_path / "gate-2"
+    a = start("cluster", first, "-o", out, "--k", 2, "--overwrite", "-q", gate=(gate, GATED_CLUSTER))
     assert wait_for_staging(out, a)
     b = start("cluster", second, "-o", out, "--k", 4, "--overwrite", "-q", "--wait")
+    time.sleep(2)
+    assert b.poll() is None
+    gate.touch()
     assert finish(a)[0] == 0 and finish(b)[0] == 0
     assert consistent_clustering(out) == (str(second), 4)
     assert leftovers(tmp_path) == []
