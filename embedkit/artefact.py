@@ -27,7 +27,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,19 +193,21 @@ class Staging:
 
 @contextmanager
 def writing_dir(target: str | Path, *, kind: str, manifest_name: str, overwrite: bool = False, wait: bool = False,
-                start_from_current: bool = False) -> Iterator[Staging]:
+                start_from_current: bool = False, former_names: Collection[str] = ()) -> Iterator[Staging]:
     """Build the artefact directory ``target`` aside, under its lock, and switch it in at the end.
 
     Refused before any work: another writer (BusyError), ``target`` a file, a finished artefact without
     ``overwrite``, or a non-empty directory that is not one of ours (never clobber a user's directory). The body
     writes into the yielded :class:`Staging` and calls ``seal``; an exception (or a kill) leaves ``target`` as it
     was. ``start_from_current`` copies the current artefact's files into the staging directory first (for
-    updates in place such as ``index add``), hard-linking where the file system allows.
+    updates in place such as ``index add``), hard-linking where the file system allows. ``former_names``: the
+    files an earlier embedkit wrote there without a manifest; a directory holding only those is replaceable.
     """
     target = absolute(target)
     with output_lock(target, wait=wait):
         _remove_leftovers(target)
-        check_dir_target(target, manifest_name=manifest_name, overwrite=overwrite or start_from_current)
+        check_dir_target(target, manifest_name=manifest_name, overwrite=overwrite or start_from_current,
+                         former_names=former_names)
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
             os.chmod(staging, 0o777 & ~_UMASK)
@@ -230,7 +232,7 @@ def writing_dir(target: str | Path, *, kind: str, manifest_name: str, overwrite:
             raise
 
 
-def check_dir_target(target: Path, *, manifest_name: str, overwrite: bool) -> None:
+def check_dir_target(target: Path, *, manifest_name: str, overwrite: bool, former_names: Collection[str] = ()) -> None:
     """Refuse an output directory that cannot be (re)placed: see :func:`writing_dir`."""
     _check_parent(target)
     if target.is_symlink():
@@ -242,7 +244,14 @@ def check_dir_target(target: Path, *, manifest_name: str, overwrite: bool) -> No
     has_manifest = (target / manifest_name).is_file()
     if has_manifest and not overwrite:
         raise OutputError(f"{target} already holds a {manifest_name} artefact; pass --overwrite to replace it")
-    if not has_manifest and any(target.iterdir()):
+    names = {entry.name for entry in target.iterdir()} if not has_manifest else set()
+    if names and former_names and names <= set(former_names):
+        # Written by an earlier embedkit, before manifests: ours to replace, but only when asked to.
+        if not overwrite:
+            raise OutputError(f"{target} holds an earlier embedkit output ({', '.join(sorted(names))}); pass "
+                              "--overwrite to replace it")
+        return
+    if names:
         raise OutputError(f"{target} is not empty and holds no embedkit {manifest_name}; refusing to replace it")
 
 

@@ -7,10 +7,12 @@ A model directory holds::
     confusion_matrix.png    the evaluation's confusion matrix
     eval_predictions.parquet  id, true label, predicted label (and fold) of every evaluated row
     embedkit_model.json     the manifest, written LAST: classifier, classes, label column, the extraction
-                            settings of the training vectors, file checksums, versions
+                            settings of the training vectors, the sha256 and size of every file, versions
 
-A directory without the manifest is an interrupted or foreign one and is refused on load. Because the manifest
-holds the exact extraction settings, ``predict`` embeds raw text the way the training data was embedded.
+The directory is written by the artefact protocol (:mod:`embedkit.artefact`): under a lock, built aside and
+switched in whole, so a reader sees the old model or the new one, never a mix. Loading verifies every file
+against the manifest and every manifest field before use. Because the manifest holds the exact extraction
+settings, ``predict`` embeds raw text the way the training data was embedded.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import artefact
 from .config import ExtractConfig
-from .embed import _file_digest as _sha256
 from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
 from .sources import parquet_batches
-from .store import Features, atomic_path, check_writable_dir, is_features_file, library_versions, matrix_from_arrow, open_features, output_error, write_text_atomic
+from .store import Features, is_features_file, library_versions, matrix_from_arrow, open_features
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,11 @@ MODEL_FILE = "model.skops"
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 EVAL_PREDICTIONS = "eval_predictions.parquet"
-MODEL_FORMAT_VERSION = 1
+MODEL_KIND = "embedkit-classifier"
+# 2: the manifest lists every file as {sha256, bytes} (the artefact protocol); 1 listed bare sha256 strings.
+MODEL_FORMAT_VERSION = 2
+LABEL_TYPES = ("int", "bool", "str")
+NON_FINITE_STATUS = "non_finite"  # predict's status of a row whose stored vector holds NaN or infinity
 DEFAULT_TEST_SIZE = 0.2
 
 # skops trusts scikit-learn's estimators, numpy and builtins by itself. These are the only other types our
@@ -179,6 +185,7 @@ class TrainingData:
     column: str
     skipped_null_embeddings: int = 0
     skipped_null_labels: int = 0
+    skipped_non_finite: int = 0
 
     @property
     def class_counts(self) -> dict[Any, int]:
@@ -203,7 +210,12 @@ def _labels_array(values: pa.ChunkedArray, column: str) -> np.ndarray:
 
 
 def load_training_data(features: str | Path | Features, label_column: str, column: str | None = None) -> TrainingData:
-    """Read one embedding column and the labels, skipping rows with a null embedding or a null label."""
+    """Read one embedding column and the labels, skipping rows with a null embedding or a null label.
+
+    Rows whose vector holds NaN or infinity are skipped and counted too, as the cluster stage does: the embed stage
+    never writes them, so they come from a damaged or hand-made file, and one such row must not stop a fit that
+    every other row supports (scikit-learn refuses the whole matrix otherwise).
+    """
     feats = features if isinstance(features, Features) else open_features(features)
     column = feats.embedding_column(column)
     if label_column not in feats.schema.names:
@@ -219,17 +231,26 @@ def load_training_data(features: str | Path | Features, label_column: str, colum
         present = pc.and_(present, pc.not_equal(pc.utf8_trim_whitespace(labels), ""))
     present_np = np.asarray(present.to_pylist(), dtype=bool)
     null_labels = int((~present_np).sum())
-    kept = table.filter(present)
+    finite = np.isfinite(X).all(axis=1) if X.size else np.ones(len(X), dtype=bool)
+    non_finite = int((present_np & ~finite).sum())  # a row missing its label is counted once, as a missing label
+    usable = present_np & finite
+    kept = table.filter(pa.array(usable))
     data = TrainingData(
-        X=X[present_np], y=_labels_array(kept.column(label_column), label_column), ids=kept.column("id").combine_chunks(),
+        X=X[usable], y=_labels_array(kept.column(label_column), label_column), ids=kept.column("id").combine_chunks(),
         features=feats, column=column, skipped_null_embeddings=null_embeddings, skipped_null_labels=null_labels,
+        skipped_non_finite=non_finite,
     )
     if null_embeddings:
         log.info("skipped %d row(s) with a null embedding (rows the embed stage could not embed)", null_embeddings)
     if null_labels:
         log.info("skipped %d row(s) with a missing label in %r", null_labels, label_column)
+    if non_finite:
+        log.warning("skipped %d row(s) whose vector in %r holds NaN or infinity", non_finite, column)
     if len(data.y) == 0:
-        raise InputError(f"{feats.path}: no row has both an embedding and a label in {label_column!r}")
+        raise InputError(
+            f"{feats.path}: no row has both a finite embedding and a label in {label_column!r} ({null_embeddings} "
+            f"null embedding(s), {non_finite} with NaN/inf, {null_labels} missing label(s))"
+        )
     return data
 
 
@@ -343,7 +364,7 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, tit
     display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[str(c) for c in labels])
     display.plot(ax=ax, include_values=n <= 30, xticks_rotation="vertical", colorbar=True, cmap="Blues")
     ax.set_title(title)
-    with atomic_path(path) as tmp:
+    with artefact.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
@@ -364,6 +385,7 @@ class TrainResult:
         lines = [f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']}{chosen} on column {m['column']!r}"]
         skipped = [f"{m['skipped_null_embeddings']} with a null embedding"] if m["skipped_null_embeddings"] else []
         skipped += [f"{m['skipped_null_labels']} with a missing label"] if m["skipped_null_labels"] else []
+        skipped += [f"{m['skipped_non_finite']} with NaN/inf values"] if m.get("skipped_non_finite") else []
         if skipped:
             lines.append("skipped " + " and ".join(skipped))
         if ev["mode"] == "none":
@@ -378,33 +400,6 @@ class TrainResult:
         lines.append(f"model -> {self.model_dir} (fitted on {m['fit_rows']} rows)")
         return "\n".join(lines)
 
-
-def _check_model_dir(model_dir: Path, overwrite: bool) -> None:
-    """Refuse an unusable output before any work is done."""
-    check_writable_dir(model_dir.parent)
-    if model_dir.exists():
-        if not model_dir.is_dir():
-            raise OutputError(f"{model_dir} exists and is not a directory")
-        if any(model_dir.iterdir()):
-            if not overwrite:
-                raise OutputError(f"model directory {model_dir} is not empty; pass --overwrite to replace it")
-            if not (model_dir / MANIFEST).exists() and not (model_dir / MODEL_FILE).exists():
-                raise OutputError(f"{model_dir} holds files that are not an embedkit model; refusing to overwrite it")
-
-
-def _prepare_dir(model_dir: Path, overwrite: bool) -> None:
-    _check_model_dir(model_dir, overwrite)
-    if model_dir.exists():
-        if overwrite:
-            # Remove the manifest first: from here on the directory is recognisably incomplete.
-            (model_dir / MANIFEST).unlink(missing_ok=True)
-            for name in (MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS):
-                (model_dir / name).unlink(missing_ok=True)
-    else:
-        try:
-            model_dir.mkdir()
-        except OSError as exc:
-            raise output_error(model_dir, exc) from exc
 
 def _split(data: TrainingData, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
@@ -450,6 +445,7 @@ def train(
     seed: int = 0,
     refit: bool = False,
     overwrite: bool = False,
+    wait: bool = False,
 ) -> TrainResult:
     """Fit a classifier on a features file, evaluate it, and write a model directory.
 
@@ -458,10 +454,15 @@ def train(
     cross-validation whose out-of-fold predictions give the metrics (the saved model is fitted on every row).
     ``test_size`` 0 without ``cv`` fits on every row and evaluates nothing.
 
+    The model directory's lock is held from before the features are read until the new directory is switched in
+    (``wait`` waits for another writer instead of failing); until then an existing model stays whole and loadable.
+
     Raises:
         InputError: missing label column, a single class, a class too small for the split, no usable rows.
         ConfigError: an unknown classifier or bad option value.
-        OutputError: the model directory cannot be written or is not empty (without ``overwrite``).
+        OutputError: the model directory cannot be written, or holds a model (without ``overwrite``) or files that
+            are not an embedkit model.
+        BusyError: another process is writing the same model directory (without ``wait``).
     """
     if classifier not in CLASSIFIERS:
         raise choice_error("classifier", classifier, CLASSIFIERS)
@@ -471,8 +472,18 @@ def train(
         raise ConfigError(f"--test-size must be in [0, 1), got {test_size}")
     options = options or ClassifierOptions()
     model_dir = Path(model_dir)
-    _check_model_dir(model_dir, overwrite)
-    data = load_training_data(features, label_column, column)
+    with artefact.writing_dir(model_dir, kind=MODEL_KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
+                              former_names=(MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS)) as stage:
+        data = load_training_data(features, label_column, column)
+        estimator, metrics, evaluated, eval_pred, fold = _fit_and_evaluate(
+            data, label_column, classifier, options, cv=cv, test_size=test_size, seed=seed, refit=refit)
+        _write_model_dir(stage, estimator, data, metrics, evaluated, eval_pred, fold)
+    return TrainResult(model_dir=model_dir, metrics=metrics)
+
+
+def _fit_and_evaluate(data: TrainingData, label_column: str, classifier: str, options: ClassifierOptions, *,
+                      cv: int | None, test_size: float, seed: int, refit: bool):
+    """Evaluate as asked and fit the model to save. Returns ``(estimator, metrics, evaluated, eval_pred, fold)``."""
     counts = data.class_counts
     check_classes(counts, label_column, cv=cv, test_size=test_size)
     classes = sorted(counts)
@@ -509,7 +520,8 @@ def train(
         "classifier": classifier, "options": options.to_dict(), "seed": seed, "label_column": label_column,
         "column": data.column, "features": str(data.features.path), "rows_used": int(len(data.y)),
         "skipped_null_embeddings": data.skipped_null_embeddings, "skipped_null_labels": data.skipped_null_labels,
-        "classes": [_jsonable(c) for c in classes], "class_counts": {str(c): n for c, n in counts.items()},
+        "skipped_non_finite": data.skipped_non_finite, "classes": [_jsonable(c) for c in classes],
+        "class_counts": {str(c): n for c, n in counts.items()},
         "evaluation": evaluation, "fit_rows": int(len(fit_rows)), "refit_on_all_rows": bool(refit or cv or test_size == 0),
         "seconds": round(seconds, 3),
     }
@@ -517,36 +529,30 @@ def train(
         metrics["chosen_alpha"] = float(estimator[-1].alpha_)
     if len(evaluated):
         metrics.update(evaluate(data.y[evaluated], eval_pred[evaluated], classes))
-
-    _prepare_dir(model_dir, overwrite)
-    _write_model_dir(model_dir, estimator, data, metrics, classes, evaluated, eval_pred, fold)
-    return TrainResult(model_dir=model_dir, metrics=metrics)
+    return estimator, metrics, evaluated, eval_pred, fold
 
 
-def _write_model_dir(model_dir: Path, estimator, data: TrainingData, metrics: dict, classes: list,
-                     evaluated: np.ndarray, eval_pred: np.ndarray, fold: np.ndarray) -> None:
+def _write_model_dir(stage: artefact.Staging, estimator, data: TrainingData, metrics: dict, evaluated: np.ndarray,
+                     eval_pred: np.ndarray, fold: np.ndarray) -> None:
+    """Write every file of the model into the staging directory, then seal it with the manifest."""
     import skops.io as sio
 
-    with atomic_path(model_dir / MODEL_FILE) as tmp:
-        with open(tmp, "wb") as f:
-            sio.dump(estimator, f)
-    write_text_atomic(model_dir / METRICS_FILE, json.dumps(metrics, indent=2, default=_jsonable) + "\n")
-    files = [MODEL_FILE, METRICS_FILE]
+    with open(stage.path(MODEL_FILE), "wb") as f:
+        sio.dump(estimator, f)
+    stage.path(METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     if len(evaluated):
         columns = {"id": data.ids.take(pa.array(evaluated)), "label": pa.array(data.y[evaluated].tolist()),
                    "predicted": pa.array(eval_pred[evaluated].tolist())}
         if metrics["evaluation"]["mode"] == "cv":
             columns["fold"] = pa.array(fold[evaluated])
-        with atomic_path(model_dir / EVAL_PREDICTIONS) as tmp:
-            pq.write_table(pa.table(columns), tmp)
+        pq.write_table(pa.table(columns), stage.path(EVAL_PREDICTIONS))
         ev = metrics["evaluation"]
         title = f"{metrics['classifier']}, {'%d-fold CV' % ev['folds'] if ev['mode'] == 'cv' else 'hold-out'}: accuracy {metrics['accuracy']:.3f}"
-        plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], classes, model_dir / CONFUSION_PNG, title)
-        files += [EVAL_PREDICTIONS, CONFUSION_PNG]
+        plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], metrics["classes"], stage.path(CONFUSION_PNG),
+                              title)
     column_config = data.features.column_config(data.column)
-    manifest = {
+    stage.seal({
         "format_version": MODEL_FORMAT_VERSION,
-        "kind": "embedkit-classifier",
         "classifier": metrics["classifier"],
         "options": metrics["options"],
         "classes": metrics["classes"],
@@ -556,11 +562,9 @@ def _write_model_dir(model_dir: Path, estimator, data: TrainingData, metrics: di
         "dim": int(data.X.shape[1]),
         "extract_config": column_config.to_dict(),
         "features_meta": {k: v for k, v in data.features.meta.items() if k != "config"},
-        "files": {name: _sha256(model_dir / name) for name in files},
         "versions": library_versions("scikit-learn", "skops"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_text_atomic(model_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # last: marks the dir complete
+    })  # the manifest, with the sha256 of every file above, is written last
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -599,6 +603,10 @@ class ClassifierModel:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise IncompatibleError(f"vectors have shape {X.shape}; this model expects {self.dim} dimensions")
+        if not np.isfinite(X).all():
+            bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+            raise InputError(f"{len(bad)} vector(s) hold NaN or infinity (first at row {bad[0]}); no class can be "
+                             "predicted for them")
         if len(X) == 0:
             return np.empty(0, dtype=object), (np.empty((0, len(self.classes))) if self.has_proba else None)
         proba = self.estimator.predict_proba(X) if self.has_proba else None
@@ -632,30 +640,20 @@ def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> Cla
     """Load a model directory written by ``train``, verifying its manifest, checksums and stored types.
 
     Raises:
-        InputError: not a complete model directory, a checksum mismatch, or types skops must not load.
+        InputError: not a complete model directory; a file missing, symlinked or not matching the manifest's
+            sha256; a manifest field with a wrong type or value (naming it); types skops must not load.
     """
     import skops.io as sio
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputError(f"model directory {model_dir} does not exist")
-    manifest_path = model_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise InputError(
-            f"{model_dir} has no {MANIFEST}: it is not an embedkit model directory, or training was interrupted "
-            "before it finished (train again)"
-        )
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{manifest_path} is unreadable: {exc}") from exc
-    if manifest.get("kind") != "embedkit-classifier" or manifest.get("format_version") != MODEL_FORMAT_VERSION:
-        raise InputError(f"{model_dir}: unsupported model format (kind {manifest.get('kind')!r}, version {manifest.get('format_version')!r})")
-    model_file = model_dir / MODEL_FILE
-    if not model_file.is_file():
-        raise InputError(f"{model_dir}: {MODEL_FILE} is missing")
-    if _sha256(model_file) != manifest.get("files", {}).get(MODEL_FILE):
-        raise InputError(f"{model_file} does not match the checksum in {MANIFEST}: the file was changed or damaged")
+        opened = artefact.open_dir(model_dir, manifest_name=MANIFEST, what="classifier model")
+    except InputError:
+        _refuse_older_format(model_dir)
+        raise
+    manifest = opened.manifest
+    check_manifest(manifest, model_dir / MANIFEST)
+    model_file = opened.path(MODEL_FILE)
     try:
         untrusted = sio.get_untrusted_types(file=model_file)
     except Exception as exc:  # skops raises assorted errors on a damaged archive
@@ -665,9 +663,112 @@ def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> Cla
         raise InputError(f"{model_file} contains types embedkit does not load (they could run code): {', '.join(unknown)}")
     try:
         estimator = sio.load(model_file, trusted=list(untrusted))
+        _check_estimator(estimator, manifest, model_dir / MANIFEST)  # its InputError reads "could not be loaded: ..."
     except Exception as exc:
         raise InputError(f"{model_file} could not be loaded: {exc}") from exc
     return ClassifierModel(path=model_dir, estimator=estimator, manifest=manifest, trust_remote_code=trust_remote_code)
+
+
+def _refuse_older_format(model_dir: Path) -> None:
+    """InputError saying "train again" for a model written before verified manifests (format 1), else nothing.
+
+    Format 1 manifests list bare checksums, which the artefact reader refuses as malformed; a user deserves to
+    hear that the model is merely old.
+    """
+    path = model_dir / MANIFEST
+    try:
+        if path.is_symlink() or path.stat().st_size > artefact.MAX_MANIFEST_BYTES:
+            return
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return
+    if isinstance(manifest, dict) and manifest.get("kind") == MODEL_KIND and manifest.get("format_version") == 1:
+        raise InputError(f"{model_dir} was written by an older embedkit (model format 1, without verified file "
+                         "sizes); train it again with this version")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Stored extraction settings: the type of every field a reader passes on (ExtractConfig checks the values).
+_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "revision": (str, type(None)), "max_length": (int, type(None)), "long_text": (str,),
+    "stride": (int, type(None)), "normalize": (bool,), "dtype": (str,), "trust_remote_code": (bool,),
+    "backend": (str,),
+}
+
+
+def _check_settings(value: Any) -> str | None:
+    """What is wrong with stored extraction settings, or None."""
+    if not isinstance(value, dict):
+        return f"must be an object of extraction settings, got {type(value).__name__}"
+    try:  # first, so ExtractConfig's own words name a bad value wherever it checks one
+        ExtractConfig.from_dict(value)
+    except (ConfigError, TypeError, ValueError) as exc:
+        return f"is not valid: {exc}"
+    # What ExtractConfig's constructor converts instead of refusing ("2" -> 2, a single name -> a list) is still
+    # not what train wrote: refused here, since a converted value may not describe the stored vectors.
+    for key, types in _SETTING_TYPES.items():
+        if key in value and (not isinstance(value[key], types) or (bool not in types and isinstance(value[key], bool))):
+            return f"setting {key!r} has a wrong type ({type(value[key]).__name__})"
+    for key, kind in (("layers", _is_int), ("pooling", lambda v: isinstance(v, str))):
+        items = value.get(key)
+        if key in value and (not isinstance(items, list) or not items or not all(kind(v) for v in items)):
+            return f"setting {key!r} must be a non-empty list of {'integers' if key == 'layers' else 'names'}"
+    return None
+
+
+def check_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """Check every field of a model manifest the loader and ``predict`` use; InputError naming the first bad one.
+
+    The manifest is read from a file anyone may have edited: a wrong value must be a clean "corrupt model" message
+    (exit 3), never a crash deeper in, and never a value that changes what code runs.
+    """
+    def bad(name: str, problem: str) -> InputError:
+        return InputError(f"{where}: field {name!r} {problem}; the model directory is corrupt or was edited by hand "
+                          "(train it again)")
+
+    if manifest.get("kind") != MODEL_KIND or manifest.get("format_version") != MODEL_FORMAT_VERSION:
+        raise InputError(f"{where.parent}: unsupported model format (kind {manifest.get('kind')!r}, version "
+                         f"{manifest.get('format_version')!r}; this embedkit reads {MODEL_KIND!r} version "
+                         f"{MODEL_FORMAT_VERSION})")
+    if MODEL_FILE not in manifest["files"]:
+        raise bad("files", f"does not list {MODEL_FILE}")
+    if manifest.get("classifier") not in CLASSIFIERS:
+        raise bad("classifier", f"is {manifest.get('classifier')!r}, not one of {', '.join(CLASSIFIERS)}")
+    for name in ("label_column", "column"):
+        if not isinstance(manifest.get(name), str) or not manifest[name]:
+            raise bad(name, "must be a non-empty string")
+    dim = manifest.get("dim")
+    if not _is_int(dim) or dim < 1:
+        raise bad("dim", f"must be a positive integer, got {dim!r}")
+    label_type = manifest.get("label_type")
+    if label_type not in LABEL_TYPES:
+        raise bad("label_type", f"is {label_type!r}, not one of {', '.join(LABEL_TYPES)}")
+    classes = manifest.get("classes")
+    kind = {"int": _is_int, "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}[label_type]
+    if not isinstance(classes, list) or len(classes) < 2 or not all(kind(c) for c in classes):
+        raise bad("classes", f"must be a list of at least two {label_type} labels (label_type {label_type!r})")
+    if len(set(classes)) != len(classes):
+        raise bad("classes", "repeats a label")
+    problem = _check_settings(manifest.get("extract_config"))
+    if problem:
+        raise bad("extract_config", problem)
+    if "features_meta" in manifest and not isinstance(manifest["features_meta"], dict):
+        raise bad("features_meta", "must be an object")
+
+
+def _check_estimator(estimator: Any, manifest: dict[str, Any], where: Path) -> None:
+    """The loaded pipeline must be the one the manifest describes (its classes and input width)."""
+    classes = [_jsonable(c) for c in getattr(estimator, "classes_", [])]
+    if classes != manifest["classes"]:
+        raise InputError(f"{where}: field 'classes' ({manifest['classes']!r}) differs from the model's own classes "
+                         f"({classes!r}); the model directory is corrupt or was edited by hand")
+    width = getattr(estimator, "n_features_in_", None)
+    if width is not None and width != manifest["dim"]:
+        raise InputError(f"{where}: field 'dim' ({manifest['dim']}) differs from the {width} dimensions the model "
+                         "was fitted on; the model directory is corrupt or was edited by hand")
 
 
 # ---------------------------------------------------------------------------------------------- predicting
@@ -715,7 +816,7 @@ def matching_column(model: ClassifierModel, feats: Features, column: str | None 
 
 
 class _OutputWriter:
-    """Streams prediction tables to Parquet, CSV or JSONL through one atomic temp file."""
+    """Streams prediction tables to Parquet, CSV or JSONL into the temp file ``artefact.writing_file`` renames."""
 
     def __init__(self, tmp: Path, kind: str) -> None:
         self.tmp, self.kind, self.writer, self.schema = tmp, kind, None, None
@@ -747,9 +848,19 @@ def _prediction_table(model: ClassifierModel, base: pa.Table, vectors: pa.Array 
     """``base`` (id + keep columns) plus status, prediction and one probability column per class."""
     if isinstance(vectors, pa.ChunkedArray):
         vectors = vectors.combine_chunks()
-    valid = pc.is_valid(vectors).to_numpy(zero_copy_only=False)
+    valid = pc.is_valid(vectors).to_numpy(zero_copy_only=False).copy()
+    matrix = matrix_from_arrow(vectors.filter(pa.array(valid))) if valid.any() else np.empty((0, model.dim))
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        # A vector holding NaN/inf (a damaged or hand-made features file) is kept like a null one: no prediction,
+        # and a status saying why, so one bad row neither stops the run nor goes unnoticed.
+        broken = np.zeros(len(valid), dtype=bool)
+        broken[np.flatnonzero(valid)[~finite]] = True
+        valid &= ~broken
+        status = pc.if_else(pa.array(broken), pa.scalar(NON_FINITE_STATUS), pc.cast(status, pa.string()))
+        matrix = matrix[finite]
     rows = np.flatnonzero(valid)
-    labels, proba = model.predict_vectors(matrix_from_arrow(vectors.filter(pa.array(valid))) if rows.size else np.empty((0, model.dim)))
+    labels, proba = model.predict_vectors(matrix)
     predicted: list[Any] = [None] * len(valid)
     for i, label in zip(rows, labels.tolist()):
         predicted[i] = label
@@ -813,6 +924,7 @@ def predict_file(
     batch_tokens: int | None = None,
     threads: int | None = None,
     overwrite: bool = False,
+    wait: bool = False,
     progress: bool = True,
     batch_rows: int = 4096,
     trust_remote_code: bool = False,
@@ -823,6 +935,9 @@ def predict_file(
     must have been embedded with the model's settings) or raw text in any format ``Source`` reads (embedded here
     with the model's stored settings). Rows that cannot be embedded are kept with a null prediction and their
     status. The output format follows the extension of ``output`` (.parquet, .csv, .jsonl).
+
+    The output is written under its lock (``wait``: wait for another writer instead of a BusyError) to a file
+    beside it, renamed onto ``output`` only once complete: an existing output stays whole until then.
     """
     started = time.perf_counter()
     output = Path(output)
@@ -846,7 +961,7 @@ def predict_file(
         batches = _text_batches(model, input, text_column, id_column, keep, fmt, runtime, batch_rows, progress)
     summary = PredictSummary(output=output, input_kind="features" if features_input else "text")
     bad: Counter = Counter()
-    with atomic_path(output) as tmp:
+    with artefact.writing_file(output, overwrite=overwrite, wait=wait) as tmp:
         writer = _OutputWriter(tmp, kind)
         try:
             for table in batches:

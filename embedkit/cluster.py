@@ -5,8 +5,12 @@ The stage reads one embedding column of a Parquet written by ``embedkit embed`` 
 * ``clusters.parquet``: ``id``, ``cluster`` (int32; -1 = noise, HDBSCAN only), ``distance`` (Euclidean
   distance to the cluster's centroid in the clustered space; null for noise) and any ``--keep`` columns;
 * ``map.png``: a 2-D map of the clustered space coloured by cluster;
-* ``summary.json``: sizes, most central texts, distinctive terms (c-TF-IDF), metrics, settings. It is
-  written last, so a directory without it is an incomplete run.
+* ``summary.json``: sizes, most central texts, distinctive terms (c-TF-IDF), metrics, settings;
+* ``embedkit_clusters.json``: the manifest (sha256 and size of every file), written last.
+
+The directory follows the artefact protocol (:mod:`embedkit.artefact`): written under a lock, built aside and
+switched in whole, so ``--overwrite`` keeps the old clustering until the new one is complete and two runs never
+mix their files. :func:`load_clustering` reads one back, verified.
 
 Pre-processing (measured; see ``benchmarks/cluster_quality.py`` and the README notes):
 
@@ -59,8 +63,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, InputError, OutputError, choice_error
-from .store import atomic_path, check_writable_dir, library_versions, open_features, output_error, write_text_atomic
+from . import artefact
+from .errors import ConfigError, InputError, choice_error
+from .store import library_versions, open_features
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,9 @@ TEXT_PREVIEW_CHARS = 200
 FILE_CLUSTERS = "clusters.parquet"
 FILE_SUMMARY = "summary.json"
 FILE_MAP = "map.png"
+MANIFEST = "embedkit_clusters.json"
+KIND = "embedkit-clustering"
+FORMAT_VERSION = 1
 META_KEY = b"embedkit.cluster"
 
 
@@ -620,7 +628,7 @@ def draw_map(result: ClusterResult, path: Path, how: str = DEFAULT_MAP, seed: in
         ax.set_title(title or f"{len(rows):,} rows, {how.upper()} projection", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-        with atomic_path(path) as tmp:
+        with artefact.atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
@@ -629,34 +637,6 @@ def draw_map(result: ClusterResult, path: Path, how: str = DEFAULT_MAP, seed: in
 
 # ---------------------------------------------------------------------------------------------- files
 
-
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"output {output_dir} exists and is not a directory")
-    check_writable_dir(output_dir if output_dir.exists() else (output_dir.parent if str(output_dir.parent) else Path(".")))
-    if (output_dir / FILE_SUMMARY).exists() and not overwrite:
-        raise OutputError(f"{output_dir} already holds a clustering ({FILE_SUMMARY}); pass --overwrite to replace it")
-
-
-def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Create the output directory; refuse a finished one unless ``overwrite`` (then mark it unfinished first)."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"output {output_dir} exists and is not a directory")
-    if not output_dir.exists():
-        check_writable_dir(output_dir.parent if str(output_dir.parent) else Path("."))
-        try:
-            output_dir.mkdir()
-        except OSError as exc:
-            raise output_error(output_dir, exc) from exc
-        return
-    check_writable_dir(output_dir)
-    summary = output_dir / FILE_SUMMARY
-    if summary.exists():
-        if not overwrite:
-            raise OutputError(f"{output_dir} already holds a clustering ({FILE_SUMMARY}); pass --overwrite to replace it")
-        # Remove the summary first: until the new one lands, the directory reads as incomplete.
-        summary.unlink()
-    (output_dir / FILE_MAP).unlink(missing_ok=True)
 
 def cluster_file(
     features: str | Path,
@@ -669,26 +649,29 @@ def cluster_file(
     keep: tuple[str, ...] | list[str] = (),
     overwrite: bool = False,
     progress: bool = False,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Cluster the vectors of a features file and write ``clusters.parquet``, ``map.png`` and ``summary.json``.
 
     Args:
         features: a Parquet written by ``embedkit embed``.
-        output_dir: directory to create (its parent must exist) or a directory without a finished clustering.
+        output_dir: directory to create (its parent must exist), an empty one, or one holding a clustering.
         options: how to cluster (defaults: k-means, k auto, standardize + L2 + PCA 64).
         column: embedding column (needed when the file has several).
         label_column: true labels for NMI/ARI.
         text_column: texts for central examples and terms; default ``text`` when the file has it.
         keep: columns copied into ``clusters.parquet``.
-        overwrite: replace a finished clustering in ``output_dir``.
+        overwrite: replace a finished clustering in ``output_dir`` (kept whole until the new one is complete).
         progress: show progress bars on stderr.
+        wait: if another process is writing ``output_dir``, wait for it instead of raising BusyError.
 
     Returns:
         The summary (also written to ``summary.json``).
 
     Raises:
         InputError: missing file or column, no usable rows, k larger than the rows.
-        OutputError: the directory cannot be written or holds a finished clustering.
+        OutputError: the directory cannot be written, holds a clustering (without ``overwrite``) or other files.
+        BusyError: another process is writing ``output_dir`` (without ``wait``).
     """
     options = options or ClusterOptions()
     started = time.perf_counter()
@@ -700,14 +683,23 @@ def cluster_file(
     extra = [c for c in dict.fromkeys([*keep, *(c for c in (label_column, text_column) if c)]) if c != "id"]
     source.require_columns(extra)
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir, overwrite)  # fail before the work, create only once the input proved usable
+    # The lock is held from before the vectors are read until the switch: a second writer fails (or waits) at once.
+    with artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
+                              former_names=(FILE_CLUSTERS, FILE_MAP, FILE_SUMMARY)) as stage:
+        summary = _cluster_into(stage, source, column, options, label_column, text_column, keep, extra, progress,
+                                started)
+    return summary
 
+
+def _cluster_into(stage: artefact.Staging, source, column: str, options: ClusterOptions, label_column: str | None,
+                  text_column: str | None, keep: list[str], extra: list[str], progress: bool,
+                  started: float) -> dict[str, Any]:
+    """The work of :func:`cluster_file`: every output file written into ``stage``, then sealed. Returns the summary."""
     t0 = time.perf_counter()
     vectors, table, skipped_null, skipped_nonfinite, info = stream_preprocess(source, column, extra, options)
     if skipped_null or skipped_nonfinite:
         log.warning("skipped %d rows with a null embedding and %d with NaN/inf values", skipped_null, skipped_nonfinite)
     result = cluster_prepared(vectors, info, options, progress, {"preprocess_s": time.perf_counter() - t0})
-    _prepare_output_dir(output_dir, overwrite)
 
     ids = table.column("id").to_pylist()
     texts = table.column(text_column).to_pylist() if text_column else None
@@ -725,14 +717,13 @@ def cluster_file(
     })
     settings = {"source": str(source.path), "column": column, "options": _options_dict(options)}
     out_table = out_table.replace_schema_metadata({META_KEY: json.dumps(settings).encode()})
-    with atomic_path(output_dir / FILE_CLUSTERS) as tmp:
-        pq.write_table(out_table, tmp)
+    pq.write_table(out_table, stage.path(FILE_CLUSTERS))
 
     files = {"clusters": FILE_CLUSTERS}
     if options.map != "none":
         t0 = time.perf_counter()
         title = f"{options.method}, {result.n_clusters} clusters, {options.map.upper()} map"
-        map_rows = draw_map(result, output_dir / FILE_MAP, options.map, options.seed, title)
+        map_rows = draw_map(result, stage.path(FILE_MAP), options.map, options.seed, title)
         result.timings["map_s"] = time.perf_counter() - t0
         files["map"] = FILE_MAP
         files["map_rows"] = map_rows
@@ -751,8 +742,68 @@ def cluster_file(
         "files": files, "notes": notes, "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": library_versions("scikit-learn", "numpy", "pyarrow"),
     }
-    write_text_atomic(output_dir / FILE_SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default))
+    stage.path(FILE_SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default),
+                                        encoding="utf-8")
+    # The manifest repeats what a reader checks the files against: the row count of clusters.parquet and k.
+    stage.seal({"format_version": FORMAT_VERSION, "summary": FILE_SUMMARY, "clusters": FILE_CLUSTERS,
+                "rows": len(result.labels), "k": result.n_clusters, "created_at": summary["created_at"]})
     return summary
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """A clustering directory read back and verified: its summary and the path of its table."""
+
+    directory: Path
+    summary: dict[str, Any]
+    clusters_path: Path
+    rows: int
+    k: int
+
+    def table(self) -> pa.Table:
+        """``clusters.parquet`` (id, cluster, distance, keep columns)."""
+        return pq.read_table(self.clusters_path)
+
+
+def load_clustering(directory: str | Path) -> Clustering:
+    """Open a directory written by :func:`cluster_file`, verifying every file against its manifest first.
+
+    Raises:
+        InputError: not a complete clustering directory; a file missing, symlinked, or not matching its sha256; a
+            manifest field (naming it) or summary of the wrong shape; a table whose row count is not the manifest's.
+    """
+    directory = Path(directory)
+    opened = artefact.open_dir(directory, manifest_name=MANIFEST, what="clustering")
+    manifest = opened.manifest
+    where = directory / MANIFEST
+
+    def bad(name: str, problem: str) -> InputError:
+        return InputError(f"{where}: field {name!r} {problem}; the clustering is corrupt or was edited by hand")
+
+    if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{directory}: unsupported clustering format (kind {manifest.get('kind')!r}, version "
+                         f"{manifest.get('format_version')!r})")
+    for name, expected in (("summary", FILE_SUMMARY), ("clusters", FILE_CLUSTERS)):
+        if manifest.get(name) != expected:
+            raise bad(name, f"must be {expected!r}")
+    for name in ("rows", "k"):
+        value = manifest.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(name, f"must be a count, got {value!r}")
+    try:
+        summary = json.loads(opened.path(FILE_SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{directory / FILE_SUMMARY} is not readable JSON: {exc}") from exc
+    if not isinstance(summary, dict):
+        raise InputError(f"{directory / FILE_SUMMARY} is not a JSON object; the clustering is corrupt")
+    clusters_path = opened.path(FILE_CLUSTERS)
+    try:
+        rows = pq.ParquetFile(clusters_path).metadata.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{clusters_path}: corrupt or unreadable Parquet: {exc}") from exc
+    if rows != manifest["rows"]:
+        raise bad("rows", f"says {manifest['rows']} but {FILE_CLUSTERS} holds {rows}")
+    return Clustering(directory, summary, clusters_path, rows, manifest["k"])
 
 
 def _notes(source, options: ClusterOptions, metrics: dict[str, Any], rows: int, text_column: str | None) -> list[str]:
@@ -817,6 +868,7 @@ def format_summary(summary: dict[str, Any], max_clusters: int = 50) -> str:
 
 
 __all__ = [
-    "METHODS", "MAP_METHODS", "ClusterOptions", "ClusterResult", "cluster_file", "cluster_vectors", "cluster_metrics",
-    "choose_k", "distinctive_terms", "draw_map", "format_summary", "parse_k", "parse_k_range", "preprocess",
+    "METHODS", "MAP_METHODS", "ClusterOptions", "ClusterResult", "Clustering", "cluster_file", "cluster_metrics",
+    "cluster_vectors", "choose_k", "distinctive_terms", "draw_map", "format_summary", "load_clustering", "parse_k",
+    "parse_k_range", "preprocess",
 ]

@@ -11,7 +11,12 @@ The report directory holds::
     probe.csv           one row per (layer, pooling): accuracy and macro-F1, mean and std over the folds
     probe.png           score vs layer, one line per pooling
     probe.json          the table, per-fold scores, the best pair, the `embedkit embed` command that reproduces
-                        its features, row counts and settings; written LAST (a directory without it is incomplete)
+                        its features, row counts and settings
+    embedkit_probe.json the manifest (sha256 and size of every file), written last
+
+The directory follows the artefact protocol (:mod:`embedkit.artefact`): written under a lock, built aside and
+switched in whole; ``--save-features`` is written under its own lock beside its target and renamed into place.
+:func:`load_report` reads a report back, verified.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,12 +41,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import artefact
 from .classify import DEFAULT_CLASSIFIER, ClassifierOptions, check_classes, cross_validate, load_training_data
 from .config import ExtractConfig
-from .errors import ConfigError, InputError, OutputError, choice_error
+from .errors import ConfigError, InputError, choice_error
 from .extract.texts import check_text
 from .sources import Source
-from .store import INFO_COLUMNS, atomic_path, check_writable_dir, library_versions, open_features, output_error, write_text_atomic
+from .store import INFO_COLUMNS, library_versions, open_features
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,10 @@ DEFAULT_METRIC = "macro-f1"
 FILE_CSV = "probe.csv"
 FILE_JSON = "probe.json"
 FILE_PLOT = "probe.png"
+FILE_FEATURES = "features.parquet"  # scratch name of the collected features while the probe runs
+MANIFEST = "embedkit_probe.json"
+KIND = "embedkit-probe"
+FORMAT_VERSION = 1
 SAMPLE_TEXT = "__embedkit_text"  # column name of the text in the sampled input (never reaches the output)
 MISSING_LABEL = "missing label"
 READ_ROWS = 8192
@@ -389,7 +401,7 @@ def plot_scores(scores: list[PairScore], path: Path, title: str, best: PairScore
         if i == 0:
             ax.legend(fontsize="small")
     fig.suptitle(title, fontsize="medium")
-    with atomic_path(path) as tmp:
+    with artefact.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
 
@@ -397,7 +409,7 @@ def _write_csv(scores: list[PairScore], path: Path) -> None:
     import csv
 
     rows = [s.row() for s in scores]
-    with atomic_path(path) as tmp:
+    with artefact.atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -408,25 +420,63 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()) if n) or "none"
 
 
-def _check_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse an unusable report directory before any work is done."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(f"output {output_dir} exists and is not a directory")
-    check_writable_dir(output_dir if output_dir.exists() else output_dir.parent)
-    if (output_dir / FILE_JSON).exists() and not overwrite:
-        raise OutputError(f"{output_dir} already holds a probe report ({FILE_JSON}); pass --overwrite to replace it")
+def _inside(path: Path, report: Path) -> bool:
+    """Whether the ``--save-features`` path is a file of the report directory itself (it then joins the report).
+
+    Raises ConfigError where it cannot be either: the report directory itself, a subdirectory of it, a name the
+    report uses, or a name that is not a plain file name.
+    """
+    # Normalised, not resolved: a symlink in the report is replaced with the report, so it counts as inside.
+    path, report = Path(os.path.abspath(path)), Path(os.path.abspath(report))
+    if path == report or report in path.parents and path.parent != report:
+        raise ConfigError(f"--save-features {path} must be a file directly in the report directory {report} or "
+                          "outside it")
+    if path.parent != report:
+        return False
+    try:
+        artefact.plain_name(path.name)
+    except InputError:
+        raise ConfigError(f"--save-features name {path.name!r} cannot be a file of the report: use a plain name "
+                          "such as features.parquet") from None
+    if path.name in (FILE_CSV, FILE_JSON, FILE_PLOT, MANIFEST):
+        raise ConfigError(f"--save-features {path.name} is the name of one of the report's own files")
+    return True
 
 
-def _prepare_dir(output_dir: Path, overwrite: bool) -> None:
-    """Create the report directory, or mark an existing report unfinished before it is replaced."""
-    _check_dir(output_dir, overwrite)
-    if not output_dir.exists():
-        try:
-            output_dir.mkdir()
-        except OSError as exc:
-            raise output_error(output_dir, exc) from exc
-    # First: until the new summary lands, the directory reads as incomplete.
-    (output_dir / FILE_JSON).unlink(missing_ok=True)
+@dataclass(frozen=True)
+class ProbeReport:
+    """A probe report directory read back and verified: probe.json and the path of each file the manifest lists."""
+
+    directory: Path
+    summary: dict[str, Any]
+    files: dict[str, Path]
+
+
+def load_report(directory: str | Path) -> ProbeReport:
+    """Open a report written by :func:`probe_file`, verifying every file against its manifest first.
+
+    Raises:
+        InputError: not a complete report; a file missing, symlinked or not matching its sha256; a manifest field
+            (naming it) or a probe.json of the wrong shape.
+    """
+    directory = Path(directory)
+    opened = artefact.open_dir(directory, manifest_name=MANIFEST, what="probe report")
+    manifest = opened.manifest
+    if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{directory}: unsupported probe report format (kind {manifest.get('kind')!r}, version "
+                         f"{manifest.get('format_version')!r})")
+    if manifest.get("summary") != FILE_JSON or FILE_JSON not in manifest["files"]:
+        raise InputError(f"{directory / MANIFEST}: field 'summary' must name {FILE_JSON}, a listed file; the report is "
+                         "corrupt or was edited by hand")
+    try:
+        summary = json.loads(opened.path(FILE_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{directory / FILE_JSON} is not readable JSON: {exc}") from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) \
+            or not isinstance(summary.get("best"), dict):
+        raise InputError(f"{directory / FILE_JSON} lacks the table or the best pair; the report is corrupt")
+    return ProbeReport(directory, summary, {name: opened.path(name) for name in manifest["files"]})
+
 
 # ---------------------------------------------------------------------------------------------- the stage
 
@@ -486,6 +536,7 @@ def probe_file(
     threads: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    wait: bool = False,
 ) -> ProbeResult:
     """Score every (layer, pooling) pair of ``config`` on the labelled texts of ``input``; write a report.
 
@@ -500,13 +551,18 @@ def probe_file(
         nmi: also score each pair by the NMI of a k-means clustering (k = number of classes).
         metric: what picks the best pair: ``macro-f1`` (default), ``accuracy`` or ``nmi`` (needs ``nmi``).
         save_features: also keep the collected features at this Parquet path (a normal embedkit features file:
-            one column per pair, the label column kept).
+            one column per pair, the label column kept). A path directly inside ``output_dir`` makes the file part
+            of the report (listed and verified in its manifest).
+        overwrite: replace an existing report (and ``save_features`` file); each stays whole until its replacement
+            is complete.
+        wait: if another process is writing the report (or ``save_features``), wait for it instead of BusyError.
 
     Raises:
         InputError: missing file or column (the message lists the columns), no usable row, a single class, a
             class with fewer rows than ``cv``.
         ConfigError: bad layers, poolings, cv, sample or metric.
         OutputError: the report directory or ``save_features`` cannot be written or already exists.
+        BusyError: another process is writing the report directory or ``save_features`` (without ``wait``).
     """
     from .embed import embed_file
 
@@ -528,89 +584,100 @@ def probe_file(
         raise ConfigError(f"label column {label_column!r} has the name of a column embedkit writes itself; rename it")
     layers = parse_layers(layers)
     output_dir = Path(output_dir)
-    _check_dir(output_dir, overwrite)
-    if save_features is not None:
-        save_features = Path(save_features)
-        if save_features.exists() and not overwrite:
-            raise OutputError(f"--save-features {save_features} exists; pass --overwrite to replace it")
-        check_writable_dir(save_features.parent)
+    in_report = save_features is not None and _inside(Path(save_features), output_dir)
+    # Both outputs are locked before any reading: a second writer of either fails (or waits) at once. The features
+    # file is renamed into place first, then the report is switched in; a kill before either leaves the old ones.
+    with ExitStack() as outputs:
+        stage = outputs.enter_context(artefact.writing_dir(
+            output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
+            former_names=(FILE_CSV, FILE_JSON, FILE_PLOT)))
+        features_target = None
+        if in_report:
+            features_target = stage.path(Path(save_features).name)
+        elif save_features is not None:
+            features_target = outputs.enter_context(
+                artefact.writing_file(save_features, overwrite=overwrite, wait=wait))
+        source = Source(input, text_column=text_column, id_column=id_column, keep=(label_column,), fmt=fmt)
+        scan = scan_labels(source, label_column)
+        rows: dict[str, Any] = {"input": scan.rows, "skipped": dict(scan.skipped)}
+        check_classes(scan.class_counts, label_column, cv=cv, test_size=0)
+        chosen = None
+        if sample is not None and sample < len(scan.usable):
+            chosen = stratified_sample(scan.labels, sample, seed, min_per_class=cv)
+            rows.update(sampled=int(len(chosen)), sampled_from=len(scan.usable))
+            log.info("probing a stratified sample of %d of %d usable rows", len(chosen), len(scan.usable))
+        full_config = probe_config(config, layers)
 
-    source = Source(input, text_column=text_column, id_column=id_column, keep=(label_column,), fmt=fmt)
-    scan = scan_labels(source, label_column)
-    rows: dict[str, Any] = {"input": scan.rows, "skipped": dict(scan.skipped)}
-    check_classes(scan.class_counts, label_column, cv=cv, test_size=0)
-    chosen = None
-    if sample is not None and sample < len(scan.usable):
-        chosen = stratified_sample(scan.labels, sample, seed, min_per_class=cv)
-        rows.update(sampled=int(len(chosen)), sampled_from=len(scan.usable))
-        log.info("probing a stratified sample of %d of %d usable rows", len(chosen), len(scan.usable))
-    full_config = probe_config(config, layers)
-    _prepare_dir(output_dir, overwrite)
+        # Scratch space inside the staging directory: a kill leaves it where the next writer cleans up anyway.
+        scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=stage.directory))
+        try:
+            features = scratch / FILE_FEATURES
+            run = dict(id_column=id_column, keep=(label_column,), fmt=fmt, text_column=text_column)
+            if chosen is not None:
+                sample_input = scratch / "sample.parquet"
+                _write_sample(source, label_column, {scan.usable[i] for i in chosen}, sample_input)
+                run = dict(id_column="id", keep=(label_column,), fmt="parquet", text_column=SAMPLE_TEXT)
+                embedded = embed_file(sample_input, features, full_config, device=device, batch_tokens=batch_tokens,
+                                      threads=threads, progress=progress, **run)
+            else:
+                embedded = embed_file(input, features, full_config, device=device, batch_tokens=batch_tokens,
+                                      threads=threads, progress=progress, **run)
+            t0 = time.perf_counter()
+            scores, _ = score_features(features, label_column, cv=cv, seed=seed, nmi=nmi, progress=progress)
+            score_seconds = time.perf_counter() - t0
+            resolved = open_features(features).config
+            if features_target is not None:
+                shutil.move(features, features_target)  # onto the report's file, or the temp file renamed at the end
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
-    scratch = Path(tempfile.mkdtemp(prefix=".probe-", dir=output_dir))
-    try:
-        features = save_features or scratch / "features.parquet"
-        run = dict(id_column=id_column, keep=(label_column,), fmt=fmt, text_column=text_column)
+        rows["scored"] = scores[0].rows
+        unexpected = (len(chosen) if chosen is not None else len(scan.usable)) - rows["scored"]
+        if unexpected > 0:  # rows the scan took for usable but the embed stage could not embed
+            rows["skipped"]["not embedded"] = unexpected
+        best = best_pair(scores, metric)
+        classes = sorted(scan.class_counts, key=str)
+        embed_cmd = embed_command(input, config, best.layer, best.pooling, label_column=label_column,
+                                  text_column=text_column, id_column=id_column, fmt=fmt)
+        summary: dict[str, Any] = {
+            "kind": "embedkit-probe",
+            "input": str(input),
+            "model": config.model,
+            "label_column": label_column,
+            "classes": classes,
+            "class_counts": {str(c): n for c, n in scan.class_counts.items()},
+            "rows": rows,
+            "cv": cv,
+            "seed": seed,
+            "classifier": DEFAULT_CLASSIFIER,
+            "classifier_options": ClassifierOptions().to_dict(),
+            "metric": metric,
+            "extract_config": resolved.to_dict(),
+            "table": [s.row() for s in scores],
+            "folds": {s.column: {"accuracy": s.fold_accuracy, "macro_f1": s.fold_macro_f1} for s in scores},
+            "best": {**best.row(), "embed_command": embed_cmd, "train_command": train_command(label_column, cv, seed),
+                     "extract_config": resolved.replace(layers=(best.layer,), pooling=(best.pooling,)).to_dict()},
+            "features": str(save_features) if save_features else None,
+            "files": [FILE_CSV, FILE_PLOT, FILE_JSON, *([Path(save_features).name] if in_report else [])],
+            "seconds": {"embed": round(embedded.seconds, 3), "score": round(score_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3)},
+            "versions": library_versions("scikit-learn"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         if chosen is not None:
-            sample_input = scratch / "sample.parquet"
-            _write_sample(source, label_column, {scan.usable[i] for i in chosen}, sample_input)
-            run = dict(id_column="id", keep=(label_column,), fmt="parquet", text_column=SAMPLE_TEXT)
-            embedded = embed_file(sample_input, features, full_config, device=device, batch_tokens=batch_tokens,
-                                  threads=threads, overwrite=overwrite, progress=progress, **run)
-        else:
-            embedded = embed_file(input, features, full_config, device=device, batch_tokens=batch_tokens, threads=threads,
-                                  overwrite=overwrite, progress=progress, **run)
-        t0 = time.perf_counter()
-        scores, _ = score_features(features, label_column, cv=cv, seed=seed, nmi=nmi, progress=progress)
-        score_seconds = time.perf_counter() - t0
-        resolved = open_features(features).config
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    rows["scored"] = scores[0].rows
-    unexpected = (len(chosen) if chosen is not None else len(scan.usable)) - rows["scored"]
-    if unexpected > 0:  # rows the scan took for usable but the embed stage could not embed
-        rows["skipped"]["not embedded"] = unexpected
-    best = best_pair(scores, metric)
-    classes = sorted(scan.class_counts, key=str)
-    embed_cmd = embed_command(input, config, best.layer, best.pooling, label_column=label_column, text_column=text_column,
-                              id_column=id_column, fmt=fmt)
-    summary: dict[str, Any] = {
-        "kind": "embedkit-probe",
-        "input": str(input),
-        "model": config.model,
-        "label_column": label_column,
-        "classes": classes,
-        "class_counts": {str(c): n for c, n in scan.class_counts.items()},
-        "rows": rows,
-        "cv": cv,
-        "seed": seed,
-        "classifier": DEFAULT_CLASSIFIER,
-        "classifier_options": ClassifierOptions().to_dict(),
-        "metric": metric,
-        "extract_config": resolved.to_dict(),
-        "table": [s.row() for s in scores],
-        "folds": {s.column: {"accuracy": s.fold_accuracy, "macro_f1": s.fold_macro_f1} for s in scores},
-        "best": {**best.row(), "embed_command": embed_cmd, "train_command": train_command(label_column, cv, seed),
-                 "extract_config": resolved.replace(layers=(best.layer,), pooling=(best.pooling,)).to_dict()},
-        "features": str(save_features) if save_features else None,
-        "files": [FILE_CSV, FILE_PLOT, FILE_JSON],
-        "seconds": {"embed": round(embedded.seconds, 3), "score": round(score_seconds, 3),
-                    "total": round(time.perf_counter() - started, 3)},
-        "versions": library_versions("scikit-learn"),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if chosen is not None:
-        summary["best"]["note"] = "the embed command embeds every row of the input; the probe scored a stratified sample"
-    _write_csv(scores, output_dir / FILE_CSV)
-    title = f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, {cv}-fold CV"
-    plot_scores(scores, output_dir / FILE_PLOT, title, best)
-    write_text_atomic(output_dir / FILE_JSON, json.dumps(summary, indent=2, default=str) + "\n")  # last: marks it complete
+            summary["best"]["note"] = ("the embed command embeds every row of the input; the probe scored a "
+                                       "stratified sample")
+        _write_csv(scores, stage.path(FILE_CSV))
+        title = (f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, "
+                 f"{cv}-fold CV")
+        plot_scores(scores, stage.path(FILE_PLOT), title, best)
+        stage.path(FILE_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+        stage.seal({"format_version": FORMAT_VERSION, "summary": FILE_JSON, "created_at": summary["created_at"]})
     return ProbeResult(output_dir=output_dir, scores=scores, best=best, summary=summary)
 
 
 __all__ = [
     "ALL_LAYERS", "DEFAULT_CV", "DEFAULT_METRIC", "DEFAULT_POOLINGS", "METRICS", "PairScore", "ProbeResult",
-    "best_pair", "embed_command", "format_table", "parse_layers", "probe_file", "score_features", "score_vectors",
-    "stratified_sample",
+    "ProbeReport", "best_pair", "embed_command", "format_table", "load_report", "parse_layers", "probe_file",
+    "score_features", "score_vectors", "stratified_sample",
 ]

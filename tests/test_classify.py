@@ -178,13 +178,22 @@ def test_null_embeddings_are_skipped_with_a_count(write_csv, tiny_gpt2_shared, t
 def test_model_dir_without_manifest_is_refused(model_dir, features, tmp_path):
     (model_dir / MANIFEST).unlink()
     result = run("predict", model_dir, features, "-o", tmp_path / "p.parquet")
-    assert result.exit_code == 3 and "has no embedkit_model.json" in result.output
+    assert result.exit_code == 3
+    assert "not a complete embedkit classifier model (no embedkit_model.json)" in result.output
 
 
 def test_tampered_model_file_is_refused(model_dir):
     with open(model_dir / MODEL_FILE, "ab") as f:
         f.write(b"x")
-    with pytest.raises(InputError, match="checksum"):
+    with pytest.raises(InputError, match="truncated or replaced; refusing to load it"):
+        load_model(model_dir)
+    with open(model_dir / MODEL_FILE, "r+b") as f:  # same size, one byte changed: the sha256 catches it
+        f.truncate((model_dir / MODEL_FILE).stat().st_size - 1)
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(InputError, match="does not match the sha256"):
         load_model(model_dir)
 
 
@@ -193,15 +202,15 @@ class Sneaky:  # a type skops does not trust: loading it could run its code
 
 
 def test_unknown_types_in_the_model_file_are_refused(model_dir):
-    import hashlib
-
     import skops.io as sio
+
+    from embedkit.artefact import file_entry
 
     model = load_model(model_dir)
     model.estimator.sneaky_ = Sneaky()
     sio.dump(model.estimator, model_dir / MODEL_FILE)
     manifest = json.loads((model_dir / MANIFEST).read_text())
-    manifest["files"][MODEL_FILE] = hashlib.sha256((model_dir / MODEL_FILE).read_bytes()).hexdigest()
+    manifest["files"][MODEL_FILE] = file_entry(model_dir / MODEL_FILE)  # consistent: skops' check must refuse
     (model_dir / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="test_classify.Sneaky"):
         load_model(model_dir)

@@ -14,7 +14,9 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from embedkit import ConfigError, InputError, OutputError
 from embedkit.cli import cli
-from embedkit.cluster import ClusterOptions, cluster_file, cluster_vectors, distinctive_terms, format_summary
+from embedkit.cluster import (
+    ClusterOptions, cluster_file, cluster_vectors, distinctive_terms, format_summary, load_clustering,
+)
 from embedkit.store import vectors_to_arrow
 
 TOPICS = {
@@ -166,7 +168,8 @@ def test_cli_writes_consistent_outputs(features_file, tmp_path):
     out = tmp_path / "clusters"
     result = run_cli(path, "-o", out, "--k", "3", "--label-column", "label", "--keep", "label", "--quiet")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["clusters.parquet", "map.png", "summary.json"]
+    files = ["clusters.parquet", "embedkit_clusters.json", "map.png", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == files
     table = pq.read_table(out / "clusters.parquet")
     source = pq.read_table(path)
     assert table.column_names == ["id", "cluster", "distance", "label"]
@@ -181,6 +184,10 @@ def test_cli_writes_consistent_outputs(features_file, tmp_path):
     assert {"silhouette", "nmi", "ari"} <= set(summary["metrics"])
     assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*.tmp"))
+    loaded = load_clustering(out)  # every file verified against the manifest
+    assert loaded.summary == summary and loaded.rows == 45 and loaded.k == 3
+    assert loaded.table().column("cluster").to_pylist() == table.column("cluster").to_pylist()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".clusters")) == [".clusters.lock"]
 
 
 def test_cli_prints_the_table(blob_file, tmp_path):

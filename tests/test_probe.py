@@ -17,7 +17,7 @@ from embedkit import ConfigError, ExtractConfig
 from embedkit.classify import train
 from embedkit.cli import cli
 from embedkit.embed import embed_file
-from embedkit.probe import FILE_CSV, FILE_JSON, FILE_PLOT, parse_layers, probe_file, stratified_sample
+from embedkit.probe import FILE_CSV, FILE_JSON, FILE_PLOT, load_report, parse_layers, probe_file, stratified_sample
 from embedkit.store import open_features
 
 from conftest import sample_texts
@@ -100,7 +100,10 @@ def test_table_has_one_row_per_layer_and_pooling(probed):
 def test_report_files(probed):
     result, _, work = probed
     report = work / "report"
-    assert sorted(p.name for p in report.iterdir()) == sorted([FILE_CSV, FILE_JSON, FILE_PLOT])
+    assert sorted(p.name for p in report.iterdir()) == sorted([FILE_CSV, FILE_JSON, FILE_PLOT, "embedkit_probe.json"])
+    assert load_report(report).summary == json.loads((report / FILE_JSON).read_text())  # every file verified
+    hidden = sorted(p.name for p in work.iterdir() if p.name.startswith("."))
+    assert hidden == [".features.parquet.lock", ".report.lock"]  # the locks stay; no staging or temp file does
     with (report / FILE_CSV).open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == 9 and {"layer", "pooling", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"} <= set(table[0])

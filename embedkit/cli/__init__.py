@@ -71,6 +71,15 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 
+def wait_option(command):
+    """``--wait``: the same flag and help on every command that writes an output under its lock."""
+    return click.option(
+        "--wait", is_flag=True,
+        help="If another embedkit process is writing the same output, wait for it to finish instead of failing "
+             "at once (exit 7).",
+    )(command)
+
+
 def quiet_libraries(quiet: bool) -> None:
     """Silence transformers' own progress bars when the user asked for quiet output."""
     if quiet:
@@ -86,4 +95,4 @@ from . import probe as _probe  # noqa: E402, F401
 from . import pipeline as _pipeline  # noqa: E402, F401
 from . import index as _index  # noqa: E402, F401
 
-__all__ = ["cli", "quiet_libraries"]
+__all__ = ["cli", "quiet_libraries", "wait_option"]

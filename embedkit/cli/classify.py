@@ -7,7 +7,7 @@ import click
 from ..classify import CLASS_WEIGHTS, CLASSIFIERS, DEFAULT_CLASSIFIER, DEFAULT_TEST_SIZE, KNN_METRICS, KNN_WEIGHTS
 from ..config import DEVICES
 from ..sources import FORMATS
-from . import cli, quiet_libraries
+from . import cli, quiet_libraries, wait_option
 from .embed import split_commas
 
 
@@ -30,9 +30,11 @@ from .embed import split_commas
 @click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimiser iterations (logreg, linear-svm, mlp).")
 @click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True, help="'balanced' reweights rare classes (logreg, linear-svm, ridge).")
 @click.option("--no-standardize", is_flag=True, help="Skip scaling every dimension to zero mean and unit variance.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing model directory (kept whole until the new one is complete).")
+@wait_option
 def train(features, label_column, output, classifier, column, cv, test_size, refit, seed, C, alpha, k_neighbors,
-          knn_metric, knn_weights, hidden_size, max_iter, class_weight, no_standardize, overwrite):
+          knn_metric, knn_weights, hidden_size, max_iter, class_weight, no_standardize, overwrite, wait):
     """Train a classifier on the vectors of a FEATURES Parquet; write metrics, a confusion matrix and the model."""
     from ..classify import ClassifierOptions
     from ..classify import train as train_model
@@ -41,7 +43,7 @@ def train(features, label_column, output, classifier, column, cv, test_size, ref
                                 hidden_size=hidden_size, max_iter=max_iter, class_weight=class_weight,
                                 standardize=not no_standardize)
     result = train_model(features, label_column, output, classifier=classifier, options=options, column=column, cv=cv,
-                         test_size=test_size, seed=seed, refit=refit, overwrite=overwrite)
+                         test_size=test_size, seed=seed, refit=refit, overwrite=overwrite, wait=wait)
     click.echo(result.summary())
 
 
@@ -61,8 +63,9 @@ def train(features, label_column, output, classifier, column, cv, test_size, ref
               help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@wait_option
 def predict(model_dir, input, output, text_column, id_column, keep, column, fmt, device, batch_tokens, threads,
-            trust_remote_code, overwrite, quiet):
+            trust_remote_code, overwrite, quiet, wait):
     """Classify INPUT with the model in MODEL_DIR.
 
     INPUT is raw text (CSV, TSV, JSONL, Parquet or TXT; embedded with the model's stored settings) or a features
@@ -71,7 +74,8 @@ def predict(model_dir, input, output, text_column, id_column, keep, column, fmt,
     from ..classify import predict_file
 
     quiet_libraries(quiet)
-    summary = predict_file(model_dir, input, output, text_column=text_column, id_column=id_column, keep=keep, column=column,
+    summary = predict_file(model_dir, input, output, wait=wait, text_column=text_column, id_column=id_column, keep=keep,
+                           column=column,
                            fmt=fmt, device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
                            progress=not quiet, trust_remote_code=trust_remote_code)
     click.echo(summary.line(), err=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..cluster import DEFAULT_K_RANGE, DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_PCA, MAP_METHODS, METHODS
-from . import cli
+from . import cli, wait_option
 from .embed import split_commas
 
 
@@ -26,11 +26,13 @@ from .embed import split_commas
 @click.option("--min-cluster-size", type=click.IntRange(min=2), default=DEFAULT_MIN_CLUSTER_SIZE, show_default=True, help="hdbscan: smallest cluster.")
 @click.option("--map", "map_method", type=click.Choice(MAP_METHODS), default="pca", show_default=True, help="2-D map projection (umap needs umap-learn).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace a finished clustering in the output directory.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a finished clustering in the output directory (kept whole until the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+@wait_option
 def cluster(features, output_dir, k, k_range, method, column, label_column, text_column, keep, no_standardize, no_center,
-            no_normalize, pca, min_cluster_size, map_method, seed, overwrite, as_json, quiet):
+            no_normalize, pca, min_cluster_size, map_method, seed, overwrite, as_json, quiet, wait):
     """Cluster the vectors of a FEATURES file; write clusters.parquet, map.png and summary.json to -o."""
     import json
 
@@ -42,7 +44,7 @@ def cluster(features, output_dir, k, k_range, method, column, label_column, text
     )
     summary = cluster_file(
         features, output_dir, options, column=column, label_column=label_column, text_column=text_column, keep=keep,
-        overwrite=overwrite, progress=not quiet,
+        overwrite=overwrite, progress=not quiet, wait=wait,
     )
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..probe import ALL_LAYERS, DEFAULT_CV, DEFAULT_METRIC, DEFAULT_POOLINGS, METRICS
-from . import cli, quiet_libraries
+from . import cli, quiet_libraries, wait_option
 from .embed import extraction_options, make_config, split_commas
 
 
@@ -25,9 +25,11 @@ from .embed import extraction_options, make_config, split_commas
 @click.option("--metric", type=click.Choice(METRICS), default=DEFAULT_METRIC, show_default=True, help="What picks the best pair.")
 @click.option("--save-features", type=click.Path(dir_okay=False), default=None, help="Also keep the collected features as this Parquet file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report (and --save-features file).")
+@wait_option
 @extraction_options
 def probe(input, label_column, output, id_column, layers, pooling, cv, sample, seed, nmi, metric, save_features, overwrite,
-          model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens, threads, text_column, fmt, quiet):
+          wait, model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens, threads,
+          text_column, fmt, quiet):
     """Find the layer and pooling whose features suit a labelled task best, from ONE forward pass over INPUT.
 
     Every (layer, pooling) pair is scored by the cross-validated linear probe of `embedkit train --cv`; the report
@@ -39,5 +41,6 @@ def probe(input, label_column, output, id_column, layers, pooling, cv, sample, s
     config = make_config(model, revision, (), pooling, max_length, long_text, stride, trust_remote_code=trust_remote_code)
     result = probe_file(input, label_column, output, config, layers=layers, text_column=text_column, id_column=id_column,
                         fmt=fmt, cv=cv, sample=sample, seed=seed, nmi=nmi, metric=metric, save_features=save_features,
-                        device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite, progress=not quiet)
+                        device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
+                        progress=not quiet, wait=wait)
     click.echo(result.report())
