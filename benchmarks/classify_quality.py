@@ -43,8 +43,12 @@ def sample_corpus(per_category: int, min_category: int, seed: int) -> list[tuple
     for text, category in load_fortunes():
         by_category[category].append(text)
     rng = random.Random(seed)
-    rows = [(t, c) for c, texts in sorted(by_category.items()) if len(texts) >= min_category
-            for t in rng.sample(texts, min(per_category, len(texts)))]
+    rows = [
+        (t, c)
+        for c, texts in sorted(by_category.items())
+        if len(texts) >= min_category
+        for t in rng.sample(texts, min(per_category, len(texts)))
+    ]
     rng.shuffle(rows)
     return rows
 
@@ -61,12 +65,16 @@ def embedkit_side(rows, workdir: Path, model: Path, seed: int, test_size: float)
         writer.writerows((i, text, category) for i, (text, category) in enumerate(rows))
     config = ExtractConfig(model=str(model), layers=(-1,), pooling=("mean",), max_length=256, normalize=True)
     t0 = time.perf_counter()
-    embed_file(source, workdir / "features.parquet", config, id_column="id", keep=("category",), device="cpu", progress=False)
+    embed_file(
+        source, workdir / "features.parquet", config, id_column="id", keep=("category",), device="cpu", progress=False
+    )
     t1 = time.perf_counter()
     result = train(workdir / "features.parquet", "category", workdir / "model", seed=seed, test_size=test_size)
     import pyarrow.parquet as pq
 
-    test_ids = sorted(int(i) for i in pq.read_table(workdir / "model" / "eval_predictions.parquet").column("id").to_pylist())
+    test_ids = sorted(
+        int(i) for i in pq.read_table(workdir / "model" / "eval_predictions.parquet").column("id").to_pylist()
+    )
     return result.metrics["accuracy"], test_ids, t1 - t0, time.perf_counter() - t1
 
 
@@ -101,8 +109,10 @@ def main() -> int:
 
     rows = sample_corpus(args.per_category, args.min_category, args.seed)
     categories = sorted({c for _, c in rows})
-    print(f"corpus: {len(rows)} fortunes, {len(categories)} categories with >= {args.min_category} texts "
-          f"(up to {args.per_category} each), seed {args.seed}, test size {args.test_size}")
+    print(
+        f"corpus: {len(rows)} fortunes, {len(categories)} categories with >= {args.min_category} texts "
+        f"(up to {args.per_category} each), seed {args.seed}, test size {args.test_size}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ek_acc, ek_test, ek_embed_s, ek_train_s = embedkit_side(rows, Path(tmp), args.model, args.seed, args.test_size)
     st_acc, st_test, st_embed_s, st_train_s = by_hand_side(rows, args.model, args.seed, args.test_size)

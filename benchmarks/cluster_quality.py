@@ -49,7 +49,9 @@ def sample_per_category(per_category: int, seed: int) -> list[tuple[str, str]]:
     for text, category in load_fortunes():
         by_category.setdefault(category, []).append(text)
     rng = random.Random(seed)
-    return [(t, c) for c, texts in sorted(by_category.items()) for t in rng.sample(texts, min(per_category, len(texts)))]
+    return [
+        (t, c) for c, texts in sorted(by_category.items()) for t in rng.sample(texts, min(per_category, len(texts)))
+    ]
 
 
 def embed_sample(work: Path, per_category: int, seed: int) -> Path:
@@ -77,7 +79,14 @@ def nmi_by_hand(features: Path, seeds: list[int]) -> tuple[list[float], int, int
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     labels = np.array(table.column("label").to_pylist())
     k = len(set(labels))
-    return [normalized_mutual_info_score(labels, KMeans(n_clusters=k, random_state=s).fit_predict(vectors)) for s in seeds], k, len(vectors)
+    return (
+        [
+            normalized_mutual_info_score(labels, KMeans(n_clusters=k, random_state=s).fit_predict(vectors))
+            for s in seeds
+        ],
+        k,
+        len(vectors),
+    )
 
 
 def nmi_embedkit(features: Path, k: int, seeds: list[int], work: Path) -> list[float]:
@@ -86,8 +95,23 @@ def nmi_embedkit(features: Path, k: int, seeds: list[int], work: Path) -> list[f
     scores = []
     for seed in seeds:
         out = work / f"clusters_seed{seed}"
-        cmd = [embedkit, "cluster", str(features), "-o", str(out), "--k", str(k), "--label-column", "label",
-               "--seed", str(seed), "--map", "none", "--quiet", "--overwrite"]
+        cmd = [
+            embedkit,
+            "cluster",
+            str(features),
+            "-o",
+            str(out),
+            "--k",
+            str(k),
+            "--label-column",
+            "label",
+            "--seed",
+            str(seed),
+            "--map",
+            "none",
+            "--quiet",
+            "--overwrite",
+        ]
         subprocess.run(cmd, check=True)
         scores.append(json.loads((out / "summary.json").read_text())["metrics"]["nmi"])
     return scores
@@ -97,7 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-category", type=int, default=60, help="Texts drawn per fortune category.")
     parser.add_argument("--seeds", type=int, default=3, help="Seeds per side (k-means initialisations).")
-    parser.add_argument("--features", type=Path, default=None, help="Reuse a features file with embedding and label columns.")
+    parser.add_argument(
+        "--features", type=Path, default=None, help="Reuse a features file with embedding and label columns."
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -109,8 +135,12 @@ def main() -> None:
     ours = nmi_embedkit(features, k, seeds, work)
     diff = float(np.mean(ours) - np.mean(hand))
     print(f"{rows:,} fortunes, {k} categories, vectors: all-MiniLM-L6-v2 mean pooling + L2 ({features})")
-    print(f"sklearn KMeans(k={k}) by hand   NMI {np.mean(hand):.4f} ± {np.std(hand):.4f}  seeds {[round(v, 4) for v in hand]}")
-    print(f"embedkit cluster --k {k:<10} NMI {np.mean(ours):.4f} ± {np.std(ours):.4f}  seeds {[round(v, 4) for v in ours]}")
+    print(
+        f"sklearn KMeans(k={k}) by hand   NMI {np.mean(hand):.4f} ± {np.std(hand):.4f}  seeds {[round(v, 4) for v in hand]}"
+    )
+    print(
+        f"embedkit cluster --k {k:<10} NMI {np.mean(ours):.4f} ± {np.std(ours):.4f}  seeds {[round(v, 4) for v in ours]}"
+    )
     print(f"difference (embedkit - by hand)  {diff:+.4f}  -> {'within' if abs(diff) <= BAR else 'OUTSIDE'} ±{BAR}")
 
 

@@ -34,9 +34,7 @@ def fortune_files(directory: Path | str = FORTUNE_DIR) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} not found: install the fortunes package (e.g. fortunes-min)")
-    return sorted(
-        p for p in directory.iterdir() if p.is_file() and not p.name.endswith(_SKIP_SUFFIXES)
-    )
+    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.endswith(_SKIP_SUFFIXES))
 
 
 def load_fortunes(n: int | None = None, seed: int = 0, directory: Path | str = FORTUNE_DIR) -> list[tuple[str, str]]:

@@ -44,8 +44,11 @@ def write_clustered(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((CLUSTERS, dim)).astype(np.float32)
     basis = (rng.standard_normal((LATENT_DIMS, dim)) / np.sqrt(LATENT_DIMS)).astype(np.float32)
-    meta = {"format_version": 1, "config": ExtractConfig(model="synthetic-clustered", layers=(0,)).to_dict(),
-            "model": {"name": "synthetic-clustered", "hidden_size": dim}}
+    meta = {
+        "format_version": 1,
+        "config": ExtractConfig(model="synthetic-clustered", layers=(0,)).to_dict(),
+        "model": {"name": "synthetic-clustered", "hidden_size": dim},
+    }
     schema = with_metadata(pa.schema([("id", pa.int64()), ("embedding", pa.list_(pa.float32(), dim))]), meta)
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, rows, CHUNK_ROWS):
@@ -53,7 +56,12 @@ def write_clustered(path: Path, rows: int, dim: int, seed: int = 0) -> None:
             x = centres[rng.integers(CLUSTERS, size=n)]
             x += rng.standard_normal((n, LATENT_DIMS), dtype=np.float32) @ basis * 0.8
             x += rng.standard_normal((n, dim), dtype=np.float32) * 0.05
-            table = pa.table({"id": pa.array(np.arange(start, start + n)), "embedding": vectors_to_arrow(x, np.ones(n, bool), "float32")})
+            table = pa.table(
+                {
+                    "id": pa.array(np.arange(start, start + n)),
+                    "embedding": vectors_to_arrow(x, np.ones(n, bool), "float32"),
+                }
+            )
             writer.write_table(table.cast(schema))
 
 
@@ -63,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--memory", default="4GB")
     parser.add_argument("--metric", default="cosine")
-    parser.add_argument("--kinds", default="auto,flat,ivf,ivfpq,hnsw", help="comma-separated; auto is compared with flat")
-    parser.add_argument("--hnsw-rows", type=int, default=200_000, help="rows for the HNSW row (its build is slow on few cores)")
+    parser.add_argument(
+        "--kinds", default="auto,flat,ivf,ivfpq,hnsw", help="comma-separated; auto is compared with flat"
+    )
+    parser.add_argument(
+        "--hnsw-rows", type=int, default=200_000, help="rows for the HNSW row (its build is slow on few cores)"
+    )
     parser.add_argument("--workdir", default=None, help="where the features and indexes go [default: a temp dir]")
     args = parser.parse_args(argv)
 
@@ -74,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if not features.exists():
         t = time.perf_counter()
         write_clustered(features, args.rows, args.dim)
-        print(f"wrote {features} ({human_bytes(features.stat().st_size)}) in {time.perf_counter() - t:.0f}s", file=sys.stderr)
+        print(
+            f"wrote {features} ({human_bytes(features.stat().st_size)}) in {time.perf_counter() - t:.0f}s",
+            file=sys.stderr,
+        )
     rows: list[dict] = []
     for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
         source, n = features, args.rows
@@ -86,23 +101,37 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         report = build_index(source, out, kind=kind, metric=args.metric, memory=args.memory, progress=True)
         print(" | ".join(report.lines()), file=sys.stderr, flush=True)
-        rows.append({"kind": kind if kind != "auto" else f"auto={report.kind}", "rows": n, "factory": report.factory,
-                     "build_s": report.build_seconds, "memory": human_bytes(report.index_bytes),
-                     "recall": report.recall_at_10, "params": ",".join(f"{k}={v}" for k, v in report.params.items()) or "-",
-                     "qps": report.queries_per_second})
+        rows.append(
+            {
+                "kind": kind if kind != "auto" else f"auto={report.kind}",
+                "rows": n,
+                "factory": report.factory,
+                "build_s": report.build_seconds,
+                "memory": human_bytes(report.index_bytes),
+                "recall": report.recall_at_10,
+                "params": ",".join(f"{k}={v}" for k, v in report.params.items()) or "-",
+                "qps": report.queries_per_second,
+            }
+        )
         shutil.rmtree(out, ignore_errors=True)
 
     print(f"\n{args.rows:,} x {args.dim} float32, {args.metric}, budget {args.memory}\n")
-    print(f"{'kind':<12} {'rows':>9} {'factory':<28} {'build s':>8} {'memory':>9} {'recall@10':>9} {'params':<12} {'QPS':>9}")
+    print(
+        f"{'kind':<12} {'rows':>9} {'factory':<28} {'build s':>8} {'memory':>9} {'recall@10':>9} {'params':<12} {'QPS':>9}"
+    )
     for r in rows:
-        print(f"{r['kind']:<12} {r['rows']:>9,} {r['factory']:<28} {r['build_s']:>8.1f} {r['memory']:>9} "
-              f"{r['recall']:>9.3f} {r['params']:<12} {r['qps']:>9,.0f}")
+        print(
+            f"{r['kind']:<12} {r['rows']:>9,} {r['factory']:<28} {r['build_s']:>8.1f} {r['memory']:>9} "
+            f"{r['recall']:>9.3f} {r['params']:<12} {r['qps']:>9,.0f}"
+        )
     by_kind = {r["kind"].split("=")[0]: r for r in rows}
     if "auto" in by_kind and "flat" in by_kind:
         auto, flat = by_kind["auto"], by_kind["flat"]
         speedup = auto["qps"] / flat["qps"]
         ok = auto["recall"] >= 0.95 and speedup >= 10
-        print(f"\nauto vs flat: recall@10 {auto['recall']:.3f}, {speedup:.1f}x the queries/s -> {'PASS' if ok else 'FAIL'}")
+        print(
+            f"\nauto vs flat: recall@10 {auto['recall']:.3f}, {speedup:.1f}x the queries/s -> {'PASS' if ok else 'FAIL'}"
+        )
         return 0 if ok else 1
     return 0
 

@@ -57,8 +57,17 @@ def write_corpus(path: Path, texts: list[str], repeats: int) -> None:
 
 def measure(src: Path, out: Path, args) -> dict:
     """Embed ``src`` in a fresh interpreter and return its summary and peak RSS."""
-    cmd = [sys.executable, "-c", CHILD, str(src), str(out), args.model, str(args.layer), str(args.batch_tokens or 0),
-           str(args.part_rows)]
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        str(src),
+        str(out),
+        args.model,
+        str(args.layer),
+        str(args.batch_tokens or 0),
+        str(args.part_rows),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"embedding {src.name} failed:\n{done.stderr[-3000:]}")
@@ -86,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             results[rows] = measure(src, Path(tmp) / f"rows{rows}.parquet", args)
             r = results[rows]
-            print(f"{r['rows']:>7} rows: peak RSS {r['peak_rss_mb']:7.1f} MB  "
-                  f"({r['seconds']:.0f} s embedding, {time.perf_counter() - started:.0f} s with start-up)", flush=True)
+            print(
+                f"{r['rows']:>7} rows: peak RSS {r['peak_rss_mb']:7.1f} MB  "
+                f"({r['seconds']:.0f} s embedding, {time.perf_counter() - started:.0f} s with start-up)",
+                flush=True,
+            )
     growth = results[10 * len(texts)]["peak_rss_mb"] - results[len(texts)]["peak_rss_mb"]
     ok = growth < args.limit_mb
     print(f"10x the rows adds {growth:+.1f} MB of peak RSS (limit {args.limit_mb:.0f} MB): {'ok' if ok else 'FAILED'}")

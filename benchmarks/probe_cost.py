@@ -39,8 +39,14 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = [text for text, _ in load_fortunes(args.n, seed=0)]
-    every = Extractor(probe_config(ExtractConfig(model=args.model, pooling=DEFAULT_POOLINGS), "all"), device="cpu", threads=args.threads)
-    last = Extractor(ExtractConfig(model=args.model, layers=(-1,), pooling=("mean",)), device="cpu", threads=args.threads)
+    every = Extractor(
+        probe_config(ExtractConfig(model=args.model, pooling=DEFAULT_POOLINGS), "all"),
+        device="cpu",
+        threads=args.threads,
+    )
+    last = Extractor(
+        ExtractConfig(model=args.model, layers=(-1,), pooling=("mean",)), device="cpu", threads=args.threads
+    )
     tokens = sum(min(len(ids), every.config.max_length) for ids in every.loaded.tokenizer(texts)["input_ids"])
     last.encode(texts[:8])  # warm-up: first-call allocations are not part of either figure
     every.encode(texts[:8])
@@ -50,8 +56,12 @@ def main() -> None:
         runs["every"].append(timed(every, texts))
     t_last, t_every = statistics.median(runs["last"]), statistics.median(runs["every"])
     n_columns = len(every.columns)
-    print(f"{len(texts)} fortunes, {tokens:,} tokens, {args.model} ({every.loaded.n_layers} blocks), median of {args.repeats}")
-    print(f"(a) probe pass, layers 0..{every.loaded.n_layers} x {len(DEFAULT_POOLINGS)} poolings = {n_columns} columns: {t_every:7.2f} s")
+    print(
+        f"{len(texts)} fortunes, {tokens:,} tokens, {args.model} ({every.loaded.n_layers} blocks), median of {args.repeats}"
+    )
+    print(
+        f"(a) probe pass, layers 0..{every.loaded.n_layers} x {len(DEFAULT_POOLINGS)} poolings = {n_columns} columns: {t_every:7.2f} s"
+    )
     print(f"(b) last layer, mean pooling, 1 column:{'':>{max(0, 22 - len(str(n_columns)))}}{t_last:7.2f} s")
     print(f"ratio (a)/(b): {t_every / t_last:.3f}")
 

@@ -63,7 +63,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="probe-quality-"))
     data = work / "fortunes.csv"
     counts = write_sample(data, args.per_class, args.seed)
-    print(f"{sum(counts.values())} fortunes, {len(counts)} categories (>= {MIN_CATEGORY} texts each): {', '.join(sorted(counts))}")
+    print(
+        f"{sum(counts.values())} fortunes, {len(counts)} categories (>= {MIN_CATEGORY} texts each): {', '.join(sorted(counts))}"
+    )
 
     config = ExtractConfig(model=args.model, pooling=DEFAULT_POOLINGS)
     result = probe_file(data, "label", args.out, config, cv=args.cv, seed=args.seed, overwrite=True, progress=True)
@@ -80,9 +82,13 @@ def main() -> None:
     metrics = train(single, "label", work / "model", cv=args.cv, seed=args.seed).metrics
     train_mean = sum(metrics["evaluation"]["fold_accuracy"]) / args.cv
     print(f"\nlayer {last}, mean pooling, {args.cv}-fold CV accuracy:")
-    print(f"  probe (one pass, {len(result.scores)} columns): fold mean {probe_score.accuracy_mean:.4f}, out-of-fold {probe_score.accuracy:.4f}")
-    print(f"  embedkit embed --layer {last} --pooling mean, then embedkit train --cv {args.cv}: "
-          f"fold mean {train_mean:.4f}, out-of-fold {metrics['accuracy']:.4f}")
+    print(
+        f"  probe (one pass, {len(result.scores)} columns): fold mean {probe_score.accuracy_mean:.4f}, out-of-fold {probe_score.accuracy:.4f}"
+    )
+    print(
+        f"  embedkit embed --layer {last} --pooling mean, then embedkit train --cv {args.cv}: "
+        f"fold mean {train_mean:.4f}, out-of-fold {metrics['accuracy']:.4f}"
+    )
     difference = max(abs(probe_score.accuracy - metrics["accuracy"]), abs(probe_score.accuracy_mean - train_mean))
     verdict = "OK" if difference <= TOLERANCE else "MISMATCH"
     print(f"  largest difference {difference:.4f} (tolerance {TOLERANCE}): {verdict}")

@@ -35,6 +35,7 @@ from embedkit import ExtractConfig  # noqa: E402
 from embedkit.embed import embed_file  # noqa: E402
 from embedkit.engines.ray import embed_file_ray  # noqa: E402
 
+
 def ensure_model(path: Path) -> Path:
     if not (path / "config.json").is_file():
         subprocess.run([sys.executable, "-m", "embedkit.testing.checkpoint", str(path)], check=True)
@@ -62,7 +63,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="fortunes to embed")
     ap.add_argument("--model", type=Path, default=Path("/tmp/gpt2-small"))
     ap.add_argument("--layer", type=int, default=-1)
-    ap.add_argument("--cpus", type=int, default=2, help="CPUs for both engines (local: torch threads; Ray: 1-CPU actors)")
+    ap.add_argument(
+        "--cpus", type=int, default=2, help="CPUs for both engines (local: torch threads; Ray: 1-CPU actors)"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="runs per engine, alternated; the best is kept")
     ap.add_argument("--part-rows", type=int, default=128, help="rows per Ray task (the CLI default is 1,024)")
     args = ap.parse_args()
@@ -80,12 +83,21 @@ def main() -> None:
         # would otherwise be booked to whichever engine ran during it.
         for _ in range(args.repeats):
             t = time.perf_counter()
-            local = embed_file(source, tmp / "local.parquet", config, device="cpu", threads=args.cpus, progress=False,
-                               overwrite=True)
+            local = embed_file(
+                source, tmp / "local.parquet", config, device="cpu", threads=args.cpus, progress=False, overwrite=True
+            )
             local_s = min(local_s, time.perf_counter() - t)
             t = time.perf_counter()
-            remote = embed_file_ray(source, tmp / "ray.parquet", config, device="cpu", workers=args.cpus, progress=False,
-                                    part_rows=args.part_rows, overwrite=True)
+            remote = embed_file_ray(
+                source,
+                tmp / "ray.parquet",
+                config,
+                device="cpu",
+                workers=args.cpus,
+                progress=False,
+                part_rows=args.part_rows,
+                overwrite=True,
+            )
             ray_s = min(ray_s, time.perf_counter() - t)
         ray.shutdown()
         t = time.perf_counter()
@@ -96,15 +108,24 @@ def main() -> None:
         local_tokens = int(sum(pq.read_table(tmp / "local.parquet", columns=["n_tokens"]).column(0).to_pylist()))
 
     rows, tokens = local.rows, local_tokens
-    print(f"{rows} fortunes ({tokens:,} tokens), {Path(config.model).name} layer {args.layer}, {args.cpus} CPUs, "
-          f"Ray parts of {args.part_rows} rows")
+    print(
+        f"{rows} fortunes ({tokens:,} tokens), {Path(config.model).name} layer {args.layer}, {args.cpus} CPUs, "
+        f"Ray parts of {args.part_rows} rows"
+    )
     print(f"{'engine':<30}{'wall s':>8}{'rows/s':>8}{'tokens/s':>10}")
-    for name, seconds in ((f"local (1 process, {args.cpus} threads)", local_s), (f"ray ({args.cpus} actors x 1 thread)", ray_s)):
+    for name, seconds in (
+        (f"local (1 process, {args.cpus} threads)", local_s),
+        (f"ray ({args.cpus} actors x 1 thread)", ray_s),
+    ):
         print(f"{name:<30}{seconds:>8.1f}{rows / seconds:>8.1f}{tokens / seconds:>10,.0f}")
-    print(f"ray.init: {init_s:.1f}s (once per process; not in the ray row). Ray pipeline (actor start, model load "
-          f"per actor, parts): {remote.embed_seconds:.1f}s of the last ray run")
-    print(f"overhead: {ray_s - local_s:+.1f}s ({(ray_s / local_s - 1) * 100:+.0f}%) without ray.init, "
-          f"{ray_s + init_s - local_s:+.1f}s with it; max |ray - local| = {diff:.2e}")
+    print(
+        f"ray.init: {init_s:.1f}s (once per process; not in the ray row). Ray pipeline (actor start, model load "
+        f"per actor, parts): {remote.embed_seconds:.1f}s of the last ray run"
+    )
+    print(
+        f"overhead: {ray_s - local_s:+.1f}s ({(ray_s / local_s - 1) * 100:+.0f}%) without ray.init, "
+        f"{ray_s + init_s - local_s:+.1f}s with it; max |ray - local| = {diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def rss_bytes() -> int:
 class PeakRss:
     """Highest RSS seen while the block runs (sampled every 5 ms in a thread; Linux /proc)."""
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.start = self.peak = rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -156,7 +156,10 @@ def make_methods(args, names: list[str]) -> dict:
             transformer.tokenizer.pad_token = transformer.tokenizer.eos_token
         dim = transformer.get_word_embedding_dimension()
         st = SentenceTransformer(modules=[transformer, models.Pooling(dim, "mean")], device="cpu")
-        methods["st"] = ("sentence-transformers (bs 32)", lambda texts: st.encode(texts, batch_size=32, convert_to_numpy=True))
+        methods["st"] = (
+            "sentence-transformers (bs 32)",
+            lambda texts: st.encode(texts, batch_size=32, convert_to_numpy=True),
+        )
     if "pipeline" in names:
         from transformers import pipeline
 
@@ -196,7 +199,9 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=os.environ.get("EMBEDKIT_MODEL", "/tmp/gpt2-small"), help="model directory or hub id")
+    ap.add_argument(
+        "--model", default=os.environ.get("EMBEDKIT_MODEL", "/tmp/gpt2-small"), help="model directory or hub id"
+    )
     ap.add_argument("--corpus", default=None, help="file or fortune directory [default: Debian fortunes]")
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--n", type=int, default=500, help="texts (drawn at random with --seed)")
@@ -207,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also-layer", type=int, default=6, help="a shallower layer reported too (0: skip)")
     ap.add_argument("--batch-tokens", type=int, default=None, help="embedkit's token budget [default: the library's]")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every method [default: torch's]")
-    ap.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}")
+    ap.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
     args = ap.parse_args(argv)
 
@@ -225,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [min(len(ids), 1024) for ids in AutoTokenizer.from_pretrained(args.model)(texts)["input_ids"]]
     tokens = int(sum(lengths))
     print(f"{len(texts)} texts, {tokens} tokens (mean {np.mean(lengths):.1f}, max {max(lengths)}); model {args.model}")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start"
+    )
 
     methods = make_methods(args, names)
     for _, fn in methods.values():  # warm-up: first-call allocations and lazy imports stay out of the timings
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     vectors: dict[str, np.ndarray] = {}
     order = list(methods)
     for run in range(args.runs):
-        rotated = order[run % len(order):] + order[: run % len(order)]
+        rotated = order[run % len(order) :] + order[: run % len(order)]
         for name in rotated:
             if name in BASELINES and run >= args.baseline_runs:
                 continue
@@ -251,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             cpu_timings[name].append(cpu_seconds)
             memory[name] = max(memory[name], mem.rise_mb)
             vectors[name] = np.asarray(out, dtype=np.float32)
-            print(f"  run {run + 1}: {methods[name][0]:<34} {tokens / seconds:8.1f} tokens/s "
-                  f"({tokens / cpu_seconds:.1f} per CPU-second)", flush=True)
+            print(
+                f"  run {run + 1}: {methods[name][0]:<34} {tokens / seconds:8.1f} tokens/s "
+                f"({tokens / cpu_seconds:.1f} per CPU-second)",
+                flush=True,
+            )
 
     failures = []
     cosine_notes = {}
@@ -277,22 +289,37 @@ def main(argv: list[str] | None = None) -> int:
         return f"{np.median(pairs):.2f}x"
 
     print(f"\nload average {os.getloadavg()[0]:.1f} at end; medians over runs (n runs in brackets)\n")
-    header = (f"| {'method':<36} | {'tokens/s':>9} | {'texts/s':>8} | {'peak RSS +MB':>12} | {'vs st':>6} "
-              f"| {'tokens/CPU-s':>12} | {'vs st (CPU)':>11} | check")
+    header = (
+        f"| {'method':<36} | {'tokens/s':>9} | {'texts/s':>8} | {'peak RSS +MB':>12} | {'vs st':>6} "
+        f"| {'tokens/CPU-s':>12} | {'vs st (CPU)':>11} | check"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:]))
     results = {}
     for name, (label, _) in methods.items():
         median, cpu_median = float(np.median(timings[name])), float(np.median(cpu_timings[name]))
-        results[name] = {"label": label, "seconds": timings[name], "cpu_seconds": cpu_timings[name], "tokens": tokens,
-                         "texts": len(texts), "tokens_per_s": tokens / median, "tokens_per_cpu_s": tokens / cpu_median,
-                         "peak_rss_rise_mb": memory[name], "vs_st": ratio_to_st(name, timings),
-                         "vs_st_cpu": ratio_to_st(name, cpu_timings), "check": cosine_notes.get(name, "")}
-        print(f"| {label + f' [{len(timings[name])}]':<36} | {tokens / median:9.1f} | {len(texts) / median:8.2f} | "
-              f"{memory[name]:12.0f} | {ratio_to_st(name, timings):>6} | {tokens / cpu_median:12.1f} | "
-              f"{ratio_to_st(name, cpu_timings):>11} | {cosine_notes.get(name, '')}")
+        results[name] = {
+            "label": label,
+            "seconds": timings[name],
+            "cpu_seconds": cpu_timings[name],
+            "tokens": tokens,
+            "texts": len(texts),
+            "tokens_per_s": tokens / median,
+            "tokens_per_cpu_s": tokens / cpu_median,
+            "peak_rss_rise_mb": memory[name],
+            "vs_st": ratio_to_st(name, timings),
+            "vs_st_cpu": ratio_to_st(name, cpu_timings),
+            "check": cosine_notes.get(name, ""),
+        }
+        print(
+            f"| {label + f' [{len(timings[name])}]':<36} | {tokens / median:9.1f} | {len(texts) / median:8.2f} | "
+            f"{memory[name]:12.0f} | {ratio_to_st(name, timings):>6} | {tokens / cpu_median:12.1f} | "
+            f"{ratio_to_st(name, cpu_timings):>11} | {cosine_notes.get(name, '')}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2)
+        )
     for failure in failures:
         print(f"CHECK FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

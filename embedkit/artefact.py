@@ -192,8 +192,16 @@ class Staging:
 
 
 @contextmanager
-def writing_dir(target: str | Path, *, kind: str, manifest_name: str, overwrite: bool = False, wait: bool = False,
-                start_from_current: bool = False, former_names: Collection[str] = ()) -> Iterator[Staging]:
+def writing_dir(
+    target: str | Path,
+    *,
+    kind: str,
+    manifest_name: str,
+    overwrite: bool = False,
+    wait: bool = False,
+    start_from_current: bool = False,
+    former_names: Collection[str] = (),
+) -> Iterator[Staging]:
     """Build the artefact directory ``target`` aside, under its lock, and switch it in at the end.
 
     Refused before any work: another writer (BusyError), ``target`` a file, a finished artefact without
@@ -206,8 +214,9 @@ def writing_dir(target: str | Path, *, kind: str, manifest_name: str, overwrite:
     target = absolute(target)
     with output_lock(target, wait=wait):
         _remove_leftovers(target)
-        check_dir_target(target, manifest_name=manifest_name, overwrite=overwrite or start_from_current,
-                         former_names=former_names)
+        check_dir_target(
+            target, manifest_name=manifest_name, overwrite=overwrite or start_from_current, former_names=former_names
+        )
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
             os.chmod(staging, 0o777 & ~_UMASK)
@@ -248,8 +257,10 @@ def check_dir_target(target: Path, *, manifest_name: str, overwrite: bool, forme
     if names and former_names and names <= set(former_names):
         # Written by an earlier embedkit, before manifests: ours to replace, but only when asked to.
         if not overwrite:
-            raise OutputError(f"{target} holds an earlier embedkit output ({', '.join(sorted(names))}); pass "
-                              "--overwrite to replace it")
+            raise OutputError(
+                f"{target} holds an earlier embedkit output ({', '.join(sorted(names))}); pass "
+                "--overwrite to replace it"
+            )
         return
     if names:
         raise OutputError(f"{target} is not empty and holds no embedkit {manifest_name}; refusing to replace it")
@@ -306,7 +317,7 @@ def _remove_leftovers(target: Path) -> None:
     for entry in target.parent.iterdir() if target.parent.is_dir() else ():
         if not entry.name.startswith(pattern) or entry.name == lock_path(target).name:
             continue
-        rest = entry.name[len(pattern):]
+        rest = entry.name[len(pattern) :]
         if rest.startswith("old-") and not target.exists() and entry.is_dir():
             os.rename(entry, target)  # killed between the two renames of the fallback switch
         elif rest.startswith(("tmp-", "old-")) and entry.is_dir() and not entry.is_symlink():

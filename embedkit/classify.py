@@ -133,7 +133,9 @@ class ClassifierOptions:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def build_classifier(name: str, options: ClassifierOptions | None = None, *, seed: int = 0, min_class_rows: int | None = None):
+def build_classifier(
+    name: str, options: ClassifierOptions | None = None, *, seed: int = 0, min_class_rows: int | None = None
+):
     """An unfitted scikit-learn pipeline: optional StandardScaler, then the named classifier.
 
     Args:
@@ -163,8 +165,13 @@ def build_classifier(name: str, options: ClassifierOptions | None = None, *, see
         model = RidgeClassifier(alpha=o.alpha, class_weight=class_weight)
     elif name == "mlp":
         early = min_class_rows is not None and min_class_rows >= MLP_EARLY_STOPPING_MIN_PER_CLASS
-        model = MLPClassifier(hidden_layer_sizes=(o.hidden_size,), alpha=1e-4 if o.alpha is None else o.alpha,
-                              max_iter=o.max_iter, early_stopping=early, random_state=seed)
+        model = MLPClassifier(
+            hidden_layer_sizes=(o.hidden_size,),
+            alpha=1e-4 if o.alpha is None else o.alpha,
+            max_iter=o.max_iter,
+            early_stopping=early,
+            random_state=seed,
+        )
     else:
         raise choice_error("classifier", name, CLASSIFIERS)
     steps = ([("scale", StandardScaler())] if o.standardize else []) + [("classify", model)]
@@ -206,7 +213,9 @@ def _labels_array(values: pa.ChunkedArray, column: str) -> np.ndarray:
             return floats.astype(np.int64)
         raise InputError(f"label column {column!r} holds non-integer numbers ({typ}); a classifier needs categories")
     log.warning("label column %r has type %s; using its text form as the class", column, typ)
-    return np.asarray([json.dumps(v, default=str) if not isinstance(v, str) else v for v in values.to_pylist()], dtype=str)
+    return np.asarray(
+        [json.dumps(v, default=str) if not isinstance(v, str) else v for v in values.to_pylist()], dtype=str
+    )
 
 
 def load_training_data(features: str | Path | Features, label_column: str, column: str | None = None) -> TrainingData:
@@ -219,7 +228,9 @@ def load_training_data(features: str | Path | Features, label_column: str, colum
     feats = features if isinstance(features, Features) else open_features(features)
     column = feats.embedding_column(column)
     if label_column not in feats.schema.names:
-        raise InputError(f"{feats.path}: label column {label_column!r} not found; columns: {', '.join(feats.schema.names)}")
+        raise InputError(
+            f"{feats.path}: label column {label_column!r} not found; columns: {', '.join(feats.schema.names)}"
+        )
     if label_column == column or label_column.startswith("embedding"):
         raise ConfigError(f"label column {label_column!r} is an embedding column; name the column holding the classes")
     X, table, null_embeddings = feats.load(column, extra=[label_column])
@@ -236,8 +247,13 @@ def load_training_data(features: str | Path | Features, label_column: str, colum
     usable = present_np & finite
     kept = table.filter(pa.array(usable))
     data = TrainingData(
-        X=X[usable], y=_labels_array(kept.column(label_column), label_column), ids=kept.column("id").combine_chunks(),
-        features=feats, column=column, skipped_null_embeddings=null_embeddings, skipped_null_labels=null_labels,
+        X=X[usable],
+        y=_labels_array(kept.column(label_column), label_column),
+        ids=kept.column("id").combine_chunks(),
+        features=feats,
+        column=column,
+        skipped_null_embeddings=null_embeddings,
+        skipped_null_labels=null_labels,
         skipped_non_finite=non_finite,
     )
     if null_embeddings:
@@ -322,14 +338,18 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, classes: list | np.ndarray)
 
     classes = list(classes)
     report = classification_report(y_true, y_pred, labels=classes, output_dict=True, zero_division=0)
-    per_class = {str(c): {k: float(v) if k != "support" else int(v) for k, v in report[str(c)].items()} for c in classes}
+    per_class = {
+        str(c): {k: float(v) if k != "support" else int(v) for k, v in report[str(c)].items()} for c in classes
+    }
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)),
         "per_class": per_class,
-        "confusion_matrix": {"labels": [_jsonable(c) for c in classes],
-                             "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist()},
+        "confusion_matrix": {
+            "labels": [_jsonable(c) for c in classes],
+            "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        },
     }
 
 
@@ -339,10 +359,15 @@ def format_report(metrics: dict[str, Any]) -> str:
     width = max(12, *(len(c) for c in per_class))
     lines = [f"{'':>{width}}  precision    recall  f1-score   support", ""]
     for label, r in per_class.items():
-        lines.append(f"{label:>{width}}  {r['precision']:9.3f} {r['recall']:9.3f} {r['f1-score']:9.3f} {r['support']:9d}")
+        lines.append(
+            f"{label:>{width}}  {r['precision']:9.3f} {r['recall']:9.3f} {r['f1-score']:9.3f} {r['support']:9d}"
+        )
     total = sum(r["support"] for r in per_class.values())
-    lines += ["", f"{'accuracy':>{width}}  {'':9} {'':9} {metrics['accuracy']:9.3f} {total:9d}",
-              f"{'macro F1':>{width}}  {'':9} {'':9} {metrics['macro_f1']:9.3f} {total:9d}"]
+    lines += [
+        "",
+        f"{'accuracy':>{width}}  {'':9} {'':9} {metrics['accuracy']:9.3f} {total:9d}",
+        f"{'macro F1':>{width}}  {'':9} {'':9} {metrics['macro_f1']:9.3f} {total:9d}",
+    ]
     return "\n".join(lines)
 
 
@@ -382,7 +407,9 @@ class TrainResult:
         m = self.metrics
         ev = m["evaluation"]
         chosen = f" (alpha {m['chosen_alpha']:g}, chosen by leave-one-out)" if "chosen_alpha" in m else ""
-        lines = [f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']}{chosen} on column {m['column']!r}"]
+        lines = [
+            f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']}{chosen} on column {m['column']!r}"
+        ]
         skipped = [f"{m['skipped_null_embeddings']} with a null embedding"] if m["skipped_null_embeddings"] else []
         skipped += [f"{m['skipped_null_labels']} with a missing label"] if m["skipped_null_labels"] else []
         skipped += [f"{m['skipped_non_finite']} with NaN/inf values"] if m.get("skipped_non_finite") else []
@@ -391,7 +418,11 @@ class TrainResult:
         if ev["mode"] == "none":
             lines.append("no evaluation (--test-size 0 without --cv): the model was fitted on every row")
         else:
-            how = f"{ev['folds']}-fold stratified CV" if ev["mode"] == "cv" else f"stratified hold-out ({ev['n_test']} test rows)"
+            how = (
+                f"{ev['folds']}-fold stratified CV"
+                if ev["mode"] == "cv"
+                else f"stratified hold-out ({ev['n_test']} test rows)"
+            )
             spread = ""
             if ev["mode"] == "cv":
                 spread = f" (folds: {np.mean(ev['fold_accuracy']):.4f} +/- {np.std(ev['fold_accuracy']):.4f})"
@@ -413,8 +444,15 @@ def _min_count(y: np.ndarray) -> int:
     return min(Counter(y.tolist()).values())
 
 
-def cross_validate(X: np.ndarray, y: np.ndarray, classifier: str = DEFAULT_CLASSIFIER, options: ClassifierOptions | None = None,
-                   *, cv: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cross_validate(
+    X: np.ndarray,
+    y: np.ndarray,
+    classifier: str = DEFAULT_CLASSIFIER,
+    options: ClassifierOptions | None = None,
+    *,
+    cv: int = 5,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold predictions and the fold of every row, from the stratified shuffled K-fold ``train --cv`` runs.
 
     Shared with the probe stage, so a probe score and ``embedkit train --cv`` on the same vectors agree exactly.
@@ -472,17 +510,33 @@ def train(
         raise ConfigError(f"--test-size must be in [0, 1), got {test_size}")
     options = options or ClassifierOptions()
     model_dir = Path(model_dir)
-    with artefact.writing_dir(model_dir, kind=MODEL_KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
-                              former_names=(MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS)) as stage:
+    with artefact.writing_dir(
+        model_dir,
+        kind=MODEL_KIND,
+        manifest_name=MANIFEST,
+        overwrite=overwrite,
+        wait=wait,
+        former_names=(MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS),
+    ) as stage:
         data = load_training_data(features, label_column, column)
         estimator, metrics, evaluated, eval_pred, fold = _fit_and_evaluate(
-            data, label_column, classifier, options, cv=cv, test_size=test_size, seed=seed, refit=refit)
+            data, label_column, classifier, options, cv=cv, test_size=test_size, seed=seed, refit=refit
+        )
         _write_model_dir(stage, estimator, data, metrics, evaluated, eval_pred, fold)
     return TrainResult(model_dir=model_dir, metrics=metrics)
 
 
-def _fit_and_evaluate(data: TrainingData, label_column: str, classifier: str, options: ClassifierOptions, *,
-                      cv: int | None, test_size: float, seed: int, refit: bool):
+def _fit_and_evaluate(
+    data: TrainingData,
+    label_column: str,
+    classifier: str,
+    options: ClassifierOptions,
+    *,
+    cv: int | None,
+    test_size: float,
+    seed: int,
+    refit: bool,
+):
     """Evaluate as asked and fit the model to save. Returns ``(estimator, metrics, evaluated, eval_pred, fold)``."""
     counts = data.class_counts
     check_classes(counts, label_column, cv=cv, test_size=test_size)
@@ -501,7 +555,9 @@ def _fit_and_evaluate(data: TrainingData, label_column: str, classifier: str, op
     elif test_size > 0:
         tr, te = _split(data, test_size, seed)
         _check_knn(options, classifier, len(tr))
-        estimator = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(data.y[tr])).fit(data.X[tr], data.y[tr])
+        estimator = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(data.y[tr])).fit(
+            data.X[tr], data.y[tr]
+        )
         eval_pred[te] = estimator.predict(data.X[te])
         evaluated = np.sort(te)
         evaluation = {"mode": "holdout", "test_size": test_size, "n_train": len(tr), "n_test": len(te)}
@@ -517,12 +573,21 @@ def _fit_and_evaluate(data: TrainingData, label_column: str, classifier: str, op
     seconds = time.perf_counter() - started
 
     metrics: dict[str, Any] = {
-        "classifier": classifier, "options": options.to_dict(), "seed": seed, "label_column": label_column,
-        "column": data.column, "features": str(data.features.path), "rows_used": int(len(data.y)),
-        "skipped_null_embeddings": data.skipped_null_embeddings, "skipped_null_labels": data.skipped_null_labels,
-        "skipped_non_finite": data.skipped_non_finite, "classes": [_jsonable(c) for c in classes],
+        "classifier": classifier,
+        "options": options.to_dict(),
+        "seed": seed,
+        "label_column": label_column,
+        "column": data.column,
+        "features": str(data.features.path),
+        "rows_used": int(len(data.y)),
+        "skipped_null_embeddings": data.skipped_null_embeddings,
+        "skipped_null_labels": data.skipped_null_labels,
+        "skipped_non_finite": data.skipped_non_finite,
+        "classes": [_jsonable(c) for c in classes],
         "class_counts": {str(c): n for c, n in counts.items()},
-        "evaluation": evaluation, "fit_rows": int(len(fit_rows)), "refit_on_all_rows": bool(refit or cv or test_size == 0),
+        "evaluation": evaluation,
+        "fit_rows": int(len(fit_rows)),
+        "refit_on_all_rows": bool(refit or cv or test_size == 0),
         "seconds": round(seconds, 3),
     }
     if hasattr(estimator[-1], "alpha_"):  # the penalty ridge chose, so a user can fix it with --alpha
@@ -532,8 +597,15 @@ def _fit_and_evaluate(data: TrainingData, label_column: str, classifier: str, op
     return estimator, metrics, evaluated, eval_pred, fold
 
 
-def _write_model_dir(stage: artefact.Staging, estimator, data: TrainingData, metrics: dict, evaluated: np.ndarray,
-                     eval_pred: np.ndarray, fold: np.ndarray) -> None:
+def _write_model_dir(
+    stage: artefact.Staging,
+    estimator,
+    data: TrainingData,
+    metrics: dict,
+    evaluated: np.ndarray,
+    eval_pred: np.ndarray,
+    fold: np.ndarray,
+) -> None:
     """Write every file of the model into the staging directory, then seal it with the manifest."""
     import skops.io as sio
 
@@ -541,30 +613,36 @@ def _write_model_dir(stage: artefact.Staging, estimator, data: TrainingData, met
         sio.dump(estimator, f)
     stage.path(METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     if len(evaluated):
-        columns = {"id": data.ids.take(pa.array(evaluated)), "label": pa.array(data.y[evaluated].tolist()),
-                   "predicted": pa.array(eval_pred[evaluated].tolist())}
+        columns = {
+            "id": data.ids.take(pa.array(evaluated)),
+            "label": pa.array(data.y[evaluated].tolist()),
+            "predicted": pa.array(eval_pred[evaluated].tolist()),
+        }
         if metrics["evaluation"]["mode"] == "cv":
             columns["fold"] = pa.array(fold[evaluated])
         pq.write_table(pa.table(columns), stage.path(EVAL_PREDICTIONS))
         ev = metrics["evaluation"]
         title = f"{metrics['classifier']}, {'%d-fold CV' % ev['folds'] if ev['mode'] == 'cv' else 'hold-out'}: accuracy {metrics['accuracy']:.3f}"
-        plot_confusion_matrix(metrics["confusion_matrix"]["matrix"], metrics["classes"], stage.path(CONFUSION_PNG),
-                              title)
+        plot_confusion_matrix(
+            metrics["confusion_matrix"]["matrix"], metrics["classes"], stage.path(CONFUSION_PNG), title
+        )
     column_config = data.features.column_config(data.column)
-    stage.seal({
-        "format_version": MODEL_FORMAT_VERSION,
-        "classifier": metrics["classifier"],
-        "options": metrics["options"],
-        "classes": metrics["classes"],
-        "label_column": metrics["label_column"],
-        "label_type": "int" if data.y.dtype.kind in "iu" else "bool" if data.y.dtype.kind == "b" else "str",
-        "column": data.column,
-        "dim": int(data.X.shape[1]),
-        "extract_config": column_config.to_dict(),
-        "features_meta": {k: v for k, v in data.features.meta.items() if k != "config"},
-        "versions": library_versions("scikit-learn", "skops"),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })  # the manifest, with the sha256 of every file above, is written last
+    stage.seal(
+        {
+            "format_version": MODEL_FORMAT_VERSION,
+            "classifier": metrics["classifier"],
+            "options": metrics["options"],
+            "classes": metrics["classes"],
+            "label_column": metrics["label_column"],
+            "label_type": "int" if data.y.dtype.kind in "iu" else "bool" if data.y.dtype.kind == "b" else "str",
+            "column": data.column,
+            "dim": int(data.X.shape[1]),
+            "extract_config": column_config.to_dict(),
+            "features_meta": {k: v for k, v in data.features.meta.items() if k != "config"},
+            "versions": library_versions("scikit-learn", "skops"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )  # the manifest, with the sha256 of every file above, is written last
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -583,8 +661,12 @@ class ClassifierModel:
     def __post_init__(self) -> None:
         features_meta = self.manifest.get("features_meta")
         model = features_meta.get("model") if isinstance(features_meta, dict) else None
-        self.config = ExtractConfig.from_stored(self.manifest.get("extract_config"), origin=str(self.path / MANIFEST),
-                                                trust_remote_code=self.trust_remote_code, model=model)
+        self.config = ExtractConfig.from_stored(
+            self.manifest.get("extract_config"),
+            origin=str(self.path / MANIFEST),
+            trust_remote_code=self.trust_remote_code,
+            model=model,
+        )
 
     @property
     def classes(self) -> list:
@@ -605,8 +687,9 @@ class ClassifierModel:
             raise IncompatibleError(f"vectors have shape {X.shape}; this model expects {self.dim} dimensions")
         if not np.isfinite(X).all():
             bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-            raise InputError(f"{len(bad)} vector(s) hold NaN or infinity (first at row {bad[0]}); no class can be "
-                             "predicted for them")
+            raise InputError(
+                f"{len(bad)} vector(s) hold NaN or infinity (first at row {bad[0]}); no class can be predicted for them"
+            )
         if len(X) == 0:
             return np.empty(0, dtype=object), (np.empty((0, len(self.classes))) if self.has_proba else None)
         proba = self.estimator.predict_proba(X) if self.has_proba else None
@@ -660,7 +743,9 @@ def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> Cla
         raise InputError(f"{model_file} is not a readable skops file: {exc}") from exc
     unknown = sorted(set(untrusted) - set(TRUSTED_EXTRA_TYPES))
     if unknown:
-        raise InputError(f"{model_file} contains types embedkit does not load (they could run code): {', '.join(unknown)}")
+        raise InputError(
+            f"{model_file} contains types embedkit does not load (they could run code): {', '.join(unknown)}"
+        )
     try:
         estimator = sio.load(model_file, trusted=list(untrusted))
         _check_estimator(estimator, manifest, model_dir / MANIFEST)  # its InputError reads "could not be loaded: ..."
@@ -683,8 +768,10 @@ def _refuse_older_format(model_dir: Path) -> None:
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return
     if isinstance(manifest, dict) and manifest.get("kind") == MODEL_KIND and manifest.get("format_version") == 1:
-        raise InputError(f"{model_dir} was written by an older embedkit (model format 1, without verified file "
-                         "sizes); train it again with this version")
+        raise InputError(
+            f"{model_dir} was written by an older embedkit (model format 1, without verified file "
+            "sizes); train it again with this version"
+        )
 
 
 def _is_int(value: Any) -> bool:
@@ -693,8 +780,14 @@ def _is_int(value: Any) -> bool:
 
 # Stored extraction settings: the type of every field a reader passes on (ExtractConfig checks the values).
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "revision": (str, type(None)), "max_length": (int, type(None)), "long_text": (str,),
-    "stride": (int, type(None)), "normalize": (bool,), "dtype": (str,), "trust_remote_code": (bool,),
+    "model": (str,),
+    "revision": (str, type(None)),
+    "max_length": (int, type(None)),
+    "long_text": (str,),
+    "stride": (int, type(None)),
+    "normalize": (bool,),
+    "dtype": (str,),
+    "trust_remote_code": (bool,),
     "backend": (str,),
 }
 
@@ -725,14 +818,18 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     The manifest is read from a file anyone may have edited: a wrong value must be a clean "corrupt model" message
     (exit 3), never a crash deeper in, and never a value that changes what code runs.
     """
+
     def bad(name: str, problem: str) -> InputError:
-        return InputError(f"{where}: field {name!r} {problem}; the model directory is corrupt or was edited by hand "
-                          "(train it again)")
+        return InputError(
+            f"{where}: field {name!r} {problem}; the model directory is corrupt or was edited by hand (train it again)"
+        )
 
     if manifest.get("kind") != MODEL_KIND or manifest.get("format_version") != MODEL_FORMAT_VERSION:
-        raise InputError(f"{where.parent}: unsupported model format (kind {manifest.get('kind')!r}, version "
-                         f"{manifest.get('format_version')!r}; this embedkit reads {MODEL_KIND!r} version "
-                         f"{MODEL_FORMAT_VERSION})")
+        raise InputError(
+            f"{where.parent}: unsupported model format (kind {manifest.get('kind')!r}, version "
+            f"{manifest.get('format_version')!r}; this embedkit reads {MODEL_KIND!r} version "
+            f"{MODEL_FORMAT_VERSION})"
+        )
     if MODEL_FILE not in manifest["files"]:
         raise bad("files", f"does not list {MODEL_FILE}")
     if manifest.get("classifier") not in CLASSIFIERS:
@@ -763,12 +860,16 @@ def _check_estimator(estimator: Any, manifest: dict[str, Any], where: Path) -> N
     """The loaded pipeline must be the one the manifest describes (its classes and input width)."""
     classes = [_jsonable(c) for c in getattr(estimator, "classes_", [])]
     if classes != manifest["classes"]:
-        raise InputError(f"{where}: field 'classes' ({manifest['classes']!r}) differs from the model's own classes "
-                         f"({classes!r}); the model directory is corrupt or was edited by hand")
+        raise InputError(
+            f"{where}: field 'classes' ({manifest['classes']!r}) differs from the model's own classes "
+            f"({classes!r}); the model directory is corrupt or was edited by hand"
+        )
     width = getattr(estimator, "n_features_in_", None)
     if width is not None and width != manifest["dim"]:
-        raise InputError(f"{where}: field 'dim' ({manifest['dim']}) differs from the {width} dimensions the model "
-                         "was fitted on; the model directory is corrupt or was edited by hand")
+        raise InputError(
+            f"{where}: field 'dim' ({manifest['dim']}) differs from the {width} dimensions the model "
+            "was fitted on; the model directory is corrupt or was edited by hand"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- predicting
@@ -795,6 +896,7 @@ class PredictSummary:
 def proba_column(label: Any) -> str:
     return f"proba_{label}"
 
+
 def matching_column(model: ClassifierModel, feats: Features, column: str | None = None) -> str:
     """The embedding column of ``feats`` made with the model's settings; IncompatibleError naming what differs."""
     wanted = model.config.vector_settings()
@@ -802,7 +904,10 @@ def matching_column(model: ClassifierModel, feats: Features, column: str | None 
     if not candidates:
         raise InputError(f"{feats.path} has no embedding column; columns: {', '.join(feats.schema.names)}")
     for name in candidates:
-        if feats.column_config(name).vector_settings() == wanted and feats.schema.field(name).type.list_size == model.dim:
+        if (
+            feats.column_config(name).vector_settings() == wanted
+            and feats.schema.field(name).type.list_size == model.dim
+        ):
             if not feats.column_config(name).model_difference(model.config):
                 return name
     closest = model.manifest["column"] if model.manifest["column"] in candidates else candidates[0]
@@ -844,7 +949,9 @@ class _OutputWriter:
             self.writer.close()
 
 
-def _prediction_table(model: ClassifierModel, base: pa.Table, vectors: pa.Array | pa.ChunkedArray, status: pa.Array) -> pa.Table:
+def _prediction_table(
+    model: ClassifierModel, base: pa.Table, vectors: pa.Array | pa.ChunkedArray, status: pa.Array
+) -> pa.Table:
     """``base`` (id + keep columns) plus status, prediction and one probability column per class."""
     if isinstance(vectors, pa.ChunkedArray):
         vectors = vectors.combine_chunks()
@@ -870,7 +977,9 @@ def _prediction_table(model: ClassifierModel, base: pa.Table, vectors: pa.Array 
         for k, label in enumerate(model.classes):
             column = np.full(len(valid), np.nan)
             column[rows] = proba[:, k]
-            table = table.append_column(proba_column(_jsonable(label)), pa.array(column, mask=~valid, type=pa.float32()))
+            table = table.append_column(
+                proba_column(_jsonable(label)), pa.array(column, mask=~valid, type=pa.float32())
+            )
     return table
 
 
@@ -943,7 +1052,9 @@ def predict_file(
     output = Path(output)
     kind = OUTPUT_FORMATS.get(output.suffix.lower())
     if kind is None:
-        raise ConfigError(f"cannot tell the output format of {output}; use an extension among {', '.join(OUTPUT_FORMATS)}")
+        raise ConfigError(
+            f"cannot tell the output format of {output}; use an extension among {', '.join(OUTPUT_FORMATS)}"
+        )
     if output.is_dir():
         raise OutputError(f"output {output} is a directory; give a file path")
     if output.exists() and not overwrite:
@@ -980,6 +1091,17 @@ def predict_file(
 
 
 __all__ = [
-    "CLASSIFIERS", "DEFAULT_CLASSIFIER", "ClassifierModel", "ClassifierOptions", "PredictSummary", "TrainResult",
-    "build_classifier", "cross_validate", "evaluate", "load_model", "load_training_data", "predict_file", "train",
+    "CLASSIFIERS",
+    "DEFAULT_CLASSIFIER",
+    "ClassifierModel",
+    "ClassifierOptions",
+    "PredictSummary",
+    "TrainResult",
+    "build_classifier",
+    "cross_validate",
+    "evaluate",
+    "load_model",
+    "load_training_data",
+    "predict_file",
+    "train",
 ]

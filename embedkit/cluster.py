@@ -146,7 +146,9 @@ class ClusterOptions:
             raise ConfigError(f"k range must satisfy 2 <= min <= max; got {lo}:{hi}")
         object.__setattr__(self, "k_range", (lo, hi))
         if self.method == "hdbscan" and self.k != AUTO:
-            raise ConfigError("hdbscan finds the number of clusters itself; drop --k and tune --min-cluster-size instead")
+            raise ConfigError(
+                "hdbscan finds the number of clusters itself; drop --k and tune --min-cluster-size instead"
+            )
         if self.pca < 0:
             raise ConfigError(f"pca must be >= 0 (0 = no reduction); got {self.pca}")
         if self.min_cluster_size < 2:
@@ -185,7 +187,9 @@ def _require_umap():
     try:
         import umap  # noqa: F401
     except ImportError:
-        raise ConfigError("map 'umap' needs the umap-learn package (pip install umap-learn); use 'pca' or 'tsne'") from None
+        raise ConfigError(
+            "map 'umap' needs the umap-learn package (pip install umap-learn); use 'pca' or 'tsne'"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- vectors
@@ -220,8 +224,13 @@ def fit_preprocessor(sample: np.ndarray, n_rows: int, options: ClusterOptions):
     dim = sample.shape[1]
     pipeline = build_preprocessor(options, min(n_rows, len(sample)), dim)
     info: dict[str, Any] = {
-        "standardize": options.standardize, "center": options.centers, "normalize": options.normalize,
-        "pca": 0, "input_dim": dim, "dim": dim, "fit_rows": 0,
+        "standardize": options.standardize,
+        "center": options.centers,
+        "normalize": options.normalize,
+        "pca": 0,
+        "input_dim": dim,
+        "dim": dim,
+        "fit_rows": 0,
     }
     if pipeline is None:
         return None, info
@@ -229,16 +238,19 @@ def fit_preprocessor(sample: np.ndarray, n_rows: int, options: ClusterOptions):
     info["fit_rows"] = int(len(sample))
     if "pca" in pipeline.named_steps:
         pca = pipeline.named_steps["pca"]
-        info.update(dim=int(pca.n_components_), pca=int(pca.n_components_),
-                    explained_variance=round(float(pca.explained_variance_ratio_.sum()), 4))
+        info.update(
+            dim=int(pca.n_components_),
+            pca=int(pca.n_components_),
+            explained_variance=round(float(pca.explained_variance_ratio_.sum()), 4),
+        )
     return pipeline, info
 
 
 def transform_into(pipeline, matrix: np.ndarray, out: np.ndarray) -> None:
     """Apply a fitted pre-processing to ``matrix`` chunk by chunk, writing into ``out`` (bounded temporaries)."""
     for start in range(0, len(matrix), CHUNK_ROWS):
-        chunk = matrix[start:start + CHUNK_ROWS]
-        out[start:start + len(chunk)] = chunk if pipeline is None else pipeline.transform(chunk)
+        chunk = matrix[start : start + CHUNK_ROWS]
+        out[start : start + len(chunk)] = chunk if pipeline is None else pipeline.transform(chunk)
 
 
 def preprocess(matrix: np.ndarray, options: ClusterOptions) -> tuple[np.ndarray, dict[str, Any]]:
@@ -301,7 +313,7 @@ def stream_preprocess(source, column: str, extra: list[str], options: ClusterOpt
     position = 0
     for matrix, table in source.iter_batches(column, extra, batch_rows=CHUNK_ROWS):
         finite = _finite_rows(matrix)
-        transform_into(pipeline, matrix[finite], vectors[position:position + int(finite.sum())])
+        transform_into(pipeline, matrix[finite], vectors[position : position + int(finite.sum())])
         position += int(finite.sum())
         tables.append(table.filter(pa.array(finite)))
     return vectors, pa.concat_tables(tables), skipped_null, nonfinite, info
@@ -453,8 +465,13 @@ def cluster_vectors(matrix: np.ndarray, options: ClusterOptions | None = None, p
     return cluster_prepared(vectors, info, options, progress, {"preprocess_s": time.perf_counter() - t0})
 
 
-def cluster_prepared(vectors: np.ndarray, info: dict[str, Any], options: ClusterOptions, progress: bool = False,
-                     timings: dict[str, float] | None = None) -> ClusterResult:
+def cluster_prepared(
+    vectors: np.ndarray,
+    info: dict[str, Any],
+    options: ClusterOptions,
+    progress: bool = False,
+    timings: dict[str, float] | None = None,
+) -> ClusterResult:
     """Cluster already pre-processed vectors (``info`` describes the pre-processing)."""
     timings = dict(timings or {})
     k: int | None = None if options.method == "hdbscan" else options.k
@@ -462,7 +479,13 @@ def cluster_prepared(vectors: np.ndarray, info: dict[str, Any], options: Cluster
     if k == AUTO:
         t0 = time.perf_counter()
         k, scores, rows = choose_k(vectors, options, progress)
-        selection = {"criterion": "silhouette", "sample_rows": rows, "range": list(options.k_range), "scores": scores, "chosen": k}
+        selection = {
+            "criterion": "silhouette",
+            "sample_rows": rows,
+            "range": list(options.k_range),
+            "scores": scores,
+            "chosen": k,
+        }
         timings["choose_k_s"] = time.perf_counter() - t0
         log.info("k=auto chose k=%d (silhouette %.3f)", k, scores[k])
     t0 = time.perf_counter()
@@ -470,16 +493,27 @@ def cluster_prepared(vectors: np.ndarray, info: dict[str, Any], options: Cluster
     timings["fit_s"] = time.perf_counter() - t0
     n_clusters = k if k is not None else int(labels.max()) + 1 if (labels >= 0).any() else 0
     centroids = centroids_of(vectors, labels, n_clusters)
-    return ClusterResult(labels, distances_to_centroids(vectors, labels, centroids), vectors, centroids, n_clusters, info, selection, timings)
+    return ClusterResult(
+        labels,
+        distances_to_centroids(vectors, labels, centroids),
+        vectors,
+        centroids,
+        n_clusters,
+        info,
+        selection,
+        timings,
+    )
 
 
 def distances_to_centroids(vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Euclidean distance of each row to its cluster's centroid (NaN for noise), in chunks."""
     distances = np.full(len(vectors), np.nan, dtype=np.float32)
     for start in range(0, len(vectors), CHUNK_ROWS):
-        part, mine = vectors[start:start + CHUNK_ROWS], labels[start:start + CHUNK_ROWS]
+        part, mine = vectors[start : start + CHUNK_ROWS], labels[start : start + CHUNK_ROWS]
         members = mine >= 0
-        distances[start:start + CHUNK_ROWS][members] = np.linalg.norm(part[members] - centroids[mine[members]], axis=1)
+        distances[start : start + CHUNK_ROWS][members] = np.linalg.norm(
+            part[members] - centroids[mine[members]], axis=1
+        )
     return distances
 
 
@@ -511,7 +545,9 @@ def cluster_metrics(result: ClusterResult, truth: np.ndarray | None, seed: int =
     return metrics
 
 
-def distinctive_terms(texts: list[str | None], labels: np.ndarray, n_clusters: int, top: int = TOP_TERMS) -> list[list[str]]:
+def distinctive_terms(
+    texts: list[str | None], labels: np.ndarray, n_clusters: int, top: int = TOP_TERMS
+) -> list[list[str]]:
     """The ``top`` most distinctive words of each cluster by class-based TF-IDF (c-TF-IDF, as in BERTopic).
 
     All texts of a cluster form one document; a term scores ``tf(term, cluster) * log(1 + A / f(term))`` where
@@ -533,7 +569,9 @@ def distinctive_terms(texts: list[str | None], labels: np.ndarray, n_clusters: i
         return [[] for _ in range(n_clusters)]
     matrix = counts.transform(docs)
     kept_labels = labels[keep]
-    indicator = sparse.csr_matrix((np.ones(len(kept_labels)), (kept_labels, np.arange(len(kept_labels)))), shape=(n_clusters, len(kept_labels)))
+    indicator = sparse.csr_matrix(
+        (np.ones(len(kept_labels)), (kept_labels, np.arange(len(kept_labels)))), shape=(n_clusters, len(kept_labels))
+    )
     per_cluster = np.asarray((indicator @ matrix).todense(), dtype=np.float64)
     words = per_cluster.sum(axis=1, keepdims=True)
     tf = per_cluster / np.maximum(words, 1)
@@ -563,7 +601,9 @@ def describe_clusters(result: ClusterResult, texts: list | None, ids: list) -> l
         rows = np.flatnonzero(labels == c)
         central = rows[np.argsort(distances[rows], kind="stable")[:CENTRAL_TEXTS]]
         entry: dict[str, Any] = {
-            "cluster": c, "size": int(sizes[c]), "share": round(float(sizes[c]) / n, 4),
+            "cluster": c,
+            "size": int(sizes[c]),
+            "share": round(float(sizes[c]) / n, 4),
             "mean_distance": round(float(distances[rows].mean()), 4) if len(rows) else None,
             "central_ids": [ids[i] for i in central],
         }
@@ -573,7 +613,9 @@ def describe_clusters(result: ClusterResult, texts: list | None, ids: list) -> l
         clusters.append(entry)
     noise = int((labels < 0).sum())
     if noise:
-        clusters.append({"cluster": NOISE, "size": noise, "share": round(noise / n, 4), "mean_distance": None, "central_ids": []})
+        clusters.append(
+            {"cluster": NOISE, "size": noise, "share": round(noise / n, 4), "mean_distance": None, "central_ids": []}
+        )
     return clusters
 
 
@@ -583,11 +625,17 @@ def describe_clusters(result: ClusterResult, texts: list | None, ids: list) -> l
 def project_2d(vectors: np.ndarray, how: str, seed: int) -> np.ndarray:
     """A 2-D projection of ``vectors`` by PCA, t-SNE (sklearn) or UMAP (umap-learn, when installed)."""
     if len(vectors) < 3 or vectors.shape[1] < 2:
-        return np.column_stack([vectors[:, 0], np.zeros(len(vectors))]) if vectors.shape[1] else np.zeros((len(vectors), 2))
+        return (
+            np.column_stack([vectors[:, 0], np.zeros(len(vectors))])
+            if vectors.shape[1]
+            else np.zeros((len(vectors), 2))
+        )
     if how == "tsne":
         from sklearn.manifold import TSNE
 
-        return TSNE(2, perplexity=min(30.0, (len(vectors) - 1) / 3), init="pca", random_state=seed).fit_transform(vectors)
+        return TSNE(2, perplexity=min(30.0, (len(vectors) - 1) / 3), init="pca", random_state=seed).fit_transform(
+            vectors
+        )
     if how == "umap":
         import umap
 
@@ -619,10 +667,25 @@ def draw_map(result: ClusterResult, path: Path, how: str = DEFAULT_MAP, seed: in
             mine = labels == c
             if not mine.any():
                 continue
-            ax.scatter(xy[mine, 0], xy[mine, 1], s=point_size, color=colours[c % len(colours)], label=str(c), linewidths=0, alpha=0.8)
+            ax.scatter(
+                xy[mine, 0],
+                xy[mine, 1],
+                s=point_size,
+                color=colours[c % len(colours)],
+                label=str(c),
+                linewidths=0,
+                alpha=0.8,
+            )
             cx, cy = np.median(xy[mine], axis=0)
-            ax.annotate(str(c), (cx, cy), fontsize=9, weight="bold", ha="center", va="center",
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0})
+            ax.annotate(
+                str(c),
+                (cx, cy),
+                fontsize=9,
+                weight="bold",
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0},
+            )
         if result.n_clusters <= 20:
             ax.legend(markerscale=3, fontsize=7, loc="best", title="cluster", frameon=False)
         ax.set_title(title or f"{len(rows):,} rows, {how.upper()} projection", fontsize=10)
@@ -684,16 +747,32 @@ def cluster_file(
     source.require_columns(extra)
     output_dir = Path(output_dir)
     # The lock is held from before the vectors are read until the switch: a second writer fails (or waits) at once.
-    with artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
-                              former_names=(FILE_CLUSTERS, FILE_MAP, FILE_SUMMARY)) as stage:
-        summary = _cluster_into(stage, source, column, options, label_column, text_column, keep, extra, progress,
-                                started)
+    with artefact.writing_dir(
+        output_dir,
+        kind=KIND,
+        manifest_name=MANIFEST,
+        overwrite=overwrite,
+        wait=wait,
+        former_names=(FILE_CLUSTERS, FILE_MAP, FILE_SUMMARY),
+    ) as stage:
+        summary = _cluster_into(
+            stage, source, column, options, label_column, text_column, keep, extra, progress, started
+        )
     return summary
 
 
-def _cluster_into(stage: artefact.Staging, source, column: str, options: ClusterOptions, label_column: str | None,
-                  text_column: str | None, keep: list[str], extra: list[str], progress: bool,
-                  started: float) -> dict[str, Any]:
+def _cluster_into(
+    stage: artefact.Staging,
+    source,
+    column: str,
+    options: ClusterOptions,
+    label_column: str | None,
+    text_column: str | None,
+    keep: list[str],
+    extra: list[str],
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
     """The work of :func:`cluster_file`: every output file written into ``stage``, then sealed. Returns the summary."""
     t0 = time.perf_counter()
     vectors, table, skipped_null, skipped_nonfinite, info = stream_preprocess(source, column, extra, options)
@@ -709,12 +788,14 @@ def _cluster_into(stage: artefact.Staging, source, column: str, options: Cluster
     clusters = describe_clusters(result, texts, ids)
     result.timings["summarise_s"] = time.perf_counter() - t0
 
-    out_table = pa.table({
-        "id": table.column("id"),
-        "cluster": pa.array(result.labels, type=pa.int32()),
-        "distance": pa.array(result.distances, type=pa.float32(), from_pandas=True),  # NaN (noise) -> null
-        **{c: table.column(c) for c in keep if c != "id"},
-    })
+    out_table = pa.table(
+        {
+            "id": table.column("id"),
+            "cluster": pa.array(result.labels, type=pa.int32()),
+            "distance": pa.array(result.distances, type=pa.float32(), from_pandas=True),  # NaN (noise) -> null
+            **{c: table.column(c) for c in keep if c != "id"},
+        }
+    )
     settings = {"source": str(source.path), "column": column, "options": _options_dict(options)}
     out_table = out_table.replace_schema_metadata({META_KEY: json.dumps(settings).encode()})
     pq.write_table(out_table, stage.path(FILE_CLUSTERS))
@@ -733,20 +814,41 @@ def _cluster_into(stage: artefact.Staging, source, column: str, options: Cluster
     for note in notes:
         log.info(note)
     summary = {
-        "source": str(source.path), "column": column, "model": source.meta.get("model", {}).get("name"),
-        "rows": source.num_rows, "clustered_rows": len(result.labels),
+        "source": str(source.path),
+        "column": column,
+        "model": source.meta.get("model", {}).get("name"),
+        "rows": source.num_rows,
+        "clustered_rows": len(result.labels),
         "skipped_rows": {"null_embedding": skipped_null, "non_finite": skipped_nonfinite},
-        "method": options.method, "k": result.k, "options": _options_dict(options),
-        "preprocessing": result.preprocessing, "k_selection": result.k_selection,
-        "label_column": label_column, "text_column": text_column, "metrics": metrics, "clusters": clusters,
-        "files": files, "notes": notes, "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": library_versions("scikit-learn", "numpy", "pyarrow"),
+        "method": options.method,
+        "k": result.k,
+        "options": _options_dict(options),
+        "preprocessing": result.preprocessing,
+        "k_selection": result.k_selection,
+        "label_column": label_column,
+        "text_column": text_column,
+        "metrics": metrics,
+        "clusters": clusters,
+        "files": files,
+        "notes": notes,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions("scikit-learn", "numpy", "pyarrow"),
     }
-    stage.path(FILE_SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default),
-                                        encoding="utf-8")
+    stage.path(FILE_SUMMARY).write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8"
+    )
     # The manifest repeats what a reader checks the files against: the row count of clusters.parquet and k.
-    stage.seal({"format_version": FORMAT_VERSION, "summary": FILE_SUMMARY, "clusters": FILE_CLUSTERS,
-                "rows": len(result.labels), "k": result.n_clusters, "created_at": summary["created_at"]})
+    stage.seal(
+        {
+            "format_version": FORMAT_VERSION,
+            "summary": FILE_SUMMARY,
+            "clusters": FILE_CLUSTERS,
+            "rows": len(result.labels),
+            "k": result.n_clusters,
+            "created_at": summary["created_at"],
+        }
+    )
     return summary
 
 
@@ -781,8 +883,10 @@ def load_clustering(directory: str | Path) -> Clustering:
         return InputError(f"{where}: field {name!r} {problem}; the clustering is corrupt or was edited by hand")
 
     if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{directory}: unsupported clustering format (kind {manifest.get('kind')!r}, version "
-                         f"{manifest.get('format_version')!r})")
+        raise InputError(
+            f"{directory}: unsupported clustering format (kind {manifest.get('kind')!r}, version "
+            f"{manifest.get('format_version')!r})"
+        )
     for name, expected in (("summary", FILE_SUMMARY), ("clusters", FILE_CLUSTERS)):
         if manifest.get(name) != expected:
             raise bad(name, f"must be {expected!r}")
@@ -816,8 +920,10 @@ def _notes(source, options: ClusterOptions, metrics: dict[str, Any], rows: int, 
             f"embedding space; lower --min-cluster-size (now {options.min_cluster_size}) or use --method kmeans"
         )
     if text_column is None and source.text_columns:
-        notes.append("no 'text' column: clusters are described by ids only; pass --text-column COLUMN for central "
-                     f"texts and distinctive terms (text columns here: {', '.join(source.text_columns)})")
+        notes.append(
+            "no 'text' column: clusters are described by ids only; pass --text-column COLUMN for central "
+            f"texts and distinctive terms (text columns here: {', '.join(source.text_columns)})"
+        )
     return notes
 
 
@@ -838,19 +944,27 @@ def format_summary(summary: dict[str, Any], max_clusters: int = 50) -> str:
     m = summary["metrics"]
     lines = [
         f"{summary['clustered_rows']:,} rows clustered by {summary['method']} into {m['clusters']} clusters"
-        + (f" (k chosen by silhouette over {summary['k_selection']['range'][0]}..{summary['k_selection']['range'][1]})"
-           if summary.get("k_selection") else ""),
+        + (
+            f" (k chosen by silhouette over {summary['k_selection']['range'][0]}..{summary['k_selection']['range'][1]})"
+            if summary.get("k_selection")
+            else ""
+        ),
     ]
     skipped = summary["skipped_rows"]
     if skipped["null_embedding"] or skipped["non_finite"]:
-        lines.append(f"skipped {skipped['null_embedding']} rows with a null embedding, {skipped['non_finite']} with NaN/inf")
+        lines.append(
+            f"skipped {skipped['null_embedding']} rows with a null embedding, {skipped['non_finite']} with NaN/inf"
+        )
     scores = [f"silhouette {m['silhouette']:.3f}" if m.get("silhouette") is not None else "silhouette n/a"]
     scores += [f"{name.upper()} {m[name]:.3f}" for name in ("nmi", "ari") if name in m]
     if m.get("noise_rows"):
         scores.append(f"noise {m['noise_rows']:,} rows")
     lines.append(", ".join(scores))
     has_text = summary.get("text_column") is not None
-    lines.append(f"{'cluster':>7}  {'size':>8}  {'share':>6}  " + ("terms / most central text" if has_text else "most central ids"))
+    lines.append(
+        f"{'cluster':>7}  {'size':>8}  {'share':>6}  "
+        + ("terms / most central text" if has_text else "most central ids")
+    )
     for c in summary["clusters"][:max_clusters]:
         name = "noise" if c["cluster"] == NOISE else str(c["cluster"])
         head = f"{name:>7}  {c['size']:>8,}  {c['share'] * 100:5.1f}%  "
@@ -868,7 +982,20 @@ def format_summary(summary: dict[str, Any], max_clusters: int = 50) -> str:
 
 
 __all__ = [
-    "METHODS", "MAP_METHODS", "ClusterOptions", "ClusterResult", "Clustering", "cluster_file", "cluster_metrics",
-    "cluster_vectors", "choose_k", "distinctive_terms", "draw_map", "format_summary", "load_clustering", "parse_k",
-    "parse_k_range", "preprocess",
+    "METHODS",
+    "MAP_METHODS",
+    "ClusterOptions",
+    "ClusterResult",
+    "Clustering",
+    "cluster_file",
+    "cluster_metrics",
+    "cluster_vectors",
+    "choose_k",
+    "distinctive_terms",
+    "draw_map",
+    "format_summary",
+    "load_clustering",
+    "parse_k",
+    "parse_k_range",
+    "preprocess",
 ]

@@ -169,9 +169,7 @@ class ExtractConfig:
             if self.stride < 0:
                 raise ConfigError(f"stride must be >= 0, got {self.stride}")
             if self.max_length is not None and self.stride >= self.max_length // 2:
-                raise ConfigError(
-                    f"stride {self.stride} must be less than half of max_length {self.max_length}"
-                )
+                raise ConfigError(f"stride {self.stride} must be less than half of max_length {self.max_length}")
 
     @property
     def pairs(self) -> list[tuple[int, str]]:
@@ -184,7 +182,7 @@ class ExtractConfig:
             return ["embedding"]
         return [f"embedding_l{layer}_{pooling}" for layer, pooling in self.pairs]
 
-    def replace(self, **changes: Any) -> "ExtractConfig":
+    def replace(self, **changes: Any) -> ExtractConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,7 +193,7 @@ class ExtractConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExtractConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ExtractConfig:
         """Settings from a dict the caller vouches for (its own ``to_dict``); artefacts go through ``from_stored``."""
         unknown = sorted(set(data) - set(setting_names()))
         if unknown:
@@ -203,8 +201,9 @@ class ExtractConfig:
         return cls(**data)
 
     @classmethod
-    def from_stored(cls, data: Any, *, trust_remote_code: bool = False, origin: str,
-                    model: Any = None) -> "ExtractConfig":
+    def from_stored(
+        cls, data: Any, *, trust_remote_code: bool = False, origin: str, model: Any = None
+    ) -> ExtractConfig:
         """Settings read from an artefact (features metadata, index.json, a model manifest, a pipeline file).
 
         The one place where stored settings become an ExtractConfig, so every reader gets the same rules:
@@ -217,12 +216,16 @@ class ExtractConfig:
           is kept in ``provenance`` so loading the model checks it is still the one the vectors came from.
         """
         if not isinstance(data, dict):
-            raise InputError(f"{origin}: the stored extraction settings are missing or not a table "
-                             f"(got {type(data).__name__}); the artefact is corrupt or was not written by embedkit")
+            raise InputError(
+                f"{origin}: the stored extraction settings are missing or not a table "
+                f"(got {type(data).__name__}); the artefact is corrupt or was not written by embedkit"
+            )
         missing = [k for k in ("model", "layers", "pooling") if k not in data]
         if missing:  # every embedkit version wrote these; defaults would silently stand in for another model
-            raise InputError(f"{origin}: the stored extraction settings lack {', '.join(missing)}; the artefact is "
-                             "corrupt or was not written by embedkit")
+            raise InputError(
+                f"{origin}: the stored extraction settings lack {', '.join(missing)}; the artefact is "
+                "corrupt or was not written by embedkit"
+            )
         data = dict(data)
         stored_trust = data.pop("trust_remote_code", False) not in (False, None)
         fingerprint = model.get("fingerprint") if isinstance(model, dict) else None
@@ -231,12 +234,14 @@ class ExtractConfig:
         try:
             config = cls.from_dict(data)
         except ConfigError as exc:
-            raise InputError(f"{origin}: invalid stored extraction setting: {exc} (a corrupt or hand-edited "
-                             "artefact; re-create it)") from exc
-        return config.replace(trust_remote_code=bool(trust_remote_code),
-                              provenance=Provenance(origin, fingerprint, stored_trust))
+            raise InputError(
+                f"{origin}: invalid stored extraction setting: {exc} (a corrupt or hand-edited artefact; re-create it)"
+            ) from exc
+        return config.replace(
+            trust_remote_code=bool(trust_remote_code), provenance=Provenance(origin, fingerprint, stored_trust)
+        )
 
-    def model_difference(self, other: "ExtractConfig") -> str | None:
+    def model_difference(self, other: ExtractConfig) -> str | None:
         """A note when both settings were read from artefacts that recorded different model fingerprints.
 
         Equal settings name the model by its path or id only; a checkpoint replaced at that path between two
@@ -257,4 +262,3 @@ class ExtractConfig:
 def setting_names() -> list[str]:
     """The settings a dict, a pipeline's [extract] table or an artefact may hold."""
     return [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "provenance"]
-

@@ -72,15 +72,22 @@ class EmbedSummary:
         parts.append(f"{self.seconds:.1f}s, {rate:,.0f} tokens/s")
         return "; ".join(parts)
 
+
 def build_metadata(extractor: Extractor) -> dict[str, Any]:
     """The ``embedkit`` schema metadata: config, model facts, columns, versions, time."""
     loaded = extractor.loaded
     return {
         "format_version": FORMAT_VERSION,
         "config": extractor.config.to_dict(),
-        "model": {"name": loaded.name, "revision": loaded.revision, "model_type": loaded.model_type,
-                  "hidden_size": loaded.hidden_size, "num_layers": loaded.n_layers,
-                  "max_positions": loaded.max_positions, "fingerprint": loaded.fingerprint},  # checked on reload
+        "model": {
+            "name": loaded.name,
+            "revision": loaded.revision,
+            "model_type": loaded.model_type,
+            "hidden_size": loaded.hidden_size,
+            "num_layers": loaded.n_layers,
+            "max_positions": loaded.max_positions,
+            "fingerprint": loaded.fingerprint,
+        },  # checked on reload
         "columns": extractor.columns,
         "versions": library_versions("torch", "transformers", "tokenizers", "pyarrow"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -105,8 +112,11 @@ def model_files(model: str) -> list[dict[str, Any]] | None:
     path = Path(model).expanduser()
     if not path.is_dir():
         return None  # a hub id: the revision in the settings names it
-    return [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
-            for f in sorted(path.iterdir()) if f.is_file()]
+    return [
+        {"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns}
+        for f in sorted(path.iterdir())
+        if f.is_file()
+    ]
 
 
 def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[str, Any]:
@@ -275,7 +285,9 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
 
     table = pq.read_table(output, columns=["id", "status", "truncated", "n_windows"])
     id_counts = pc.value_counts(table.column("id").combine_chunks()).field("counts")
-    statuses = {str(r["values"]): int(r["counts"]) for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist()}
+    statuses = {
+        str(r["values"]): int(r["counts"]) for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist()
+    }
     return EmbedSummary(
         output=output,
         rows=table.num_rows,

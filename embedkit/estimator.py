@@ -47,8 +47,20 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         extractor_: the loaded :class:`~embedkit.Extractor` (dropped when pickled, reloaded on first use).
     """
 
-    def __init__(self, model=None, layer=-1, pooling="mean", max_length=None, long_text="truncate", stride=None,
-                 normalize=False, revision=None, trust_remote_code=False, device="auto", batch_tokens=None):
+    def __init__(
+        self,
+        model=None,
+        layer=-1,
+        pooling="mean",
+        max_length=None,
+        long_text="truncate",
+        stride=None,
+        normalize=False,
+        revision=None,
+        trust_remote_code=False,
+        device="auto",
+        batch_tokens=None,
+    ):
         self.model = model
         self.layer = layer
         self.pooling = pooling
@@ -62,8 +74,9 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.batch_tokens = batch_tokens
 
     @classmethod
-    def from_features(cls, path: str | Path, column: str | None = None, *, trust_remote_code: bool = False,
-                      **runtime) -> "HiddenStateEmbedder":
+    def from_features(
+        cls, path: str | Path, column: str | None = None, *, trust_remote_code: bool = False, **runtime
+    ) -> HiddenStateEmbedder:
         """An embedder that makes vectors exactly like ``column`` of a features file (runtime: device, batch_tokens).
 
         ``trust_remote_code`` is yours to give: a value stored in the file is ignored. ``fit`` checks that the model
@@ -73,18 +86,34 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         feats = open_features(path, trust_remote_code=trust_remote_code)
         config = feats.column_config(feats.embedding_column(column))
-        embedder = cls(model=config.model, layer=config.layers[0], pooling=config.pooling[0],
-                       max_length=config.max_length, long_text=config.long_text, stride=config.stride,
-                       normalize=config.normalize, revision=config.revision, trust_remote_code=trust_remote_code,
-                       **runtime)
+        embedder = cls(
+            model=config.model,
+            layer=config.layers[0],
+            pooling=config.pooling[0],
+            max_length=config.max_length,
+            long_text=config.long_text,
+            stride=config.stride,
+            normalize=config.normalize,
+            revision=config.revision,
+            trust_remote_code=trust_remote_code,
+            **runtime,
+        )
         # Not an __init__ parameter (clone() drops it): it belongs to this file's model, not to the settings.
         embedder._provenance = (config.model, config.provenance)
         return embedder
 
     def _config(self) -> ExtractConfig:
-        config = ExtractConfig(model=self.model or default_model(), revision=self.revision, layers=(self.layer,),
-                               pooling=(self.pooling,), max_length=self.max_length, long_text=self.long_text,
-                               stride=self.stride, normalize=self.normalize, trust_remote_code=self.trust_remote_code)
+        config = ExtractConfig(
+            model=self.model or default_model(),
+            revision=self.revision,
+            layers=(self.layer,),
+            pooling=(self.pooling,),
+            max_length=self.max_length,
+            long_text=self.long_text,
+            stride=self.stride,
+            normalize=self.normalize,
+            trust_remote_code=self.trust_remote_code,
+        )
         model, provenance = getattr(self, "_provenance", (None, None))
         return config.replace(provenance=provenance) if provenance and config.model == model else config
 

@@ -189,29 +189,47 @@ def plan_index(kind: str, rows: int, dim: int, memory: str | int = DEFAULT_MEMOR
     elif kind == "hnsw":
         plan = IndexPlan("hnsw", f"HNSW{HNSW_M}", estimated_bytes=_estimate("hnsw", rows, dim), reason="asked for")
     elif kind == "ivf":
-        plan = IndexPlan("ivf", f"{_ivf_prefix(nlist)},Flat", nlist, estimated_bytes=_estimate("ivf", rows, dim, nlist),
-                         reason="asked for")
+        plan = IndexPlan(
+            "ivf",
+            f"{_ivf_prefix(nlist)},Flat",
+            nlist,
+            estimated_bytes=_estimate("ivf", rows, dim, nlist),
+            reason="asked for",
+        )
     else:
         m = _pq_bytes(rows, dim, nlist, budget)
-        plan = IndexPlan("ivfpq", _pq_factory(rows, dim, nlist, m), nlist, m, _estimate("ivfpq", rows, dim, nlist, m), "asked for")
+        plan = IndexPlan(
+            "ivfpq", _pq_factory(rows, dim, nlist, m), nlist, m, _estimate("ivfpq", rows, dim, nlist, m), "asked for"
+        )
     if plan.estimated_bytes > budget:
-        log.warning("a %s index of %d x %d needs about %s, over the %s budget", plan.kind, rows, dim,
-                    human_bytes(plan.estimated_bytes), human_bytes(budget))
+        log.warning(
+            "a %s index of %d x %d needs about %s, over the %s budget",
+            plan.kind,
+            rows,
+            dim,
+            human_bytes(plan.estimated_bytes),
+            human_bytes(budget),
+        )
     return plan
 
 
 def _auto_plan(rows: int, dim: int, budget: int, nlist: int) -> IndexPlan:
     flat = _estimate("flat", rows, dim)
     if rows < FLAT_MAX_ROWS and flat <= budget:
-        return IndexPlan("flat", "Flat", estimated_bytes=flat, reason=f"under {FLAT_MAX_ROWS:,} rows exact search is fastest")
+        return IndexPlan(
+            "flat", "Flat", estimated_bytes=flat, reason=f"under {FLAT_MAX_ROWS:,} rows exact search is fastest"
+        )
     hnsw = _estimate("hnsw", rows, dim)
     if hnsw <= budget and rows * dim <= HNSW_MAX_CELLS:
-        return IndexPlan("hnsw", f"HNSW{HNSW_M}", estimated_bytes=hnsw, reason="fits the memory budget with graph links")
+        return IndexPlan(
+            "hnsw", f"HNSW{HNSW_M}", estimated_bytes=hnsw, reason="fits the memory budget with graph links"
+        )
     ivf = _estimate("ivf", rows, dim, nlist)
     if ivf <= budget:
         why = "too large to build HNSW quickly" if hnsw <= budget else "HNSW does not fit the memory budget"
-        return IndexPlan("ivf", f"{_ivf_prefix(nlist)},Flat", nlist, estimated_bytes=ivf,
-                         reason=f"{why}; full vectors fit")
+        return IndexPlan(
+            "ivf", f"{_ivf_prefix(nlist)},Flat", nlist, estimated_bytes=ivf, reason=f"{why}; full vectors fit"
+        )
     m = _pq_bytes(rows, dim, nlist, budget)
     pq = _estimate("ivfpq", rows, dim, nlist, m)
     if pq > budget:
@@ -219,8 +237,14 @@ def _auto_plan(rows: int, dim: int, budget: int, nlist: int) -> IndexPlan:
             f"no index of {rows:,} x {dim} fits in {human_bytes(budget)}: the smallest (IVF-PQ, {m} bytes per vector) "
             f"needs about {human_bytes(pq)}; raise --memory"
         )
-    return IndexPlan("ivfpq", _pq_factory(rows, dim, nlist, m), nlist, m, pq,
-                     reason=f"full vectors ({human_bytes(ivf)}) exceed the {human_bytes(budget)} budget: {m}-byte codes")
+    return IndexPlan(
+        "ivfpq",
+        _pq_factory(rows, dim, nlist, m),
+        nlist,
+        m,
+        pq,
+        reason=f"full vectors ({human_bytes(ivf)}) exceed the {human_bytes(budget)} budget: {m}-byte codes",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- faiss helpers
@@ -392,7 +416,9 @@ class BuildReport:
             f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, peak memory {human_bytes(self.peak_rss_bytes)}",
         ]
         if self.recall_at_10 is not None:
-            reached = "" if self.recall_at_10 >= self.target_recall - 1e-9 else f" (target {self.target_recall} not reached)"
+            reached = (
+                "" if self.recall_at_10 >= self.target_recall - 1e-9 else f" (target {self.target_recall} not reached)"
+            )
             out.append(
                 f"recall@10 {self.recall_at_10:.3f}{reached} at {params} on {self.eval_queries} held-out queries, "
                 f"{self.queries_per_second:,.0f} queries/s"
@@ -414,8 +440,10 @@ def _store_note(features: Features, store: list[str]) -> list[str]:
     """Say so when search will show bare ids although the file has text columns (e.g. ``--keep body``)."""
     if store or not features.text_columns:
         return []
-    return [f"search results will show ids only: no 'text' column to store for display; pass --store COLUMN "
-            f"(text columns here: {', '.join(features.text_columns)})"]
+    return [
+        f"search results will show ids only: no 'text' column to store for display; pass --store COLUMN "
+        f"(text columns here: {', '.join(features.text_columns)})"
+    ]
 
 
 def _column_dim(features: Features, column: str) -> int:
@@ -428,8 +456,10 @@ def _skipped_lines(null_rows: int, nonfinite_rows: int, nonfinite_ids: list[Any]
         out.append(f"{null_rows} rows without an embedding skipped")
     if nonfinite_rows:
         ids = ", ".join(map(str, nonfinite_ids)) + (", ..." if nonfinite_rows > len(nonfinite_ids) else "")
-        out.append(f"{nonfinite_rows} rows whose embedding holds NaN, infinite or overflowing values skipped (no "
-                   f"search could return them; ids {ids}): re-embed those rows")
+        out.append(
+            f"{nonfinite_rows} rows whose embedding holds NaN, infinite or overflowing values skipped (no "
+            f"search could return them; ids {ids}): re-embed those rows"
+        )
     return out
 
 
@@ -478,8 +508,9 @@ class _Samples:
     nonfinite: _Skipped
 
 
-def _draw_samples(features: Features, column: str, train_rows: int, eval_queries: int, metric: str,
-                  seed: int, batch_rows: int) -> _Samples:
+def _draw_samples(
+    features: Features, column: str, train_rows: int, eval_queries: int, metric: str, seed: int, batch_rows: int
+) -> _Samples:
     """First pass: count rows with an embedding, draw a training sample and disjoint held-out queries."""
     rng = np.random.default_rng(seed)
     total = features.num_rows
@@ -552,8 +583,12 @@ def _new_index(plan: IndexPlan, dim: int, metric: str, train: np.ndarray):
             # 39 rows per code; one warning of ours says it once, with what to do.
             wanted = PQ_CODES * ivf.pq.cp.min_points_per_centroid
             if 0 < len(train) < wanted:
-                log.warning("IVF-PQ codebooks trained on %d rows (%d wanted): expect lower recall; with this few "
-                            "rows --kind ivf or flat is exact enough and fast", len(train), wanted)
+                log.warning(
+                    "IVF-PQ codebooks trained on %d rows (%d wanted): expect lower recall; with this few "
+                    "rows --kind ivf or flat is exact enough and fast",
+                    len(train),
+                    wanted,
+                )
             ivf.pq.cp.min_points_per_centroid = 1
     if isinstance(index, faiss.IndexPreTransform):
         for i in range(index.chain.size()):
@@ -565,7 +600,9 @@ def _new_index(plan: IndexPlan, dim: int, metric: str, train: np.ndarray):
         if len(train) < max(1, plan.nlist):
             raise InputError(f"{len(train)} rows are too few to train {plan.factory}; use --kind flat or hnsw")
         if plan.pq_bytes and len(train) < PQ_CODES:
-            raise InputError(f"{len(train)} rows are too few to train product quantization ({PQ_CODES} needed); use --kind ivf")
+            raise InputError(
+                f"{len(train)} rows are too few to train product quantization ({PQ_CODES} needed); use --kind ivf"
+            )
         index.train(train)
     return index
 
@@ -630,11 +667,13 @@ def build_index(
     dim = _column_dim(feats, column)
     output = _named(output)
 
-    with artefact.writing_dir(output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite,
-                              wait=wait) as stage:
+    with artefact.writing_dir(
+        output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite, wait=wait
+    ) as stage:
         plan = plan_index(kind, feats.num_rows, dim, memory)
-        samples = _draw_samples(feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed,
-                                batch_rows)
+        samples = _draw_samples(
+            feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed, batch_rows
+        )
         if samples.rows != feats.num_rows:  # null or non-finite rows: plan for what will really be indexed
             plan = plan_index(kind, samples.rows, dim, memory)
         log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
@@ -668,22 +707,58 @@ def build_index(
         nonfinite = samples.nonfinite.rows
         null_rows = feats.num_rows - samples.rows - nonfinite
         meta = {
-            "format": INDEX_FORMAT, "index_kind": plan.kind, "factory": plan.factory, "metric": metric, "dim": dim,
-            "rows": int(index.ntotal), "column": column, "stored_columns": store, "params": params,
-            "config": col_config.to_dict(), "model": feats.meta.get("model", {}), "generation": 0,
-            "source": {"path": str(Path(features).resolve()), "rows": feats.num_rows, "skipped_null_rows": null_rows,
-                       "skipped_nonfinite_rows": nonfinite},
-            "build": {"reason": plan.reason, "target_recall": target_recall, "recall_at_10": recall,
-                      "eval_queries": len(samples.queries), "queries_per_second": qps, "created_at": _now(),
-                      "adds": []},
+            "format": INDEX_FORMAT,
+            "index_kind": plan.kind,
+            "factory": plan.factory,
+            "metric": metric,
+            "dim": dim,
+            "rows": int(index.ntotal),
+            "column": column,
+            "stored_columns": store,
+            "params": params,
+            "config": col_config.to_dict(),
+            "model": feats.meta.get("model", {}),
+            "generation": 0,
+            "source": {
+                "path": str(Path(features).resolve()),
+                "rows": feats.num_rows,
+                "skipped_null_rows": null_rows,
+                "skipped_nonfinite_rows": nonfinite,
+            },
+            "build": {
+                "reason": plan.reason,
+                "target_recall": target_recall,
+                "recall_at_10": recall,
+                "eval_queries": len(samples.queries),
+                "queries_per_second": qps,
+                "created_at": _now(),
+                "adds": [],
+            },
         }
         index_bytes = _write_data(stage, index, ids)
         meta["build"]["seconds"] = round(time.perf_counter() - started, 3)
         stage.seal(meta)
-    return BuildReport(output, plan.kind, plan.factory, metric, int(index.ntotal), dim, null_rows,
-                       meta["build"]["seconds"], index_bytes, _peak_rss_bytes(), recall, qps, params, target_recall,
-                       len(samples.queries), plan.reason, _store_note(feats, store) if store_given is None else [],
-                       nonfinite, samples.nonfinite.examples)
+    return BuildReport(
+        output,
+        plan.kind,
+        plan.factory,
+        metric,
+        int(index.ntotal),
+        dim,
+        null_rows,
+        meta["build"]["seconds"],
+        index_bytes,
+        _peak_rss_bytes(),
+        recall,
+        qps,
+        params,
+        target_recall,
+        len(samples.queries),
+        plan.reason,
+        _store_note(feats, store) if store_given is None else [],
+        nonfinite,
+        samples.nonfinite.examples,
+    )
 
 
 def _pad(d: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -753,7 +828,9 @@ class SearchResult:
         """The hits of one query as dicts: rank, score, id and the stored columns."""
         keep = self.positions[query] >= 0
         rows = self.ids.take(pa.array(self.positions[query][keep])).to_pylist()
-        return [{"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(self.scores[query][keep], rows))]
+        return [
+            {"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(self.scores[query][keep], rows))
+        ]
 
     def to_table(self, query_columns: dict[str, Sequence[Any]] | None = None) -> pa.Table:
         """Long format: one row per (query, hit) with ``query`` (its number), rank, score, id, stored columns."""
@@ -774,7 +851,8 @@ def _settings_diff(a: ExtractConfig, b: ExtractConfig) -> list[str]:
     va, vb = a.vector_settings(), b.vector_settings()
     model = a.model_difference(b)  # same settings, but another checkpoint at the model path
     return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)] + (
-        [model] if model else [])
+        [model] if model else []
+    )
 
 
 class Index:
@@ -785,8 +863,15 @@ class Index:
         >>> index.search("how do I reset my password", k=5).hits()
     """
 
-    def __init__(self, directory: Path, faiss_index, ids: pa.Table, meta: dict[str, Any], device: str = "auto",
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        directory: Path,
+        faiss_index,
+        ids: pa.Table,
+        meta: dict[str, Any],
+        device: str = "auto",
+        trust_remote_code: bool = False,
+    ):
         self.directory = Path(directory)
         self.trust_remote_code = trust_remote_code  # the caller's decision; index.json's own is never used
         self.faiss_index = faiss_index
@@ -829,8 +914,12 @@ class Index:
 
     @property
     def config(self) -> ExtractConfig:
-        return ExtractConfig.from_stored(self.meta["config"], trust_remote_code=self.trust_remote_code,
-                                         origin=str(self.directory / META_FILE), model=self.meta.get("model"))
+        return ExtractConfig.from_stored(
+            self.meta["config"],
+            trust_remote_code=self.trust_remote_code,
+            origin=str(self.directory / META_FILE),
+            model=self.meta.get("model"),
+        )
 
     @property
     def metric(self) -> str:
@@ -884,13 +973,23 @@ class Index:
             raise InputError("no query given")
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
-                raise InputError(f"query {i} is empty; give some text to search for" if len(texts) > 1 else "the query is empty; give some text to search for")
+                raise InputError(
+                    f"query {i} is empty; give some text to search for"
+                    if len(texts) > 1
+                    else "the query is empty; give some text to search for"
+                )
         return self.extractor.embed(texts)
 
     # -- searching
 
-    def search(self, queries: str | Sequence[str] | np.ndarray, k: int = DEFAULT_K, *, nprobe: int | None = None,
-               ef_search: int | None = None) -> SearchResult:
+    def search(
+        self,
+        queries: str | Sequence[str] | np.ndarray,
+        k: int = DEFAULT_K,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> SearchResult:
         """Nearest rows to query texts (embedded with the stored settings) or to query vectors.
 
         Scores: cosine similarity (cosine), inner product (ip) or Euclidean distance (l2, lower is closer).
@@ -902,8 +1001,15 @@ class Index:
             vectors = self.embed(queries)
         return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = DEFAULT_K, *, nprobe: int | None = None,
-                       ef_search: int | None = None, exclude: np.ndarray | None = None) -> SearchResult:
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = DEFAULT_K,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        exclude: np.ndarray | None = None,
+    ) -> SearchResult:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None, :]
@@ -931,8 +1037,9 @@ class Index:
         vectors = np.vstack([self._reconstruct(p) for p in positions])
         return self.search_vectors(vectors, k, exclude=positions, **knobs)
 
-    def search_features(self, features: str | Path, k: int = DEFAULT_K, column: str | None = None,
-                        **knobs) -> tuple[SearchResult, pa.Table]:
+    def search_features(
+        self, features: str | Path, k: int = DEFAULT_K, column: str | None = None, **knobs
+    ) -> tuple[SearchResult, pa.Table]:
         """Search with the vectors of an already embedded file; refused unless it was embedded like the index."""
         feats = open_features(features)
         column = feats.embedding_column(column)
@@ -942,9 +1049,20 @@ class Index:
             log.warning("%d query rows without an embedding skipped", skipped)
         return self.search_vectors(matrix, k, **knobs), table
 
-    def search_file(self, queries: str | Path, output: str | Path, k: int = DEFAULT_K, *, text_column: str = "text",
-                    id_column: str | None = None, batch_rows: int = 1024, overwrite: bool = False,
-                    progress: bool = False, wait: bool = False, **knobs) -> dict[str, Any]:
+    def search_file(
+        self,
+        queries: str | Path,
+        output: str | Path,
+        k: int = DEFAULT_K,
+        *,
+        text_column: str = "text",
+        id_column: str | None = None,
+        batch_rows: int = 1024,
+        overwrite: bool = False,
+        progress: bool = False,
+        wait: bool = False,
+        **knobs,
+    ) -> dict[str, Any]:
         """Search every query of a file and write the hits to Parquet (one row per query and hit).
 
         ``queries`` is raw text (CSV, TSV, JSONL, Parquet, TXT; read with ``Source``) or a features Parquet
@@ -969,8 +1087,16 @@ class Index:
         if output.resolve() == Path(queries).resolve():
             raise OutputError(f"{output} is the queries file itself; write the hits to another file")
 
-    def _search_all(self, queries: str | Path, k: int, text_column: str, id_column: str | None, batch_rows: int,
-                    progress: bool, knobs) -> tuple[pa.Table, dict[str, int], set[str]]:
+    def _search_all(
+        self,
+        queries: str | Path,
+        k: int,
+        text_column: str,
+        id_column: str | None,
+        batch_rows: int,
+        progress: bool,
+        knobs,
+    ) -> tuple[pa.Table, dict[str, int], set[str]]:
         from .sources import Source
         from .store import is_features_file
 
@@ -1065,19 +1191,34 @@ class Index:
             )
         dim = _column_dim(feats, column)
         if dim != self.dim:
-            raise IncompatibleError(f"{feats.path} column {column!r} holds {dim}-d vectors; the index holds {self.dim}-d")
+            raise IncompatibleError(
+                f"{feats.path} column {column!r} holds {dim}-d vectors; the index holds {self.dim}-d"
+            )
 
     # -- growing
 
-    def add(self, features: str | Path, column: str | None = None, batch_rows: int = BATCH_ROWS,
-            progress: bool = False, wait: bool = False) -> int:
+    def add(
+        self,
+        features: str | Path,
+        column: str | None = None,
+        batch_rows: int = BATCH_ROWS,
+        progress: bool = False,
+        wait: bool = False,
+    ) -> int:
         """Add the rows of another features file embedded with the same settings; returns rows added.
 
         See :func:`add_to_index`: the rows are added to the index as it is on disk under its lock (which may hold
         rows another process added since this object was loaded); this object then holds the result.
         """
-        grown, report = add_to_index(self.directory, features, column=column, batch_rows=batch_rows,
-                                     progress=progress, wait=wait, device=self.device)
+        grown, report = add_to_index(
+            self.directory,
+            features,
+            column=column,
+            batch_rows=batch_rows,
+            progress=progress,
+            wait=wait,
+            device=self.device,
+        )
         self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
         return report.added
 
@@ -1095,26 +1236,36 @@ class Index:
                     bar.update(len(matrix))
             if not tables:
                 why = f"{nonfinite.rows} hold NaN, infinite or overflowing values" if nonfinite.rows else "all are null"
-                raise InputError(f"{feats.path}: no row has a usable embedding in {column!r} ({feats.num_rows} rows: "
-                                 f"{why}); nothing to add")
+                raise InputError(
+                    f"{feats.path}: no row has a usable embedding in {column!r} ({feats.num_rows} rows: "
+                    f"{why}); nothing to add"
+                )
             new_ids = pa.concat_tables(tables)
             clash = pc.is_in(new_ids.column("id"), value_set=self.ids.column("id").combine_chunks())
             if pc.any(clash).as_py():
                 repeated = new_ids.column("id").filter(clash).slice(0, 5).to_pylist()
-                raise InputError(f"{feats.path}: ids already in the index: {', '.join(map(str, repeated))}...; "
-                                 "ids must stay unique")
+                raise InputError(
+                    f"{feats.path}: ids already in the index: {', '.join(map(str, repeated))}...; ids must stay unique"
+                )
             ids = pa.concat_tables([self.ids, new_ids])
             _check_ids(ids, feats.path)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise IncompatibleError(f"{feats.path}: its id/stored columns do not match the index's "
-                                    f"({self.ids.schema}): {exc}") from exc
+            raise IncompatibleError(
+                f"{feats.path}: its id/stored columns do not match the index's ({self.ids.schema}): {exc}"
+            ) from exc
         for matrix, _ in _usable_batches(feats, column, (), batch_rows):
             self.faiss_index.add(_prepare(matrix, self.metric))
         self.ids = ids
         self._positions = None
         added = self.size - before
-        return AddReport(self.directory, added, self.size, feats.num_rows - added - nonfinite.rows, nonfinite.rows,
-                         nonfinite.examples)
+        return AddReport(
+            self.directory,
+            added,
+            self.size,
+            feats.num_rows - added - nonfinite.rows,
+            nonfinite.rows,
+            nonfinite.examples,
+        )
 
     def _write_generation(self, stage: artefact.Staging, feats: Features, report: AddReport) -> None:
         """Write this (grown) index as the next generation into ``stage`` and seal it."""
@@ -1122,8 +1273,14 @@ class Index:
         meta.pop("files", None)  # seal lists the new files (a format-1 index's role-keyed entries go too)
         meta.update(format=INDEX_FORMAT, rows=self.size, generation=int(meta.get("generation", 0)) + 1)
         meta.setdefault("build", {}).setdefault("adds", []).append(
-            {"path": str(feats.path.resolve()), "rows": report.added, "skipped_null_rows": report.skipped_null_rows,
-             "skipped_nonfinite_rows": report.skipped_nonfinite_rows, "at": _now()})
+            {
+                "path": str(feats.path.resolve()),
+                "rows": report.added,
+                "skipped_null_rows": report.skipped_null_rows,
+                "skipped_nonfinite_rows": report.skipped_nonfinite_rows,
+                "at": _now(),
+            }
+        )
         _write_data(stage, self.faiss_index, self.ids)
         self.meta = stage.seal(meta)
 
@@ -1144,9 +1301,16 @@ class AddReport:
         return [head, *_skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)]
 
 
-def add_to_index(directory: str | Path, features: str | Path, *, column: str | None = None,
-                 batch_rows: int = BATCH_ROWS, progress: bool = False, wait: bool = False,
-                 device: str = "auto") -> tuple[Index, AddReport]:
+def add_to_index(
+    directory: str | Path,
+    features: str | Path,
+    *,
+    column: str | None = None,
+    batch_rows: int = BATCH_ROWS,
+    progress: bool = False,
+    wait: bool = False,
+    device: str = "auto",
+) -> tuple[Index, AddReport]:
     """Add the rows of a features file to the index in ``directory`` (``embedkit index add``).
 
     The directory's lock is held throughout: the index is read from disk under it (so an add that waited for
@@ -1162,8 +1326,9 @@ def add_to_index(directory: str | Path, features: str | Path, *, column: str | N
     # Not an index (missing, another kind of directory, corrupt manifest): say so before taking a lock or writing.
     artefact.read_manifest(directory, manifest_name=META_FILE, what="index")
     feats = open_features(features)
-    with artefact.writing_dir(directory, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=True,
-                              wait=wait) as stage:
+    with artefact.writing_dir(
+        directory, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=True, wait=wait
+    ) as stage:
         index = Index.load(directory, device=device)
         report = index._grow(feats, column, batch_rows, progress)
         index._write_generation(stage, feats, report)
@@ -1203,8 +1368,9 @@ def _manifest_bytes(directory: Path) -> bytes | None:
 
 def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
     """Read one generation: checked manifest, verified files, then FAISS index and id map cross-checked with it."""
-    meta, (index_name, ids_name) = _checked_meta(directory, artefact.read_manifest(directory, manifest_name=META_FILE,
-                                                                                   what="index"))
+    meta, (index_name, ids_name) = _checked_meta(
+        directory, artefact.read_manifest(directory, manifest_name=META_FILE, what="index")
+    )
     index_path = directory / index_name
     try:
         index = _faiss().read_index(str(index_path))
@@ -1220,15 +1386,20 @@ def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
     id_type = ids.schema.field("id").type
     if pa.types.is_nested(id_type) or pa.types.is_dictionary(id_type) or ids.column("id").null_count:
         # Search maps ids back through a dict: a list/struct id (unhashable) or a null one would fail there.
-        raise InputError(f"{directory}: the id map {ids_name} holds null or {id_type} ids, which embedkit never "
-                         "writes; rebuild the index")
+        raise InputError(
+            f"{directory}: the id map {ids_name} holds null or {id_type} ids, which embedkit never "
+            "writes; rebuild the index"
+        )
     if ids.num_rows != index.ntotal:
-        raise InputError(f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; "
-                         "rebuild it")
+        raise InputError(
+            f"{directory}: the index holds {index.ntotal} vectors but the id map {ids.num_rows} rows; rebuild it"
+        )
     stored = [c for c in ids.column_names if c != "id"]
     if stored != meta["stored_columns"]:
-        raise InputError(f"{directory / META_FILE}: 'stored_columns' is {meta['stored_columns']!r} but the id map "
-                         f"holds {stored!r}; rebuild the index")
+        raise InputError(
+            f"{directory / META_FILE}: 'stored_columns' is {meta['stored_columns']!r} but the id map "
+            f"holds {stored!r}; rebuild the index"
+        )
     return index, ids, meta
 
 
@@ -1243,8 +1414,10 @@ def _checked_meta(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, 
     if not _is_int(fmt):
         raise _field_error(where, "format", fmt, "an index format number")
     if fmt not in (1, INDEX_FORMAT):
-        raise IncompatibleError(f"{directory} has index format {fmt}; this embedkit reads formats 1 and "
-                                f"{INDEX_FORMAT}: upgrade embedkit or rebuild the index")
+        raise IncompatibleError(
+            f"{directory} has index format {fmt}; this embedkit reads formats 1 and "
+            f"{INDEX_FORMAT}: upgrade embedkit or rebuild the index"
+        )
     meta = dict(manifest)
     if fmt == 1:
         entries, names = {}, []
@@ -1276,19 +1449,43 @@ def _check_fields(meta: dict[str, Any], where: Path) -> None:
     checks: list[tuple[str, Any, bool, str]] = [
         ("index_kind", meta.get("index_kind"), meta.get("index_kind") in KINDS[1:], f"one of {', '.join(KINDS[1:])}"),
         ("metric", meta.get("metric"), meta.get("metric") in METRICS, f"one of {', '.join(METRICS)}"),
-        ("dim", meta.get("dim"), _is_int(meta.get("dim")) and 0 < meta["dim"] <= MAX_DIM,
-         f"a dimension from 1 to {MAX_DIM}"),
+        (
+            "dim",
+            meta.get("dim"),
+            _is_int(meta.get("dim")) and 0 < meta["dim"] <= MAX_DIM,
+            f"a dimension from 1 to {MAX_DIM}",
+        ),
         ("rows", meta.get("rows"), _is_int(meta.get("rows")) and meta["rows"] >= 0, "a row count"),
-        ("column", meta.get("column"), isinstance(meta.get("column"), str) and meta["column"] != "",
-         "the name of the indexed column"),
-        ("stored_columns", meta.get("stored_columns"), _is_names(meta.get("stored_columns")),
-         "a list of distinct column names other than 'id'"),
-        ("params", meta.get("params"), isinstance(meta.get("params"), dict),
-         "an object of search parameters (nprobe, efSearch)"),
-        ("generation", meta.get("generation"), _is_int(meta.get("generation", 0)) and meta.get("generation", 0) >= 0,
-         "a generation number"),
-        ("build", meta.get("build"), isinstance(meta.get("build", {}), dict)
-         and isinstance(meta.get("build", {}).get("adds", []), list), "an object whose 'adds' is a list"),
+        (
+            "column",
+            meta.get("column"),
+            isinstance(meta.get("column"), str) and meta["column"] != "",
+            "the name of the indexed column",
+        ),
+        (
+            "stored_columns",
+            meta.get("stored_columns"),
+            _is_names(meta.get("stored_columns")),
+            "a list of distinct column names other than 'id'",
+        ),
+        (
+            "params",
+            meta.get("params"),
+            isinstance(meta.get("params"), dict),
+            "an object of search parameters (nprobe, efSearch)",
+        ),
+        (
+            "generation",
+            meta.get("generation"),
+            _is_int(meta.get("generation", 0)) and meta.get("generation", 0) >= 0,
+            "a generation number",
+        ),
+        (
+            "build",
+            meta.get("build"),
+            isinstance(meta.get("build", {}), dict) and isinstance(meta.get("build", {}).get("adds", []), list),
+            "an object whose 'adds' is a list",
+        ),
         ("config", meta.get("config"), isinstance(meta.get("config"), dict), "the extraction settings"),
     ]
     for name, value, ok, want in checks:
@@ -1297,8 +1494,9 @@ def _check_fields(meta: dict[str, Any], where: Path) -> None:
     for name, value in meta["params"].items():
         limit = MAX_STORED_EF_SEARCH if name == "efSearch" else 2**31 - 1
         if name not in PARAM_NAMES or not _is_int(value) or not 1 <= value <= limit:
-            raise _field_error(where, f"params.{name}", value, f"a search parameter ({', '.join(PARAM_NAMES)}) "
-                               f"from 1 to {limit}")
+            raise _field_error(
+                where, f"params.{name}", value, f"a search parameter ({', '.join(PARAM_NAMES)}) from 1 to {limit}"
+            )
     # The one reader of stored settings: strict types, and a stored trust_remote_code never counts.
     ExtractConfig.from_stored(meta["config"], origin=f"{where} field 'config'", model=meta.get("model"))
 
@@ -1306,27 +1504,35 @@ def _check_fields(meta: dict[str, Any], where: Path) -> None:
 def _check_against_faiss(where: Path, meta: dict[str, Any], index, name: str) -> None:
     """The fields of ``index.json`` that describe the FAISS index must describe this one."""
     if index.d != meta["dim"]:
-        raise InputError(f"{where}: 'dim' is {meta['dim']} but {name} holds {index.d}-d vectors; the index is "
-                         "corrupt or was edited by hand: rebuild it")
+        raise InputError(
+            f"{where}: 'dim' is {meta['dim']} but {name} holds {index.d}-d vectors; the index is "
+            "corrupt or was edited by hand: rebuild it"
+        )
     if index.metric_type != _metric_type(meta["metric"]):
         ranks = "L2 distance" if index.metric_type == _faiss().METRIC_L2 else "inner product"
-        raise InputError(f"{where}: 'metric' is {meta['metric']!r} but {name} ranks by {ranks}; the index is corrupt "
-                         "or was edited by hand: rebuild it")
+        raise InputError(
+            f"{where}: 'metric' is {meta['metric']!r} but {name} ranks by {ranks}; the index is corrupt "
+            "or was edited by hand: rebuild it"
+        )
     if index.ntotal != meta["rows"]:
-        raise InputError(f"{where}: 'rows' is {meta['rows']} but {name} holds {index.ntotal} vectors; the index is "
-                         "corrupt or was edited by hand: rebuild it")
+        raise InputError(
+            f"{where}: 'rows' is {meta['rows']} but {name} holds {index.ntotal} vectors; the index is "
+            "corrupt or was edited by hand: rebuild it"
+        )
     for param, value in meta["params"].items():
         ivf = _ivf_of(index) if param == "nprobe" else None
         if param == "nprobe" and (ivf is None or value > ivf.nlist) or param == "efSearch" and _hnsw_of(index) is None:
-            raise InputError(f"{where}: 'params.{param}' = {value} does not fit {name} ({type(index).__name__}); "
-                             "rebuild the index")
+            raise InputError(
+                f"{where}: 'params.{param}' = {value} does not fit {name} ({type(index).__name__}); rebuild the index"
+            )
 
 
 def _field_error(where: Path, name: str, value: Any, want: str) -> InputError:
     shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
     state = "missing" if value is None else f"{shown}"
-    return InputError(f"{where}: field {name!r} is {state}; expected {want}. The index is corrupt or was edited by "
-                      "hand: rebuild it")
+    return InputError(
+        f"{where}: field {name!r} is {state}; expected {want}. The index is corrupt or was edited by hand: rebuild it"
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -1334,11 +1540,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_names(value: Any) -> bool:
-    return (isinstance(value, list) and all(isinstance(v, str) and v and v != "id" for v in value)
-            and len(set(value)) == len(value))
+    return (
+        isinstance(value, list)
+        and all(isinstance(v, str) and v and v != "id" for v in value)
+        and len(set(value)) == len(value)
+    )
 
 
 def load_index(directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:
     """Shorthand for ``Index.load``."""
     return Index.load(directory, device=device, trust_remote_code=trust_remote_code)
-

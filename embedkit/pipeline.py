@@ -80,11 +80,14 @@ def _error(path: Path, table: str, message: str) -> ConfigError:
 def _check_keys(path: Path, table: str, values: dict[str, Any], allowed) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise _error(path, table, f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}")
+        raise _error(
+            path, table, f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}"
+        )
 
 
-def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None,
-                  trust_remote_code: bool = False) -> Pipeline:
+def load_pipeline(
+    path: str | Path, *, model: str | None = None, output_dir: str | Path | None = None, trust_remote_code: bool = False
+) -> Pipeline:
     """Parse and validate a pipeline file (nothing runs). ``model`` overrides the file's [extract] model.
 
     A pipeline file is shared like any artefact: its own ``trust_remote_code`` is ignored (with a warning) and
@@ -133,7 +136,9 @@ def load_pipeline(path: str | Path, *, model: str | None = None, output_dir: str
             raise _error(path, stage, f"needs a [{needed}] stage in the same file")
     name = str(head.get("name") or path.stem)
     out = Path(output_dir or head.get("output_dir") or Path("embedkit-out") / name)
-    pipeline = Pipeline(path=path, name=name, output_dir=out, source=source, config=config, runtime=runtime, stages=stages)
+    pipeline = Pipeline(
+        path=path, name=name, output_dir=out, source=source, config=config, runtime=runtime, stages=stages
+    )
     for stage, options in stages.items():
         _check_keys(path, stage, options, allowed_keys(stage))
         if _resolve(stage)[1] is not None:
@@ -200,9 +205,16 @@ def _call_embed(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
 
     s = p.source
     return embed_file(
-        p.relative(s["path"]), _features(p), p.config, text_column=s.get("text_column", "text"),
-        id_column=s.get("id_column"), keep=tuple(s.get("keep", ())), fmt=s.get("format"), overwrite=True,
-        progress=progress, **p.runtime,
+        p.relative(s["path"]),
+        _features(p),
+        p.config,
+        text_column=s.get("text_column", "text"),
+        id_column=s.get("id_column"),
+        keep=tuple(s.get("keep", ())),
+        fmt=s.get("format"),
+        overwrite=True,
+        progress=progress,
+        **p.runtime,
     ).line()
 
 
@@ -219,8 +231,16 @@ def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
 
     options.setdefault("text_column", p.source.get("text_column", "text"))
     input_path = p.relative(_require(options, "input", "a file of new texts to classify"))
-    return predict_file(p.output_dir / "model", input_path, p.output_dir / "predictions.parquet", overwrite=True,
-                        progress=progress, trust_remote_code=p.config.trust_remote_code, **p.runtime, **options).line()
+    return predict_file(
+        p.output_dir / "model",
+        input_path,
+        p.output_dir / "predictions.parquet",
+        overwrite=True,
+        progress=progress,
+        trust_remote_code=p.config.trust_remote_code,
+        **p.runtime,
+        **options,
+    ).line()
 
 
 def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
@@ -236,7 +256,9 @@ def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
 def _call_index(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
     from .index import build_index
 
-    return "\n".join(build_index(_features(p), p.output_dir / "index", overwrite=True, progress=progress, **options).lines())
+    return "\n".join(
+        build_index(_features(p), p.output_dir / "index", overwrite=True, progress=progress, **options).lines()
+    )
 
 
 def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
@@ -261,8 +283,16 @@ def _call_probe(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
 
     s = p.source
     options.setdefault("text_column", s.get("text_column", "text"))
-    return probe_file(p.relative(s["path"]), _label(p, options), p.output_dir / "probe", p.config, overwrite=True,
-                      progress=progress, **p.runtime, **options).report()
+    return probe_file(
+        p.relative(s["path"]),
+        _label(p, options),
+        p.output_dir / "probe",
+        p.config,
+        overwrite=True,
+        progress=progress,
+        **p.runtime,
+        **options,
+    ).report()
 
 
 def _require(options: dict[str, Any], key: str, what: str) -> str:
@@ -274,18 +304,42 @@ def _require(options: dict[str, Any], key: str, what: str) -> str:
 
 # stage: (module, function, options class, arguments the pipeline fills in, pipeline-only keys, call, output)
 _SPECS = {
-    "train": ("classify", "train", "ClassifierOptions", ("features", "model_dir"), ("label_column",), _call_train, "model"),
-    "predict": ("classify", "predict_file", None, ("model_dir", "input", "output"), ("input",), _call_predict, "predictions.parquet"),
+    "train": (
+        "classify",
+        "train",
+        "ClassifierOptions",
+        ("features", "model_dir"),
+        ("label_column",),
+        _call_train,
+        "model",
+    ),
+    "predict": (
+        "classify",
+        "predict_file",
+        None,
+        ("model_dir", "input", "output"),
+        ("input",),
+        _call_predict,
+        "predictions.parquet",
+    ),
     "cluster": ("cluster", "cluster_file", "ClusterOptions", ("features", "output_dir"), (), _call_cluster, "clusters"),
     "index": ("index", "build_index", None, ("features", "output"), (), _call_index, "index"),
-    "search": ("index", "Index.search_file", None, ("self", "output"), ("queries",), _call_search, "search-hits.parquet"),
+    "search": (
+        "index",
+        "Index.search_file",
+        None,
+        ("self", "output"),
+        ("queries",),
+        _call_search,
+        "search-hits.parquet",
+    ),
     "probe": ("probe", "probe_file", None, ("input", "output_dir", "config"), ("label_column",), _call_probe, "probe"),
 }
 # trust_remote_code is filled from the command line only: a stage table must not be able to grant it.
 _RUNTIME_FILLED = ("options", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(stage: str) -> tuple[Callable[..., Any], Any]:
     """The library function and options class of a stage, imported only when a file names the stage."""
     module_name, func_path, options_name, *_ = _SPECS[stage]
@@ -364,7 +418,9 @@ def run_pipeline(
             extra_files = [p.relative(options["input"])] if stage == "predict" and "input" in options else []
             if stage == "search" and isinstance(options.get("queries"), str):
                 extra_files = [p.relative(options["queries"])]
-            fingerprint = _digest(upstream[parent], stage, options, _files_digest([f for f in extra_files if f.is_file()]))
+            fingerprint = _digest(
+                upstream[parent], stage, options, _files_digest([f for f in extra_files if f.is_file()])
+            )
         upstream[stage] = fingerprint
         done = state.get(stage, {})
         if done.get("fingerprint") == fingerprint and all(o.exists() for o in outputs):

@@ -31,11 +31,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -75,8 +76,11 @@ def parse_layers(values: str | int | Sequence[str | int]) -> str | tuple[int, ..
     """``"all"`` or layer indices from a string (``"0,3,6,-1"``), an int or a list of either."""
     if isinstance(values, (str, int)):
         values = [values]
-    items = [v.strip() if isinstance(v, str) else v for value in values
-             for v in (str(value).split(",") if isinstance(value, str) else [value])]
+    items = [
+        v.strip() if isinstance(v, str) else v
+        for value in values
+        for v in (str(value).split(",") if isinstance(value, str) else [value])
+    ]
     items = [v for v in items if v != ""]
     if not items:
         raise ConfigError("--layers needs 'all' or a list of layer indices such as 0,3,6,-1")
@@ -87,7 +91,9 @@ def parse_layers(values: str | int | Sequence[str | int]) -> str | tuple[int, ..
     try:
         return tuple(int(v) for v in items)
     except ValueError:
-        raise ConfigError(f"--layers: {', '.join(map(str, items))} is not 'all' or a list of integers such as 0,3,6,-1") from None
+        raise ConfigError(
+            f"--layers: {', '.join(map(str, items))} is not 'all' or a list of integers such as 0,3,6,-1"
+        ) from None
 
 
 def model_layer_count(config: ExtractConfig) -> int:
@@ -97,7 +103,9 @@ def model_layer_count(config: ExtractConfig) -> int:
     from .extract.model import _from_pretrained
 
     name = str(Path(config.model).expanduser())
-    model_config = _from_pretrained(AutoConfig, name, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    model_config = _from_pretrained(
+        AutoConfig, name, revision=config.revision, trust_remote_code=config.trust_remote_code
+    )
     return int(model_config.num_hidden_layers)
 
 
@@ -128,7 +136,11 @@ class LabelScan:
 
 
 def _label_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def _label_key(value: Any) -> Any:
@@ -161,8 +173,10 @@ def scan_labels(source: Source, label_column: str) -> LabelScan:
     if scan.rows == 0:
         raise InputError(f"{source.spec} holds no data rows")
     if not scan.usable:
-        raise InputError(f"{source.spec}: no row has both a text in {source.text_column!r} and a label in {label_column!r} "
-                         f"({_fmt_skipped(scan.skipped)})")
+        raise InputError(
+            f"{source.spec}: no row has both a text in {source.text_column!r} and a label in {label_column!r} "
+            f"({_fmt_skipped(scan.skipped)})"
+        )
     return scan
 
 
@@ -199,12 +213,20 @@ def _write_sample(source: Source, label_column: str, rows: set[int], path: Path)
     ids, texts, labels = [], [], []
     for records in source.batches(READ_ROWS):
         record_ids = _as_list(records.ids) if records.ids is not None else records.row_numbers
-        for row, rid, text, label in zip(records.row_numbers, record_ids, records.texts, _as_list(records.keep[label_column])):
+        for row, rid, text, label in zip(
+            records.row_numbers, record_ids, records.texts, _as_list(records.keep[label_column])
+        ):
             if row in rows:
                 ids.append(rid)
                 texts.append(check_text(text).text)  # invalid UTF-8 repaired here: Parquet text must be valid
                 labels.append(label)
-    table = pa.table({"id": _to_arrow(ids, "id"), SAMPLE_TEXT: pa.array(texts, type=pa.string()), label_column: _to_arrow(labels, label_column)})
+    table = pa.table(
+        {
+            "id": _to_arrow(ids, "id"),
+            SAMPLE_TEXT: pa.array(texts, type=pa.string()),
+            label_column: _to_arrow(labels, label_column),
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -246,17 +268,32 @@ class PairScore:
 
     def row(self) -> dict[str, Any]:
         """The CSV/JSON table row."""
-        row = {"layer": self.layer, "pooling": self.pooling, "column": self.column,
-               "accuracy_mean": round(self.accuracy_mean, 4), "accuracy_std": round(self.accuracy_std, 4),
-               "macro_f1_mean": round(self.macro_f1_mean, 4), "macro_f1_std": round(self.macro_f1_std, 4),
-               "accuracy_oof": round(self.accuracy, 4), "macro_f1_oof": round(self.macro_f1, 4), "rows": self.rows}
+        row = {
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "column": self.column,
+            "accuracy_mean": round(self.accuracy_mean, 4),
+            "accuracy_std": round(self.accuracy_std, 4),
+            "macro_f1_mean": round(self.macro_f1_mean, 4),
+            "macro_f1_std": round(self.macro_f1_std, 4),
+            "accuracy_oof": round(self.accuracy, 4),
+            "macro_f1_oof": round(self.macro_f1, 4),
+            "rows": self.rows,
+        }
         if self.nmi is not None:
             row["nmi"] = round(self.nmi, 4)
         return row
 
 
-def score_vectors(X: np.ndarray, y: np.ndarray, *, cv: int = DEFAULT_CV, seed: int = 0, options: ClassifierOptions | None = None,
-                  nmi: bool = False) -> dict[str, Any]:
+def score_vectors(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    cv: int = DEFAULT_CV,
+    seed: int = 0,
+    options: ClassifierOptions | None = None,
+    nmi: bool = False,
+) -> dict[str, Any]:
     """Cross-validated linear-probe scores of one matrix: the splits and classifier of ``embedkit train --cv``.
 
     Returns per-fold accuracy and macro-F1, the out-of-fold accuracy and macro-F1, and with ``nmi`` the NMI
@@ -270,7 +307,9 @@ def score_vectors(X: np.ndarray, y: np.ndarray, *, cv: int = DEFAULT_CV, seed: i
     for k in range(cv):
         te = fold == k
         scores["fold_accuracy"].append(float(accuracy_score(y[te], predicted[te])))
-        scores["fold_macro_f1"].append(float(f1_score(y[te], predicted[te], labels=classes, average="macro", zero_division=0)))
+        scores["fold_macro_f1"].append(
+            float(f1_score(y[te], predicted[te], labels=classes, average="macro", zero_division=0))
+        )
     scores["accuracy"] = float(accuracy_score(y, predicted))
     scores["macro_f1"] = float(f1_score(y, predicted, labels=classes, average="macro", zero_division=0))
     if nmi:
@@ -281,8 +320,16 @@ def score_vectors(X: np.ndarray, y: np.ndarray, *, cv: int = DEFAULT_CV, seed: i
     return scores
 
 
-def score_features(features: str | Path, label_column: str, *, cv: int = DEFAULT_CV, seed: int = 0, nmi: bool = False,
-                   options: ClassifierOptions | None = None, progress: bool = False) -> tuple[list[PairScore], dict[str, int]]:
+def score_features(
+    features: str | Path,
+    label_column: str,
+    *,
+    cv: int = DEFAULT_CV,
+    seed: int = 0,
+    nmi: bool = False,
+    options: ClassifierOptions | None = None,
+    progress: bool = False,
+) -> tuple[list[PairScore], dict[str, int]]:
     """Score every embedding column of a features file; also returns the rows skipped when loading.
 
     Raises:
@@ -302,9 +349,19 @@ def score_features(features: str | Path, label_column: str, *, cv: int = DEFAULT
                 check_classes(data.class_counts, label_column, cv=cv, test_size=0)
                 skipped = {"null_embedding": data.skipped_null_embeddings, "missing_label": data.skipped_null_labels}
             s = score_vectors(data.X, data.y, cv=cv, seed=seed, options=options, nmi=nmi)
-            results.append(PairScore(layer=layer, pooling=pooling, column=column, fold_accuracy=s["fold_accuracy"],
-                                     fold_macro_f1=s["fold_macro_f1"], accuracy=s["accuracy"], macro_f1=s["macro_f1"],
-                                     rows=len(data.y), nmi=s.get("nmi")))
+            results.append(
+                PairScore(
+                    layer=layer,
+                    pooling=pooling,
+                    column=column,
+                    fold_accuracy=s["fold_accuracy"],
+                    fold_macro_f1=s["fold_macro_f1"],
+                    accuracy=s["accuracy"],
+                    macro_f1=s["macro_f1"],
+                    rows=len(data.y),
+                    nmi=s.get("nmi"),
+                )
+            )
             bar.update(1)
     return results, skipped
 
@@ -319,9 +376,18 @@ def best_pair(scores: list[PairScore], metric: str = DEFAULT_METRIC) -> PairScor
 # ---------------------------------------------------------------------------------------------- report
 
 
-def embed_command(input: str | Path, config: ExtractConfig, layer: int, pooling: str, *, label_column: str,
-                  text_column: str = "text", id_column: str | None = None, fmt: str | None = None,
-                  output: str = "features.parquet") -> str:
+def embed_command(
+    input: str | Path,
+    config: ExtractConfig,
+    layer: int,
+    pooling: str,
+    *,
+    label_column: str,
+    text_column: str = "text",
+    id_column: str | None = None,
+    fmt: str | None = None,
+    output: str = "features.parquet",
+) -> str:
     """The ``embedkit embed`` command line that writes the features of one (layer, pooling) pair.
 
     ``config`` is the extraction config as the user gave it (before the model resolved it), so only the
@@ -349,20 +415,37 @@ def embed_command(input: str | Path, config: ExtractConfig, layer: int, pooling:
 
 def train_command(label_column: str, cv: int, seed: int, features: str = "features.parquet") -> str:
     """The ``embedkit train`` command whose cross-validation gives the probe's score on those features."""
-    return shlex.join(["embedkit", "train", features, "--label-column", label_column, "--cv", str(cv), "--seed", str(seed),
-                       "-o", "model"])
+    return shlex.join(
+        [
+            "embedkit",
+            "train",
+            features,
+            "--label-column",
+            label_column,
+            "--cv",
+            str(cv),
+            "--seed",
+            str(seed),
+            "-o",
+            "model",
+        ]
+    )
 
 
 def format_table(scores: list[PairScore], best: PairScore | None = None) -> str:
     """The printed table: one row per pair, mean +/- std over the folds; the best pair starred."""
     with_nmi = any(s.nmi is not None for s in scores)
     width = max(8, *(len(s.pooling) for s in scores))
-    header = f"  {'layer':>5}  {'pooling':<{width}}  {'accuracy':>15}  {'macro-F1':>15}" + ("  {:>6}".format("NMI") if with_nmi else "")
+    header = f"  {'layer':>5}  {'pooling':<{width}}  {'accuracy':>15}  {'macro-F1':>15}" + (
+        "  {:>6}".format("NMI") if with_nmi else ""
+    )
     lines = [header]
     for s in scores:
         mark = "*" if s is best else " "
-        line = (f"{mark} {s.layer:>5}  {s.pooling:<{width}}  {s.accuracy_mean:7.4f} ± {s.accuracy_std:.4f}  "
-                f"{s.macro_f1_mean:7.4f} ± {s.macro_f1_std:.4f}")
+        line = (
+            f"{mark} {s.layer:>5}  {s.pooling:<{width}}  {s.accuracy_mean:7.4f} ± {s.accuracy_std:.4f}  "
+            f"{s.macro_f1_mean:7.4f} ± {s.macro_f1_std:.4f}"
+        )
         if with_nmi:
             line += f"  {s.nmi:6.4f}" if s.nmi is not None else "  " + "-".rjust(6)
         lines.append(line)
@@ -392,8 +475,15 @@ def plot_scores(scores: list[PairScore], path: Path, title: str, best: PairScore
                 spread = np.array([getattr(s, std_attr) for s in rows])
                 ax.fill_between(x, y - spread, y + spread, alpha=0.15, color=line.get_color())
         if best is not None and getattr(best, mean_attr) is not None:
-            ax.plot([best.layer], [getattr(best, mean_attr)], marker="*", markersize=16, color="black", linestyle="none",
-                    label=f"best: layer {best.layer}, {best.pooling}")
+            ax.plot(
+                [best.layer],
+                [getattr(best, mean_attr)],
+                marker="*",
+                markersize=16,
+                color="black",
+                linestyle="none",
+                label=f"best: layer {best.layer}, {best.pooling}",
+            )
         ax.set_xticks(layers)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylabel(name)
@@ -429,15 +519,18 @@ def _inside(path: Path, report: Path) -> bool:
     # Normalised, not resolved: a symlink in the report is replaced with the report, so it counts as inside.
     path, report = Path(os.path.abspath(path)), Path(os.path.abspath(report))
     if path == report or report in path.parents and path.parent != report:
-        raise ConfigError(f"--save-features {path} must be a file directly in the report directory {report} or "
-                          "outside it")
+        raise ConfigError(
+            f"--save-features {path} must be a file directly in the report directory {report} or outside it"
+        )
     if path.parent != report:
         return False
     try:
         artefact.plain_name(path.name)
     except InputError:
-        raise ConfigError(f"--save-features name {path.name!r} cannot be a file of the report: use a plain name "
-                          "such as features.parquet") from None
+        raise ConfigError(
+            f"--save-features name {path.name!r} cannot be a file of the report: use a plain name "
+            "such as features.parquet"
+        ) from None
     if path.name in (FILE_CSV, FILE_JSON, FILE_PLOT, MANIFEST):
         raise ConfigError(f"--save-features {path.name} is the name of one of the report's own files")
     return True
@@ -463,17 +556,24 @@ def load_report(directory: str | Path) -> ProbeReport:
     opened = artefact.open_dir(directory, manifest_name=MANIFEST, what="probe report")
     manifest = opened.manifest
     if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{directory}: unsupported probe report format (kind {manifest.get('kind')!r}, version "
-                         f"{manifest.get('format_version')!r})")
+        raise InputError(
+            f"{directory}: unsupported probe report format (kind {manifest.get('kind')!r}, version "
+            f"{manifest.get('format_version')!r})"
+        )
     if manifest.get("summary") != FILE_JSON or FILE_JSON not in manifest["files"]:
-        raise InputError(f"{directory / MANIFEST}: field 'summary' must name {FILE_JSON}, a listed file; the report is "
-                         "corrupt or was edited by hand")
+        raise InputError(
+            f"{directory / MANIFEST}: field 'summary' must name {FILE_JSON}, a listed file; the report is "
+            "corrupt or was edited by hand"
+        )
     try:
         summary = json.loads(opened.path(FILE_JSON).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"{directory / FILE_JSON} is not readable JSON: {exc}") from exc
-    if not isinstance(summary, dict) or not isinstance(summary.get("table"), list) \
-            or not isinstance(summary.get("best"), dict):
+    if (
+        not isinstance(summary, dict)
+        or not isinstance(summary.get("table"), list)
+        or not isinstance(summary.get("best"), dict)
+    ):
         raise InputError(f"{directory / FILE_JSON} lacks the table or the best pair; the report is corrupt")
     return ProbeReport(directory, summary, {name: opened.path(name) for name in manifest["files"]})
 
@@ -498,20 +598,29 @@ class ProbeResult:
         """What ``embedkit probe`` prints."""
         s = self.summary
         rows = s["rows"]
-        lines = [f"{s['model']}: {rows['scored']} rows, {len(s['classes'])} classes, {s['cv']}-fold CV "
-                 f"({s['classifier']}, standardised), {len(self.scores)} (layer, pooling) pairs"]
+        lines = [
+            f"{s['model']}: {rows['scored']} rows, {len(s['classes'])} classes, {s['cv']}-fold CV "
+            f"({s['classifier']}, standardised), {len(self.scores)} (layer, pooling) pairs"
+        ]
         if rows.get("sampled_from"):
-            lines.append(f"stratified sample of {rows['sampled']} of {rows['sampled_from']} usable rows (seed {s['seed']})")
+            lines.append(
+                f"stratified sample of {rows['sampled']} of {rows['sampled_from']} usable rows (seed {s['seed']})"
+            )
         if any(rows["skipped"].values()):
             lines.append(f"skipped {sum(rows['skipped'].values())} row(s): {_fmt_skipped(rows['skipped'])}")
         lines += [format_table(self.scores, self.best), ""]
         b = s["best"]
-        lines.append(f"best by {s['metric']}: layer {b['layer']}, pooling {b['pooling']} "
-                     f"(accuracy {b['accuracy_mean']:.4f}, macro-F1 {b['macro_f1_mean']:.4f})")
+        lines.append(
+            f"best by {s['metric']}: layer {b['layer']}, pooling {b['pooling']} "
+            f"(accuracy {b['accuracy_mean']:.4f}, macro-F1 {b['macro_f1_mean']:.4f})"
+        )
         lines.append(f"reproduce: {b['embed_command']}")
         lines.append(f"     then: {b['train_command']}")
-        lines.append(f"report -> {self.output_dir} ({FILE_CSV}, {FILE_PLOT}, {FILE_JSON}"
-                     + (f"; features -> {s['features']}" if s.get("features") else "") + ")")
+        lines.append(
+            f"report -> {self.output_dir} ({FILE_CSV}, {FILE_PLOT}, {FILE_JSON}"
+            + (f"; features -> {s['features']}" if s.get("features") else "")
+            + ")"
+        )
         return "\n".join(lines)
 
 
@@ -588,15 +697,23 @@ def probe_file(
     # Both outputs are locked before any reading: a second writer of either fails (or waits) at once. The features
     # file is renamed into place first, then the report is switched in; a kill before either leaves the old ones.
     with ExitStack() as outputs:
-        stage = outputs.enter_context(artefact.writing_dir(
-            output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait,
-            former_names=(FILE_CSV, FILE_JSON, FILE_PLOT)))
+        stage = outputs.enter_context(
+            artefact.writing_dir(
+                output_dir,
+                kind=KIND,
+                manifest_name=MANIFEST,
+                overwrite=overwrite,
+                wait=wait,
+                former_names=(FILE_CSV, FILE_JSON, FILE_PLOT),
+            )
+        )
         features_target = None
         if in_report:
             features_target = stage.path(Path(save_features).name)
         elif save_features is not None:
             features_target = outputs.enter_context(
-                artefact.writing_file(save_features, overwrite=overwrite, wait=wait))
+                artefact.writing_file(save_features, overwrite=overwrite, wait=wait)
+            )
         source = Source(input, text_column=text_column, id_column=id_column, keep=(label_column,), fmt=fmt)
         scan = scan_labels(source, label_column)
         rows: dict[str, Any] = {"input": scan.rows, "skipped": dict(scan.skipped)}
@@ -617,11 +734,27 @@ def probe_file(
                 sample_input = scratch / "sample.parquet"
                 _write_sample(source, label_column, {scan.usable[i] for i in chosen}, sample_input)
                 run = dict(id_column="id", keep=(label_column,), fmt="parquet", text_column=SAMPLE_TEXT)
-                embedded = embed_file(sample_input, features, full_config, device=device, batch_tokens=batch_tokens,
-                                      threads=threads, progress=progress, **run)
+                embedded = embed_file(
+                    sample_input,
+                    features,
+                    full_config,
+                    device=device,
+                    batch_tokens=batch_tokens,
+                    threads=threads,
+                    progress=progress,
+                    **run,
+                )
             else:
-                embedded = embed_file(input, features, full_config, device=device, batch_tokens=batch_tokens,
-                                      threads=threads, progress=progress, **run)
+                embedded = embed_file(
+                    input,
+                    features,
+                    full_config,
+                    device=device,
+                    batch_tokens=batch_tokens,
+                    threads=threads,
+                    progress=progress,
+                    **run,
+                )
             t0 = time.perf_counter()
             scores, _ = score_features(features, label_column, cv=cv, seed=seed, nmi=nmi, progress=progress)
             score_seconds = time.perf_counter() - t0
@@ -637,8 +770,16 @@ def probe_file(
             rows["skipped"]["not embedded"] = unexpected
         best = best_pair(scores, metric)
         classes = sorted(scan.class_counts, key=str)
-        embed_cmd = embed_command(input, config, best.layer, best.pooling, label_column=label_column,
-                                  text_column=text_column, id_column=id_column, fmt=fmt)
+        embed_cmd = embed_command(
+            input,
+            config,
+            best.layer,
+            best.pooling,
+            label_column=label_column,
+            text_column=text_column,
+            id_column=id_column,
+            fmt=fmt,
+        )
         summary: dict[str, Any] = {
             "kind": "embedkit-probe",
             "input": str(input),
@@ -655,21 +796,30 @@ def probe_file(
             "extract_config": resolved.to_dict(),
             "table": [s.row() for s in scores],
             "folds": {s.column: {"accuracy": s.fold_accuracy, "macro_f1": s.fold_macro_f1} for s in scores},
-            "best": {**best.row(), "embed_command": embed_cmd, "train_command": train_command(label_column, cv, seed),
-                     "extract_config": resolved.replace(layers=(best.layer,), pooling=(best.pooling,)).to_dict()},
+            "best": {
+                **best.row(),
+                "embed_command": embed_cmd,
+                "train_command": train_command(label_column, cv, seed),
+                "extract_config": resolved.replace(layers=(best.layer,), pooling=(best.pooling,)).to_dict(),
+            },
             "features": str(save_features) if save_features else None,
             "files": [FILE_CSV, FILE_PLOT, FILE_JSON, *([Path(save_features).name] if in_report else [])],
-            "seconds": {"embed": round(embedded.seconds, 3), "score": round(score_seconds, 3),
-                        "total": round(time.perf_counter() - started, 3)},
+            "seconds": {
+                "embed": round(embedded.seconds, 3),
+                "score": round(score_seconds, 3),
+                "total": round(time.perf_counter() - started, 3),
+            },
             "versions": library_versions("scikit-learn"),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if chosen is not None:
-            summary["best"]["note"] = ("the embed command embeds every row of the input; the probe scored a "
-                                       "stratified sample")
+            summary["best"]["note"] = (
+                "the embed command embeds every row of the input; the probe scored a stratified sample"
+            )
         _write_csv(scores, stage.path(FILE_CSV))
-        title = (f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, "
-                 f"{cv}-fold CV")
+        title = (
+            f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, {cv}-fold CV"
+        )
         plot_scores(scores, stage.path(FILE_PLOT), title, best)
         stage.path(FILE_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         stage.seal({"format_version": FORMAT_VERSION, "summary": FILE_JSON, "created_at": summary["created_at"]})
@@ -677,7 +827,21 @@ def probe_file(
 
 
 __all__ = [
-    "ALL_LAYERS", "DEFAULT_CV", "DEFAULT_METRIC", "DEFAULT_POOLINGS", "METRICS", "PairScore", "ProbeResult",
-    "ProbeReport", "best_pair", "embed_command", "format_table", "load_report", "parse_layers", "probe_file",
-    "score_features", "score_vectors", "stratified_sample",
+    "ALL_LAYERS",
+    "DEFAULT_CV",
+    "DEFAULT_METRIC",
+    "DEFAULT_POOLINGS",
+    "METRICS",
+    "PairScore",
+    "ProbeResult",
+    "ProbeReport",
+    "best_pair",
+    "embed_command",
+    "format_table",
+    "load_report",
+    "parse_layers",
+    "probe_file",
+    "score_features",
+    "score_vectors",
+    "stratified_sample",
 ]

@@ -28,8 +28,16 @@ from .errors import ConfigError, InputError, choice_error
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
 EXTENSIONS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".parquet": "parquet", ".pq": "parquet", ".txt": "txt", ".text": "txt",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "txt",
+    ".text": "txt",
 }
 TXT_COLUMN = "text"
 
@@ -52,8 +60,12 @@ class Records:
 
 
 def _kind_of(mode: int) -> str:
-    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return kind
     return "not a regular file"
@@ -84,8 +96,9 @@ def resolve_files(spec: str | Path) -> list[Path]:
     if _regular(path):
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS
-                       and _regular(p))
+        files = sorted(
+            p for p in path.iterdir() if not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS and _regular(p)
+        )
         if not files:
             raise InputError(f"directory {spec} holds no readable files (extensions: {', '.join(sorted(EXTENSIONS))})")
         return files
@@ -190,8 +203,13 @@ class Source:
         row_number = 0
         pending = _Batcher(rows, self)
         for path, kind in zip(self.files, self.formats):
-            reader = {"csv": self._read_csv, "tsv": self._read_csv, "jsonl": self._read_jsonl,
-                      "txt": self._read_txt, "parquet": self._read_parquet}[kind]
+            reader = {
+                "csv": self._read_csv,
+                "tsv": self._read_csv,
+                "jsonl": self._read_jsonl,
+                "txt": self._read_txt,
+                "parquet": self._read_parquet,
+            }[kind]
             for chunk in reader(path, kind, rows):
                 n = len(chunk["text"])
                 if row_number + n <= skip:
@@ -257,7 +275,7 @@ class Source:
         with path.open("rb") as f:
             for number, raw in enumerate(f):
                 if number == 0 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8):]  # a byte-order mark is not part of the first text
+                    raw = raw[len(codecs.BOM_UTF8) :]  # a byte-order mark is not part of the first text
                 line = raw.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
                 # The one column is "text": --keep text and --id-column text pass the line itself through.
                 _append(chunk, self._row_dict(lambda _column: line, None))
@@ -385,8 +403,10 @@ class _Batcher:
 
     def _emit(self) -> Records:
         parts, self.parts, self.size = self.parts, [], 0
+
         def gather(get):
             return _concat([_take(get(c), a, b) for c, _, a, b in parts])
+
         return Records(
             row_numbers=[first + i for _, first, a, b in parts for i in range(a, b)],
             texts=gather(lambda c: c["text"]),

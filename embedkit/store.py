@@ -9,14 +9,12 @@ sees a half-written output.
 
 from __future__ import annotations
 
-import errno
 import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -28,8 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .artefact import check_writable_dir  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
-from .artefact import atomic_path, output_error, output_lock, write_text_atomic
+from .artefact import (
+    atomic_path,
+    check_writable_dir,  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
+    output_error,
+    output_lock,
+    write_text_atomic,
+)
 from .config import ExtractConfig
 from .errors import IncompatibleError, InputError, OutputError
 from .sources import parquet_batches, utf8_path
@@ -104,8 +107,12 @@ class Features:
     @property
     def text_columns(self) -> list[str]:
         """String columns other than embedkit's own (id, status, error): what could be shown as a row's text."""
-        return [f.name for f in self.schema if f.name not in ("id", "status", "error")
-                and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+        return [
+            f.name
+            for f in self.schema
+            if f.name not in ("id", "status", "error")
+            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+        ]
 
     def embedding_column(self, name: str | None = None) -> str:
         """Resolve the embedding column to use: ``name`` if given, else the only one, else ``embedding``."""
@@ -120,8 +127,11 @@ class Features:
         if not columns:
             # A list column named like an embedding but not of fixed size: rows of different lengths (e.g. vectors
             # of two models concatenated by hand). Saying "no embedding column" while listing it would mislead.
-            ragged = [f.name for f in self.schema if f.name.startswith("embedding")
-                      and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))]
+            ragged = [
+                f.name
+                for f in self.schema
+                if f.name.startswith("embedding") and (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))
+            ]
             if ragged:
                 raise InputError(
                     f"{self.path}: column(s) {', '.join(ragged)} hold vectors of varying length, not one fixed dimension "
@@ -146,7 +156,9 @@ class Features:
                 f"{self.path}: column(s) {', '.join(map(repr, absent))} not found; columns: {', '.join(self.schema.names)}"
             )
 
-    def load(self, column: str | None = None, extra: list[str] | tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table, int]:
+    def load(
+        self, column: str | None = None, extra: list[str] | tuple[str, ...] = ()
+    ) -> tuple[np.ndarray, pa.Table, int]:
         """Read one embedding column as a matrix with ``extra`` columns for the same rows.
 
         Rows whose embedding is null (bad input rows) are skipped; their count is returned so callers can say
@@ -160,7 +172,9 @@ class Features:
         kept = table.filter(valid)
         return matrix_from_arrow(kept.column(column)), kept.select(extra), table.num_rows - kept.num_rows
 
-    def iter_batches(self, column: str | None = None, extra=(), batch_rows: int = 65536) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    def iter_batches(
+        self, column: str | None = None, extra=(), batch_rows: int = 65536
+    ) -> Iterator[tuple[np.ndarray, pa.Table]]:
         """Stream ``(matrix, table of id + extra)`` for rows with an embedding, ``batch_rows`` at a time."""
         column = self.embedding_column(column)
         extra = [c for c in dict.fromkeys(["id", *extra]) if c != column]
@@ -191,8 +205,12 @@ def open_features(path: str | Path, *, trust_remote_code: bool = False) -> Featu
     meta = read_metadata(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("model", {}), dict):
         raise InputError(f"{path}: the embedkit metadata is corrupt (expected a table with a 'model' table)")
-    config = ExtractConfig.from_stored(meta.get("config"), trust_remote_code=trust_remote_code,
-                                       origin=f"{path} (embedkit metadata)", model=meta.get("model"))
+    config = ExtractConfig.from_stored(
+        meta.get("config"),
+        trust_remote_code=trust_remote_code,
+        origin=f"{path} (embedkit metadata)",
+        model=meta.get("model"),
+    )
     pf = pq.ParquetFile(path)
     return Features(path=path, schema=pf.schema_arrow, meta=meta, config=config, num_rows=pf.metadata.num_rows)
 
@@ -275,8 +293,11 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = 
         elif key in _FILE_LISTS and isinstance(before, list) and isinstance(after, list):
             # Checksums and sizes mean nothing to a reader; name the files that changed, appeared or went away.
             was, now = ({f.get("path"): f for f in files} for files in (before, after))
-            changes += [f"{_FILE_LISTS[key]} {path} {'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
-                        for path in sorted(set(was) | set(now)) if was.get(path) != now.get(path)]
+            changes += [
+                f"{_FILE_LISTS[key]} {path} {'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
+                for path in sorted(set(was) | set(now))
+                if was.get(path) != now.get(path)
+            ]
         else:
             changes.append(f"{prefix}{key}: {before!r} -> {after!r}")
     return changes
@@ -301,8 +322,15 @@ class PartWriter:
         wait: wait for another writer of ``output`` to finish instead of raising BusyError.
     """
 
-    def __init__(self, output: Path, fingerprint: dict[str, Any] | None = None, *, resume: bool = False,
-                 overwrite: bool = False, wait: bool = False):
+    def __init__(
+        self,
+        output: Path,
+        fingerprint: dict[str, Any] | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        wait: bool = False,
+    ):
         self.output = Path(output)
         if not utf8_path(self.output):
             raise OutputError(
@@ -327,7 +355,7 @@ class PartWriter:
         """Release the output's lock (idempotent). Committed parts stay for a --resume."""
         self._lock.close()
 
-    def __enter__(self) -> "PartWriter":
+    def __enter__(self) -> PartWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -401,7 +429,10 @@ class PartWriter:
         log.info("resuming %s after %d committed rows", self.output, self.rows_done)
 
     def _save_manifest(self) -> None:
-        write_text_atomic(self.manifest_path, json.dumps({"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "parts": self.parts}, indent=1))
+        write_text_atomic(
+            self.manifest_path,
+            json.dumps({"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "parts": self.parts}, indent=1),
+        )
 
     def commit(self, table: pa.Table, index: int | None = None) -> None:
         """Write one part atomically, then record it in the manifest.

@@ -9,8 +9,13 @@ from embedkit.embed import embed_file
 from embedkit.index import Index, build_index
 
 model = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("EMBEDKIT_MODEL", "openai-community/gpt2")
-texts = ["The cat sat on the mat.", "Dogs love long walks.", "Stock prices fell sharply today.",
-         "The market rallied after the bank's report.", "A kitten chased a ball of yarn."]
+texts = [
+    "The cat sat on the mat.",
+    "Dogs love long walks.",
+    "Stock prices fell sharply today.",
+    "The market rallied after the bank's report.",
+    "A kitten chased a ball of yarn.",
+]
 with open("docs.csv", "w", newline="") as f:
     csv.writer(f).writerows([["text"], *[[t] for t in texts]])
 

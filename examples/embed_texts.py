@@ -14,10 +14,18 @@ texts = ["The cat sat on the mat.", "A dog slept on the rug.", "Interest rates r
 
 # Last layer, mean pooling: a (3, hidden) array.
 vectors = Extractor(ExtractConfig(**({"model": model} if model else {}), normalize=True)).embed(texts)
-print("shape", vectors.shape, "cosine(cat, dog) =", round(float(vectors[0] @ vectors[1]), 3),
-      "cosine(cat, rates) =", round(float(vectors[0] @ vectors[2]), 3))
+print(
+    "shape",
+    vectors.shape,
+    "cosine(cat, dog) =",
+    round(float(vectors[0] @ vectors[1]), 3),
+    "cosine(cat, rates) =",
+    round(float(vectors[0] @ vectors[2]), 3),
+)
 
 # Several layers and poolings from ONE forward pass: a dict keyed by column name.
-many = Extractor(ExtractConfig(**({"model": model} if model else {}), layers=(1, -1), pooling=("mean", "last"))).embed(texts)
+many = Extractor(ExtractConfig(**({"model": model} if model else {}), layers=(1, -1), pooling=("mean", "last"))).embed(
+    texts
+)
 for column, array in many.items():
     print(column, array.shape, "norm of first row", round(float(np.linalg.norm(array[0])), 2))

@@ -18,7 +18,10 @@ with open(work / "labelled.csv", "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["text", "label"])
     for topic, words in topics.items():
-        writer.writerows([f"we talked about the {w} and the {words.split()[i % 5]} all day", topic] for i, w in enumerate(words.split() * 2))
+        writer.writerows(
+            [f"we talked about the {w} and the {words.split()[i % 5]} all day", topic]
+            for i, w in enumerate(words.split() * 2)
+        )
 
 model = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("EMBEDKIT_MODEL", "openai-community/gpt2")
 config = ExtractConfig(model=model, pooling=("mean", "last", "weighted-mean"))  # layers: all of them, 0 = embeddings

@@ -16,7 +16,11 @@ from embedkit.embed import embed_file
 topics = {"money": "bank loan price market money", "pets": "cat dog bird fish tree", "fun": "music film game ball team"}
 work = Path(tempfile.mkdtemp())
 with open(work / "train.csv", "w", newline="") as f:
-    rows = [{"text": " ".join(words.split()[i:] + words.split()[:i]), "label": t} for t, words in topics.items() for i in range(5)]
+    rows = [
+        {"text": " ".join(words.split()[i:] + words.split()[:i]), "label": t}
+        for t, words in topics.items()
+        for i in range(5)
+    ]
     writer = csv.DictWriter(f, ["text", "label"])
     writer.writeheader()
     writer.writerows(rows)

@@ -24,6 +24,7 @@ def pytest_configure(config):
 
     torch.set_num_threads(1)
 
+
 WORDS = (
     "the a of to and in is it you that he was for on are with as his they be at one have this from or had by "
     "word but what some we can out other were all there when up use your how said an each she which do their "
@@ -38,7 +39,10 @@ WORDS = (
 def sample_texts(n: int, seed: int = 0, min_words: int = 1, max_words: int = 40) -> list[str]:
     """Deterministic pseudo-sentences for tests."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))).capitalize() + "." for _ in range(n)]
+    return [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))).capitalize() + "."
+        for _ in range(n)
+    ]
 
 
 def _build_gpt2(directory: Path) -> Path:
@@ -55,8 +59,16 @@ def _build_gpt2(directory: Path) -> Path:
     tokenizer = GPT2Tokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), model_max_length=1024)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert tokenizer.pad_token is None  # like GPT-2: no pad token
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=eot, eos_token_id=eot, activation_function="gelu_new")
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=1024,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        activation_function="gelu_new",
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).eval()
     out = directory / "gpt2"
@@ -75,8 +87,14 @@ def _build_bert(directory: Path) -> Path:
     out.mkdir(parents=True)
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer(str(out / "vocab.txt"), model_max_length=64)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     BertModel(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -161,7 +179,10 @@ def features_file(tiny_gpt2_shared, tmp_path):
     from embedkit.embed import embed_file
 
     def make(n: int = 60, labels: tuple[str, ...] = ("a", "b", "c"), name: str = "features.parquet", **config) -> Path:
-        rows = [{"doc_id": f"d{i}", "text": t, "label": labels[i % len(labels)]} for i, t in enumerate(sample_texts(n, seed=3))]
+        rows = [
+            {"doc_id": f"d{i}", "text": t, "label": labels[i % len(labels)]}
+            for i, t in enumerate(sample_texts(n, seed=3))
+        ]
         src = tmp_path / (name + ".csv")
         with src.open("w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=["doc_id", "text", "label"])
@@ -169,7 +190,9 @@ def features_file(tiny_gpt2_shared, tmp_path):
             w.writerows(rows)
         out = tmp_path / name
         config.setdefault("model", tiny_gpt2_shared)
-        embed_file(src, out, ExtractConfig(**config), id_column="doc_id", keep=("text", "label"), device="cpu", progress=False)
+        embed_file(
+            src, out, ExtractConfig(**config), id_column="doc_id", keep=("text", "label"), device="cpu", progress=False
+        )
         return out
 
     return make

@@ -28,8 +28,9 @@ def _read(target: Path) -> str:
     return opened.path("data.txt").read_text()
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "..", ".", ".hidden", "", "a\\b", "x\n", 3, None,
-                                  "a" * 300, "C:evil"])
+@pytest.mark.parametrize(
+    "name", ["../x", "/etc/passwd", "a/b", "..", ".", ".hidden", "", "a\\b", "x\n", 3, None, "a" * 300, "C:evil"]
+)
 def test_plain_name_refuses_anything_that_is_not_a_plain_file_name(name):
     with pytest.raises(InputError, match="plain names"):
         artefact.plain_name(name)
@@ -77,8 +78,22 @@ def test_failure_while_writing_keeps_the_old_artefact_and_leaves_nothing_behind(
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["thing"]
 
 
-@pytest.mark.parametrize("mutation", ["traversal", "absolute", "symlink_out", "tampered", "truncated", "missing",
-                                      "unlisted", "not_json", "not_object", "huge_manifest", "bad_entry"])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        "traversal",
+        "absolute",
+        "symlink_out",
+        "tampered",
+        "truncated",
+        "missing",
+        "unlisted",
+        "not_json",
+        "not_object",
+        "huge_manifest",
+        "bad_entry",
+    ],
+)
 def test_hostile_or_damaged_artefacts_are_refused_before_any_file_is_read(tmp_path, mutation):
     target = tmp_path / "thing"
     _write(target, "payload")

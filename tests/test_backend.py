@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import sample_texts
 from transformers import AutoModel
 
-from conftest import sample_texts
 from embedkit import ConfigError, ExtractConfig, Extractor
 from embedkit.config import BACKENDS
 from embedkit.extract import backends
@@ -41,7 +41,9 @@ def test_int8_is_close_to_torch_and_recorded(extractor_factory):
     a, b = exact.embed(TEXTS), approx.embed(TEXTS)
     for column in exact.columns:
         assert cosines(a[column], b[column]).min() >= 0.99, column
-    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in approx.loaded.model.modules())
+    assert any(
+        type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in approx.loaded.model.modules()
+    )
 
 
 def test_int8_keeps_order_and_layers(extractor_factory):
@@ -86,8 +88,22 @@ def test_cli_embed_backend_int8_is_recorded_in_metadata(tiny_gpt2_shared, write_
 
     src = write_csv([{"text": t} for t in TEXTS[:5]])
     out = tmp_path / "int8.parquet"
-    result = CliRunner().invoke(cli, ["embed", str(src), "-o", str(out), "--model", tiny_gpt2_shared, "--backend", "int8",
-                                      "--device", "cpu", "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(src),
+            "-o",
+            str(out),
+            "--model",
+            tiny_gpt2_shared,
+            "--backend",
+            "int8",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert '"backend": "int8"' in json.dumps(json.loads(pq.read_schema(out).metadata[b"embedkit"]))
 

@@ -58,19 +58,25 @@ def test_row_level_cases_in_jsonl(tmp_path, tiny_gpt2_shared):
 
 def test_invalid_utf8_and_controls_in_csv(tmp_path, tiny_gpt2_shared):
     path = tmp_path / "cases.csv"
-    path.write_bytes(b'id,text\n1,"bad \xff\xfe bytes"\n2,""\n3,"nul \x00 inside"\n4,"  "\n5,"\xe2\x80\xae RTL override"\n')
+    path.write_bytes(
+        b'id,text\n1,"bad \xff\xfe bytes"\n2,""\n3,"nul \x00 inside"\n4,"  "\n5,"\xe2\x80\xae RTL override"\n'
+    )
     result, out = embed(tmp_path, tiny_gpt2_shared, path, "--id-column", "id")
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == ["1", "2", "3", "4", "5"]
     assert table.column("status").to_pylist() == ["repaired", "empty", "ok", "empty", "ok"]
-    assert "2 kept with a null embedding (2 empty)" in result.output and "1 with invalid UTF-8 repaired" in result.output
+    assert (
+        "2 kept with a null embedding (2 empty)" in result.output and "1 with invalid UTF-8 repaired" in result.output
+    )
 
 
 # Truncate mode reads a long text only as far as its first max_length tokens (status cut, n_tokens counts the
 # tokens read); chunk mode reads all of it while it fits MAX_CHUNK_WINDOWS windows.
-@pytest.mark.parametrize("mode, status, truncated, min_windows, min_tokens", [
-    ("truncate", "cut", True, 1, 1024), ("chunk", "ok", False, 100, 100_000)])
+@pytest.mark.parametrize(
+    "mode, status, truncated, min_windows, min_tokens",
+    [("truncate", "cut", True, 1, 1024), ("chunk", "ok", False, 100, 100_000)],
+)
 def test_a_text_of_a_million_characters(tmp_path, tiny_gpt2_shared, mode, status, truncated, min_windows, min_tokens):
     path = tmp_path / "huge.jsonl"
     path.write_text(json.dumps({"text": "word " * 200_000}) + "\n" + json.dumps({"text": "short"}) + "\n")
@@ -128,8 +134,16 @@ def _corrupt_pages_parquet(directory):
         (_corrupt_pages_parquet, 3, "corrupt or unreadable Parquet"),
         (lambda p: p / "missing.csv", 3, "does not exist"),
     ],
-    ids=["empty file", "header only", "missing text column (CSV)", "missing text column (JSONL)", "corrupt parquet",
-         "truncated parquet", "corrupt parquet pages", "missing input"],
+    ids=[
+        "empty file",
+        "header only",
+        "missing text column (CSV)",
+        "missing text column (JSONL)",
+        "corrupt parquet",
+        "truncated parquet",
+        "corrupt parquet pages",
+        "missing input",
+    ],
 )
 def test_file_level_cases(tmp_path, tiny_gpt2_shared, make, code, message):
     source = make(tmp_path)
@@ -141,7 +155,10 @@ def test_file_level_cases(tmp_path, tiny_gpt2_shared, make, code, message):
 
 def test_output_in_a_missing_directory(tmp_path, tiny_gpt2_shared):
     (tmp_path / "in.txt").write_text("one\ntwo\n")
-    result = CliRunner().invoke(cli, ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "no" / "out.parquet"), "-m", tiny_gpt2_shared, "-q"])
+    result = CliRunner().invoke(
+        cli,
+        ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "no" / "out.parquet"), "-m", tiny_gpt2_shared, "-q"],
+    )
     assert result.exit_code == 5 and "output directory" in result.output and "does not exist" in result.output
 
 
@@ -153,7 +170,9 @@ def test_output_in_a_read_only_directory(tmp_path, tiny_gpt2_shared, monkeypatch
     if os.geteuid() == 0:  # root ignores permission bits, so make the check see what a user would
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda p, m, **k: False if str(p) == str(locked) else real_access(p, m, **k))
-    result = CliRunner().invoke(cli, ["embed", str(tmp_path / "in.txt"), "-o", str(locked / "out.parquet"), "-m", tiny_gpt2_shared, "-q"])
+    result = CliRunner().invoke(
+        cli, ["embed", str(tmp_path / "in.txt"), "-o", str(locked / "out.parquet"), "-m", tiny_gpt2_shared, "-q"]
+    )
     locked.chmod(0o755)
     assert result.exit_code == 5 and "not writable" in result.output
 
@@ -170,11 +189,14 @@ def test_keep_text_with_a_plain_text_file_passes_each_line_through(tmp_path, tin
     assert table.column("status").to_pylist() == ["ok", "empty", "ok"]
 
 
-@pytest.mark.parametrize("name, content, column", [
-    ("bom.txt", b"\xef\xbb\xbffirst\nsecond\n", "text"),
-    ("bom.csv", b"\xef\xbb\xbftext,n\nfirst,1\nsecond,2\n", "text"),
-    ("bom.jsonl", b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n', "text"),
-])
+@pytest.mark.parametrize(
+    "name, content, column",
+    [
+        ("bom.txt", b"\xef\xbb\xbffirst\nsecond\n", "text"),
+        ("bom.csv", b"\xef\xbb\xbftext,n\nfirst,1\nsecond,2\n", "text"),
+        ("bom.jsonl", b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n', "text"),
+    ],
+)
 def test_a_utf8_byte_order_mark_is_not_part_of_the_first_text(tmp_path, tiny_gpt2_shared, name, content, column):
     path = _file(tmp_path, name, content)
     result, out = embed(tmp_path, tiny_gpt2_shared, path, "--keep", column)
@@ -219,13 +241,17 @@ def test_a_parquet_input_whose_name_is_not_utf8_is_read(tmp_path, tiny_gpt2_shar
 def test_invalid_utf8_in_every_format_and_in_passthrough_columns(tmp_path, tiny_gpt2_shared):
     cases = {
         "csv": (b"id,text,extra\n\xff1,bad \xff text,x\xfey\n2,fine,ok\n", ["--id-column", "id"]),
-        "jsonl": (b'{"id": "\xff1", "text": "bad \xff text", "extra": "x\xfey"}\n{"id": "2", "text": "fine", "extra": "ok"}\n',
-                  ["--id-column", "id"]),
+        "jsonl": (
+            b'{"id": "\xff1", "text": "bad \xff text", "extra": "x\xfey"}\n{"id": "2", "text": "fine", "extra": "ok"}\n',
+            ["--id-column", "id"],
+        ),
         "txt": (b"bad \xff text\nfine\n", []),
     }
     raw = pa.array([b"bad \xff text", b"fine"], pa.binary())
-    pq.write_table(pa.table({"text": raw.view(pa.string()), "extra": pa.array([b"x\xfey", b"ok"]).view(pa.string())}),
-                   tmp_path / "in.parquet")  # a writer that does not validate UTF-8
+    pq.write_table(
+        pa.table({"text": raw.view(pa.string()), "extra": pa.array([b"x\xfey", b"ok"]).view(pa.string())}),
+        tmp_path / "in.parquet",
+    )  # a writer that does not validate UTF-8
     cases["parquet"] = ((tmp_path / "in.parquet").read_bytes(), [])
     for fmt, (content, extra) in cases.items():
         path = _file(tmp_path, f"in.{fmt}", content)

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 from embedkit import ExtractConfig, InputError
 from embedkit.classify import (
-    CLASSIFIERS, EVAL_PREDICTIONS, MANIFEST, MODEL_FILE, ClassifierOptions, load_model, predict_file, train,
+    CLASSIFIERS,
+    EVAL_PREDICTIONS,
+    MANIFEST,
+    MODEL_FILE,
+    ClassifierOptions,
+    load_model,
+    predict_file,
+    train,
 )
 from embedkit.cli import cli
 from embedkit.embed import embed_file
@@ -42,7 +49,13 @@ def test_train_cli_writes_a_complete_model_dir(features, tmp_path):
     assert "accuracy" in result.output and "macro F1" in result.output and "hold-out (12 test rows)" in result.output
     for label in "abc":  # the per-class report
         assert f"\n{label:>12}  " in result.output
-    assert {p.name for p in out.iterdir()} == {MANIFEST, MODEL_FILE, "metrics.json", "confusion_matrix.png", EVAL_PREDICTIONS}
+    assert {p.name for p in out.iterdir()} == {
+        MANIFEST,
+        MODEL_FILE,
+        "metrics.json",
+        "confusion_matrix.png",
+        EVAL_PREDICTIONS,
+    }
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["mode"] == "holdout" and metrics["fit_rows"] == 48
     assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) == {"a", "b", "c"}
@@ -56,7 +69,13 @@ def test_train_cli_writes_a_complete_model_dir(features, tmp_path):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the MLP is capped for speed
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_classifier_trains_saves_and_loads(features, tmp_path, name):
-    result = train(features, "label", tmp_path / name, classifier=name, options=ClassifierOptions(k_neighbors=3, hidden_size=16, max_iter=200))
+    result = train(
+        features,
+        "label",
+        tmp_path / name,
+        classifier=name,
+        options=ClassifierOptions(k_neighbors=3, hidden_size=16, max_iter=200),
+    )
     model = load_model(tmp_path / name)
     assert model.manifest["classifier"] == name and model.classes == ["a", "b", "c"]
     assert model.has_proba == (name in ("logreg", "knn", "mlp"))
@@ -78,7 +97,9 @@ def test_model_round_trip_predicts_like_the_fitted_estimator(model_dir, features
 
 
 def test_cv_reports_folds_and_fits_on_every_row(features, tmp_path):
-    result = run("train", features, "-y", "label", "-o", tmp_path / "m", "--cv", 3, "--classifier", "ridge", "--alpha", 2.0)
+    result = run(
+        "train", features, "-y", "label", "-o", tmp_path / "m", "--cv", 3, "--classifier", "ridge", "--alpha", 2.0
+    )
     assert result.exit_code == 0, result.output
     assert "3-fold stratified CV" in result.output
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
@@ -157,6 +178,7 @@ def test_a_text_or_id_column_named_as_labels_is_refused_briefly(features, tmp_pa
     assert "is it a text or id column rather than the classes?" in result.output
     assert len(result.output) < 400  # three labels, each cut to 40 characters, not 60 whole texts
 
+
 def test_null_labels_are_skipped_with_a_count(features_file, tmp_path):
     path = features_file(n=40, labels=("a", "b", "c", ""))
     result = run("train", path, "-y", "label", "-o", tmp_path / "m")
@@ -169,7 +191,9 @@ def test_null_embeddings_are_skipped_with_a_count(write_csv, tiny_gpt2_shared, t
     rows = [{"text": t, "label": "xy"[i % 2]} for i, t in enumerate(["Fine text here."] * 20)]
     rows[3]["text"] = rows[8]["text"] = ""
     path = tmp_path / "f.parquet"
-    embed_file(write_csv(rows), path, ExtractConfig(model=tiny_gpt2_shared), keep=("label",), device="cpu", progress=False)
+    embed_file(
+        write_csv(rows), path, ExtractConfig(model=tiny_gpt2_shared), keep=("label",), device="cpu", progress=False
+    )
     result = run("train", path, "-y", "label", "-o", tmp_path / "m")
     assert result.exit_code == 0, result.output
     assert "18 rows, 2 classes" in result.output and "skipped 2 with a null embedding" in result.output
@@ -226,12 +250,15 @@ def test_existing_outputs_need_overwrite(model_dir, features, tmp_path):
     assert run("predict", model_dir, features, "-o", out).exit_code == 5
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["--classifier", "forest"], 2, "'forest' is not one of"),
-    (["--cv", 1], 2, "--cv"),
-    (["--test-size", 1.5], 2, "--test-size"),
-    (["-c", "knn", "--k-neighbors", 100], 2, "--k-neighbors 100 exceeds the 48 rows"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--classifier", "forest"], 2, "'forest' is not one of"),
+        (["--cv", 1], 2, "--cv"),
+        (["--test-size", 1.5], 2, "--test-size"),
+        (["-c", "knn", "--k-neighbors", 100], 2, "--k-neighbors 100 exceeds the 48 rows"),
+    ],
+)
 def test_bad_options(features, tmp_path, args, code, message):
     result = run("train", features, "-y", "label", "-o", tmp_path / "m", *args)
     assert result.exit_code == code and message in result.output
@@ -267,6 +294,7 @@ def test_ridge_default_penalty_is_chosen_from_the_data():
     clean = build_classifier("ridge").fit(X, clean_labels)[-1].alpha_
     assert {noisy, clean} <= set(RIDGE_ALPHAS) and noisy >= 10 * clean
     assert build_classifier("ridge", ClassifierOptions(alpha=1.0))[-1].alpha == 1.0  # --alpha still fixes it
+
 
 def test_ridge_records_its_chosen_penalty_and_reloads_safely(features, tmp_path):
     result = run("train", features, "-y", "label", "-o", tmp_path / "m", "--classifier", "ridge")

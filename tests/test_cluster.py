@@ -15,7 +15,12 @@ from sklearn.metrics import normalized_mutual_info_score
 from embedkit import ConfigError, InputError, OutputError
 from embedkit.cli import cli
 from embedkit.cluster import (
-    ClusterOptions, cluster_file, cluster_vectors, distinctive_terms, format_summary, load_clustering,
+    ClusterOptions,
+    cluster_file,
+    cluster_vectors,
+    distinctive_terms,
+    format_summary,
+    load_clustering,
 )
 from embedkit.store import vectors_to_arrow
 
@@ -48,13 +53,22 @@ def gpt2_shaped(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
 def blob_file(features_file, tmp_path):
     """Write given vectors (and labels) into an embedkit-style Parquet made by the embed stage."""
 
-    def make(vectors: np.ndarray, labels: np.ndarray | None = None, valid: np.ndarray | None = None, name: str = "blobs.parquet") -> Path:
+    def make(
+        vectors: np.ndarray,
+        labels: np.ndarray | None = None,
+        valid: np.ndarray | None = None,
+        name: str = "blobs.parquet",
+    ) -> Path:
         path = features_file(n=len(vectors), name=name)
         table = pq.read_table(path)
         valid = np.ones(len(vectors), dtype=bool) if valid is None else valid
-        table = table.set_column(table.schema.get_field_index("embedding"), "embedding", vectors_to_arrow(vectors, valid, "float32"))
+        table = table.set_column(
+            table.schema.get_field_index("embedding"), "embedding", vectors_to_arrow(vectors, valid, "float32")
+        )
         if labels is not None:
-            table = table.set_column(table.schema.get_field_index("label"), "label", pa.array([f"g{v}" for v in labels]))
+            table = table.set_column(
+                table.schema.get_field_index("label"), "label", pa.array([f"g{v}" for v in labels])
+            )
             words = [TOPICS[v % len(TOPICS)] for v in labels]
             table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(words))
         pq.write_table(table, path)  # the embed metadata travels with the schema
@@ -73,7 +87,9 @@ def run_cli(*args: str):
 @pytest.mark.parametrize("method", ["kmeans", "minibatch-kmeans", "agglomerative"])
 def test_known_k_recovers_blobs(blob_file, tmp_path, method):
     vectors, labels = blobs(40, 4, 32)
-    summary = cluster_file(blob_file(vectors, labels), tmp_path / "out", ClusterOptions(method=method, k=4), label_column="label")
+    summary = cluster_file(
+        blob_file(vectors, labels), tmp_path / "out", ClusterOptions(method=method, k=4), label_column="label"
+    )
     assert summary["metrics"]["nmi"] > 0.97
     assert summary["metrics"]["ari"] > 0.95
     assert sorted(c["size"] for c in summary["clusters"]) == [40, 40, 40, 40]
@@ -81,7 +97,9 @@ def test_known_k_recovers_blobs(blob_file, tmp_path, method):
 
 def test_auto_k_finds_the_number_of_blobs(blob_file, tmp_path):
     vectors, labels = blobs(40, 5, 32, seed=1)
-    summary = cluster_file(blob_file(vectors, labels), tmp_path / "out", ClusterOptions(k="auto", k_range=(2, 10)), label_column="label")
+    summary = cluster_file(
+        blob_file(vectors, labels), tmp_path / "out", ClusterOptions(k="auto", k_range=(2, 10)), label_column="label"
+    )
     assert summary["k"] == 5
     scores = summary["k_selection"]["scores"]
     assert max(scores, key=scores.get) == 5 and set(scores) == set(range(2, 11))
@@ -92,7 +110,9 @@ def test_hdbscan_finds_blobs_and_marks_noise(blob_file, tmp_path):
     vectors, labels = blobs(50, 3, 16, seed=2, spread=0.02)
     outliers = np.random.default_rng(3).uniform(-3, 3, size=(4, 16)).astype(np.float32)
     path = blob_file(np.vstack([vectors, outliers]), np.concatenate([labels, [9, 9, 9, 9]]))
-    summary = cluster_file(path, tmp_path / "out", ClusterOptions(method="hdbscan", min_cluster_size=10, pca=0), label_column="label")
+    summary = cluster_file(
+        path, tmp_path / "out", ClusterOptions(method="hdbscan", min_cluster_size=10, pca=0), label_column="label"
+    )
     assert summary["metrics"]["clusters"] == 3
     assert summary["clusters"][-1]["cluster"] == -1 and summary["metrics"]["noise_rows"] >= 2
     table = pq.read_table(tmp_path / "out" / "clusters.parquet")
@@ -116,6 +136,7 @@ def test_mostly_noise_hdbscan_and_missing_texts_are_explained(blob_file, tmp_pat
     kept = cluster_file(path, tmp_path / "out2", ClusterOptions(k=2))  # `text` present, k-means: nothing to say
     assert kept["notes"] == []
 
+
 def test_defaults_undo_gpt2_anisotropy():
     """Raw k-means on GPT-2-shaped vectors splits along rogue dimensions; the default pre-processing does not."""
     vectors, labels = blobs(60, 4, 64, seed=4, spread=0.15)
@@ -135,7 +156,10 @@ def test_sampled_fits_extend_to_every_row(monkeypatch):
     monkeypatch.setattr(cluster_module, "MAX_FIT_ROWS", 60)
     monkeypatch.setattr(cluster_module, "AUTO_K_ROWS", 80)
     vectors, labels = blobs(50, 3, 16, seed=5, spread=0.02)
-    for options in (ClusterOptions(method="agglomerative", k="auto", k_range=(2, 6)), ClusterOptions(method="hdbscan", min_cluster_size=5)):
+    for options in (
+        ClusterOptions(method="agglomerative", k="auto", k_range=(2, 6)),
+        ClusterOptions(method="hdbscan", min_cluster_size=5),
+    ):
         result = cluster_vectors(vectors, options)
         assert len(result.labels) == 150
         assert normalized_mutual_info_score(labels, result.labels) > 0.95, options.method
@@ -192,7 +216,9 @@ def test_cli_writes_consistent_outputs(features_file, tmp_path):
 
 def test_cli_prints_the_table(blob_file, tmp_path):
     vectors, labels = blobs(20, 2, 16)
-    result = run_cli(blob_file(vectors, labels), "-o", tmp_path / "out", "--k", "2", "--label-column", "label", "--map", "none")
+    result = run_cli(
+        blob_file(vectors, labels), "-o", tmp_path / "out", "--k", "2", "--label-column", "label", "--map", "none"
+    )
     assert result.exit_code == 0, result.output
     assert "40 rows clustered by kmeans into 2 clusters" in result.output
     assert "NMI 1.000" in result.output and "cat" in result.output
@@ -245,8 +271,12 @@ def test_file_without_embedding_column_lists_columns(features_file, tmp_path):
 def test_vectors_of_mixed_dimensions_are_named_as_such(features_file, tmp_path):
     path = features_file(n=10)
     table = pq.read_table(path)
-    vectors = [v[: 4 + i % 2] for i, v in enumerate(table.column("embedding").to_pylist())]  # 4-d and 5-d rows in one column
-    table = table.set_column(table.schema.get_field_index("embedding"), "embedding", pa.array(vectors, pa.list_(pa.float32())))
+    vectors = [
+        v[: 4 + i % 2] for i, v in enumerate(table.column("embedding").to_pylist())
+    ]  # 4-d and 5-d rows in one column
+    table = table.set_column(
+        table.schema.get_field_index("embedding"), "embedding", pa.array(vectors, pa.list_(pa.float32()))
+    )
     pq.write_table(table, path)
     result = run_cli(path, "-o", tmp_path / "out")
     assert result.exit_code == 3

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import sample_texts
+
 from embedkit import ExtractConfig, Extractor
 from embedkit.cli import cli
 from embedkit.store import open_features
@@ -31,13 +31,45 @@ def reviews(write_csv):
 def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
     path, rows = reviews
     out = tmp_path / "reviews.parquet"
-    result = run("embed", path, "-o", out, "--model", tiny_gpt2_shared, "--text-column", "body", "--id-column", "review_id",
-                 "--keep", "stars", "--layer", "1", "--layer", "-1", "--pooling", "mean", "--pooling", "last", "-q")
+    result = run(
+        "embed",
+        path,
+        "-o",
+        out,
+        "--model",
+        tiny_gpt2_shared,
+        "--text-column",
+        "body",
+        "--id-column",
+        "review_id",
+        "--keep",
+        "stars",
+        "--layer",
+        "1",
+        "--layer",
+        "-1",
+        "--pooling",
+        "mean",
+        "--pooling",
+        "last",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert "12 rows" in result.output and "11 embedded" in result.output and "1 empty" in result.output
     table = pq.read_table(out)
-    assert table.column_names == ["id", "stars", "n_tokens", "n_windows", "truncated", "status", "error",
-                                  "embedding_l1_mean", "embedding_l1_last", "embedding_l2_mean", "embedding_l2_last"]
+    assert table.column_names == [
+        "id",
+        "stars",
+        "n_tokens",
+        "n_windows",
+        "truncated",
+        "status",
+        "error",
+        "embedding_l1_mean",
+        "embedding_l1_last",
+        "embedding_l2_mean",
+        "embedding_l2_last",
+    ]
     assert table.column("id").to_pylist() == [r["review_id"] for r in rows]
     assert table.column("stars").to_pylist() == [r["stars"] for r in rows]
     assert str(table.schema.field("n_tokens").type) == "int32"
@@ -45,7 +77,9 @@ def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
     assert table.column("status").to_pylist()[3] == "empty" and table.column("embedding_l2_mean")[3].as_py() is None
 
     features = open_features(out)
-    assert features.config == ExtractConfig(model=tiny_gpt2_shared, layers=(1, 2), pooling=("mean", "last"), max_length=1024, stride=128)
+    assert features.config == ExtractConfig(
+        model=tiny_gpt2_shared, layers=(1, 2), pooling=("mean", "last"), max_length=1024, stride=128
+    )
     assert features.meta["model"]["hidden_size"] == 32 and features.meta["model"]["num_layers"] == 2
     assert {"embedkit", "torch", "transformers"} <= set(features.meta["versions"])
 
@@ -60,11 +94,29 @@ def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
 def test_default_id_is_the_row_number_and_float16_storage(reviews, tiny_gpt2_shared, tmp_path):
     path, _ = reviews
     out = tmp_path / "o.parquet"
-    assert run("embed", path, "-o", out, "-m", tiny_gpt2_shared, "--text-column", "body", "--dtype", "float16", "--normalize", "-q").exit_code == 0
+    assert (
+        run(
+            "embed",
+            path,
+            "-o",
+            out,
+            "-m",
+            tiny_gpt2_shared,
+            "--text-column",
+            "body",
+            "--dtype",
+            "float16",
+            "--normalize",
+            "-q",
+        ).exit_code
+        == 0
+    )
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == list(range(12))
     assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[32]"
-    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in table.column("embedding").to_pylist() if v is not None])
+    vectors = np.stack(
+        [np.asarray(v, dtype=np.float32) for v in table.column("embedding").to_pylist() if v is not None]
+    )
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
 
 
@@ -95,7 +147,11 @@ def test_info_prints_rows_columns_dims_and_settings(features_file):
     "args, code, message",
     [
         (["--text-column", "nope"], 3, "column(s) 'nope' not found; the columns are: review_id, body, stars, other"),
-        (["--text-column", "body", "--pooling", "avg"], 2, "unknown pooling 'avg'; valid: mean, last, max, first, weighted-mean"),
+        (
+            ["--text-column", "body", "--pooling", "avg"],
+            2,
+            "unknown pooling 'avg'; valid: mean, last, max, first, weighted-mean",
+        ),
         (["--text-column", "body", "--layer", "7"], 2, "layer 7 is out of range"),
         (["--text-column", "body", "--model", "./no/such/dir"], 4, "does not exist"),
     ],
@@ -176,9 +232,26 @@ def test_hub_warnings_shown_with_verbose_are_printed_once(tmp_path):
 def test_layers_and_poolings_take_comma_separated_lists(reviews, tiny_gpt2_shared, tmp_path):
     path, _ = reviews
     out = tmp_path / "o.parquet"
-    result = run("embed", path, "-o", out, "-m", tiny_gpt2_shared, "--text-column", "body", "-l", "0,-1", "-l", "1",
-                 "-p", "mean,last", "-q")
+    result = run(
+        "embed",
+        path,
+        "-o",
+        out,
+        "-m",
+        tiny_gpt2_shared,
+        "--text-column",
+        "body",
+        "-l",
+        "0,-1",
+        "-l",
+        "1",
+        "-p",
+        "mean,last",
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert open_features(out).config.layers == (0, 2, 1)
-    bad = run("embed", path, "-o", tmp_path / "p.parquet", "-m", tiny_gpt2_shared, "--text-column", "body", "-l", "1,last")
+    bad = run(
+        "embed", path, "-o", tmp_path / "p.parquet", "-m", tiny_gpt2_shared, "--text-column", "body", "-l", "1,last"
+    )
     assert bad.exit_code == 2 and "'last' is not a layer index" in bad.output

@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import sample_texts
+
 from embedkit.cli import cli
 
 ROWS = 60
@@ -48,7 +48,11 @@ def inputs(tmp_path):
 
 def _env():
     root = str(Path(__file__).resolve().parents[1])
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _embed_args(source, out, model, *extra):
@@ -58,8 +62,13 @@ def _embed_args(source, out, model, *extra):
 def _start(tmp_path, sleep, *args):
     script = tmp_path / "slow_finish.py"
     script.write_text(SLOW_FINISH)
-    return subprocess.Popen([sys.executable, str(script), str(sleep), *args], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(sleep), *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _ids(out):

@@ -19,6 +19,8 @@ def test_examples_exist():
 @pytest.mark.parametrize("script", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_example_runs(script, tiny_gpt2_shared, tmp_path):
     env = {**os.environ, "EMBEDKIT_MODEL": tiny_gpt2_shared, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "an example should show what it did"

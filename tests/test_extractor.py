@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sample_texts
 from transformers import AutoModel, AutoTokenizer
 
-from conftest import sample_texts
 from embedkit import ConfigError, ExtractConfig, Extractor, InputError
 from embedkit.config import POOLING_MODES
 
@@ -88,7 +88,9 @@ def _count_blocks(ex):
     return runs, final_norm, handles
 
 
-@pytest.mark.parametrize("layers, blocks_run, final_norm_runs", [((0,), [], False), ((1,), [0], False), ((-1,), [0, 1], True)])
+@pytest.mark.parametrize(
+    "layers, blocks_run, final_norm_runs", [((0,), [], False), ((1,), [0], False), ((-1,), [0, 1], True)]
+)
 def test_only_blocks_up_to_the_deepest_requested_layer_run(extractor_factory, layers, blocks_run, final_norm_runs):
     ex = extractor_factory(layers=layers, batch_tokens=100_000)
     runs, final_norm, handles = _count_blocks(ex)
@@ -164,9 +166,31 @@ def test_texts_over_1024_tokens_never_fail(extractor_factory):
 
 
 def test_bad_values_are_recorded_not_raised(extractor_factory):
-    values = ["fine", "", "   \n", None, float("nan"), 42, ["a"], "bad \udcff byte", "lone \ud800 surrogate", "nul\x00 and \x07"]
+    values = [
+        "fine",
+        "",
+        "   \n",
+        None,
+        float("nan"),
+        42,
+        ["a"],
+        "bad \udcff byte",
+        "lone \ud800 surrogate",
+        "nul\x00 and \x07",
+    ]
     result = extractor_factory().encode(values)
-    assert result.status == ["ok", "empty", "empty", "null", "null", "not_string", "not_string", "repaired", "repaired", "ok"]
+    assert result.status == [
+        "ok",
+        "empty",
+        "empty",
+        "null",
+        "null",
+        "not_string",
+        "not_string",
+        "repaired",
+        "repaired",
+        "ok",
+    ]
     assert result.valid.tolist() == [s in ("ok", "repaired") for s in result.status]
     assert np.isnan(result.vectors["embedding"][~result.valid]).all()
     assert np.isfinite(result.vectors["embedding"][result.valid]).all()
@@ -224,7 +248,9 @@ def test_config_round_trips_through_a_dict():
 
 
 def test_any_automodel_works_bert_with_special_tokens(tiny_bert):
-    ex = Extractor(ExtractConfig(model=tiny_bert, layers=(1, -1), pooling=("first", "mean")), device="cpu", batch_tokens=50)
+    ex = Extractor(
+        ExtractConfig(model=tiny_bert, layers=(1, -1), pooling=("first", "mean")), device="cpu", batch_tokens=50
+    )
     model, tokenizer = AutoModel.from_pretrained(tiny_bert).eval(), AutoTokenizer.from_pretrained(tiny_bert)
     texts = ["the cat", "the dog and the bird in the tree", "music"]
     got = ex.embed(texts)

@@ -25,15 +25,26 @@ from hypothesis import strategies as st
 from embedkit.cli import cli
 from embedkit.extract.texts import EMBEDDED_STATUSES, STATUSES
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 # Characters that have broken text pipelines: lone surrogates, RTL overrides, zero-width, NUL, BOM, line separators.
 NASTY = "\ud800\udfff\udcff\u202e\u200f\u200b\ufeff\x00\x07\x1b\u2028\u0085\r\t \n\"',\\{}[]"
 TEXTS = st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from(NASTY)), max_size=40)
 VALUES = st.one_of(
-    TEXTS, TEXTS, st.none(), st.just(float("nan")), st.integers(), st.floats(allow_nan=True), st.booleans(),
-    st.lists(TEXTS, max_size=3), st.dictionaries(st.text(max_size=5), TEXTS, max_size=2),
+    TEXTS,
+    TEXTS,
+    st.none(),
+    st.just(float("nan")),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.lists(TEXTS, max_size=3),
+    st.dictionaries(st.text(max_size=5), TEXTS, max_size=2),
 )
 
 
@@ -54,8 +65,9 @@ def embed(tiny_gpt2_shared):
         with tempfile.TemporaryDirectory() as tmp:
             source, out = Path(tmp) / name, Path(tmp) / "out.parquet"
             source.write_bytes(content)
-            result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(out), "-m", tiny_gpt2_shared, "-q",
-                                              "--part-rows", "7", *extra])
+            result = CliRunner().invoke(
+                cli, ["embed", str(source), "-o", str(out), "-m", tiny_gpt2_shared, "-q", "--part-rows", "7", *extra]
+            )
             assert "Traceback" not in result.output and "internal error" not in result.output, result.output
             assert result.exit_code in (0, 3), (result.exit_code, result.output)
             return result.exit_code, result.output, pq.read_table(out) if out.exists() else None
@@ -90,11 +102,15 @@ def test_random_bytes_in_any_format(embed, content, fmt):
 
 
 @SETTINGS
-@given(records=st.lists(st.dictionaries(st.sampled_from(["text", "other", "n"]), VALUES, max_size=3), max_size=12),
-       garbage=st.lists(st.tuples(st.integers(0, 12), st.text(min_size=1, max_size=20)), max_size=3),
-       ascii_only=st.booleans())
+@given(
+    records=st.lists(st.dictionaries(st.sampled_from(["text", "other", "n"]), VALUES, max_size=3), max_size=12),
+    garbage=st.lists(st.tuples(st.integers(0, 12), st.text(min_size=1, max_size=20)), max_size=3),
+    ascii_only=st.booleans(),
+)
 def test_jsonl_shapes(embed, records, garbage, ascii_only):
-    lines = [json.dumps({"text": "first", **r} if i == 0 else r, ensure_ascii=ascii_only) for i, r in enumerate(records)]
+    lines = [
+        json.dumps({"text": "first", **r} if i == 0 else r, ensure_ascii=ascii_only) for i, r in enumerate(records)
+    ]
     for at, junk in garbage:
         junk = junk.replace("\n", " ")
         if junk.strip() and not (at == 0 and junk.lstrip().startswith(("[", "{"))):
@@ -118,8 +134,11 @@ def _is_object(line: str) -> bool:
 
 
 @SETTINGS
-@given(rows=st.lists(st.tuples(VALUES, VALUES), max_size=12), delimiter=st.sampled_from([",", "\t"]),
-       header=st.sampled_from([["text", "other"], ["other", "text"], ["other", "x"]]))
+@given(
+    rows=st.lists(st.tuples(VALUES, VALUES), max_size=12),
+    delimiter=st.sampled_from([",", "\t"]),
+    header=st.sampled_from([["text", "other"], ["other", "text"], ["other", "x"]]),
+)
 def test_csv_shapes(embed, rows, delimiter, header):
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=delimiter)
@@ -136,15 +155,21 @@ def test_csv_shapes(embed, rows, delimiter, header):
         check_rows(table, len(rows))
 
 
-PARQUET_COLUMNS = st.sampled_from([
-    ("string", pa.string(), TEXTS.map(lambda t: t.encode("utf-8", "replace").decode("utf-8"))),
-    ("nullable string", pa.large_string(), st.one_of(st.none(), st.text(max_size=20))),
-    ("int", pa.int64(), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
-    ("float", pa.float64(), st.one_of(st.none(), st.floats(allow_nan=True))),
-    ("list", pa.list_(pa.string()), st.one_of(st.none(), st.lists(st.text(max_size=5), max_size=3))),
-    ("struct", pa.struct([("a", pa.string())]), st.one_of(st.none(), st.builds(lambda a: {"a": a}, st.text(max_size=5)))),
-    ("binary", pa.binary(), st.one_of(st.none(), st.binary(max_size=20))),
-])
+PARQUET_COLUMNS = st.sampled_from(
+    [
+        ("string", pa.string(), TEXTS.map(lambda t: t.encode("utf-8", "replace").decode("utf-8"))),
+        ("nullable string", pa.large_string(), st.one_of(st.none(), st.text(max_size=20))),
+        ("int", pa.int64(), st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
+        ("float", pa.float64(), st.one_of(st.none(), st.floats(allow_nan=True))),
+        ("list", pa.list_(pa.string()), st.one_of(st.none(), st.lists(st.text(max_size=5), max_size=3))),
+        (
+            "struct",
+            pa.struct([("a", pa.string())]),
+            st.one_of(st.none(), st.builds(lambda a: {"a": a}, st.text(max_size=5))),
+        ),
+        ("binary", pa.binary(), st.one_of(st.none(), st.binary(max_size=20))),
+    ]
+)
 
 
 @SETTINGS

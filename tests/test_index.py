@@ -25,11 +25,13 @@ def write_vectors(path: Path, x: np.ndarray, ids=None, model: str = "synthetic",
     n, _ = x.shape
     valid = np.ones(n, bool)
     valid[list(nulls)] = False
-    table = pa.table({
-        "id": pa.array(np.arange(n) if ids is None else ids),
-        "text": [f"row {i}" for i in range(n)],
-        "embedding": vectors_to_arrow(x, valid, "float32"),
-    })
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(n) if ids is None else ids),
+            "text": [f"row {i}" for i in range(n)],
+            "embedding": vectors_to_arrow(x, valid, "float32"),
+        }
+    )
     meta = {"format_version": 1, "config": ExtractConfig(model=model, layers=(2,), max_length=64, stride=8).to_dict()}
     pq.write_table(table.cast(with_metadata(table.schema, meta)), path)
     return path
@@ -63,16 +65,22 @@ def test_flat_l2_scores_are_distances(tmp_path):
     np.testing.assert_allclose(result.scores[0], np.sort(d)[:3], atol=1e-3)
 
 
-@pytest.mark.parametrize("kind,metric", [("flat", "cosine"), ("hnsw", "cosine"), ("ivf", "l2"), ("ivfpq", "cosine"), ("auto", "ip")])
+@pytest.mark.parametrize(
+    "kind,metric", [("flat", "cosine"), ("hnsw", "cosine"), ("ivf", "l2"), ("ivfpq", "cosine"), ("auto", "ip")]
+)
 def test_every_kind_finds_the_exact_neighbours(tmp_path, kind, metric):
     x = clustered(3000)
-    report = build_index(write_vectors(tmp_path / "f.parquet", x), tmp_path / "ix", kind=kind, metric=metric, eval_queries=200)
+    report = build_index(
+        write_vectors(tmp_path / "f.parquet", x), tmp_path / "ix", kind=kind, metric=metric, eval_queries=200
+    )
     assert report.rows == 3000 and report.recall_at_10 is not None
     index = Index.load(tmp_path / "ix")
     queries = x[:50] + 0.01
     truth_x = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True) if metric == "cosine" else queries
-    exact = np.argsort(((q[:, None] - truth_x[None]) ** 2).sum(-1) if metric == "l2" else -(q @ truth_x.T), axis=1)[:, :10]
+    exact = np.argsort(((q[:, None] - truth_x[None]) ** 2).sum(-1) if metric == "l2" else -(q @ truth_x.T), axis=1)[
+        :, :10
+    ]
     found = index.search(queries, k=10).positions
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
     assert recall >= (0.6 if kind == "ivfpq" else 0.9), (kind, recall)
@@ -84,21 +92,28 @@ def test_ivfpq_on_few_rows_warns_once_and_applies_its_pq_settings(tmp_path, capf
 
     x = clustered(600)
     with caplog.at_level("WARNING", logger="embedkit.index"):
-        build_index(write_vectors(tmp_path / "f.parquet", x), tmp_path / "ix", kind="ivfpq", metric="l2", eval_queries=50)
+        build_index(
+            write_vectors(tmp_path / "f.parquet", x), tmp_path / "ix", kind="ivfpq", metric="l2", eval_queries=50
+        )
     assert "please provide at least" not in capfd.readouterr().err  # FAISS's per-sub-quantizer warning, silenced
     assert sum("IVF-PQ codebooks trained on" in r.getMessage() for r in caplog.records) == 1
     index = _new_index(plan_index("ivfpq", 600, 16), 16, "l2", x)
     assert _ivf_of(index).pq.cp.niter == PQ_KMEANS_ITERATIONS
 
+
 def test_build_says_when_search_will_show_bare_ids(tmp_path):
     path = write_vectors(tmp_path / "f.parquet", clustered(50))
     table = pq.read_table(path)
-    pq.write_table(table.rename_columns(["id", "body", "embedding"]).replace_schema_metadata(table.schema.metadata), tmp_path / "body.parquet")  # text kept as `body`
+    pq.write_table(
+        table.rename_columns(["id", "body", "embedding"]).replace_schema_metadata(table.schema.metadata),
+        tmp_path / "body.parquet",
+    )  # text kept as `body`
     bare = build_index(tmp_path / "body.parquet", tmp_path / "a", kind="flat")
     assert any("show ids only" in line and "text columns here: body" in line for line in bare.lines())
     assert not build_index(tmp_path / "body.parquet", tmp_path / "b", kind="flat", store=["body"]).notes
     assert not build_index(path, tmp_path / "c", kind="flat").notes  # `text` is stored by default
     assert not build_index(tmp_path / "body.parquet", tmp_path / "d", kind="flat", store=[]).notes  # --no-store: asked
+
 
 def test_auto_plan_follows_rows_and_memory():
     assert plan_index("auto", 500, 768).kind == "flat"
@@ -220,13 +235,33 @@ def test_cli_build_search_batch_and_errors(features_file, write_csv, tmp_path):
     out = runner.invoke(cli, ["search", str(tmp_path / "ix"), "--id", "d2", "-k", "2", "--json"])
     assert out.exit_code == 0, out.output
     assert len(json.loads(out.stdout)["hits"]) == 2
-    queries = write_csv([{"qid": "q1", "text": text}, {"qid": "q2", "text": ""}, {"qid": "q3", "text": "a dog"}], name="q.csv")
-    out = runner.invoke(cli, ["search", str(tmp_path / "ix"), "--queries", str(queries), "--id-column", "qid",
-                              "-o", str(tmp_path / "hits.parquet"), "-k", "2", "--quiet", "--device", "cpu"])
+    queries = write_csv(
+        [{"qid": "q1", "text": text}, {"qid": "q2", "text": ""}, {"qid": "q3", "text": "a dog"}], name="q.csv"
+    )
+    out = runner.invoke(
+        cli,
+        [
+            "search",
+            str(tmp_path / "ix"),
+            "--queries",
+            str(queries),
+            "--id-column",
+            "qid",
+            "-o",
+            str(tmp_path / "hits.parquet"),
+            "-k",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert "1 empty or unreadable skipped" in out.output
     hits = pq.read_table(tmp_path / "hits.parquet")
-    assert hits.num_rows == 4 and hits.column("query_id").to_pylist()[0] == "q1" and hits.column("id")[0].as_py() == "d2"
+    assert (
+        hits.num_rows == 4 and hits.column("query_id").to_pylist()[0] == "q1" and hits.column("id")[0].as_py() == "d2"
+    )
     out = runner.invoke(cli, ["search", str(tmp_path / "ix"), ""])
     assert out.exit_code == 3 and "empty" in out.output
     out = runner.invoke(cli, ["search", str(tmp_path / "ix")])

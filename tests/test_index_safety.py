@@ -41,10 +41,14 @@ def _env() -> dict[str, str]:
 
 
 def _popen(*args, script: str | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-c", script, *map(str, args)] if script else [sys.executable, "-m", "embedkit",
-                                                                                *map(str, args)]
-    return subprocess.Popen(command, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    command = (
+        [sys.executable, "-c", script, *map(str, args)]
+        if script
+        else [sys.executable, "-m", "embedkit", *map(str, args)]
+    )
+    return subprocess.Popen(
+        command, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _batch(tmp_path: Path, name: str, start: int, n: int = N_BATCH, seed: int = 1) -> Path:
@@ -72,6 +76,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (lock files aside) with its bytes: what a refused command must leave alone."""
+
     def content(p: Path) -> bytes:
         if p.is_symlink():
             return b"link to " + os.readlink(p).encode()
@@ -118,8 +123,21 @@ def _to_format_1(ix: Path, index_name: str = "index-0.faiss", ids_name: str = "i
 # ---------------------------------------------------------------------------------------------- hostile names
 
 
-@pytest.mark.parametrize("attack", ["traversal", "absolute", "symlink_out", "unlisted", "format1_traversal",
-                                    "format1_absolute", "format1_same_file", "manifest_symlink", "fifo", "directory"])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "traversal",
+        "absolute",
+        "symlink_out",
+        "unlisted",
+        "format1_traversal",
+        "format1_absolute",
+        "format1_same_file",
+        "manifest_symlink",
+        "fifo",
+        "directory",
+    ],
+)
 def test_hostile_file_names_are_refused_and_nothing_outside_is_touched(ix, tmp_path, attack):
     outside = tmp_path / "outside.faiss"
     shutil.copy(ix / "index.faiss", outside)  # a sentinel that even has the right bytes
@@ -139,8 +157,11 @@ def test_hostile_file_names_are_refused_and_nothing_outside_is_touched(ix, tmp_p
         (ix / "index.faiss").unlink()
         os.mkfifo(ix / "index.faiss") if attack == "fifo" else (ix / "index.faiss").mkdir()
     if attack.startswith("format1"):
-        target = {"format1_traversal": "../outside.faiss", "format1_absolute": str(outside),
-                  "format1_same_file": "ids-0.parquet"}[attack]
+        target = {
+            "format1_traversal": "../outside.faiss",
+            "format1_absolute": str(outside),
+            "format1_same_file": "ids-0.parquet",
+        }[attack]
         meta = _to_format_1(ix, index_name=target)
     _write_meta(ix, meta)
     if attack == "manifest_symlink":
@@ -217,17 +238,41 @@ def test_hand_edited_index_json_is_refused_with_exit_3_naming_the_field(ix, tmp_
     _write_meta(ix, meta)
     before = _snapshot(ix)
     runner = CliRunner()
-    for args in (["search", str(ix), "--id", "3"],
-                 ["index", "add", str(ix), str(_batch(tmp_path, "more.parquet", 10_000)), "--quiet"]):
+    for args in (
+        ["search", str(ix), "--id", "3"],
+        ["index", "add", str(ix), str(_batch(tmp_path, "more.parquet", 10_000)), "--quiet"],
+    ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 3, (args, result.output)
         assert expected in result.output, result.output
     assert _snapshot(ix) == before and not _leftovers(tmp_path, "ix")
 
 
-FIELDS = ["format", "kind", "index_kind", "factory", "metric", "dim", "rows", "column", "stored_columns", "params",
-          "config", "model", "generation", "source", "build", "files", "build.adds", "params.efSearch",
-          "config.model", "config.layers", "config.pooling", "files.index.faiss", "files.index.faiss.bytes"]
+FIELDS = [
+    "format",
+    "kind",
+    "index_kind",
+    "factory",
+    "metric",
+    "dim",
+    "rows",
+    "column",
+    "stored_columns",
+    "params",
+    "config",
+    "model",
+    "generation",
+    "source",
+    "build",
+    "files",
+    "build.adds",
+    "params.efSearch",
+    "config.model",
+    "config.layers",
+    "config.pooling",
+    "files.index.faiss",
+    "files.index.faiss.bytes",
+]
 WRONG_TYPES = [None, "x", -1, 1.5, True, 10**30, [], {}, [1, "a"]]
 
 
@@ -253,8 +298,10 @@ def test_any_type_in_any_field_is_exit_0_3_or_6_never_an_internal_error(tmp_path
             node[last] = value
         _write_meta(tmp_path / "ix", meta)
         before = _snapshot(tmp_path / "ix")
-        for args in (["search", str(tmp_path / "ix"), "--id", "3", "-k", "2"],
-                     ["index", "add", str(tmp_path / "ix"), str(more), "-q"]):
+        for args in (
+            ["search", str(tmp_path / "ix"), "--id", "3", "-k", "2"],
+            ["index", "add", str(tmp_path / "ix"), str(more), "-q"],
+        ):
             result = runner.invoke(cli, args)
             assert result.exit_code in (0, 3, 6), (field, value, args[0], result.output)
             if result.exit_code:
@@ -265,9 +312,11 @@ def test_other_damage_is_refused_cleanly(ix):
     runner = CliRunner()
     twice = pa.Table.from_arrays([pa.array(range(N_BASE))] * 2 + [pa.array(["t"] * N_BASE)], ["id", "id", "text"])
     never = "ids, which embedkit never writes"
-    for ids, message in ((pa.table({"id": [[1]] * N_BASE, "text": ["t"] * N_BASE}), never),  # unhashable ids
-                         (pa.table({"id": [None] * N_BASE, "text": ["t"] * N_BASE}), never),
-                         (twice, "the id map ids.parquet")):  # pyarrow refuses to read it
+    for ids, message in (
+        (pa.table({"id": [[1]] * N_BASE, "text": ["t"] * N_BASE}), never),  # unhashable ids
+        (pa.table({"id": [None] * N_BASE, "text": ["t"] * N_BASE}), never),
+        (twice, "the id map ids.parquet"),
+    ):  # pyarrow refuses to read it
         pq.write_table(ids, ix / "ids.parquet")
         meta = _meta(ix)
         meta["files"]["ids.parquet"] = artefact.file_entry(ix / "ids.parquet")  # digests that match the new file
@@ -306,8 +355,13 @@ def test_format_1_index_is_still_read_and_add_rewrites_it(ix, tmp_path):
 def _raw_features(path: Path, x: np.ndarray, ids) -> Path:
     """A features file holding ``x`` exactly (embed's own writer would turn NaN into 0)."""
     flat = pa.array(x.reshape(-1).astype(np.float32))
-    table = pa.table({"id": pa.array(ids), "text": [f"row {i}" for i in ids],
-                      "embedding": pa.FixedSizeListArray.from_arrays(flat, x.shape[1])})
+    table = pa.table(
+        {
+            "id": pa.array(ids),
+            "text": [f"row {i}" for i in ids],
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, x.shape[1]),
+        }
+    )
     config = ExtractConfig(model="synthetic", layers=(2,), max_length=64, stride=8)  # as test_index.write_vectors
     meta = {"format_version": 1, "config": config.to_dict()}
     pq.write_table(table.cast(with_metadata(table.schema, meta)), path)
@@ -323,8 +377,11 @@ def test_nan_and_inf_rows_are_skipped_and_counted(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 rows whose embedding holds NaN, infinite or overflowing values skipped" in result.output
     assert "ids 3, 7, 11)" in result.output
-    report = json.loads(runner.invoke(cli, ["index", "build", str(features), "-o", str(tmp_path / "ix2"),
-                                             "--kind", "hnsw", "--json", "-q"]).stdout)
+    report = json.loads(
+        runner.invoke(
+            cli, ["index", "build", str(features), "-o", str(tmp_path / "ix2"), "--kind", "hnsw", "--json", "-q"]
+        ).stdout
+    )
     assert report["rows"] == 97 and report["skipped_nonfinite_rows"] == 3 and report["skipped_null_rows"] == 0
     assert report["skipped_nonfinite_ids"] == [3, 7, 11]
     assert _assert_complete(tmp_path / "ix") == set(range(100)) - {3, 7, 11}
@@ -333,15 +390,25 @@ def test_nan_and_inf_rows_are_skipped_and_counted(tmp_path):
 
     more = clustered(20, seed=3)
     more[4, 2] = -np.inf
-    result = runner.invoke(cli, ["index", "add", str(tmp_path / "ix"),
-                                 str(_raw_features(tmp_path / "m.parquet", more, list(range(500, 520)))), "-q"])
+    result = runner.invoke(
+        cli,
+        [
+            "index",
+            "add",
+            str(tmp_path / "ix"),
+            str(_raw_features(tmp_path / "m.parquet", more, list(range(500, 520)))),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "added 19 rows" in result.output and "1 rows whose embedding holds NaN" in result.output
     assert 504 not in _assert_complete(tmp_path / "ix")
 
     bad = _raw_features(tmp_path / "bad.parquet", np.full((5, 16), np.nan, np.float32), list(range(900, 905)))
-    for args in (["index", "build", str(bad), "-o", str(tmp_path / "ix3")],
-                 ["index", "add", str(tmp_path / "ix"), str(bad)]):
+    for args in (
+        ["index", "build", str(bad), "-o", str(tmp_path / "ix3")],
+        ["index", "add", str(tmp_path / "ix"), str(bad)],
+    ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 3 and "5 hold NaN" in result.output, result.output
     with pytest.raises(InputError, match="NaN"):
@@ -351,8 +418,10 @@ def test_nan_and_inf_rows_are_skipped_and_counted(tmp_path):
 # ---------------------------------------------------------------------------------------------- locks
 
 
-HOLD = ("import sys\nfrom embedkit import artefact\nwith artefact.output_lock(sys.argv[1]):\n"
-        "    print('held', flush=True)\n    sys.stdin.read()\n")
+HOLD = (
+    "import sys\nfrom embedkit import artefact\nwith artefact.output_lock(sys.argv[1]):\n"
+    "    print('held', flush=True)\n    sys.stdin.read()\n"
+)
 
 
 def test_a_busy_index_or_hits_file_fails_at_once_with_exit_7_and_waits_with_wait(ix, tmp_path, write_csv):
@@ -364,8 +433,10 @@ def test_a_busy_index_or_hits_file_fails_at_once_with_exit_7_and_waits_with_wait
     try:
         assert holder.stdout.readline().strip() == "held"
         before = _snapshot(ix)
-        for args in (["index", "add", str(ix), str(more)],
-                     ["index", "build", str(features), "-o", str(ix), "--overwrite"]):
+        for args in (
+            ["index", "add", str(ix), str(more)],
+            ["index", "build", str(features), "-o", str(ix), "--overwrite"],
+        ):
             started = time.monotonic()
             result = runner.invoke(cli, args)
             assert result.exit_code == 7 and "--wait" in result.output, result.output
@@ -451,8 +522,9 @@ def test_concurrent_overwrite_builds_leave_one_complete_index(tmp_path):
     sets = {0: set(range(600)), 1: set(range(10_000, 10_900))}
     build_index(a, tmp_path / "ix", kind="flat")
     for _ in range(3):
-        procs = [_popen("index", "build", f, "-o", tmp_path / "ix", "--overwrite", "--kind", "hnsw", "-q")
-                 for f in (a, b)]
+        procs = [
+            _popen("index", "build", f, "-o", tmp_path / "ix", "--overwrite", "--kind", "hnsw", "-q") for f in (a, b)
+        ]
         codes = [p.wait(120) for p in procs]
         assert set(codes) <= {0, 7} and 0 in codes, (codes, [p.stderr.read() for p in procs])
         assert _assert_complete(tmp_path / "ix") in [sets[i] for i, c in enumerate(codes) if c == 0]

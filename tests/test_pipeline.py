@@ -79,15 +79,24 @@ def test_second_run_skips_and_a_changed_stage_reruns_only_what_depends_on_it(tin
     "body, message",
     [
         ('[source]\npath = "x.csv"\n[trian]\n', "[top level] unknown key(s) 'trian'"),
-        ('[source]\npath = "x.csv"\n[train]\nclasifier = "svm"\n', "[train] unknown key(s) 'clasifier'; valid: C, alpha"),
+        (
+            '[source]\npath = "x.csv"\n[train]\nclasifier = "svm"\n',
+            "[train] unknown key(s) 'clasifier'; valid: C, alpha",
+        ),
         ('[source]\npath = "x.csv"\ncolumn = "t"\n', "[source] unknown key(s) 'column'"),
         ('[source]\npath = "x.csv"\n[extract]\npooling = ["avg"]\n', "[extract] unknown pooling 'avg'; valid: mean"),
-        ('[source]\npath = "x.csv"\n[extract]\nlayers = ["six"]\n', "[extract] layers must be an integer, got str 'six'"),
+        (
+            '[source]\npath = "x.csv"\n[extract]\nlayers = ["six"]\n',
+            "[extract] layers must be an integer, got str 'six'",
+        ),
         ('[source]\ntext_column = "t"\n', "[source] needs 'path'"),
         ('[source]\npath = "x.csv"\n[predict]\ninput = "y.csv"\n', "[predict] needs a [train] stage"),
         ('[source\npath = "x.csv"\n', "not valid TOML"),
         ('[source]\npath = "x.csv"\n[cluster]\nmethod = "dbscan"\n', "[cluster] unknown clustering method 'dbscan'"),
-        ('[source]\npath = "x.csv"\nlabel_column = "label"\n[train]\nclassifier = "forest"\n', "[train]: unknown classifier 'forest'"),
+        (
+            '[source]\npath = "x.csv"\nlabel_column = "label"\n[train]\nclassifier = "forest"\n',
+            "[train]: unknown classifier 'forest'",
+        ),
     ],
 )
 def test_bad_pipeline_files_name_the_key_table_and_file(tiny_gpt2_shared, tmp_path, body, message):

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import sample_texts
 
 from embedkit import ConfigError, ExtractConfig
 from embedkit.classify import train
@@ -19,8 +20,6 @@ from embedkit.cli import cli
 from embedkit.embed import embed_file
 from embedkit.probe import FILE_CSV, FILE_JSON, FILE_PLOT, load_report, parse_layers, probe_file, stratified_sample
 from embedkit.store import open_features
-
-from conftest import sample_texts
 
 POOLINGS = ("mean", "last", "weighted-mean")
 TOPICS = {"money": "bank loan price market money", "pets": "cat dog bird fish tree", "sport": "ball team win lose game"}
@@ -33,7 +32,9 @@ def labelled_rows(n: int = 45, seed: int = 0) -> list[dict]:
     rows = []
     for i, filler in enumerate(sample_texts(n, seed=seed, max_words=8)):
         label = labels[i % len(labels)]
-        rows.append({"text": filler[:-1] + " " + " ".join(rng.choice(TOPICS[label].split()) for _ in range(3)), "label": label})
+        rows.append(
+            {"text": filler[:-1] + " " + " ".join(rng.choice(TOPICS[label].split()) for _ in range(3)), "label": label}
+        )
     return rows
 
 
@@ -60,8 +61,16 @@ def probed(tiny_gpt2_shared, tmp_path_factory):
     rows[10]["label"] = ""
     data = write_rows(work / "labelled.csv", rows)
     config = ExtractConfig(model=tiny_gpt2_shared, pooling=POOLINGS)
-    result = probe_file(data, "label", work / "report", config, cv=3, save_features=work / "features.parquet",
-                        device="cpu", progress=False)
+    result = probe_file(
+        data,
+        "label",
+        work / "report",
+        config,
+        cv=3,
+        save_features=work / "features.parquet",
+        device="cpu",
+        progress=False,
+    )
     return result, data, work
 
 
@@ -75,8 +84,15 @@ def test_one_forward_pass_collects_every_layer_and_pooling(tiny_gpt2_shared, wri
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
     try:
-        probe_file(data, "label", tmp_path / "r", ExtractConfig(model=tiny_gpt2_shared, pooling=POOLINGS), cv=3,
-                   device="cpu", progress=False)
+        probe_file(
+            data,
+            "label",
+            tmp_path / "r",
+            ExtractConfig(model=tiny_gpt2_shared, pooling=POOLINGS),
+            cv=3,
+            device="cpu",
+            progress=False,
+        )
         probe_passes = len(calls)
         calls.clear()
         embed_file(data, tmp_path / "last.parquet", ExtractConfig(model=tiny_gpt2_shared), device="cpu", progress=False)
@@ -106,7 +122,14 @@ def test_report_files(probed):
     assert hidden == [".features.parquet.lock", ".report.lock"]  # the locks stay; no staging or temp file does
     with (report / FILE_CSV).open() as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 9 and {"layer", "pooling", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std"} <= set(table[0])
+    assert len(table) == 9 and {
+        "layer",
+        "pooling",
+        "accuracy_mean",
+        "accuracy_std",
+        "macro_f1_mean",
+        "macro_f1_std",
+    } <= set(table[0])
     summary = json.loads((report / FILE_JSON).read_text())
     assert summary["table"] == [s.row() for s in result.scores] and summary["cv"] == 3
     assert (report / FILE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -141,13 +164,36 @@ def test_the_reproduce_command_makes_the_best_features_and_train_gets_the_same_s
 def test_cli_prints_the_table_best_pair_and_command(tiny_gpt2_shared, write_csv, tmp_path):
     data = write_csv(labelled_rows(30))
     out = tmp_path / "rep"
-    result = run("probe", data, "--label-column", "label", "-o", out, "--model", tiny_gpt2_shared, "--layers", "0,-1",
-                 "--pooling", "mean,last", "--cv", "3", "--nmi", "--quiet", "--device", "cpu")
+    result = run(
+        "probe",
+        data,
+        "--label-column",
+        "label",
+        "-o",
+        out,
+        "--model",
+        tiny_gpt2_shared,
+        "--layers",
+        "0,-1",
+        "--pooling",
+        "mean,last",
+        "--cv",
+        "3",
+        "--nmi",
+        "--quiet",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output and "macro-F1" in result.output and "NMI" in result.output
     assert "best by macro-f1: layer" in result.output and "reproduce: embedkit embed" in result.output
     summary = json.loads((out / FILE_JSON).read_text())
-    assert [(r["layer"], r["pooling"]) for r in summary["table"]] == [(0, "mean"), (0, "last"), (2, "mean"), (2, "last")]
+    assert [(r["layer"], r["pooling"]) for r in summary["table"]] == [
+        (0, "mean"),
+        (0, "last"),
+        (2, "mean"),
+        (2, "last"),
+    ]
     assert all(0 <= r["nmi"] <= 1 for r in summary["table"])
     again = run("probe", data, "-y", "label", "-o", out, "--model", tiny_gpt2_shared, "--quiet")
     assert again.exit_code == 5 and "--overwrite" in again.output
@@ -161,8 +207,17 @@ def test_sample_is_stratified_and_seeded(tiny_gpt2_shared, write_csv, tmp_path):
     assert list(picked) == list(stratified_sample(labels, 25, seed=1, min_per_class=3))
     assert list(picked) != list(stratified_sample(labels, 25, seed=2, min_per_class=3))
     assert len(stratified_sample(labels, 500, seed=0)) == 100
-    result = probe_file(write_csv(labelled_rows(60)), "label", tmp_path / "r", ExtractConfig(model=tiny_gpt2_shared),
-                        layers=[-1], cv=3, sample=21, device="cpu", progress=False)
+    result = probe_file(
+        write_csv(labelled_rows(60)),
+        "label",
+        tmp_path / "r",
+        ExtractConfig(model=tiny_gpt2_shared),
+        layers=[-1],
+        cv=3,
+        sample=21,
+        device="cpu",
+        progress=False,
+    )
     assert result.summary["rows"]["sampled"] == 21 and result.scores[0].rows == 21
     assert result.summary["class_counts"] == {"money": 20, "pets": 20, "sport": 20}
 
@@ -179,7 +234,12 @@ def test_parse_layers():
     "rows, args, code, message",
     [
         (None, ["-y", "topic"], 3, "'topic' not found; the columns are: text, label"),
-        ([{"text": t, "label": "a" if i < 20 else "b"} for i, t in enumerate(sample_texts(22))], [], 3, "class 'b' has 2 row(s)"),
+        (
+            [{"text": t, "label": "a" if i < 20 else "b"} for i, t in enumerate(sample_texts(22))],
+            [],
+            3,
+            "class 'b' has 2 row(s)",
+        ),
         ([{"text": t, "label": "a"} for t in sample_texts(10)], [], 3, "single class"),
         ([{"text": "", "label": "a"}, {"text": "x", "label": ""}], [], 3, "no row has both a text"),
         (None, ["--layers", "0,x"], 2, "not 'all' or a list of integers"),
@@ -193,7 +253,9 @@ def test_parse_layers():
 def test_bad_input(tiny_gpt2_shared, write_csv, tmp_path, rows, args, code, message):
     data = write_csv(rows or labelled_rows(30))
     label = [] if "-y" in args else ["-y", "label"]
-    result = run("probe", data, *label, "-o", tmp_path / "rep", "--model", tiny_gpt2_shared, "--cv", "3", "--quiet", *args)
+    result = run(
+        "probe", data, *label, "-o", tmp_path / "rep", "--model", tiny_gpt2_shared, "--cv", "3", "--quiet", *args
+    )
     assert result.exit_code == code, result.output
     assert message in result.output
     assert not (tmp_path / "rep" / FILE_JSON).exists()
@@ -202,7 +264,11 @@ def test_bad_input(tiny_gpt2_shared, write_csv, tmp_path, rows, args, code, mess
 def test_missing_input_and_bad_model(tiny_gpt2_shared, write_csv, tmp_path):
     result = run("probe", tmp_path / "nope.csv", "-y", "label", "-o", tmp_path / "rep", "--model", tiny_gpt2_shared)
     assert result.exit_code == 3 and "does not exist" in result.output
-    result = run("probe", write_csv(labelled_rows(30)), "-y", "label", "-o", tmp_path / "rep", "--model", tmp_path / "no-model")
+    result = run(
+        "probe", write_csv(labelled_rows(30)), "-y", "label", "-o", tmp_path / "rep", "--model", tmp_path / "no-model"
+    )
     assert result.exit_code == 4 and "no-model" in result.output
     with pytest.raises(ConfigError, match="--layers"):
-        probe_file(tmp_path / "nope.csv", "label", tmp_path / "rep", layers="x")  # options are checked before any reading
+        probe_file(
+            tmp_path / "nope.csv", "label", tmp_path / "rep", layers="x"
+        )  # options are checked before any reading

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from conftest import WORDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import WORDS
 from embedkit.config import POOLING_MODES
 from embedkit.extract.pooling import pool
 from embedkit.sources import Source
@@ -40,7 +40,10 @@ def naive_pool(h: np.ndarray, m: np.ndarray, mode: str) -> np.ndarray:
 @st.composite
 def hidden_and_mask(draw):
     batch, tokens, dim = draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 5))
-    h = np.array(draw(st.lists(st.floats(-100, 100, width=32), min_size=batch * tokens * dim, max_size=batch * tokens * dim)), dtype=np.float32)
+    h = np.array(
+        draw(st.lists(st.floats(-100, 100, width=32), min_size=batch * tokens * dim, max_size=batch * tokens * dim)),
+        dtype=np.float32,
+    )
     rows = [draw(st.lists(st.booleans(), min_size=tokens, max_size=tokens).filter(any)) for _ in range(batch)]
     return h.reshape(batch, tokens, dim), np.array(rows, dtype=np.int64)
 
@@ -81,7 +84,11 @@ cell = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 
 
 @SETTINGS
-@given(st.lists(st.tuples(cell, st.integers(-5, 5)), min_size=1, max_size=30), st.sampled_from(["csv", "tsv", "jsonl", "parquet"]), st.integers(1, 7))
+@given(
+    st.lists(st.tuples(cell, st.integers(-5, 5)), min_size=1, max_size=30),
+    st.sampled_from(["csv", "tsv", "jsonl", "parquet"]),
+    st.integers(1, 7),
+)
 def test_readers_return_exactly_what_was_written(rows, fmt, batch_rows):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"data.{fmt}"

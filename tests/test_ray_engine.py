@@ -17,13 +17,13 @@ from click.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[dev]'")
 
+from conftest import sample_texts  # noqa: E402
+
 from embedkit import ExtractConfig, IncompatibleError, ModelLoadError, OutputError  # noqa: E402
 from embedkit.cli import cli  # noqa: E402
 from embedkit.embed import embed_file  # noqa: E402
 from embedkit.engines import ray as ray_engine  # noqa: E402
 from embedkit.store import PartWriter, open_features  # noqa: E402
-
-from conftest import sample_texts  # noqa: E402
 
 LAYERS_POOLINGS = ["--layer", "1", "--layer", "-1", "--pooling", "mean,last"]
 
@@ -54,9 +54,27 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
     mp.setattr(ray_engine, "RAY_PART_ROWS", 40)  # several parts, so both workers get some and order is tested
     mp.setattr(ray_engine, "WAVE_PARTS_PER_WORKER", 1)  # 4 parts, 2 actors: two waves, so waves join up right
     try:
-        result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(root / "ray.parquet"), "--model", tiny_gpt2_shared,
-                                          "--keep", "label", "--engine", "ray", "--workers", "2", "--device", "cpu", "-q",
-                                          *LAYERS_POOLINGS])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "embed",
+                str(source),
+                "-o",
+                str(root / "ray.parquet"),
+                "--model",
+                tiny_gpt2_shared,
+                "--keep",
+                "label",
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "--device",
+                "cpu",
+                "-q",
+                *LAYERS_POOLINGS,
+            ],
+        )
     finally:
         mp.undo()
     assert result.exit_code == 0, result.output
@@ -76,7 +94,9 @@ def test_ray_output_equals_local_engine(ray_and_local):
     for column in ("embedding_l1_mean", "embedding_l1_last", "embedding_l2_mean", "embedding_l2_last"):
         x, y = a.column(column).to_pylist(), b.column(column).to_pylist()
         assert [v is None for v in x] == [v is None for v in y]
-        np.testing.assert_allclose(np.array([v for v in x if v is not None]), np.array([v for v in y if v is not None]), atol=1e-5)
+        np.testing.assert_allclose(
+            np.array([v for v in x if v is not None]), np.array([v for v in y if v is not None]), atol=1e-5
+        )
 
 
 def test_ray_keeps_bad_rows_with_their_status(ray_and_local):
@@ -132,7 +152,9 @@ def test_ray_resume_sends_only_missing_parts(tiny_gpt2_shared, tmp_path, monkeyp
         embed_file(source, out, config, id_column="doc", device="cpu", progress=False, resume=True, part_rows=20)
 
     sent, real_run = [], ray_engine._run
-    monkeypatch.setattr(ray_engine, "_run", lambda ray, todo, *a: (sent.extend(t["part"] for t in todo), real_run(ray, todo, *a))[1])
+    monkeypatch.setattr(
+        ray_engine, "_run", lambda ray, todo, *a: (sent.extend(t["part"] for t in todo), real_run(ray, todo, *a))[1]
+    )
     summary = ray_engine.embed_file_ray(source, out, config, resume=True, **run)
     assert sorted(sent) == sorted(set(range(6)) - {int(name[5:11]) for name in committed})
     assert summary.rows == 101 and summary.resumed_rows == 40 and summary.bad_rows == {"malformed": 1}
@@ -178,7 +200,9 @@ def test_worker_error_reaches_the_driver_typed(tmp_path):
 def test_missing_ray_says_how_to_install(tiny_gpt2_shared, write_csv, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     source = write_csv([{"text": "hello"}])
-    result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(tmp_path / "o.parquet"), "--model", tiny_gpt2_shared, "--engine", "ray"])
+    result = CliRunner().invoke(
+        cli, ["embed", str(source), "-o", str(tmp_path / "o.parquet"), "--model", tiny_gpt2_shared, "--engine", "ray"]
+    )
     assert result.exit_code == 2
     assert "pip install 'embedkit[ray]'" in result.output
 
@@ -189,13 +213,39 @@ def test_unreachable_address_fails_fast_and_leaves_nothing(tiny_gpt2_shared, wri
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     source, out = write_csv([{"text": "hello"}]), tmp_path / "o.parquet"
-    result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(out), "--model", tiny_gpt2_shared, "--engine", "ray",
-                                      "--ray-address", f"127.0.0.1:{port}"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(source),
+            "-o",
+            str(out),
+            "--model",
+            tiny_gpt2_shared,
+            "--engine",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+        ],
+    )
     assert result.exit_code == 2
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in result.output
     assert not out.exists() and not out.with_name(out.name + ".partial").exists()
-    result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(out), "--model", tiny_gpt2_shared, "--engine", "ray",
-                                      "--ray-address", "headnode"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(source),
+            "-o",
+            str(out),
+            "--model",
+            tiny_gpt2_shared,
+            "--engine",
+            "ray",
+            "--ray-address",
+            "headnode",
+        ],
+    )
     assert result.exit_code == 2 and "HOST:PORT" in result.output
 
 
@@ -209,6 +259,8 @@ def test_unreachable_address_fails_fast_and_leaves_nothing(tiny_gpt2_shared, wri
 )
 def test_contradictory_options_are_usage_errors(args, message, tiny_gpt2_shared, write_csv, tmp_path):
     source = write_csv([{"text": "hello"}])
-    result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(tmp_path / "o.parquet"), "--model", tiny_gpt2_shared, *args])
+    result = CliRunner().invoke(
+        cli, ["embed", str(source), "-o", str(tmp_path / "o.parquet"), "--model", tiny_gpt2_shared, *args]
+    )
     assert result.exit_code == 2
     assert message in result.output

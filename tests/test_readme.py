@@ -39,7 +39,9 @@ def test_every_readme_command_exists_with_real_options():
             name = words.pop(0)
             assert name in command.commands, f"{line}: no command {name!r}"
             command = command.commands[name]
-        known = {opt for param in command.params for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])}
+        known = {
+            opt for param in command.params for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])
+        }
         for word in words:
             if word.startswith("-") and not re.fullmatch(r"-\d+", word):
                 assert word.split("=")[0] in known, f"{line}: {word} is not an option of {command.name}"

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-
 from conftest import sample_texts
+
 from embedkit import ExtractConfig, InputError
 from embedkit.cli import cli
 from embedkit.embed import embed_file
@@ -36,7 +36,15 @@ def corpus(write_csv):
 @pytest.fixture
 def reference(corpus, tiny_gpt2_shared, tmp_path):
     out = tmp_path / "reference.parquet"
-    embed_file(corpus, out, ExtractConfig(model=tiny_gpt2_shared), id_column="doc", device="cpu", progress=False, part_rows=PART_ROWS)
+    embed_file(
+        corpus,
+        out,
+        ExtractConfig(model=tiny_gpt2_shared),
+        id_column="doc",
+        device="cpu",
+        progress=False,
+        part_rows=PART_ROWS,
+    )
     return pq.read_table(out)
 
 
@@ -45,13 +53,28 @@ def assert_same_output(path, reference):
     assert table.column("id").to_pylist() == reference.column("id").to_pylist()
     assert table.column("status").to_pylist() == reference.column("status").to_pylist()
     dim = reference.schema.field("embedding").type.list_size
-    got, want = ([[np.nan] * dim if v is None else v for v in t.column("embedding").to_pylist()] for t in (table, reference))
+    got, want = (
+        [[np.nan] * dim if v is None else v for v in t.column("embedding").to_pylist()] for t in (table, reference)
+    )
     np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-5, equal_nan=True)
     assert table.schema.metadata[b"embedkit"]
 
 
 def cli_args(corpus, out, model, *extra):
-    return ["embed", str(corpus), "-o", str(out), "-m", model, "--id-column", "doc", "--part-rows", str(PART_ROWS), "-q", *extra]
+    return [
+        "embed",
+        str(corpus),
+        "-o",
+        str(out),
+        "-m",
+        model,
+        "--id-column",
+        "doc",
+        "--part-rows",
+        str(PART_ROWS),
+        "-q",
+        *extra,
+    ]
 
 
 class Crash(BaseException):
@@ -117,7 +140,9 @@ def test_resume_after_the_input_changed_is_refused(corpus, tiny_gpt2_shared, tmp
     assert result.exit_code == 6 and f"different input (input {corpus.resolve()} changed)" in result.output
 
 
-def test_disk_full_keeps_committed_parts_and_resume_finishes(corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch):
+def test_disk_full_keeps_committed_parts_and_resume_finishes(
+    corpus, reference, tiny_gpt2_shared, tmp_path, monkeypatch
+):
     import embedkit.store as store
 
     out = tmp_path / "out.parquet"

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import sample_texts
-from embedkit import ExtractConfig
+
 from embedkit.embed import embed_file
 from embedkit.extract.batching import MAX_CHUNK_WINDOWS, MIN_PIECE_CHARS, max_token_chars, tokenize_prefix
 

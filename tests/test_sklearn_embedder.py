@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import sample_texts
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError, SkipTestWarning
 from sklearn.linear_model import LogisticRegression
@@ -16,8 +17,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from embedkit import InputError
 from embedkit.estimator import HiddenStateEmbedder
-
-from conftest import sample_texts
 
 # The tags declare string input (two_d_array=False), so parametrize_with_checks yields only the checks that
 # apply to any input (clone); all of sklearn's generic fit/transform checks feed random numeric matrices and
@@ -35,9 +34,16 @@ def test_sklearn_generic_checks(estimator, check):
 
 # API checks that never fit on numeric data, run explicitly because the string-input tag skips them above.
 API_CHECKS = [
-    ec.check_estimator_tags_renamed, ec.check_valid_tag_types, ec.check_estimator_repr, ec.check_no_attributes_set_in_init,
-    ec.check_do_not_raise_errors_in_init_or_set_params, ec.check_mixin_order, ec.check_parameters_default_constructible,
-    ec.check_get_params_invariance, ec.check_set_params, ec.check_estimator_cloneable,
+    ec.check_estimator_tags_renamed,
+    ec.check_valid_tag_types,
+    ec.check_estimator_repr,
+    ec.check_no_attributes_set_in_init,
+    ec.check_do_not_raise_errors_in_init_or_set_params,
+    ec.check_mixin_order,
+    ec.check_parameters_default_constructible,
+    ec.check_get_params_invariance,
+    ec.check_set_params,
+    ec.check_estimator_cloneable,
 ]
 
 
@@ -121,7 +127,9 @@ def test_accepts_series_and_one_column_frames(embedder):
     np.testing.assert_allclose(embedder.transform(np.array(texts, dtype=object)), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, message", [("one string", "single string"), ([["a", "b"], ["c", "d"]], "shape"), (["ok", ""], "empty")])
+@pytest.mark.parametrize(
+    "bad, message", [("one string", "single string"), ([["a", "b"], ["c", "d"]], "shape"), (["ok", ""], "empty")]
+)
 def test_bad_input_is_a_clear_error(embedder, bad, message):
     embedder.fit(None)
     with pytest.raises(InputError, match=message):

@@ -60,8 +60,9 @@ def run(*args):
 
 def start(*args, gate: tuple[Path, str] | None = None) -> subprocess.Popen:
     command = [sys.executable, "-c", _GATED, str(gate[0]), gate[1]] if gate else [sys.executable, "-m", "embedkit"]
-    return subprocess.Popen([*command, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [*command, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
@@ -136,16 +137,22 @@ def with_vectors(features_file, vectors: np.ndarray, labels: list[str], name: st
 @pytest.fixture(scope="module")
 def _trained(tiny_gpt2_shared, tmp_path_factory):
     """One features file and one model for the many hostile-manifest cases (each edits its own copy)."""
+    from conftest import sample_texts
+
     from embedkit import ExtractConfig
     from embedkit.embed import embed_file
-
-    from conftest import sample_texts
 
     root = tmp_path_factory.mktemp("trained")
     rows = "\n".join(f"{t.replace(',', '')},{'abc'[i % 3]}" for i, t in enumerate(sample_texts(60, seed=3)))
     (root / "input.csv").write_text("text,label\n" + rows + "\n")
-    embed_file(root / "input.csv", root / "features.parquet", ExtractConfig(model=tiny_gpt2_shared), keep=("label",),
-               device="cpu", progress=False)
+    embed_file(
+        root / "input.csv",
+        root / "features.parquet",
+        ExtractConfig(model=tiny_gpt2_shared),
+        keep=("label",),
+        device="cpu",
+        progress=False,
+    )
     train(root / "features.parquet", "label", root / "model", seed=1)
     return root
 
@@ -180,31 +187,50 @@ FILE_ATTACKS = {
     "traversal": lambda d, s: _edit(d, lambda m: m["files"].__setitem__("../sentinel.txt", artefact.file_entry(s))),
     "absolute": lambda d, s: _edit(d, lambda m: m["files"].__setitem__(str(s), artefact.file_entry(s))),
     "model_symlink_out": lambda d, s: (
-        (d / MODEL_FILE).unlink(), (d / MODEL_FILE).symlink_to(s),
-        _edit(d, lambda m: m["files"].__setitem__(MODEL_FILE, artefact.file_entry(s)))),
+        (d / MODEL_FILE).unlink(),
+        (d / MODEL_FILE).symlink_to(s),
+        _edit(d, lambda m: m["files"].__setitem__(MODEL_FILE, artefact.file_entry(s))),
+    ),
     "manifest_symlink": lambda d, s: (
         os.replace(d / MANIFEST, s.with_name("elsewhere.json")),
-        (d / MANIFEST).symlink_to(s.with_name("elsewhere.json"))),
+        (d / MANIFEST).symlink_to(s.with_name("elsewhere.json")),
+    ),
     "tampered_model": lambda d, s: _flip_byte(d / MODEL_FILE),
     "tampered_metrics": lambda d, s: (d / METRICS_FILE).write_text((d / METRICS_FILE).read_text().replace("a", "b")),
     "model_unlisted": lambda d, s: _edit(d, lambda m: m["files"].pop(MODEL_FILE)),
 }
 
 FIELD_ATTACKS = {
-    "classes": [lambda m: m.__setitem__("classes", ["a", "b", "zzz"]), lambda m: m.__setitem__("classes", "abc"),
-                lambda m: m.__setitem__("classes", []), lambda m: m.__setitem__("classes", ["a", "a", "b"]),
-                lambda m: m.__setitem__("classes", [1, 2, 3])],
+    "classes": [
+        lambda m: m.__setitem__("classes", ["a", "b", "zzz"]),
+        lambda m: m.__setitem__("classes", "abc"),
+        lambda m: m.__setitem__("classes", []),
+        lambda m: m.__setitem__("classes", ["a", "a", "b"]),
+        lambda m: m.__setitem__("classes", [1, 2, 3]),
+    ],
     "label_type": [lambda m: m.__setitem__("label_type", "float"), lambda m: m.pop("label_type")],
-    "dim": [lambda m: m.__setitem__("dim", "32"), lambda m: m.__setitem__("dim", -1),
-            lambda m: m.__setitem__("dim", 64), lambda m: m.__setitem__("dim", True),
-            lambda m: m.__setitem__("dim", 10**12)],
+    "dim": [
+        lambda m: m.__setitem__("dim", "32"),
+        lambda m: m.__setitem__("dim", -1),
+        lambda m: m.__setitem__("dim", 64),
+        lambda m: m.__setitem__("dim", True),
+        lambda m: m.__setitem__("dim", 10**12),
+    ],
     "column": [lambda m: m.__setitem__("column", 7), lambda m: m.pop("column")],
     "label_column": [lambda m: m.__setitem__("label_column", None)],
     "classifier": [lambda m: m.__setitem__("classifier", "os.system")],
-    "extract_config": [lambda m: m.__setitem__("extract_config", "gpt2"), _setting("layers", ["2"]),
-                       _setting("layers", []), _setting("model", 5), _setting("pooling", "mean"),
-                       _setting("max_length", "9"), _setting("normalize", "yes"), _setting("surprise", 1),
-                       _setting("pooling", ["median"]), _setting("stride", -3)],
+    "extract_config": [
+        lambda m: m.__setitem__("extract_config", "gpt2"),
+        _setting("layers", ["2"]),
+        _setting("layers", []),
+        _setting("model", 5),
+        _setting("pooling", "mean"),
+        _setting("max_length", "9"),
+        _setting("normalize", "yes"),
+        _setting("surprise", 1),
+        _setting("pooling", ["median"]),
+        _setting("stride", -3),
+    ],
     "features_meta": [lambda m: m.__setitem__("features_meta", [])],
 }
 
@@ -236,8 +262,9 @@ def test_hand_edited_manifest_fields_are_named_with_exit_3(model_and_sentinel, _
 def test_a_model_of_the_older_format_says_train_again(model_and_sentinel, _trained, tmp_path):
     model_dir, sentinel = model_and_sentinel
     _edit(model_dir, lambda m: m.update(format_version=1, files={n: e["sha256"] for n, e in m["files"].items()}))
-    _assert_refused(model_dir, sentinel, _trained / "features.parquet", tmp_path,
-                    match="older embedkit .* train it again")
+    _assert_refused(
+        model_dir, sentinel, _trained / "features.parquet", tmp_path, match="older embedkit .* train it again"
+    )
 
 
 def test_hostile_clustering_and_probe_manifests_are_refused(two_features, tmp_path):
@@ -277,8 +304,20 @@ def test_second_train_fails_at_once_while_the_first_works_then_waits_with_wait(t
     model_dir = tmp_path / "model"
     train(first, "label", model_dir, seed=1)  # the old model: logreg on a/b/c
     gate = tmp_path / "gate-1"
-    a = start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3,
-              gate=(gate, GATED_TRAIN))
+    a = start(
+        "train",
+        second,
+        "-y",
+        "label",
+        "-o",
+        model_dir,
+        "--overwrite",
+        "-c",
+        "knn",
+        "--k-neighbors",
+        3,
+        gate=(gate, GATED_TRAIN),
+    )
     try:
         assert wait_for_staging(model_dir, a)
         code, output = finish(start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge"))
@@ -308,9 +347,10 @@ def test_two_train_overwrite_runs_at_the_same_moment_never_mix(two_features, tmp
     first, second = two_features
     model_dir = tmp_path / "model"
     train(first, "label", model_dir, seed=1)
-    runs = {"knn": start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn",
-                         "--k-neighbors", 3),
-            "ridge": start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge")}
+    runs = {
+        "knn": start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3),
+        "ridge": start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge"),
+    }
     codes = {name: finish(proc)[0] for name, proc in runs.items()}
     assert sorted(codes.values()) in ([0, 0], [0, 7]), codes
     classifier, classes = consistent_model(model_dir)
@@ -355,8 +395,10 @@ def test_two_cluster_overwrite_runs_at_the_same_moment_never_mix(two_features, t
     first, second = two_features
     out = tmp_path / "clusters"
     cluster_file(first, out, ClusterOptions(k=2, map="none"))
-    runs = {(str(second), 3): start("cluster", second, "-o", out, "--k", 3, "--overwrite", "-q"),
-            (str(first), 4): start("cluster", first, "-o", out, "--k", 4, "--overwrite", "-q")}
+    runs = {
+        (str(second), 3): start("cluster", second, "-o", out, "--k", 3, "--overwrite", "-q"),
+        (str(first), 4): start("cluster", first, "-o", out, "--k", 4, "--overwrite", "-q"),
+    }
     codes = {key: finish(proc)[0] for key, proc in runs.items()}
     assert sorted(codes.values()) in ([0, 0], [0, 7]), codes
     found = consistent_clustering(out)
@@ -366,10 +408,13 @@ def test_two_cluster_overwrite_runs_at_the_same_moment_never_mix(two_features, t
 
 def hold_lock(target: Path) -> subprocess.Popen:
     """Another process holding the lock of ``target`` until its stdin is closed (ready once it printed a line)."""
-    code = ("import sys\nfrom embedkit import artefact\nwith artefact.output_lock(sys.argv[1]):\n"
-            "    print('held', flush=True)\n    sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(target)], env=ENV, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys\nfrom embedkit import artefact\nwith artefact.output_lock(sys.argv[1]):\n"
+        "    print('held', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline() == "held\n"
     return holder
 
@@ -384,9 +429,25 @@ def test_predict_and_probe_outputs_are_locked_and_wait(two_features, tiny_gpt2_s
         args = ["predict", model_dir, first, "-o", target]
     else:
         target = tmp_path / ("report" if stage == "probe" else "features-kept.parquet")
-        args = ["probe", first.with_name(first.name + ".csv"), "-y", "label", "-o", tmp_path / "report", "--model",
-                tiny_gpt2_shared, "--layers", "1", "--cv", 2, "--save-features", tmp_path / "features-kept.parquet",
-                "-q", "--device", "cpu"]
+        args = [
+            "probe",
+            first.with_name(first.name + ".csv"),
+            "-y",
+            "label",
+            "-o",
+            tmp_path / "report",
+            "--model",
+            tiny_gpt2_shared,
+            "--layers",
+            "1",
+            "--cv",
+            2,
+            "--save-features",
+            tmp_path / "features-kept.parquet",
+            "-q",
+            "--device",
+            "cpu",
+        ]
     holder = hold_lock(target)
     try:
         code, output = finish(start(*args))
@@ -410,8 +471,23 @@ def test_probe_features_saved_inside_the_report_become_part_of_it(two_features, 
 
     first, _ = two_features
     report = tmp_path / "report"
-    args = ["probe", first.with_name(first.name + ".csv"), "-y", "label", "-o", report, "--model", tiny_gpt2_shared,
-            "--layers", "1", "--cv", 2, "-q", "--device", "cpu"]
+    args = [
+        "probe",
+        first.with_name(first.name + ".csv"),
+        "-y",
+        "label",
+        "-o",
+        report,
+        "--model",
+        tiny_gpt2_shared,
+        "--layers",
+        "1",
+        "--cv",
+        2,
+        "-q",
+        "--device",
+        "cpu",
+    ]
     assert run(*args, "--save-features", report / "features.parquet").exit_code == 0
     loaded = load_report(report)
     assert "features.parquet" in loaded.files and open_features(loaded.files["features.parquet"]).num_rows == 60
@@ -476,8 +552,12 @@ def test_kill_during_train_overwrite_leaves_the_old_or_the_new_model(two_feature
         return "new"
 
     _kill_at_increasing_moments(
-        model_dir, lambda: train(first, "label", model_dir, seed=1, overwrite=True),
-        ("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3), old, new)
+        model_dir,
+        lambda: train(first, "label", model_dir, seed=1, overwrite=True),
+        ("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3),
+        old,
+        new,
+    )
 
 
 def test_kill_during_cluster_overwrite_leaves_the_old_or_the_new_clustering(two_features, tmp_path):
@@ -493,15 +573,18 @@ def test_kill_during_cluster_overwrite_leaves_the_old_or_the_new_clustering(two_
         return "new"
 
     _kill_at_increasing_moments(
-        out, lambda: cluster_file(first, out, ClusterOptions(k=2, map="none"), overwrite=True),
-        ("cluster", second, "-o", out, "--k", 3, "--overwrite", "-q"), old, new)
+        out,
+        lambda: cluster_file(first, out, ClusterOptions(k=2, map="none"), overwrite=True),
+        ("cluster", second, "-o", out, "--k", 3, "--overwrite", "-q"),
+        old,
+        new,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- NaN and infinity
 
 
-def test_nan_and_inf_vectors_are_skipped_and_counted_by_train_and_kept_unpredicted_by_predict(features_file,
-                                                                                                 tmp_path):
+def test_nan_and_inf_vectors_are_skipped_and_counted_by_train_and_kept_unpredicted_by_predict(features_file, tmp_path):
     rng = np.random.default_rng(0)
     labels = ["a", "b"] * 20
     vectors = rng.normal(size=(40, 32)) + np.where(np.array(labels)[:, None] == "a", 2.0, -2.0)
@@ -545,8 +628,9 @@ def test_cluster_skips_and_counts_nan_and_inf_rows(features_file, tmp_path):
     assert loaded.summary["skipped_rows"] == {"null_embedding": 0, "non_finite": 3} and loaded.rows == 27
 
 
-def test_outputs_of_an_earlier_embedkit_are_replaced_only_with_overwrite_and_a_users_files_never(features_file,
-                                                                                                   tmp_path):
+def test_outputs_of_an_earlier_embedkit_are_replaced_only_with_overwrite_and_a_users_files_never(
+    features_file, tmp_path
+):
     path = features_file(n=20)
     out = tmp_path / "clusters"
     out.mkdir()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import sample_texts
 
 from embedkit import ExtractConfig, IncompatibleError, InputError, ModelLoadError
 from embedkit.cli import cli
@@ -27,9 +28,7 @@ from embedkit.estimator import HiddenStateEmbedder
 from embedkit.extract.model import fingerprint_directory
 from embedkit.store import META_KEY, open_features, read_metadata
 
-from conftest import sample_texts
-
-EVIL_CONFIG = '''
+EVIL_CONFIG = """
 import pathlib
 from transformers import GPT2Config
 
@@ -43,9 +42,9 @@ class EvilConfig(GPT2Config):
         # Also on every use: the module is imported once per process and cached.
         pathlib.Path({marker!r}).write_text("configuration code ran")
         super().__init__(**kwargs)
-'''
+"""
 
-EVIL_MODEL = '''
+EVIL_MODEL = """
 import pathlib
 from transformers import GPT2Model
 from .configuration_evil import EvilConfig
@@ -59,7 +58,7 @@ class EvilModel(GPT2Model):
     def __init__(self, config):
         pathlib.Path({marker!r}).write_text("modeling code ran")
         super().__init__(config)
-'''
+"""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -94,6 +93,7 @@ def edit_json(path: Path, change) -> None:
 def set_trust(config_key: str):
     def change(data):
         data[config_key]["trust_remote_code"] = True
+
     return change
 
 
@@ -114,9 +114,14 @@ def evil_model(_gpt2_master, _modules_cache, tmp_path, monkeypatch) -> tuple[Pat
     # A name unique to the test: Python caches imported modules by name for the whole session.
     model = tmp_path / f"evil_{tmp_path.name.replace('-', '_')}"
     shutil.copytree(_gpt2_master, model)
-    edit_json(model / "config.json", lambda c: c.update(
-        model_type="evil", architectures=["EvilModel"],
-        auto_map={"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}))
+    edit_json(
+        model / "config.json",
+        lambda c: c.update(
+            model_type="evil",
+            architectures=["EvilModel"],
+            auto_map={"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"},
+        ),
+    )
     (model / "configuration_evil.py").write_text(EVIL_CONFIG.format(marker=str(marker)))
     (model / "modeling_evil.py").write_text(EVIL_MODEL.format(marker=str(marker)))
     return model, marker
@@ -127,8 +132,22 @@ def evil_features(evil_model, tmp_path) -> tuple[Path, Path, Path]:
     """Features made (with consent) from the model that ships code: they store trust_remote_code = true."""
     model, marker = evil_model
     out = tmp_path / "f.parquet"
-    r = invoke("embed", write_texts(tmp_path / "t.csv"), "-o", out, "--model", model, "--id-column", "doc",
-               "--keep", "text,label", "--trust-remote-code", "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        write_texts(tmp_path / "t.csv"),
+        "-o",
+        out,
+        "--model",
+        model,
+        "--id-column",
+        "doc",
+        "--keep",
+        "text,label",
+        "--trust-remote-code",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     assert marker.exists()  # the fixture's own control: this model's code runs when trusted
     assert read_metadata(out)["config"]["trust_remote_code"] is True
@@ -148,8 +167,17 @@ def assert_refused(result, marker: Path) -> None:
 
 def test_without_the_flag_a_model_that_ships_code_is_refused(evil_model, tmp_path):
     model, marker = evil_model
-    r = invoke("embed", write_texts(tmp_path / "t.csv"), "-o", tmp_path / "f.parquet", "--model", model,
-               "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        write_texts(tmp_path / "t.csv"),
+        "-o",
+        tmp_path / "f.parquet",
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert_refused(r, marker)
 
 
@@ -192,8 +220,9 @@ def test_classifier_manifest_stored_trust_is_ignored_by_predict(evil_features, t
     r = invoke("predict", tmp_path / "clf", texts, "-o", tmp_path / "p.csv", "--device", "cpu", "-q")
     assert_refused(r, marker)
 
-    r = invoke("predict", tmp_path / "clf", texts, "-o", tmp_path / "p.csv", "--device", "cpu", "-q",
-               "--trust-remote-code")
+    r = invoke(
+        "predict", tmp_path / "clf", texts, "-o", tmp_path / "p.csv", "--device", "cpu", "-q", "--trust-remote-code"
+    )
     assert r.exit_code == 0, r.output
     assert marker.exists()
 
@@ -201,8 +230,10 @@ def test_classifier_manifest_stored_trust_is_ignored_by_predict(evil_features, t
 def write_pipeline(tmp_path: Path, model: Path, extra: str = "") -> Path:
     write_texts(tmp_path / "t.csv")
     path, out = tmp_path / "p.toml", tmp_path / "out"
-    path.write_text(f'[pipeline]\noutput_dir = "{out}"\n[source]\npath = "t.csv"\nlabel_column = "label"\n'
-                    f'[extract]\nmodel = "{model}"\ntrust_remote_code = true\ndevice = "cpu"\n{extra}')
+    path.write_text(
+        f'[pipeline]\noutput_dir = "{out}"\n[source]\npath = "t.csv"\nlabel_column = "label"\n'
+        f'[extract]\nmodel = "{model}"\ntrust_remote_code = true\ndevice = "cpu"\n{extra}'
+    )
     return path
 
 
@@ -239,21 +270,24 @@ def test_pipeline_stages_use_the_run_flag(evil_features, tmp_path):
 # ---------------------------------------------------------------------------------------------- strict types
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda c: c.update(layers=[1.5]), "layers must be an integer, got float 1.5"),
-    (lambda c: c.update(layers=[True]), "layers must be an integer, got True"),
-    (lambda c: c.update(layers="2"), "layers must be an integer, got str '2'"),
-    (lambda c: c.update(layers={"2": 2}), "layers must be a list"),
-    (lambda c: c.update(pooling=3), "pooling must be a string, got int 3"),
-    (lambda c: c.update(pooling=["mean", None]), "pooling must be a string"),
-    (lambda c: c.update(max_length="64"), "max_length must be an integer"),
-    (lambda c: c.update(stride=1.0), "stride must be an integer"),
-    (lambda c: c.update(normalize="no"), "normalize must be true or false"),
-    (lambda c: c.update(model=["gpt2"]), "model must be a string"),
-    (lambda c: c.update(revision=5), "revision must be a string or null"),
-    (lambda c: c.update(backend="onnx"), "unknown backend"),
-    (lambda c: c.update(colour="red"), "unknown extraction setting"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda c: c.update(layers=[1.5]), "layers must be an integer, got float 1.5"),
+        (lambda c: c.update(layers=[True]), "layers must be an integer, got True"),
+        (lambda c: c.update(layers="2"), "layers must be an integer, got str '2'"),
+        (lambda c: c.update(layers={"2": 2}), "layers must be a list"),
+        (lambda c: c.update(pooling=3), "pooling must be a string, got int 3"),
+        (lambda c: c.update(pooling=["mean", None]), "pooling must be a string"),
+        (lambda c: c.update(max_length="64"), "max_length must be an integer"),
+        (lambda c: c.update(stride=1.0), "stride must be an integer"),
+        (lambda c: c.update(normalize="no"), "normalize must be true or false"),
+        (lambda c: c.update(model=["gpt2"]), "model must be a string"),
+        (lambda c: c.update(revision=5), "revision must be a string or null"),
+        (lambda c: c.update(backend="onnx"), "unknown backend"),
+        (lambda c: c.update(colour="red"), "unknown extraction setting"),
+    ],
+)
 def test_hand_edited_settings_are_a_corrupt_artefact(features_file, tmp_path, change, field):
     features = features_file(n=12)
     edit_features_meta(features, lambda m: change(m["config"]))
@@ -264,15 +298,18 @@ def test_hand_edited_settings_are_a_corrupt_artefact(features_file, tmp_path, ch
         HiddenStateEmbedder.from_features(features)
 
 
-@pytest.mark.parametrize("change", [
-    lambda m: m.pop("config"),
-    lambda m: m.update(config=None),
-    lambda m: m.update(config=[1, 2]),
-    lambda m: m.update(config={}),
-    lambda m: m["config"].pop("model"),
-    lambda m: m.update(model="gpt2"),
-    lambda m: m["model"].update(fingerprint=42),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.pop("config"),
+        lambda m: m.update(config=None),
+        lambda m: m.update(config=[1, 2]),
+        lambda m: m.update(config={}),
+        lambda m: m["config"].pop("model"),
+        lambda m: m.update(model="gpt2"),
+        lambda m: m["model"].update(fingerprint=42),
+    ],
+)
 def test_features_metadata_of_the_wrong_shape_is_exit_3(features_file, change):
     features = features_file(n=12)
     edit_features_meta(features, change)
@@ -312,14 +349,28 @@ def test_python_callers_keep_their_conveniences():
 # ---------------------------------------------------------------------------------------------- model reference
 
 
-def test_relative_model_path_works_from_another_directory_and_a_changed_model_is_refused(tiny_gpt2, tmp_path,
-                                                                                        monkeypatch, tiny_bert):
+def test_relative_model_path_works_from_another_directory_and_a_changed_model_is_refused(
+    tiny_gpt2, tmp_path, monkeypatch, tiny_bert
+):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     texts = write_texts(work / "t.csv")
-    r = invoke("embed", texts, "-o", "f.parquet", "--model", "../tiny-gpt2", "--id-column", "doc",
-               "--keep", "text,label", "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        texts,
+        "-o",
+        "f.parquet",
+        "--model",
+        "../tiny-gpt2",
+        "--id-column",
+        "doc",
+        "--keep",
+        "text,label",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     meta = read_metadata(work / "f.parquet")
     absolute = str(Path(tiny_gpt2).resolve())
@@ -341,8 +392,10 @@ def test_relative_model_path_works_from_another_directory_and_a_changed_model_is
 
     # The same path, other weights: every stage that reloads the model refuses it.
     perturb_weights(tiny_gpt2)
-    for r in (invoke("search", work / "ix", "some words", "--device", "cpu"),
-              invoke("predict", work / "clf", texts, "-o", "p2.csv", "--device", "cpu", "-q")):
+    for r in (
+        invoke("search", work / "ix", "some words", "--device", "cpu"),
+        invoke("predict", work / "clf", texts, "-o", "p2.csv", "--device", "cpu", "-q"),
+    ):
         assert r.exit_code == 6, r.output
         assert f"the model at {absolute} is not the one" in r.output
     with pytest.raises(IncompatibleError, match="is not the one .*f.parquet"):
@@ -391,25 +444,37 @@ def _config_update(**changes):
     return lambda d: edit_json(d / "config.json", lambda c: c.update(changes))
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda d: (d / "config.json").write_text("{not json"),
-    lambda d: (d / "config.json").write_text("[1, 2, 3]"),
-    lambda d: (d / "config.json").write_text(json.dumps({"model_type": 7})),
-    lambda d: (d / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"})),
-    _config_update(n_layer="two"),
-    _config_update(n_embd=None),
-    _config_update(n_layer=0),
-    _config_update(n_layer=-1),
-    _config_update(n_head=0),
-    _config_update(activation_function="evil"),
-    lambda d: (d / "tokenizer_config.json").write_text("[]"),
-    lambda d: edit_json(d / "tokenizer_config.json", lambda c: c.update(eos_token=5)),
-    lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
-])
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda d: (d / "config.json").write_text("{not json"),
+        lambda d: (d / "config.json").write_text("[1, 2, 3]"),
+        lambda d: (d / "config.json").write_text(json.dumps({"model_type": 7})),
+        lambda d: (d / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"})),
+        _config_update(n_layer="two"),
+        _config_update(n_embd=None),
+        _config_update(n_layer=0),
+        _config_update(n_layer=-1),
+        _config_update(n_head=0),
+        _config_update(activation_function="evil"),
+        lambda d: (d / "tokenizer_config.json").write_text("[]"),
+        lambda d: edit_json(d / "tokenizer_config.json", lambda c: c.update(eos_token=5)),
+        lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+    ],
+)
 def test_a_broken_model_directory_is_a_model_load_error(tiny_gpt2, tmp_path, break_it):
     break_it(Path(tiny_gpt2))
-    r = invoke("embed", write_texts(tmp_path / "t.csv", 3), "-o", tmp_path / "f.parquet", "--model", tiny_gpt2,
-               "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        write_texts(tmp_path / "t.csv", 3),
+        "-o",
+        tmp_path / "f.parquet",
+        "--model",
+        tiny_gpt2,
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 4, r.output
     assert "internal error" not in r.output and "Traceback" not in r.output
 
@@ -425,8 +490,17 @@ def test_hub_model_is_recorded_by_commit_and_a_moved_ref_is_refused(tiny_gpt2_sh
     (root / "refs").mkdir(parents=True)
     (root / "refs" / "main").write_text(first)
     out = tmp_path / "f.parquet"
-    r = invoke("embed", write_texts(tmp_path / "t.csv", 5), "-o", out, "--model", "openai-community/gpt2",
-               "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        write_texts(tmp_path / "t.csv", 5),
+        "-o",
+        out,
+        "--model",
+        "openai-community/gpt2",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     meta = read_metadata(out)
     assert meta["config"]["model"] == "openai-community/gpt2"
@@ -461,7 +535,10 @@ def test_vectors_of_a_replaced_checkpoint_are_not_mixed_with_the_old_ones(tiny_g
 
     embed(tmp_path / "old.parquet")
     assert invoke("index", "build", tmp_path / "old.parquet", "-o", tmp_path / "ix", "-q").exit_code == 0
-    assert invoke("train", tmp_path / "old.parquet", "-y", "label", "-o", tmp_path / "clf", "--test-size", "0").exit_code == 0
+    assert (
+        invoke("train", tmp_path / "old.parquet", "-y", "label", "-o", tmp_path / "clf", "--test-size", "0").exit_code
+        == 0
+    )
     perturb_weights(tiny_gpt2)
     embed(tmp_path / "new.parquet")
     assert open_features(tmp_path / "new.parquet").config == open_features(tmp_path / "old.parquet").config
@@ -488,8 +565,10 @@ def test_pipeline_model_path_is_relative_to_the_file(tiny_gpt2, tmp_path, monkey
     project.mkdir()
     shutil.move(tiny_gpt2, project / "tiny")
     write_texts(project / "t.csv", 10)
-    (project / "p.toml").write_text(f'[pipeline]\noutput_dir = "{tmp_path / "out"}"\n[source]\npath = "t.csv"\n'
-                                    '[extract]\nmodel = "./tiny"\ndevice = "cpu"\n')
+    (project / "p.toml").write_text(
+        f'[pipeline]\noutput_dir = "{tmp_path / "out"}"\n[source]\npath = "t.csv"\n'
+        '[extract]\nmodel = "./tiny"\ndevice = "cpu"\n'
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -502,8 +581,19 @@ def test_an_extractor_of_a_replaced_checkpoint_is_refused_by_the_index(tiny_gpt2
     from embedkit import Extractor
     from embedkit.index import Index
 
-    r = invoke("embed", write_texts(tmp_path / "t.csv", 20), "-o", tmp_path / "f.parquet", "--model", tiny_gpt2,
-               "--keep", "text", "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        write_texts(tmp_path / "t.csv", 20),
+        "-o",
+        tmp_path / "f.parquet",
+        "--model",
+        tiny_gpt2,
+        "--keep",
+        "text",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     assert invoke("index", "build", tmp_path / "f.parquet", "-o", tmp_path / "ix", "-q").exit_code == 0
     index = Index.load(tmp_path / "ix", device="cpu")
@@ -528,15 +618,26 @@ def test_a_pickled_embedder_refuses_a_model_replaced_since(tiny_gpt2):
 @pytest.mark.parametrize("name", ["x" * 5000, "/x" * 3000, "~no-such-user-embedkit/x", "a\x00b/c/d"])
 def test_model_names_that_cannot_be_paths_are_a_model_load_error(tmp_path, name):
     assert ExtractConfig(model=name).model == name  # not a directory: kept as given
-    r = invoke("embed", write_texts(tmp_path / "t.csv", 2), "-o", tmp_path / "f.parquet", "--model", name,
-               "--device", "cpu", "-q")
+    r = invoke(
+        "embed",
+        write_texts(tmp_path / "t.csv", 2),
+        "-o",
+        tmp_path / "f.parquet",
+        "--model",
+        name,
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert r.exit_code == 4, r.output
 
 
 @pytest.mark.parametrize("model", ["~no-such-user-embedkit/tiny", "x" * 5000, "./missing"])
 def test_pipeline_model_that_is_no_directory_is_a_model_load_error(tmp_path, model):
     write_texts(tmp_path / "t.csv", 3)
-    (tmp_path / "p.toml").write_text(f'[pipeline]\noutput_dir = "{tmp_path / "out"}"\n[source]\npath = "t.csv"\n'
-                                     f'[extract]\nmodel = "{model}"\ndevice = "cpu"\n')
+    (tmp_path / "p.toml").write_text(
+        f'[pipeline]\noutput_dir = "{tmp_path / "out"}"\n[source]\npath = "t.csv"\n'
+        f'[extract]\nmodel = "{model}"\ndevice = "cpu"\n'
+    )
     r = invoke("run", tmp_path / "p.toml", "-q")
     assert r.exit_code == 4, r.output

@@ -74,9 +74,10 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 def wait_option(command):
     """``--wait``: the same flag and help on every command that writes an output under its lock."""
     return click.option(
-        "--wait", is_flag=True,
+        "--wait",
+        is_flag=True,
         help="If another embedkit process is writing the same output, wait for it to finish instead of failing "
-             "at once (exit 7).",
+        "at once (exit 7).",
     )(command)
 
 
@@ -88,11 +89,11 @@ def quiet_libraries(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
-from . import embed as _embed  # noqa: E402, F401  (commands register themselves on the group)
 from . import classify as _classify  # noqa: E402, F401
 from . import cluster as _cluster  # noqa: E402, F401
-from . import probe as _probe  # noqa: E402, F401
-from . import pipeline as _pipeline  # noqa: E402, F401
+from . import embed as _embed  # noqa: E402, F401  (commands register themselves on the group)
 from . import index as _index  # noqa: E402, F401
+from . import pipeline as _pipeline  # noqa: E402, F401
+from . import probe as _probe  # noqa: E402, F401
 
 __all__ = ["cli", "quiet_libraries", "wait_option"]

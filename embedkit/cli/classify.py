@@ -17,55 +17,163 @@ from .embed import split_commas
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--classifier", "-c", type=click.Choice(CLASSIFIERS), default=DEFAULT_CLASSIFIER, show_default=True)
 @click.option("--column", default=None, help="Embedding column to train on [default: the only one].")
-@click.option("--cv", type=click.IntRange(min=2), default=None, help="Stratified K-fold cross-validation instead of a hold-out; the saved model is fitted on every row.")
-@click.option("--test-size", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_TEST_SIZE, show_default=True, help="Stratified hold-out fraction (0: no evaluation, fit on every row).")
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Stratified K-fold cross-validation instead of a hold-out; the saved model is fitted on every row.",
+)
+@click.option(
+    "--test-size",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=DEFAULT_TEST_SIZE,
+    show_default=True,
+    help="Stratified hold-out fraction (0: no evaluation, fit on every row).",
+)
 @click.option("--refit", is_flag=True, help="After the hold-out evaluation, fit the saved model again on every row.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the classifiers.")
-@click.option("--C", "C", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Inverse regularisation (logreg, linear-svm).")
-@click.option("--alpha", type=click.FloatRange(min=0), default=None, help="L2 penalty (ridge [chosen by leave-one-out over 0.01..10,000], mlp [1e-4]).")
+@click.option(
+    "--C",
+    "C",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Inverse regularisation (logreg, linear-svm).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="L2 penalty (ridge [chosen by leave-one-out over 0.01..10,000], mlp [1e-4]).",
+)
 @click.option("--k-neighbors", type=click.IntRange(min=1), default=5, show_default=True, help="Neighbours (knn).")
 @click.option("--knn-metric", type=click.Choice(KNN_METRICS), default="cosine", show_default=True)
 @click.option("--knn-weights", type=click.Choice(KNN_WEIGHTS), default="distance", show_default=True)
 @click.option("--hidden-size", type=click.IntRange(min=1), default=256, show_default=True, help="Hidden units (mlp).")
-@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimiser iterations (logreg, linear-svm, mlp).")
-@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default="none", show_default=True, help="'balanced' reweights rare classes (logreg, linear-svm, ridge).")
+@click.option(
+    "--max-iter",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Optimiser iterations (logreg, linear-svm, mlp).",
+)
+@click.option(
+    "--class-weight",
+    type=click.Choice(CLASS_WEIGHTS),
+    default="none",
+    show_default=True,
+    help="'balanced' reweights rare classes (logreg, linear-svm, ridge).",
+)
 @click.option("--no-standardize", is_flag=True, help="Skip scaling every dimension to zero mean and unit variance.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing model directory (kept whole until the new one is complete).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing model directory (kept whole until the new one is complete)."
+)
 @wait_option
-def train(features, label_column, output, classifier, column, cv, test_size, refit, seed, C, alpha, k_neighbors,
-          knn_metric, knn_weights, hidden_size, max_iter, class_weight, no_standardize, overwrite, wait):
+def train(
+    features,
+    label_column,
+    output,
+    classifier,
+    column,
+    cv,
+    test_size,
+    refit,
+    seed,
+    C,
+    alpha,
+    k_neighbors,
+    knn_metric,
+    knn_weights,
+    hidden_size,
+    max_iter,
+    class_weight,
+    no_standardize,
+    overwrite,
+    wait,
+):
     """Train a classifier on the vectors of a FEATURES Parquet; write metrics, a confusion matrix and the model."""
     from ..classify import ClassifierOptions
     from ..classify import train as train_model
 
-    options = ClassifierOptions(C=C, alpha=alpha, k_neighbors=k_neighbors, knn_metric=knn_metric, knn_weights=knn_weights,
-                                hidden_size=hidden_size, max_iter=max_iter, class_weight=class_weight,
-                                standardize=not no_standardize)
-    result = train_model(features, label_column, output, classifier=classifier, options=options, column=column, cv=cv,
-                         test_size=test_size, seed=seed, refit=refit, overwrite=overwrite, wait=wait)
+    options = ClassifierOptions(
+        C=C,
+        alpha=alpha,
+        k_neighbors=k_neighbors,
+        knn_metric=knn_metric,
+        knn_weights=knn_weights,
+        hidden_size=hidden_size,
+        max_iter=max_iter,
+        class_weight=class_weight,
+        standardize=not no_standardize,
+    )
+    result = train_model(
+        features,
+        label_column,
+        output,
+        classifier=classifier,
+        options=options,
+        column=column,
+        cv=cv,
+        test_size=test_size,
+        seed=seed,
+        refit=refit,
+        overwrite=overwrite,
+        wait=wait,
+    )
     click.echo(result.summary())
 
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.argument("input", metavar="INPUT")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file: .parquet, .csv or .jsonl.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file: .parquet, .csv or .jsonl."
+)
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text (raw-text input).")
-@click.option("--id-column", default=None, help="Column passed through as `id` (raw-text input) [default: the row number].")
-@click.option("--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate).")
-@click.option("--column", default=None, help="Embedding column to use (features input) [default: the one matching the model].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Raw-text input format [default: from the extension].")
+@click.option(
+    "--id-column", default=None, help="Column passed through as `id` (raw-text input) [default: the row number]."
+)
+@click.option(
+    "--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate)."
+)
+@click.option(
+    "--column", default=None, help="Embedding column to use (features input) [default: the one matching the model]."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Raw-text input format [default: from the extension].",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow the model named by the artefact to run its own Python code (a stored setting never does).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @wait_option
-def predict(model_dir, input, output, text_column, id_column, keep, column, fmt, device, batch_tokens, threads,
-            trust_remote_code, overwrite, quiet, wait):
+def predict(
+    model_dir,
+    input,
+    output,
+    text_column,
+    id_column,
+    keep,
+    column,
+    fmt,
+    device,
+    batch_tokens,
+    threads,
+    trust_remote_code,
+    overwrite,
+    quiet,
+    wait,
+):
     """Classify INPUT with the model in MODEL_DIR.
 
     INPUT is raw text (CSV, TSV, JSONL, Parquet or TXT; embedded with the model's stored settings) or a features
@@ -74,8 +182,21 @@ def predict(model_dir, input, output, text_column, id_column, keep, column, fmt,
     from ..classify import predict_file
 
     quiet_libraries(quiet)
-    summary = predict_file(model_dir, input, output, wait=wait, text_column=text_column, id_column=id_column, keep=keep,
-                           column=column,
-                           fmt=fmt, device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
-                           progress=not quiet, trust_remote_code=trust_remote_code)
+    summary = predict_file(
+        model_dir,
+        input,
+        output,
+        wait=wait,
+        text_column=text_column,
+        id_column=id_column,
+        keep=keep,
+        column=column,
+        fmt=fmt,
+        device=device,
+        batch_tokens=batch_tokens,
+        threads=threads,
+        overwrite=overwrite,
+        progress=not quiet,
+        trust_remote_code=trust_remote_code,
+    )
     click.echo(summary.line(), err=True)

@@ -30,17 +30,49 @@ def split_layers(ctx, param, values):
 def extraction_options(f):
     """Options that define the vectors; shared by every command that embeds text (embed, probe)."""
     options = [
-        click.option("--model", "-m", default=None, help="Hub id or local directory [default: $EMBEDKIT_MODEL or openai-community/gpt2]."),
+        click.option(
+            "--model",
+            "-m",
+            default=None,
+            help="Hub id or local directory [default: $EMBEDKIT_MODEL or openai-community/gpt2].",
+        ),
         click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-        click.option("--max-length", type=click.IntRange(min=2), default=None, help="Tokens per window [default: the model's limit, 1024 for GPT-2]."),
-        click.option("--long-text", type=click.Choice(LONG_TEXT_MODES), default="truncate", show_default=True, help="Texts over --max-length: cut (recorded) or split into overlapping windows."),
-        click.option("--stride", type=click.IntRange(min=0), default=None, help="Tokens shared by consecutive windows with --long-text chunk [default: max-length/8]."),
+        click.option(
+            "--max-length",
+            type=click.IntRange(min=2),
+            default=None,
+            help="Tokens per window [default: the model's limit, 1024 for GPT-2].",
+        ),
+        click.option(
+            "--long-text",
+            type=click.Choice(LONG_TEXT_MODES),
+            default="truncate",
+            show_default=True,
+            help="Texts over --max-length: cut (recorded) or split into overlapping windows.",
+        ),
+        click.option(
+            "--stride",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Tokens shared by consecutive windows with --long-text chunk [default: max-length/8].",
+        ),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run."),
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-        click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA]."),
+        click.option(
+            "--batch-tokens",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA].",
+        ),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
         click.option("--text-column", default="text", show_default=True),
-        click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Input format [default: from the extension]."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default=None,
+            help="Input format [default: from the extension].",
+        ),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -48,12 +80,31 @@ def extraction_options(f):
     return f
 
 
-def make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize=False, dtype="float32", trust_remote_code=False,
-                backend="torch"):
+def make_config(
+    model,
+    revision,
+    layers,
+    pooling,
+    max_length,
+    long_text,
+    stride,
+    normalize=False,
+    dtype="float32",
+    trust_remote_code=False,
+    backend="torch",
+):
     return ExtractConfig(
-        model=model or default_model(), revision=revision, layers=tuple(layers) or (-1,), pooling=tuple(pooling) or ("mean",),
-        max_length=max_length, long_text=long_text, stride=stride, normalize=normalize, dtype=dtype,
-        trust_remote_code=trust_remote_code, backend=backend,
+        model=model or default_model(),
+        revision=revision,
+        layers=tuple(layers) or (-1,),
+        pooling=tuple(pooling) or ("mean",),
+        max_length=max_length,
+        long_text=long_text,
+        stride=stride,
+        normalize=normalize,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        backend=backend,
     )
 
 
@@ -61,40 +112,144 @@ def make_config(model, revision, layers, pooling, max_length, long_text, stride,
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .parquet file.")
 @click.option("--id-column", default=None, help="Column passed through as `id` [default: the row number].")
-@click.option("--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate).")
-@click.option("--layer", "-l", "layers", multiple=True, callback=split_layers, metavar="INTEGER", help="Hidden-state index: 0 = embeddings, i = block i, -1 = last [default: -1]. Repeatable.")
-@click.option("--pooling", "-p", multiple=True, callback=split_commas, help="mean, last, max, first, weighted-mean [default: mean]. Repeatable.")
+@click.option(
+    "--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate)."
+)
+@click.option(
+    "--layer",
+    "-l",
+    "layers",
+    multiple=True,
+    callback=split_layers,
+    metavar="INTEGER",
+    help="Hidden-state index: 0 = embeddings, i = block i, -1 = last [default: -1]. Repeatable.",
+)
+@click.option(
+    "--pooling",
+    "-p",
+    multiple=True,
+    callback=split_commas,
+    help="mean, last, max, first, weighted-mean [default: mean]. Repeatable.",
+)
 @click.option("--normalize", is_flag=True, help="L2-normalise the stored vectors.")
-@click.option("--dtype", type=click.Choice(STORAGE_DTYPES), default="float32", show_default=True, help="Storage dtype of the vectors.")
+@click.option(
+    "--dtype",
+    type=click.Choice(STORAGE_DTYPES),
+    default="float32",
+    show_default=True,
+    help="Storage dtype of the vectors.",
+)
 @click.option("--resume", is_flag=True, help="Continue a killed run of the same command.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing output (and discard a partial run); the old one stays until the new one is whole.")
-@click.option("--wait", is_flag=True,
-              help="If another embedkit process is writing the same output, wait for it instead of failing (exit 7).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output (and discard a partial run); the old one stays until the new one is whole.",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another embedkit process is writing the same output, wait for it instead of failing (exit 7).",
+)
 @click.option("--strict", is_flag=True, help="Stop at the first row that cannot be embedded instead of recording it.")
-@click.option("--part-rows", type=click.IntRange(min=1), default=DEFAULT_PART_ROWS, show_default=True, help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in.")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True, help="Run in this process, or on a Ray cluster (pip install 'embedkit[ray]').")
-@click.option("--ray-address", default=None, help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) [default: $RAY_ADDRESS, else a local instance].")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="With --engine ray: model actors [default: as many as the cluster has room for].")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, help="With --engine ray: GPUs per actor (0.5 = two actors share a GPU) [default: 0, CPU].")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, approximate (cosine >= 0.99 to torch); recorded in the metadata.")
+@click.option(
+    "--part-rows",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PART_ROWS,
+    show_default=True,
+    help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="Run in this process, or on a Ray cluster (pip install 'embedkit[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) [default: $RAY_ADDRESS, else a local instance].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: model actors [default: as many as the cluster has room for].",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="With --engine ray: GPUs per actor (0.5 = two actors share a GPU) [default: 0, CPU].",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="torch",
+    show_default=True,
+    help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, approximate (cosine >= 0.99 to torch); recorded in the metadata.",
+)
 @extraction_options
-def embed(input, output, id_column, keep, layers, pooling, normalize, dtype, resume, overwrite, wait, strict, part_rows, engine,
-          ray_address, workers, gpus_per_worker, backend, model, revision, max_length, long_text, stride, trust_remote_code,
-          device, batch_tokens, threads, text_column, fmt, quiet):
+def embed(
+    input,
+    output,
+    id_column,
+    keep,
+    layers,
+    pooling,
+    normalize,
+    dtype,
+    resume,
+    overwrite,
+    wait,
+    strict,
+    part_rows,
+    engine,
+    ray_address,
+    workers,
+    gpus_per_worker,
+    backend,
+    model,
+    revision,
+    max_length,
+    long_text,
+    stride,
+    trust_remote_code,
+    device,
+    batch_tokens,
+    threads,
+    text_column,
+    fmt,
+    quiet,
+):
     """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
     from ..embed import embed_file
 
     quiet_libraries(quiet)
-    config = make_config(model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code, backend)
-    run = dict(text_column=text_column, id_column=id_column, keep=keep, fmt=fmt, device=device, batch_tokens=batch_tokens,
-               threads=threads, resume=resume, overwrite=overwrite, wait=wait, strict=strict, progress=not quiet,
-               part_rows=part_rows)
+    config = make_config(
+        model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code, backend
+    )
+    run = dict(
+        text_column=text_column,
+        id_column=id_column,
+        keep=keep,
+        fmt=fmt,
+        device=device,
+        batch_tokens=batch_tokens,
+        threads=threads,
+        resume=resume,
+        overwrite=overwrite,
+        wait=wait,
+        strict=strict,
+        progress=not quiet,
+        part_rows=part_rows,
+    )
     if engine == "ray":
         from ..engines.ray import embed_file_ray
 
-        summary = embed_file_ray(input, output, config, **run, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+        summary = embed_file_ray(
+            input, output, config, **run, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker
+        )
     elif ray_address or workers or gpus_per_worker:
         raise click.UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
     else:
@@ -115,7 +270,9 @@ def info(file, as_json):
         return
     click.echo(f"file      {d['path']}\nrows      {d['rows']}\ncreated   {d['created_at']}")
     m = d["model"]
-    click.echo(f"model     {m.get('name')} ({m.get('model_type')}, {m.get('num_layers')} layers, hidden {m.get('hidden_size')})")
+    click.echo(
+        f"model     {m.get('name')} ({m.get('model_type')}, {m.get('num_layers')} layers, hidden {m.get('hidden_size')})"
+    )
     click.echo("settings  " + ", ".join(f"{k}={v}" for k, v in d["config"].items()))
     click.echo("status    " + (", ".join(f"{k}: {v}" for k, v in sorted(d["status_counts"].items())) or "-"))
     click.echo("columns")

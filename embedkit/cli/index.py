@@ -21,28 +21,53 @@ def index():
 @index.command("build")
 @click.argument("features", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Index directory to create.")
-@click.option("--kind", type=click.Choice(KINDS), default="auto", show_default=True,
-              help="auto picks by rows, dimension and --memory.")
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default="auto",
+    show_default=True,
+    help="auto picks by rows, dimension and --memory.",
+)
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--memory", default=DEFAULT_MEMORY, show_default=True, help="RAM budget for the index (e.g. 512MB, 4GB).")
 @click.option("--column", default=None, help="Embedding column [default: the only one].")
-@click.option("--store", multiple=True, callback=split_commas,
-              help="Columns kept for display in search results [default: text, when present].")
+@click.option(
+    "--store",
+    multiple=True,
+    callback=split_commas,
+    help="Columns kept for display in search results [default: text, when present].",
+)
 @click.option("--no-store", is_flag=True, help="Keep only ids (no text) in the index.")
-@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_TARGET_RECALL,
-              show_default=True, help="recall@10 that nprobe/efSearch are tuned to reach.")
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_TARGET_RECALL,
+    show_default=True,
+    help="recall@10 that nprobe/efSearch are tuned to reach.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
 @click.option("--wait", is_flag=True, help="Wait while another process writes the index (default: exit 7 at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def build(features, output, kind, metric, memory, column, store, no_store, target_recall, overwrite, wait, as_json,
-          quiet):
+def build(
+    features, output, kind, metric, memory, column, store, no_store, target_recall, overwrite, wait, as_json, quiet
+):
     """Build a similarity index of FEATURES (a Parquet from `embedkit embed`) into a directory."""
     from ..index import build_index
 
-    report = build_index(features, output, kind=kind, metric=metric, memory=memory, column=column,
-                         store=[] if no_store else (list(store) or None), target_recall=target_recall,
-                         overwrite=overwrite, wait=wait, progress=not quiet)
+    report = build_index(
+        features,
+        output,
+        kind=kind,
+        metric=metric,
+        memory=memory,
+        column=column,
+        store=[] if no_store else (list(store) or None),
+        target_recall=target_recall,
+        overwrite=overwrite,
+        wait=wait,
+        progress=not quiet,
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -70,8 +95,12 @@ def add(index_dir, features, column, wait, quiet):
 @click.argument("query", required=False)
 @click.option("-k", "k", type=int, default=DEFAULT_K, show_default=True, help="Hits per query.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--queries", type=click.Path(), default=None,
-              help="File of queries (CSV/TSV/JSONL/Parquet/TXT, or a features Parquet); needs -o.")
+@click.option(
+    "--queries",
+    type=click.Path(),
+    default=None,
+    help="File of queries (CSV/TSV/JSONL/Parquet/TXT, or a features Parquet); needs -o.",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Parquet for --queries hits.")
 @click.option("--text-column", default="text", show_default=True, help="Query text column of --queries.")
 @click.option("--id-column", default=None, help="Column of --queries copied to the hits as query_id.")
@@ -79,33 +108,66 @@ def add(index_dir, features, column, wait, quiet):
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow the model named by the artefact to run its own Python code (a stored setting never does).")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Allow the model named by the artefact to run its own Python code (a stored setting never does).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
 @click.option("--wait", is_flag=True, help="Wait while another process writes the -o file (default: exit 7 at once).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def search(index_dir, query, k, as_json, queries, output, text_column, id_column, by_id, nprobe, ef_search, device,
-           trust_remote_code, overwrite, wait, quiet):
+def search(
+    index_dir,
+    query,
+    k,
+    as_json,
+    queries,
+    output,
+    text_column,
+    id_column,
+    by_id,
+    nprobe,
+    ef_search,
+    device,
+    trust_remote_code,
+    overwrite,
+    wait,
+    quiet,
+):
     """Find the rows of INDEX_DIR most like QUERY (text embedded exactly as the index was), or like --id."""
     from ..errors import ConfigError
     from ..index import Index
 
     given = [name for name, value in (("QUERY", query), ("--queries", queries), ("--id", by_id)) if value is not None]
     if len(given) != 1:
-        raise ConfigError("give exactly one of QUERY, --queries FILE or --id X" + (f" (got {', '.join(given)})" if given else ""))
+        raise ConfigError(
+            "give exactly one of QUERY, --queries FILE or --id X" + (f" (got {', '.join(given)})" if given else "")
+        )
     if queries is not None and output is None:
         raise ConfigError("--queries needs -o OUT.parquet for the hits")
     quiet_libraries(quiet)
     idx = Index.load(index_dir, device=device, trust_remote_code=trust_remote_code)
     knobs = {"nprobe": nprobe, "ef_search": ef_search}
     if queries is not None:
-        summary = idx.search_file(queries, output, k, text_column=text_column, id_column=id_column,
-                                  overwrite=overwrite, wait=wait, progress=not quiet, **knobs)
+        summary = idx.search_file(
+            queries,
+            output,
+            k,
+            text_column=text_column,
+            id_column=id_column,
+            overwrite=overwrite,
+            wait=wait,
+            progress=not quiet,
+            **knobs,
+        )
         for note in summary["notes"]:
             click.echo(f"note: {note}", err=True)
         skipped = f"; {summary['skipped']} empty or unreadable skipped" if summary["skipped"] else ""
-        click.echo(f"{summary['searched']:,} of {summary['queries']:,} queries searched{skipped}; "
-                   f"{summary['hits']:,} hits -> {output}", err=True)
+        click.echo(
+            f"{summary['searched']:,} of {summary['queries']:,} queries searched{skipped}; "
+            f"{summary['hits']:,} hits -> {output}",
+            err=True,
+        )
         return
     result = idx.search_ids([by_id], k, **knobs) if by_id is not None else idx.search(query, k, **knobs)
     for note in result.notes:

@@ -14,22 +14,78 @@ from .embed import extraction_options, make_config, split_commas
 @click.option("--label-column", "-y", required=True, help="Column holding the classes.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report directory to write.")
 @click.option("--id-column", default=None, help="Column used as `id` in saved features [default: the row number].")
-@click.option("--layers", "-l", multiple=True, callback=split_commas, default=(ALL_LAYERS,), show_default=True,
-              help="'all' (0 = embeddings .. last block) or indices such as 0,3,6,-1 (repeat or comma-separate).")
-@click.option("--pooling", "-p", multiple=True, callback=split_commas, default=DEFAULT_POOLINGS, show_default=True,
-              help="Pooling modes to compare: mean, last, max, first, weighted-mean (repeat or comma-separate).")
-@click.option("--cv", type=click.IntRange(min=2), default=DEFAULT_CV, show_default=True, help="Stratified folds of the linear probe.")
-@click.option("--sample", type=click.IntRange(min=2), default=None, help="Probe a seeded stratified sample of this many rows.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample, the folds and the classifier.")
+@click.option(
+    "--layers",
+    "-l",
+    multiple=True,
+    callback=split_commas,
+    default=(ALL_LAYERS,),
+    show_default=True,
+    help="'all' (0 = embeddings .. last block) or indices such as 0,3,6,-1 (repeat or comma-separate).",
+)
+@click.option(
+    "--pooling",
+    "-p",
+    multiple=True,
+    callback=split_commas,
+    default=DEFAULT_POOLINGS,
+    show_default=True,
+    help="Pooling modes to compare: mean, last, max, first, weighted-mean (repeat or comma-separate).",
+)
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=DEFAULT_CV,
+    show_default=True,
+    help="Stratified folds of the linear probe.",
+)
+@click.option(
+    "--sample", type=click.IntRange(min=2), default=None, help="Probe a seeded stratified sample of this many rows."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the sample, the folds and the classifier."
+)
 @click.option("--nmi", is_flag=True, help="Also score each pair by the NMI of a k-means clustering (k = classes).")
-@click.option("--metric", type=click.Choice(METRICS), default=DEFAULT_METRIC, show_default=True, help="What picks the best pair.")
-@click.option("--save-features", type=click.Path(dir_okay=False), default=None, help="Also keep the collected features as this Parquet file.")
+@click.option(
+    "--metric", type=click.Choice(METRICS), default=DEFAULT_METRIC, show_default=True, help="What picks the best pair."
+)
+@click.option(
+    "--save-features",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also keep the collected features as this Parquet file.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing report (and --save-features file).")
 @wait_option
 @extraction_options
-def probe(input, label_column, output, id_column, layers, pooling, cv, sample, seed, nmi, metric, save_features, overwrite,
-          wait, model, revision, max_length, long_text, stride, trust_remote_code, device, batch_tokens, threads,
-          text_column, fmt, quiet):
+def probe(
+    input,
+    label_column,
+    output,
+    id_column,
+    layers,
+    pooling,
+    cv,
+    sample,
+    seed,
+    nmi,
+    metric,
+    save_features,
+    overwrite,
+    wait,
+    model,
+    revision,
+    max_length,
+    long_text,
+    stride,
+    trust_remote_code,
+    device,
+    batch_tokens,
+    threads,
+    text_column,
+    fmt,
+    quiet,
+):
     """Find the layer and pooling whose features suit a labelled task best, from ONE forward pass over INPUT.
 
     Every (layer, pooling) pair is scored by the cross-validated linear probe of `embedkit train --cv`; the report
@@ -38,9 +94,29 @@ def probe(input, label_column, output, id_column, layers, pooling, cv, sample, s
     from ..probe import probe_file
 
     quiet_libraries(quiet)
-    config = make_config(model, revision, (), pooling, max_length, long_text, stride, trust_remote_code=trust_remote_code)
-    result = probe_file(input, label_column, output, config, layers=layers, text_column=text_column, id_column=id_column,
-                        fmt=fmt, cv=cv, sample=sample, seed=seed, nmi=nmi, metric=metric, save_features=save_features,
-                        device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite,
-                        progress=not quiet, wait=wait)
+    config = make_config(
+        model, revision, (), pooling, max_length, long_text, stride, trust_remote_code=trust_remote_code
+    )
+    result = probe_file(
+        input,
+        label_column,
+        output,
+        config,
+        layers=layers,
+        text_column=text_column,
+        id_column=id_column,
+        fmt=fmt,
+        cv=cv,
+        sample=sample,
+        seed=seed,
+        nmi=nmi,
+        metric=metric,
+        save_features=save_features,
+        device=device,
+        batch_tokens=batch_tokens,
+        threads=threads,
+        overwrite=overwrite,
+        progress=not quiet,
+        wait=wait,
+    )
     click.echo(result.report())

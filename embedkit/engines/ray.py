@@ -95,7 +95,9 @@ class EmbedWorker:
         hf_logging.disable_progress_bar()  # one bar per actor on the driver's terminal helps nobody
         self.extractor, self.error = None, None
         try:
-            self.extractor = Extractor(ExtractConfig.from_dict(config), device=device, batch_tokens=batch_tokens, threads=threads)
+            self.extractor = Extractor(
+                ExtractConfig.from_dict(config), device=device, batch_tokens=batch_tokens, threads=threads
+            )
         except EmbedkitError as exc:
             # Sent to the driver as a block instead (e.g. the model is missing on this node): Ray Data restarts
             # an actor that dies in __init__ again and again, and its exception wrappers lose the typed error.
@@ -160,13 +162,17 @@ def _pool_size(ray, workers: int | None, gpus_per_worker: float, cpus_per_worker
     if gpus_per_worker:
         room = int(resources.get("GPU", 0) // gpus_per_worker)
         if room == 0 and workers is None:
-            raise ConfigError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has no GPU ({resources.get('GPU', 0)})")
+            raise ConfigError(
+                f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has no GPU ({resources.get('GPU', 0)})"
+            )
     else:
         room = int(resources.get("CPU", 0) // cpus_per_worker)
     if workers is None:
         return max(1, room)
     if workers > room:
-        log.warning("%d workers asked for but the cluster has room for %d now; starting with 1 and growing", workers, room)
+        log.warning(
+            "%d workers asked for but the cluster has room for %d now; starting with 1 and growing", workers, room
+        )
         return (1, workers)
     return workers
 
@@ -251,8 +257,9 @@ def embed_file_ray(
             for wave in _waves(source, part_rows, done, wave_parts):
                 sent += len(wave)
                 sizes = {item["part"]: item["rows"] for item in wave}
-                stream = _run(ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker,
-                              cpus_per_worker)
+                stream = _run(
+                    ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker, cpus_per_worker
+                )
                 for index, table in _whole_parts(stream, part_rows, sizes):
                     if strict:
                         _stop_at_bad_row(table)
@@ -274,7 +281,9 @@ def _waves(source: Source, part_rows: int, done: set[int], wave_parts: int) -> I
         index = records.row_numbers[0] // part_rows
         if index in done:
             continue
-        wave.append({"part": index, "rows": len(records), "records": pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)})
+        wave.append(
+            {"part": index, "rows": len(records), "records": pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)}
+        )
         if len(wave) == wave_parts:
             yield wave
             wave = []
@@ -290,7 +299,11 @@ def _run(ray, todo, config: ExtractConfig, device, batch_tokens, threads, size, 
     context.enable_progress_bars = False  # the driver draws one bar in rows, like the local engine
     if isinstance(size, int):
         size = min(size, len(todo))  # a short last wave needs no more actors than parts
-    pool = ActorPoolStrategy(min_size=size[0], max_size=size[1]) if isinstance(size, tuple) else ActorPoolStrategy(size=size)
+    pool = (
+        ActorPoolStrategy(min_size=size[0], max_size=size[1])
+        if isinstance(size, tuple)
+        else ActorPoolStrategy(size=size)
+    )
     dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
     with warnings.catch_warnings():
         # Ray 2.5x deprecates passing actor options through **ray_remote_args but offers no named option for
@@ -298,7 +311,12 @@ def _run(ray, todo, config: ExtractConfig, device, batch_tokens, threads, size, 
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         embedded = dataset.map_batches(
             EmbedWorker,
-            fn_constructor_kwargs={"config": config.to_dict(), "device": device, "batch_tokens": batch_tokens, "threads": threads},
+            fn_constructor_kwargs={
+                "config": config.to_dict(),
+                "device": device,
+                "batch_tokens": batch_tokens,
+                "threads": threads,
+            },
             batch_size=1,
             batch_format="pyarrow",
             compute=pool,
@@ -336,4 +354,12 @@ def _stop_at_bad_row(table: pa.Table) -> None:
         raise InputError(f"row id {row['id']!r} is {row['status']}: {row['error']}")
 
 
-__all__ = ["EmbedWorker", "MAX_RESTARTS", "MAX_TASK_RETRIES", "RAY_PART_ROWS", "embed_file_ray", "import_ray", "ray_session"]
+__all__ = [
+    "EmbedWorker",
+    "MAX_RESTARTS",
+    "MAX_TASK_RETRIES",
+    "RAY_PART_ROWS",
+    "embed_file_ray",
+    "import_ray",
+    "ray_session",
+]

@@ -84,8 +84,12 @@ class OneDNNLinear(nn.Module):
 def _onednn_usable() -> bool:
     ops = getattr(torch.ops, "mkldnn", None)
     try:
-        return bool(torch.backends.mkldnn.is_available() and ops is not None
-                    and hasattr(ops, "_linear_pointwise") and hasattr(ops, "_reorder_linear_weight"))
+        return bool(
+            torch.backends.mkldnn.is_available()
+            and ops is not None
+            and hasattr(ops, "_linear_pointwise")
+            and hasattr(ops, "_reorder_linear_weight")
+        )
     except RuntimeError:  # an op namespace that was not built in
         return False
 
@@ -123,7 +127,11 @@ def use_onednn_linears(model: nn.Module) -> int:
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+            if (
+                isinstance(child, nn.Linear)
+                and child.weight.dtype == torch.float32
+                and child.weight.device.type == "cpu"
+            ):
                 setattr(parent, name, OneDNNLinear(child))
                 swapped += 1
     return swapped

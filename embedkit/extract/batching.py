@@ -31,7 +31,7 @@ class SpecialTokens:
     suffix: tuple[int, ...]
 
     @classmethod
-    def of(cls, tokenizer) -> "SpecialTokens":
+    def of(cls, tokenizer) -> SpecialTokens:
         # transformers v5 tokenizers no longer expose build_inputs_with_special_tokens, so read the template
         # off one encoding with and one without special tokens.
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -134,9 +134,7 @@ def _piece_end(text: str, start: int, size: int) -> int:
     return end
 
 
-def tokenize_prefix(
-    tokenize: Callable[[str], list[int]], text: str, size: int, wanted: int
-) -> tuple[list[int], bool]:
+def tokenize_prefix(tokenize: Callable[[str], list[int]], text: str, size: int, wanted: int) -> tuple[list[int], bool]:
     """Content tokens of the start of ``text``, tokenising at most ``size`` characters per call.
 
     Stops once at least ``wanted`` tokens exist or the text ends. Returns the tokens and whether characters were

@@ -15,7 +15,15 @@ import torch
 from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
 from .backends import prepare
-from .batching import MAX_CHUNK_WINDOWS, SpecialTokens, max_token_chars, piece_chars, plan_batches, split_windows, tokenize_prefix
+from .batching import (
+    MAX_CHUNK_WINDOWS,
+    SpecialTokens,
+    max_token_chars,
+    piece_chars,
+    plan_batches,
+    split_windows,
+    tokenize_prefix,
+)
 from .layers import run_to_layers
 from .model import LoadedModel, load_model
 from .pooling import combine_windows, pool
@@ -129,8 +137,9 @@ class Extractor:
             if config.provenance is None:
                 raise  # the caller's own options: a usage error
             # Settings read from an artefact that this model cannot honour: no option of this command fixes that.
-            raise IncompatibleError(f"{config.provenance.origin}: its stored settings do not fit the model "
-                                    f"{self.loaded.name}: {exc}") from exc
+            raise IncompatibleError(
+                f"{config.provenance.origin}: its stored settings do not fit the model {self.loaded.name}: {exc}"
+            ) from exc
         # The config names the model by path or id only; carrying the loaded model's fingerprint lets an index or a
         # classifier tell a replaced checkpoint from its own (ExtractConfig.model_difference) whoever built this.
         known = config.provenance or Provenance("an embedder loaded earlier")  # when this config is reused
@@ -167,7 +176,9 @@ class Extractor:
             if len(text) > self.piece_chars:
                 ids[i], cut[i] = tokenize_prefix(
                     lambda piece: tok(piece, add_special_tokens=False, verbose=False)["input_ids"],
-                    text, self.piece_chars, wanted,
+                    text,
+                    self.piece_chars,
+                    wanted,
                 )
             if cfg.long_text == "chunk" and len(ids[i]) > wanted:  # past its windows: the rest is not embedded
                 ids[i], cut[i] = ids[i][:wanted], True
@@ -199,7 +210,11 @@ class Extractor:
         ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode(), self._autocast():
             hidden = run_to_layers(
-                self.loaded.model, self.loaded.blocks, set(self.config.layers), input_ids=ids, attention_mask=mask,
+                self.loaded.model,
+                self.loaded.blocks,
+                set(self.config.layers),
+                input_ids=ids,
+                attention_mask=mask,
                 **self._extra_inputs,
             )
             return [pool(hidden[layer], mask, mode).cpu() for layer, mode in self.config.pairs]

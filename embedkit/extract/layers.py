@@ -32,6 +32,7 @@ def run_to_layers(model: nn.Module, blocks: nn.ModuleList, layers: set[int], **i
             raise _StopForward
 
     if 0 in layers:
+
         def catch_embeddings(_module, args, kwargs):
             caught[0] = args[0] if args else kwargs["hidden_states"]
             stop_if_done(0)
@@ -39,6 +40,7 @@ def run_to_layers(model: nn.Module, blocks: nn.ModuleList, layers: set[int], **i
         handles.append(blocks[0].register_forward_pre_hook(catch_embeddings, with_kwargs=True))
 
     for layer in sorted(layer for layer in layers if 0 < layer < n_layers):
+
         def catch_block(_module, _args, output, layer=layer):
             caught[layer] = _hidden_of(output)
             stop_if_done(layer)

@@ -19,8 +19,20 @@ log = logging.getLogger(__name__)
 
 # What a model fingerprint covers: the files AutoConfig, AutoTokenizer and AutoModel read (and a model's own
 # code), not a README or training leftovers, so editing documentation never makes an artefact refuse its model.
-MODEL_FILE_PATTERNS = ("config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
-                       "added_tokens.json", "*.model", "*.tiktoken", "*.safetensors", "*.bin", "*.index.json", "*.py")
+MODEL_FILE_PATTERNS = (
+    "config.json",
+    "tokenizer*",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "*.model",
+    "*.tiktoken",
+    "*.safetensors",
+    "*.bin",
+    "*.index.json",
+    "*.py",
+)
 NOT_MODEL_FILES = ("training_args.bin",)
 # Files up to this size are hashed whole (config, tokenizer, the weights of small models: ~3 MB for GPT-2's
 # tokenizer, a few ms). Larger files (weights) are fingerprinted by their size and SAMPLE_BLOCKS blocks spread
@@ -37,8 +49,13 @@ SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 64 << 10
 def fingerprint_directory(directory: Path) -> str:
     """A cheap content fingerprint of a local model directory (see MODEL_FILE_PATTERNS, FULL_HASH_BYTES)."""
     h = hashlib.sha256()
-    files = sorted(f for f in directory.iterdir() if f.is_file() and f.name not in NOT_MODEL_FILES
-                   and any(fnmatch.fnmatch(f.name, pattern) for pattern in MODEL_FILE_PATTERNS))
+    files = sorted(
+        f
+        for f in directory.iterdir()
+        if f.is_file()
+        and f.name not in NOT_MODEL_FILES
+        and any(fnmatch.fnmatch(f.name, pattern) for pattern in MODEL_FILE_PATTERNS)
+    )
     for f in files:
         try:
             with f.open("rb") as fh:
@@ -83,7 +100,8 @@ def _warn_ignored_trust(config: ExtractConfig) -> None:
     _warned.add(stored.origin)
     log.warning(
         "%s stores trust_remote_code = true; ignored: a file cannot allow a model's own code to run. "
-        "If you trust the model, pass --trust-remote-code (trust_remote_code=True in Python).", stored.origin
+        "If you trust the model, pass --trust-remote-code (trust_remote_code=True in Python).",
+        stored.origin,
     )
 
 
@@ -186,9 +204,12 @@ def _from_pretrained(loader, name: str, **kwargs):
 
 def _broken_message(name: str, loader, exc: Exception) -> str:
     what = {"AutoConfig": "config.json is", "AutoTokenizer": "tokenizer files are"}.get(
-        getattr(loader, "__name__", ""), "files are")
-    return (f"could not load model {name!r}: its {what} broken or not what transformers expects "
-            f"({type(exc).__name__}: {exc})")
+        getattr(loader, "__name__", ""), "files are"
+    )
+    return (
+        f"could not load model {name!r}: its {what} broken or not what transformers expects "
+        f"({type(exc).__name__}: {exc})"
+    )
 
 
 def _hub_commit(name: str, revision: str | None, model_config) -> str | None:
@@ -242,29 +263,36 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
         _check_expected(config, name, fingerprint)
     tokenizer = _from_pretrained(AutoTokenizer, name, **common)
     try:
-        model = AutoModel.from_pretrained(name, config=model_config, use_safetensors=True, dtype=torch.float32, **common)
+        model = AutoModel.from_pretrained(
+            name, config=model_config, use_safetensors=True, dtype=torch.float32, **common
+        )
     except (EmbedkitError, MemoryError):
         raise
     except (OSError, ValueError) as exc:
         if "safetensors" not in str(exc).lower():
             raise ModelLoadError(f"could not load the weights of {name!r}: {exc}") from exc
         log.warning("%s has no safetensors weights; loading .bin weights with the weights-only unpickler", name)
-        model = _from_pretrained(AutoModel, name, config=model_config, use_safetensors=False, dtype=torch.float32, **common)
+        model = _from_pretrained(
+            AutoModel, name, config=model_config, use_safetensors=False, dtype=torch.float32, **common
+        )
     except Exception as exc:  # noqa: BLE001  (a hostile config makes the model class fail in arbitrary ways)
         raise ModelLoadError(_broken_message(name, AutoModel, exc)) from exc
     try:
         model.eval().requires_grad_(False).to(torch_device)
         n_layers = int(model_config.num_hidden_layers)
         hidden_size = int(model_config.hidden_size)
-        max_positions = (getattr(model_config, "max_position_embeddings", None)
-                         or getattr(model_config, "n_positions", None))
+        max_positions = getattr(model_config, "max_position_embeddings", None) or getattr(
+            model_config, "n_positions", None
+        )
         tok_limit = getattr(tokenizer, "model_max_length", None)
         candidates = [int(x) for x in (max_positions, tok_limit) if x and x < 1_000_000]
     except (AttributeError, TypeError, ValueError) as exc:
         raise ModelLoadError(_broken_message(name, AutoConfig, exc)) from exc
     if n_layers < 1 or hidden_size < 1:
-        raise ModelLoadError(f"could not load model {name!r}: its config.json gives {n_layers} layers of width "
-                             f"{hidden_size}; a model needs at least one layer of at least one unit")
+        raise ModelLoadError(
+            f"could not load model {name!r}: its config.json gives {n_layers} layers of width "
+            f"{hidden_size}; a model needs at least one layer of at least one unit"
+        )
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

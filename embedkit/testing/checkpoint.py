@@ -23,8 +23,9 @@ GPT2_VOCAB = 50257
 EOS_ID = 50256
 
 
-def write_checkpoint(out_dir: str | Path, *, layers: int = 12, width: int = 768, heads: int = 12,
-                     seed: int = 0) -> Path:
+def write_checkpoint(
+    out_dir: str | Path, *, layers: int = 12, width: int = 768, heads: int = 12, seed: int = 0
+) -> Path:
     """Write the checkpoint into ``out_dir`` (created if needed) and return its path."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -38,9 +39,17 @@ def write_checkpoint(out_dir: str | Path, *, layers: int = 12, width: int = 768,
     tokenizer = AutoTokenizer.from_pretrained(out, tokenizer_type="gpt2", model_max_length=1024)
     if len(tokenizer) != GPT2_VOCAB:
         raise RuntimeError(f"the shipped tokenizer has {len(tokenizer)} tokens, not {GPT2_VOCAB}")
-    config = GPT2Config(vocab_size=GPT2_VOCAB, n_positions=1024, n_embd=width, n_layer=layers, n_head=heads,
-                        activation_function="gelu_new", bos_token_id=EOS_ID, eos_token_id=EOS_ID,
-                        layer_norm_epsilon=1e-5)
+    config = GPT2Config(
+        vocab_size=GPT2_VOCAB,
+        n_positions=1024,
+        n_embd=width,
+        n_layer=layers,
+        n_head=heads,
+        activation_function="gelu_new",
+        bos_token_id=EOS_ID,
+        eos_token_id=EOS_ID,
+        layer_norm_epsilon=1e-5,
+    )
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -48,8 +57,11 @@ def write_checkpoint(out_dir: str | Path, *, layers: int = 12, width: int = 768,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m embedkit.testing.checkpoint", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m embedkit.testing.checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
@@ -57,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = write_checkpoint(args.out_dir, layers=args.layers, width=args.width, heads=args.heads, seed=args.seed)
-    print(f"wrote {out}: GPT-2 shape, {args.layers} layers, width {args.width}, seeded random weights (seed {args.seed})")
+    print(
+        f"wrote {out}: GPT-2 shape, {args.layers} layers, width {args.width}, seeded random weights (seed {args.seed})"
+    )
     return 0
 
 

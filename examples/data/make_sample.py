@@ -79,7 +79,12 @@ SENTENCES = {
     ],
 }
 
-QUERIES = ["who won the football match", "how long should bread rise", "my computer keeps crashing", "are interest rates going up"]
+QUERIES = [
+    "who won the football match",
+    "how long should bread rise",
+    "my computer keeps crashing",
+    "are interest rates going up",
+]
 
 
 def main() -> None:
