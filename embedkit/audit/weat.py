@@ -175,7 +175,8 @@ def weat(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, permutat
         if np.ndim(m) != 2 or len(m) == 0:
             raise ConfigError(f"WEAT needs a non-empty [words, dim] matrix for {name}, got shape {np.shape(m)}")
     if len(x) + len(y) < 3:
-        raise ConfigError("WEAT needs at least 3 target words in X and Y together (the effect size divides by their spread)")
+        raise ConfigError("WEAT needs at least 3 target words in X and Y together "
+                          "(the effect size divides by their spread)")
     targets = unit_rows(np.concatenate([x, y]))
     cos_a, cos_b = targets @ unit_rows(a).T, targets @ unit_rows(b).T
     s = cos_a.mean(axis=1) - cos_b.mean(axis=1)
@@ -190,5 +191,7 @@ def weat(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, permutat
     )
 
 
-__all__ = ["DEFAULT_BOOTSTRAP", "DEFAULT_PERMUTATIONS", "EXACT_LIMIT", "WeatResult", "associations", "bootstrap_interval",
-           "effect_size", "permutation_p", "unit_rows", "weat"]
+__all__ = [
+    "DEFAULT_BOOTSTRAP", "DEFAULT_PERMUTATIONS", "EXACT_LIMIT", "WeatResult", "associations", "bootstrap_interval",
+    "effect_size", "permutation_p", "unit_rows", "weat",
+]
