@@ -20,7 +20,7 @@ from embedkit import ConfigError, ExtractConfig, artefact
 from embedkit.audit import audit_model, group_metrics, group_separation
 from embedkit.audit.groups import between_group_spread, spread_permutation_p
 from embedkit.audit.run import COLUMNS, FILE_CSV, FILE_HTML, FILE_PLOT, FILE_TABLE, MANIFEST
-from embedkit.audit.testsets import BARE, BUILTIN_TESTS, SLOT, builtin_test, load_tests
+from embedkit.audit.testsets import BARE, BUILTIN_TESTS, SLOT, AssociationTest, builtin_test, load_tests
 from embedkit.audit.weat import associations, effect_size, permutation_p, weat
 from embedkit.cli import cli
 
@@ -292,6 +292,7 @@ def test_audit_writes_the_report_directory_from_one_forward_pass(audited):
         counts = (4, 4, 3, 3) if r["test"] == "pets-money" else (3, 3, 2, 2)
         assert (r["n_x"], r["n_y"], r["n_a"], r["n_b"]) == counts
         assert r["exact"] and r["permutations"] == math.comb(sum(counts[:2]), counts[0])  # small sets: exact
+        assert r["tokens_x"] >= 1 and r["tokens_y"] >= 1
     with open(opened.path(FILE_CSV), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["effect_size"]) for r in rows] == pytest.approx([r["effect_size"] for r in table])
@@ -357,6 +358,17 @@ def test_builtin_sets_run_through_the_api(tiny_gpt2_shared, tmp_path):
     assert all(not r["exact"] and r["permutations"] == 200 for r in result.rows)  # 12 + 12 words: random splits
 
 
+def test_target_sets_of_different_token_lengths_are_flagged(tiny_gpt2_shared, tmp_path):
+    short = AssociationTest("lengths", ("cat", "dog", "fish"), ("Qzvxkwjpq", "Zxqvbnmkjh", "Wqpzxkvjtr"),
+                            ("good", "great"), ("low", "little"), templates=BARE)
+    result = audit_model(tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared), layers=[1], tests=[short],
+                         permutations=100, bootstrap=0, device="cpu", progress=False)
+    (row,) = result.rows
+    assert row["tokens_y"] - row["tokens_x"] > 3  # unknown strings fall apart into many byte-level pieces
+    page = (tmp_path / "out" / FILE_HTML).read_text(encoding="utf-8")
+    assert "class='warning'" in page and "surface form" in page
+
+
 # ---------------------------------------------------------------------------------------------- groups
 
 
@@ -373,7 +385,8 @@ def test_group_metrics_per_group_next_to_overall():
     assert by["(missing)"]["error_rate"] == 1.0 and math.isnan(by["(missing)"]["miss_rate"]["ham"])
     assert m.gap == pytest.approx(0.75)  # f 0.75 vs (missing) 0
     assert "overall" in m.format() and "accuracy gap between groups: 0.7500" in m.format()
-    json.dumps(m.to_dict())  # goes into a model's metrics.json as is
+    as_json = json.loads(json.dumps(m.to_dict(), allow_nan=False))  # goes into a model's metrics.json as is
+    assert as_json["groups"][0]["miss_rate"]["ham"] is None and as_json["accuracy_gap"] == pytest.approx(0.75)
     with pytest.raises(ConfigError, match="differ in length"):
         group_metrics(["a"], ["a", "b"], ["g"])
 

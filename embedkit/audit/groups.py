@@ -37,6 +37,14 @@ def _group_labels(groups: Sequence[Any]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- classifier errors
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 @dataclass
 class GroupMetrics:
     """Accuracy and error rates overall and per group; ``gap`` = worst minus best group accuracy."""
@@ -51,7 +59,9 @@ class GroupMetrics:
         return float(max(accuracies) - min(accuracies)) if accuracies else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"overall": self.overall, "groups": self.groups, "classes": self.classes, "accuracy_gap": self.gap}
+        """Plain JSON (a rate with no rows to measure it on is null, not NaN, which strict JSON readers refuse)."""
+        return _json_safe({"overall": self.overall, "groups": self.groups, "classes": self.classes,
+                           "accuracy_gap": self.gap})
 
     def format(self) -> str:
         """A table: one line per group under the overall line; per-class miss rates (1 - recall) at the right."""

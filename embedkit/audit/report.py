@@ -23,6 +23,7 @@ td.text, th.text { text-align: left; }
 tr.significant td { background: #fff4e5; }
 img { max-width: 100%; }
 .words { color: #555; font-size: 0.9em; }
+.warning { background: #fff0f0; padding: 0.3em 0.8em; border-left: 4px solid #c0392b; }
 .limits { background: #f4f6fa; padding: 0.6em 1.2em; border-left: 4px solid #6b7fa8; }
 """
 
@@ -49,8 +50,13 @@ def explain(row: dict[str, Any], test: AssociationTest) -> str:
         lean = f"{e(test.x_name)} sit closer to {e(test.a_name)} and {e(test.y_name)} closer to {e(test.b_name)}"
     else:
         lean = f"{e(test.x_name)} sit closer to {e(test.b_name)} and {e(test.y_name)} closer to {e(test.a_name)}"
-    chance = (f"splitting the same target words into two groups at random gives an association at least this strong "
-              f"{p * 100:.2g}% of the time")
+    if not row["exact"] and p * (row["permutations"] + 1) < 1.5:
+        # (1 + 0) / (1 + n): no random split reached it; p is then only a bound set by the number of splits.
+        chance = (f"none of {row['permutations']:,} random splits of the same target words into two groups reaches an "
+                  "association this strong")
+    else:
+        chance = (f"splitting the same target words into two groups at random gives an association at least this "
+                  f"strong {p * 100:.2g}% of the time")
     interval = ""
     if not math.isnan(row["ci_low"]):
         crosses = row["ci_low"] <= 0 <= row["ci_high"]
@@ -74,11 +80,22 @@ def _words(test: AssociationTest) -> str:
     return "<p class='words'>" + "<br>".join(parts) + "</p>"
 
 
-def _test_section(test: AssociationTest, rows: list[dict[str, Any]]) -> str:
+def _surface(test: AssociationTest, row: dict[str, Any], gap: float) -> str:
+    """Flag target sets that differ in length as well as meaning: a confound the test cannot separate."""
+    tx, ty = row["tokens_x"], row["tokens_y"]
+    text = f"Tokens per sentence: {html.escape(test.x_name)} {tx:.1f}, {html.escape(test.y_name)} {ty:.1f}."
+    if abs(tx - ty) < gap:
+        return f"<p class='words'>{text}</p>"
+    return (f"<p class='warning'>{text} The target sets differ in how the tokenizer splits them, so part of any "
+            "association can come from surface form (length, rare subwords) rather than meaning. Running the same "
+            "audit on a model of the same shape with random weights shows how much.</p>")
+
+
+def _test_section(test: AssociationTest, rows: list[dict[str, Any]], gap: float) -> str:
     e = html.escape
     strongest = max(rows, key=lambda r: abs(r["effect_size"]))
     significant = sum(r["p_value"] < ALPHA for r in rows)
-    lines = [f"<h3>{e(test.name)} <small>({e(test.category)})</small></h3>", _words(test),
+    lines = [f"<h3>{e(test.name)} <small>({e(test.category)})</small></h3>", _words(test), _surface(test, rows[0], gap),
              f"<p>Significant (p &lt; {ALPHA}) at {significant} of {len(rows)} layer/pooling pairs. Strongest at layer "
              f"{strongest['layer']} ({e(strongest['pooling'])}): {explain(strongest, test)}</p>",
              "<table><tr><th>layer</th><th class='text'>pooling</th><th>d</th><th>95% interval</th><th>p</th>"
@@ -111,6 +128,11 @@ tokenisation), not directly about people; a test about religious terms speaks ab
 these correlate weakly with bias in downstream tasks (Goldfarb-Tarrant et al., 2021). Measure the system you
 build: error rates per group on your own data (<code>embedkit audit --features F --group-column COL</code>),
 counterfactual swaps of names and pronouns.</li>
+<li><b>Surface form.</b> Words that differ in length or in how the tokenizer splits them (rare names into many
+pieces) can differ in their vectors for that reason alone: a GPT-2-shaped model with random weights, which knows
+no meaning, gave d around 1 on the built-in names test. The report flags target sets whose token counts differ;
+compare with a random-weights model of the same shape (<code>python -m embedkit.testing.checkpoint DIR</code>
+makes one for GPT-2) before reading such a result as learned bias.</li>
 <li><b>Geometry.</b> Cosine similarity in raw hidden states is dominated by a few large dimensions (GPT-2
 especially); d is a ratio within one layer, so it is comparable across layers, but the cosines themselves are not.</li>
 </ul>
@@ -146,7 +168,7 @@ def weat_html(meta: dict[str, Any], rows: Sequence[dict[str, Any]], tests: Seque
         _png(heatmap, "effect size per test and layer"),
         "<h2>Results per test</h2>",
     ]
-    body += [_test_section(t, by_test[t.name]) for t in tests if t.name in by_test]
+    body += [_test_section(t, by_test[t.name], meta["token_gap_warning"]) for t in tests if t.name in by_test]
     body.append(LIMITS)
     return _page(f"embedkit audit: {meta['model']}", body)
 

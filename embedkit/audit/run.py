@@ -46,7 +46,11 @@ FILE_GROUPS = "groups.csv"
 FILE_PAIRS = "group_pairs.csv"
 DEFAULT_POOLING = ("mean",)
 COLUMNS = ("test", "category", "layer", "pooling", "effect_size", "p_value", "ci_low", "ci_high", "n_x", "n_y", "n_a",
-           "n_b", "permutations", "exact")
+           "n_b", "permutations", "exact", "tokens_x", "tokens_y")
+# Target sets whose words differ by this many tokens on average differ in surface form as well as in meaning; the
+# report says so. A GPT-2-shaped model with random weights showed d ~ 1 on the built-in names test at every layer
+# (benchmarks/RESULTS.md): tokenisation alone can produce an association.
+TOKEN_GAP_WARNING = 0.5
 
 
 @dataclass
@@ -96,7 +100,7 @@ def _write_table(rows: list[dict[str, Any]], parquet: Path | None, csv: Path) ->
     pacsv.write_csv(table, csv)
 
 
-def _sentence_plan(tests: Sequence[AssociationTest]) -> tuple[list[str], dict[tuple[str, str], list[int]]]:
+def sentence_plan(tests: Sequence[AssociationTest]) -> tuple[list[str], dict[tuple[str, str], list[int]]]:
     """Every distinct sentence once, and for each (test, word) the rows of its template sentences."""
     index: dict[str, int] = {}
     rows: dict[tuple[str, str], list[int]] = {}
@@ -104,6 +108,12 @@ def _sentence_plan(tests: Sequence[AssociationTest]) -> tuple[list[str], dict[tu
         for word in (*test.x, *test.y, *test.a, *test.b):
             rows[(test.name, word)] = [index.setdefault(s, len(index)) for s in test.sentences(word)]
     return list(index), rows
+
+
+def _mean_tokens(n_tokens: np.ndarray, plan: dict[tuple[str, str], list[int]], test: str,
+                 words: Sequence[str]) -> float:
+    """Tokens per word (special tokens and the template included), averaged over templates and words."""
+    return float(np.mean([n_tokens[plan[(test, w)]].mean() for w in words]))
 
 
 def _word_vectors(vectors: np.ndarray, plan: dict[tuple[str, str], list[int]], test: str,
@@ -129,6 +139,7 @@ def audit_model(
     overwrite: bool = False,
     wait: bool = False,
     progress: bool = True,
+    title: str | None = None,
 ) -> AuditResult:
     """Run association tests on every (layer, pooling) of ``config``'s model; write the report directory.
 
@@ -141,6 +152,7 @@ def audit_model(
         bootstrap: resamples for the 95% interval of d.
         seed: seeds every permutation and bootstrap stream (one per test and pair, so results do not depend on
             which other tests ran).
+        title: the heatmap's title [default: the model's name and "WEAT effect size per layer"].
 
     Raises:
         ConfigError: a bad test file (naming file, test and key), bad layers, poolings or counts.
@@ -168,7 +180,7 @@ def audit_model(
     if len({t.name for t in tests}) != len(tests):
         raise ConfigError("two association tests share a name")
     config = config or ExtractConfig(pooling=DEFAULT_POOLING)
-    sentences, plan = _sentence_plan(tests)
+    sentences, plan = sentence_plan(tests)
     output_dir = Path(output_dir)
     with artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait) as stage:
         t0 = time.perf_counter()
@@ -184,6 +196,8 @@ def audit_model(
 
         t0 = time.perf_counter()
         rows = []
+        tokens = {t.name: (round(_mean_tokens(encoded.n_tokens, plan, t.name, t.x), 3),
+                           round(_mean_tokens(encoded.n_tokens, plan, t.name, t.y), 3)) for t in tests}
         for c, ((layer, pooling), column) in enumerate(zip(extractor.config.pairs, extractor.columns)):
             vectors = encoded.vectors[column]
             for t, test in enumerate(tests):
@@ -192,7 +206,8 @@ def audit_model(
                               seed=[seed, t, c])
                 r = result.to_dict()
                 rows.append({"test": test.name, "category": test.category, "layer": int(layer), "pooling": pooling,
-                             **{k: r[k] for k in COLUMNS if k in r}})
+                             **{k: r[k] for k in COLUMNS if k in r}, "tokens_x": tokens[test.name][0],
+                             "tokens_y": tokens[test.name][1]})
         t_stats = time.perf_counter() - t0
 
         resolved = extractor.config
@@ -209,11 +224,11 @@ def audit_model(
             "bootstrap": bootstrap,
             "exact_limit": exact_limit,
             "seed": seed,
+            "token_gap_warning": TOKEN_GAP_WARNING,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions("numpy"),
         }
-        title = f"{'/'.join(Path(config.model).parts[-2:])}: WEAT effect size per layer"
-        png = heatmap_png(rows, title)
+        png = heatmap_png(rows, title or f"{'/'.join(Path(config.model).parts[-2:])}: WEAT effect size per layer")
         stage.path(FILE_PLOT).write_bytes(png)
         _write_table(rows, stage.path(FILE_TABLE), stage.path(FILE_CSV))
         stage.path(FILE_HTML).write_text(weat_html(meta, rows, tests, png), encoding="utf-8")
@@ -288,14 +303,6 @@ def audit_features(
 
 
 __all__ = [
-    "COLUMNS",
-    "FILE_CSV",
-    "FILE_HTML",
-    "FILE_PLOT",
-    "FILE_TABLE",
-    "KIND",
-    "MANIFEST",
-    "AuditResult",
-    "audit_features",
-    "audit_model",
+    "COLUMNS", "FILE_CSV", "FILE_HTML", "FILE_PLOT", "FILE_TABLE", "KIND", "MANIFEST", "AuditResult", "audit_features",
+    "audit_model", "sentence_plan",
 ]
