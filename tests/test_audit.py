@@ -115,19 +115,25 @@ def test_vectorised_weat_equals_the_papers_formulas(seed):
     assert result.effect_size == pytest.approx(d, abs=1e-10)
     assert result.statistic == pytest.approx(statistic, abs=1e-10)
     assert result.exact and result.p_value == pytest.approx(p, abs=1e-12)
+    swapped = weat(y, x, a, b, bootstrap=0)
+    assert swapped.p_reverse == pytest.approx(p, abs=1e-12)  # the reverse tail is the test with X and Y swapped
+    assert swapped.p_in_direction == pytest.approx(result.p_in_direction)
     assert math.isnan(result.ci_low)
     # swapping the targets flips d; scaling a vector changes nothing (cosines)
-    assert weat(y, x, a, b, bootstrap=0).effect_size == pytest.approx(-d, abs=1e-10)
+    assert swapped.effect_size == pytest.approx(-d, abs=1e-10)
     assert weat(x * 7.5, y, a, b * 0.1, bootstrap=0).effect_size == pytest.approx(d, abs=1e-10)
 
 
 def test_random_permutations_agree_with_the_exact_test():
     rng = np.random.default_rng(5)
     s = np.concatenate([rng.normal(0.3, 1, 8), rng.normal(0, 1, 8)])
-    exact, total, is_exact = permutation_p(s, 8)
-    sampled, done, sampled_exact = permutation_p(s, 8, exact_limit=0, permutations=20_000, rng=np.random.default_rng(0))
-    assert is_exact and total == 12_870 and not sampled_exact and done == 20_000
-    assert abs(exact - sampled) < 0.01  # binomial sd at p ~ 0.1 with 20,000 draws: 0.002
+    exact = permutation_p(s, 8)
+    sampled = permutation_p(s, 8, exact_limit=0, permutations=20_000, rng=np.random.default_rng(0))
+    assert exact.exact and exact.permutations == 12_870 and not sampled.exact and sampled.permutations == 20_000
+    assert abs(exact.p - sampled.p) < 0.01  # binomial sd at p ~ 0.1 with 20,000 draws: 0.002
+    assert abs(exact.p_reverse - sampled.p_reverse) < 0.01
+    # the two tails share only the observed split (and exact ties): p + p_reverse = 1 + P(T = observed)
+    assert exact.p + exact.p_reverse == pytest.approx(1 + 1 / 12_870)  # the observed split counts in both tails
 
 
 def test_no_spread_means_no_effect():
@@ -149,6 +155,25 @@ def test_false_positive_rate_without_association_is_alpha(words, exact_limit, pe
         assert result.exact == (permutations == 0)
         hits += result.p_value < 0.05
     assert 0.03 <= hits / 200 <= 0.07, f"false-positive rate {hits / 200}"
+
+
+def test_the_report_reads_each_direction_and_size_in_words():
+    from embedkit.audit.report import explain
+
+    test = AssociationTest("t", ("a1",), ("b1", "b2"), ("p",), ("q",), x_name="flowers", y_name="insects",
+                           a_name="pleasant words", b_name="unpleasant words")
+    row = {"effect_size": 1.2, "p_value": 0.001, "p_reverse": 0.999, "ci_low": 0.5, "ci_high": 1.6, "exact": True,
+           "permutations": 924}
+    assert explain(row, test).startswith("flowers sit closer to pleasant words and insects closer to unpleasant")
+    assert "a large effect" in explain(row, test) and "stays on one side of 0" in explain(row, test)
+    reverse = {**row, "effect_size": -0.6, "p_value": 0.98, "p_reverse": 0.02, "ci_low": -1.1, "ci_high": 0.1}
+    text = explain(reverse, test)
+    assert text.startswith("Opposite to the direction") and "flowers sit closer to unpleasant words" in text
+    assert "medium" in text and "includes 0" in text and "p = 0.0200" in text
+    none = {**row, "effect_size": 0.15, "p_value": 0.3, "p_reverse": 0.7}
+    assert explain(none, test).startswith("No reliable association") and "negligible" in explain(none, test)
+    floor = {**row, "exact": False, "permutations": 10_000, "p_value": 1 / 10_001}
+    assert "none of 10,000 random splits" in explain(floor, test)
 
 
 # ---------------------------------------------------------------------------------------------- test sets

@@ -11,13 +11,16 @@ import numpy as np
 # WEAT's d lies in [-2, 2]; a fixed scale keeps colours comparable between models and runs.
 D_LIMIT = 2.0
 ALPHA = 0.05
+# Dagger: p < alpha the other way round than the test is written (not the hypothesis it tested).
+REVERSE = "\u2020"
 
 
 def heatmap_png(rows: Sequence[dict[str, Any]], title: str, *, dpi: int = 100) -> bytes:
     """PNG bytes: one row per test, one column per layer, colour = d (red: X-A / Y-B, blue: the reverse).
 
-    Cells hold d; a star marks p < 0.05. The colormap is diverging and centred at 0, so no colour is spent on
-    "no association".
+    Cells hold d; a star marks WEAT's one-sided p < 0.05 as the test is written (X~A), a dagger p < 0.05 the other
+    way round (not the hypothesis the test was written for: each is a 5% test, together 10%). The colormap is
+    diverging and centred at 0, so no colour is spent on "no association".
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
@@ -41,7 +44,7 @@ def heatmap_png(rows: Sequence[dict[str, Any]], title: str, *, dpi: int = 100) -
                 if r is None:
                     continue
                 d[i, j] = r["effect_size"]
-                star = "*" if r["p_value"] < ALPHA else ""
+                star = "*" if r["p_value"] < ALPHA else REVERSE if r["p_reverse"] < ALPHA else ""
                 # Dark cells get white text: readable at both ends of the scale.
                 colour = "white" if abs(r["effect_size"]) > 0.55 * D_LIMIT else "black"
                 ax.text(j, i, f"{r['effect_size']:.2f}{star}", ha="center", va="center", fontsize=7, color=colour)
@@ -52,7 +55,7 @@ def heatmap_png(rows: Sequence[dict[str, Any]], title: str, *, dpi: int = 100) -
         ax.set_title(f"pooling: {pooling}", fontsize="small")
     colorbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
     colorbar.set_label("effect size d (+: X~A, Y~B)", fontsize=8)
-    fig.suptitle(f"{title}  (* p < {ALPHA})", fontsize="medium")
+    fig.suptitle(f"{title}  (* p < {ALPHA}; {REVERSE} p < {ALPHA} the other way round)", fontsize="medium")
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=dpi)
     return out.getvalue()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .testsets import AssociationTest
+from .weat import p_in_direction
 
 ALPHA = 0.05
 CSS = """
@@ -21,6 +22,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; vertical-align: top; }
 td.text, th.text { text-align: left; }
 tr.significant td { background: #fff4e5; }
+tr.reverse td { background: #eaf2fb; }
 img { max-width: 100%; }
 .words { color: #555; font-size: 0.9em; }
 .warning { background: #fff0f0; padding: 0.3em 0.8em; border-left: 4px solid #c0392b; }
@@ -44,7 +46,8 @@ def _p(p: float) -> str:
 
 def explain(row: dict[str, Any], test: AssociationTest) -> str:
     """One result in plain words (escaped HTML)."""
-    d, p = row["effect_size"], row["p_value"]
+    d = row["effect_size"]
+    p = p_in_direction(d, row["p_value"], row["p_reverse"])
     e = html.escape
     if d >= 0:
         lean = f"{e(test.x_name)} sit closer to {e(test.a_name)} and {e(test.y_name)} closer to {e(test.b_name)}"
@@ -56,7 +59,7 @@ def explain(row: dict[str, Any], test: AssociationTest) -> str:
                   "association this strong")
     else:
         chance = (f"splitting the same target words into two groups at random gives an association at least this "
-                  f"strong {p * 100:.2g}% of the time")
+                  f"strong in this direction {p * 100:.2g}% of the time")
     interval = ""
     if not math.isnan(row["ci_low"]):
         crosses = row["ci_low"] <= 0 <= row["ci_high"]
@@ -64,10 +67,15 @@ def explain(row: dict[str, Any], test: AssociationTest) -> str:
                     + ("includes 0: with other words of the same kinds the direction could differ."
                        if crosses else "stays on one side of 0."))
     if "control_effect_size" in row:
+        twin_p = p_in_direction(row["control_effect_size"], row["control_p_value"], row["control_p_reverse"])
         interval += (f" The same architecture with random weights gives d = {row['control_effect_size']:.2f} "
-                     f"(p = {_p(row['control_p_value'])}): what surface form alone produces.")
-    if p < ALPHA:
+                     f"(p = {_p(twin_p)}): what surface form alone produces.")
+    if row["p_value"] < ALPHA:
         return f"{lean}: a {magnitude(d)} effect (d = {d:.2f}); {chance} (p = {_p(p)}).{interval}"
+    if row["p_reverse"] < ALPHA:
+        return (f"Opposite to the direction the test is written in: {lean}, a {magnitude(d)} effect (d = {d:.2f}); "
+                f"{chance} (reverse p = {_p(p)}). It was not the hypothesis tested, so read it as a lead, not a "
+                f"finding.{interval}")
     return (f"No reliable association: {lean} by d = {d:.2f} ({magnitude(d)}), but {chance} (p = {_p(p)}), so "
             f"chance explains it as well.{interval}")
 
@@ -101,15 +109,17 @@ def _test_section(test: AssociationTest, rows: list[dict[str, Any]], gap: float)
     lines = [f"<h3>{e(test.name)} <small>({e(test.category)})</small></h3>", _words(test), _surface(test, rows[0], gap),
              f"<p>Significant (p &lt; {ALPHA}) at {significant} of {len(rows)} layer/pooling pairs. Strongest at layer "
              f"{strongest['layer']} ({e(strongest['pooling'])}): {explain(strongest, test)}</p>",
-             "<table><tr><th>layer</th><th class='text'>pooling</th><th>d</th><th>95% interval</th><th>p</th>"
+             "<table><tr><th>layer</th><th class='text'>pooling</th><th>d</th><th>95% interval</th>"
+             "<th>p (X~A)</th><th>p (X~B)</th>"
              + ("<th>d, random weights</th>" if "control_effect_size" in rows[0] else "")
              + "<th class='text'>in plain words</th></tr>"]
     for r in rows:
-        mark = " class='significant'" if r["p_value"] < ALPHA else ""
+        mark = (" class='significant'" if r["p_value"] < ALPHA else " class='reverse'" if r["p_reverse"] < ALPHA
+                else "")
         exact = "exact" if r["exact"] else f"{r['permutations']:,} random splits"
         lines.append(f"<tr{mark}><td>{r['layer']}</td><td class='text'>{e(r['pooling'])}</td>"
                      f"<td>{r['effect_size']:.3f}</td><td>{_num(r['ci_low'])} to {_num(r['ci_high'])}</td>"
-                     f"<td title='{exact}'>{_p(r['p_value'])}</td>"
+                     f"<td title='{exact}'>{_p(r['p_value'])}</td><td title='{exact}'>{_p(r['p_reverse'])}</td>"
                      + (f"<td>{r['control_effect_size']:.3f}</td>" if "control_effect_size" in r else "")
                      + f"<td class='text'>{explain(r, test)}</td></tr>")
     lines.append("</table>")
@@ -169,7 +179,9 @@ def weat_html(meta: dict[str, Any], rows: Sequence[dict[str, Any]], tests: Seque
         "<i>d</i> counts how many standard deviations apart X and Y lie on the A-versus-B axis: positive means X "
         "leans to A and Y to B, negative the reverse; it lies between -2 and 2, and 0.2 / 0.5 / 0.8 are commonly read "
         "as small / medium / large. The p-value is the share of random re-splits of the target words that show an "
-        "association at least as strong. Rows with p &lt; 0.05 are shaded.</p>",
+        "association at least as strong in the same direction. p (X~A) is WEAT's one-sided test as the sets are "
+        "written: rows with p &lt; 0.05 are shaded orange. p (X~B) is the same test the other way round: rows "
+        "significant only that way are shaded blue (each is a 5% test; reading both doubles the false alarms).</p>",
         _png(heatmap, "effect size per test and layer"),
         "<h2>Results per test</h2>",
     ]

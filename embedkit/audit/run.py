@@ -32,7 +32,7 @@ from ..config import ExtractConfig
 from ..errors import ConfigError, InputError
 from .groups import DEFAULT_GROUP_PERMUTATIONS, group_separation
 from .testsets import BUILTIN_TESTS, AssociationTest, load_tests
-from .weat import DEFAULT_BOOTSTRAP, DEFAULT_PERMUTATIONS, EXACT_LIMIT, weat
+from .weat import DEFAULT_BOOTSTRAP, DEFAULT_PERMUTATIONS, EXACT_LIMIT, p_in_direction, weat
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,15 @@ FILE_GROUPS = "groups.csv"
 FILE_PAIRS = "group_pairs.csv"
 DEFAULT_POOLING = ("mean",)
 COLUMNS = ("test", "category", "layer", "pooling", "effect_size", "p_value", "ci_low", "ci_high", "n_x", "n_y", "n_a",
-           "n_b", "permutations", "exact", "tokens_x", "tokens_y")
+           "n_b", "permutations", "exact", "p_reverse", "tokens_x", "tokens_y")
 # Target sets whose words differ by this many tokens on average differ in surface form as well as in meaning; the
 # report says so. A GPT-2-shaped model with random weights showed d ~ 1 on the built-in names test at every layer
 # (benchmarks/RESULTS.md): tokenisation alone can produce an association.
 TOKEN_GAP_WARNING = 0.5
+
+
+def _p_dir(row: dict[str, Any]) -> float:
+    return p_in_direction(row["effect_size"], row["p_value"], row["p_reverse"])
 
 
 @dataclass
@@ -84,7 +88,8 @@ class AuditResult:
             best = max(rows, key=lambda r: abs(r["effect_size"]))
             hits = sum(r["p_value"] < 0.05 for r in rows)
             lines.append(f"  {test.name:<{width}}  {hits:>5} / {len(rows):<4}  {best['layer']:>15}  "
-                         f"{best['pooling']:<9}{best['effect_size']:>+7.3f}  {best['p_value']:>8.4g}")
+                         f"{best['pooling']:<9}{best['effect_size']:>+7.3f}  {_p_dir(best):>8.4g}")
+        lines.append("  (significant: WEAT's one-sided p < 0.05 as the test is written; p: in the direction of d)")
         lines.append(f"report -> {self.output_dir} ({FILE_HTML}, {FILE_PLOT}, {FILE_TABLE}, {FILE_CSV}, {MANIFEST})")
         return "\n".join(lines)
 
@@ -228,7 +233,8 @@ def audit_model(
                     # Same seed stream as the audited model: the two p-values differ only through the vectors.
                     twin = weat(*sets, permutations=permutations, bootstrap=0, exact_limit=exact_limit,
                                 seed=[seed, t, c])
-                    row.update(control_effect_size=twin.effect_size, control_p_value=twin.p_value)
+                    row.update(control_effect_size=twin.effect_size, control_p_value=twin.p_value,
+                               control_p_reverse=twin.p_reverse)
                 rows.append(row)
         t_stats = time.perf_counter() - t0
 
@@ -252,7 +258,8 @@ def audit_model(
             "versions": library_versions("numpy"),
         }
         panels = rows + ([{**r, "pooling": f"{r['pooling']}, random weights", "effect_size": r["control_effect_size"],
-                           "p_value": r["control_p_value"]} for r in rows] if control else [])
+                           "p_value": r["control_p_value"], "p_reverse": r["control_p_reverse"]} for r in rows]
+                         if control else [])
         png = heatmap_png(panels, title or f"{'/'.join(Path(config.model).parts[-2:])}: WEAT effect size per layer")
         stage.path(FILE_PLOT).write_bytes(png)
         _write_table(rows, stage.path(FILE_TABLE), stage.path(FILE_CSV))

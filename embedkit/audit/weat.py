@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +53,11 @@ class WeatResult:
     n_b: int
     permutations: int  # re-partitions evaluated (all of them when exact)
     exact: bool
+    p_reverse: float  # the one-sided p of the opposite direction (X~B, Y~A)
+
+    @property
+    def p_in_direction(self) -> float:
+        return p_in_direction(self.effect_size, self.p_value, self.p_reverse)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,13 +84,30 @@ def effect_size(s_x: np.ndarray, s_y: np.ndarray) -> float:
     return float((np.mean(s_x) - np.mean(s_y)) / spread)
 
 
+class Permutations(NamedTuple):
+    p: float  # share of re-partitions whose statistic is >= the observed one (WEAT's one-sided p)
+    p_reverse: float  # share whose statistic is <= the observed one (the same test in the other direction)
+    permutations: int
+    exact: bool
+
+
+def p_in_direction(effect_size: float, p: float, p_reverse: float) -> float:
+    """The one-sided p in the direction the effect points to: ``p`` for d >= 0, ``p_reverse`` for d < 0.
+
+    WEAT's p tests the direction its sets are written in (X~A). A user's test may be written the other way round;
+    a large negative d is an association too, and must not read as "none". Reading both tails at alpha each is a
+    two-sided test at 2 * alpha; the report says which direction each p belongs to.
+    """
+    return p if effect_size >= 0 or math.isnan(p_reverse) else p_reverse
+
+
 def permutation_p(s: np.ndarray, n_x: int, *, permutations: int = DEFAULT_PERMUTATIONS, exact_limit: int = EXACT_LIMIT,
-                  rng: np.random.Generator | None = None) -> tuple[float, int, bool]:
-    """One-sided p-value of ``sum(s[:n_x]) - sum(s[n_x:])`` over re-partitions of ``s`` into n_x and the rest.
+                  rng: np.random.Generator | None = None) -> Permutations:
+    """One-sided p-values of ``sum(s[:n_x]) - sum(s[n_x:])`` over re-partitions of ``s`` into n_x and the rest.
 
     Exact (every partition, the observed one included) when there are at most ``exact_limit``; else
     ``permutations`` random ones and ``p = (1 + hits) / (1 + permutations)``, which is never 0 and keeps the
-    test's false-positive rate at or below alpha (Phipson & Smyth 2010). Returns (p, partitions evaluated, exact).
+    test's false-positive rate at or below alpha (Phipson & Smyth 2010). Both tails come from the same draws.
     """
     s = np.asarray(s, dtype=np.float64)
     n = len(s)
@@ -97,27 +120,31 @@ def permutation_p(s: np.ndarray, n_x: int, *, permutations: int = DEFAULT_PERMUT
     tol = 1e-9 * (np.abs(s).sum() + 1e-300)
     total = math.comb(n, n_x)
     if total <= exact_limit:
-        hits = 0
+        hits, low = 0, 0
         chunk = max(1, _CHUNK_ELEMENTS // n_x)
         combos = itertools.combinations(range(n), n_x)
         while True:
             block = np.fromiter(itertools.chain.from_iterable(itertools.islice(combos, chunk)), dtype=np.int64)
             if block.size == 0:
                 break
-            hits += int((s[block.reshape(-1, n_x)].sum(axis=1) >= observed - tol).sum())
-        return hits / total, total, True
+            sums = s[block.reshape(-1, n_x)].sum(axis=1)
+            hits += int((sums >= observed - tol).sum())
+            low += int((sums <= observed + tol).sum())
+        return Permutations(hits / total, low / total, total, True)
     if permutations < 1:
         raise ConfigError(f"permutations must be at least 1, got {permutations}")
     rng = rng if rng is not None else np.random.default_rng(0)
-    hits, done = 0, 0
+    hits, low, done = 0, 0, 0
     chunk = max(1, _CHUNK_ELEMENTS // n)
     while done < permutations:
         m = min(chunk, permutations - done)
         # The positions of the n_x smallest of n uniform draws are a uniformly random n_x-subset: m of them at once.
         chosen = np.argpartition(rng.random((m, n)), n_x - 1, axis=1)[:, :n_x]
-        hits += int((s[chosen].sum(axis=1) >= observed - tol).sum())
+        sums = s[chosen].sum(axis=1)
+        hits += int((sums >= observed - tol).sum())
+        low += int((sums <= observed + tol).sum())
         done += m
-    return (1 + hits) / (1 + permutations), permutations, False
+    return Permutations((1 + hits) / (1 + permutations), (1 + low) / (1 + permutations), permutations, False)
 
 
 def _counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -182,16 +209,16 @@ def weat(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, permutat
     s = cos_a.mean(axis=1) - cos_b.mean(axis=1)
     n_x = len(x)
     rng_perm, rng_boot = (np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2))
-    p, evaluated, exact = permutation_p(s, n_x, permutations=permutations, exact_limit=exact_limit, rng=rng_perm)
+    tails = permutation_p(s, n_x, permutations=permutations, exact_limit=exact_limit, rng=rng_perm)
     low, high = bootstrap_interval(cos_a, cos_b, n_x, resamples=bootstrap, rng=rng_boot)
     return WeatResult(
-        effect_size=effect_size(s[:n_x], s[n_x:]), p_value=float(p), ci_low=low, ci_high=high,
+        effect_size=effect_size(s[:n_x], s[n_x:]), p_value=float(tails.p), ci_low=low, ci_high=high,
         statistic=float(s[:n_x].sum() - s[n_x:].sum()), n_x=n_x, n_y=len(y), n_a=len(a), n_b=len(b),
-        permutations=evaluated, exact=exact,
+        permutations=tails.permutations, exact=tails.exact, p_reverse=float(tails.p_reverse),
     )
 
 
 __all__ = [
-    "DEFAULT_BOOTSTRAP", "DEFAULT_PERMUTATIONS", "EXACT_LIMIT", "WeatResult", "associations", "bootstrap_interval",
-    "effect_size", "permutation_p", "unit_rows", "weat",
+    "DEFAULT_BOOTSTRAP", "DEFAULT_PERMUTATIONS", "EXACT_LIMIT", "Permutations", "WeatResult", "associations",
+    "bootstrap_interval", "effect_size", "p_in_direction", "permutation_p", "unit_rows", "weat",
 ]
