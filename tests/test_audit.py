@@ -495,7 +495,12 @@ def test_audit_features_reports_group_separation_per_column(features_file, tmp_p
     assert all(0 < float(r["p_value"]) <= 1 for r in rows)
     page = opened.path(FILE_HTML).read_text(encoding="utf-8")
     assert "embedding_l2_mean" in page and "http" not in page
+    one = run("audit", "--features", features, "--group-column", "label", "--column", "embedding_l2_mean",
+              "--permutations", 100, "--cv", 3, "-o", tmp_path / "one")
+    assert one.exit_code == 0 and "embedding_l2_mean" in one.output and "embedding_l0_mean" not in one.output
     assert run("audit", "--features", features, "-o", tmp_path / "x").exit_code == 2  # no --group-column
+    assert run("audit", "--features", features, "--group-column", "label", "--column", "embedding_l9_mean",
+               "-o", tmp_path / "z").exit_code == 3
     missing = run("audit", "--features", features, "--group-column", "nope", "-o", tmp_path / "y")
     assert missing.exit_code == 3 and "nope" in missing.output
 
