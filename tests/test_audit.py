@@ -216,6 +216,7 @@ def test_a_user_test_file_loads(tmp_path):
     (("y = [\"rifle\", \"sword\", \"cannon\"]", "y = [\"rifle\", \"rifle\"]"), "'y'", "listed twice"),
     (("y = [\"rifle\", \"sword\", \"cannon\"]", "y = [\"rifle\", \"saw\"]"), "'x' and 'y'", "in both"),
     (("name = \"tools-weapons\"", "name = 7"), "'name'", "valid string"),
+    (("a = [\"useful\", \"safe\"]", "a = [" + ", ".join(f'"w{i}"' for i in range(1001)) + "]"), "'a'", "at most 1000"),
 ])
 def test_a_bad_test_file_names_file_test_and_key(tmp_path, change, key, words):
     path = write_toml(tmp_path, GOOD_TEST.replace(*change))

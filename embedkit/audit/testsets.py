@@ -34,6 +34,7 @@ BARE = (SLOT,)
 THING_TEMPLATES = ("This is {}.", "That is {}.", "There is {}.", "Here is {}.", "It is about {}.")
 PERSON_TEMPLATES = ("This is {}.", "That is {}.", "{} is here.", "{} is there.", "Here is {}.")
 MAX_TEST_FILE_BYTES = 4 << 20  # a test file is a few kilobytes; a huge one is a mistake
+MAX_WORDS = 1_000  # per list
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ def _schema():
     from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
     Word = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=200)]
-    Words = Annotated[list[Word], Field(min_length=1, max_length=10_000)]
+    # WEAT sets are a few dozen words; the cap keeps the cosine matrix of one test (targets x attributes) at a few
+    # megabytes instead of letting a pasted vocabulary allocate gigabytes.
+    Words = Annotated[list[Word], Field(min_length=1, max_length=MAX_WORDS)]
     Name = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=200)]
 
     class TestSpec(BaseModel):
