@@ -495,7 +495,8 @@ def test_audit_features_reports_group_separation_per_column(features_file, tmp_p
     assert [(r["column"], r["layer"]) for r in rows] == [("embedding_l0_mean", "0"), ("embedding_l2_mean", "2")]
     assert all(0 < float(r["p_value"]) <= 1 for r in rows)
     page = opened.path(FILE_HTML).read_text(encoding="utf-8")
-    assert "embedding_l2_mean" in page and "http" not in page
+    assert "embedding_l2_mean" in page and "http" not in page and "data:image/png;base64," in page
+    assert opened.path("groups.png").read_bytes()[:4] == b"\x89PNG"
     one = run("audit", "--features", features, "--group-column", "label", "--column", "embedding_l2_mean",
               "--permutations", 100, "--cv", 3, "-o", tmp_path / "one")
     assert one.exit_code == 0 and "embedding_l2_mean" in one.output and "embedding_l0_mean" not in one.output

@@ -61,4 +61,34 @@ def heatmap_png(rows: Sequence[dict[str, Any]], title: str, *, dpi: int = 100) -
     return out.getvalue()
 
 
-__all__ = ["D_LIMIT", "heatmap_png"]
+def separation_png(rows: Sequence[dict[str, Any]], title: str, *, dpi: int = 100) -> bytes:
+    """PNG bytes: how well a linear probe predicts the group, per layer (one line per pooling), against the share
+    of the largest group (what guessing gets); a hollow marker where the permutation test is not significant."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for pooling in dict.fromkeys(r["pooling"] for r in rows):
+        mine = sorted((r for r in rows if r["pooling"] == pooling), key=lambda r: r["layer"])
+        x = [r["layer"] for r in mine]
+        (line,) = ax.plot(x, [r["probe_accuracy"] for r in mine], label=f"probe accuracy ({pooling})")
+        for r in mine:
+            filled = r["p_value"] < ALPHA
+            ax.plot([r["layer"]], [r["probe_accuracy"]], marker="o", linestyle="none", color=line.get_color(),
+                    markerfacecolor=line.get_color() if filled else "white")
+    ax.axhline(rows[0]["majority_share"], color="grey", linestyle="--", label="majority share (guessing)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(sorted({r["layer"] for r in rows}))
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("accuracy at predicting the group")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    fig.suptitle(f"{title}  (filled: spread p < {ALPHA})", fontsize="medium")
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=dpi)
+    return out.getvalue()
+
+
+__all__ = ["D_LIMIT", "heatmap_png", "separation_png"]

@@ -201,7 +201,8 @@ def _group_reading(row: dict[str, Any]) -> str:
             "use group membership, wanted or not; check its errors per group.")
 
 
-def groups_html(meta: dict[str, Any], rows: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]) -> str:
+def groups_html(meta: dict[str, Any], rows: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]],
+                figure: bytes) -> str:
     """The report of ``embedkit audit --features F --group-column COL``."""
     e = html.escape
     body = [
@@ -215,6 +216,7 @@ def groups_html(meta: dict[str, Any], rows: Sequence[dict[str, Any]], pairs: Seq
         f"{meta['cv']} folds) predicts the group from the vector, against always guessing the largest group; the "
         "between-group spread of the unit-length vectors and its permutation p-value "
         f"({meta['permutations']:,} random relabellings); and the cosine distance between group centroids.</p>",
+        _png(figure, "probe accuracy per layer"),
         "<table><tr><th class='text'>column</th><th>layer</th><th class='text'>pooling</th><th>probe accuracy</th>"
         "<th>majority share</th><th>spread</th><th>p</th><th class='text'>in plain words</th></tr>",
     ]

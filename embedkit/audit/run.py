@@ -12,6 +12,9 @@ The directory holds::
     audit.png                  heatmap of d, tests x layers, one panel per pooling
     audit.html                 self-contained report: every result in plain words, and the method's limits
     audit.json                 manifest (written last): settings, the tests' words and templates, timings, digests
+
+``audit_features`` writes groups.csv (per embedding column: probe accuracy, majority share, spread, p),
+group_pairs.csv (centroid cosine distances), groups.png (probe accuracy per layer), audit.html and audit.json.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ FILE_PLOT = "audit.png"
 FILE_HTML = "audit.html"
 FILE_GROUPS = "groups.csv"
 FILE_PAIRS = "group_pairs.csv"
+FILE_GROUPS_PLOT = "groups.png"
 DEFAULT_POOLING = ("mean",)
 COLUMNS = ("test", "category", "layer", "pooling", "effect_size", "p_value", "ci_low", "ci_high", "n_x", "n_y", "n_a",
            "n_b", "permutations", "exact", "p_reverse", "tokens_x", "tokens_y")
@@ -296,6 +300,7 @@ def audit_features(
     import pyarrow.compute as pc
 
     from ..store import open_features
+    from .figures import separation_png
     from .report import groups_html
 
     feats = open_features(features)
@@ -331,7 +336,9 @@ def audit_features(
         }
         _write_table(rows, None, stage.path(FILE_GROUPS))
         _write_table(pairs, None, stage.path(FILE_PAIRS))
-        stage.path(FILE_HTML).write_text(groups_html(meta, rows, pairs), encoding="utf-8")
+        png = separation_png(rows, f"{Path(features).name}: groups of {group_column!r}")
+        stage.path(FILE_GROUPS_PLOT).write_bytes(png)
+        stage.path(FILE_HTML).write_text(groups_html(meta, rows, pairs, png), encoding="utf-8")
         manifest = stage.seal(meta)
     return AuditResult(output_dir=output_dir, rows=rows, manifest=manifest)
 
