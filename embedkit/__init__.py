@@ -34,6 +34,8 @@ _LAZY = {
     "Index": "embedkit.index",
     "probe_file": "embedkit.probe",
     "run_pipeline": "embedkit.pipeline",
+    "audit_model": "embedkit.audit",
+    "audit_features": "embedkit.audit",
 }
 
 

@@ -89,6 +89,7 @@ def quiet_libraries(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
+from . import audit as _audit  # noqa: E402, F401
 from . import classify as _classify  # noqa: E402, F401
 from . import cluster as _cluster  # noqa: E402, F401
 from . import embed as _embed  # noqa: E402, F401  (commands register themselves on the group)
