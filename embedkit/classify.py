@@ -193,6 +193,7 @@ class TrainingData:
     skipped_null_embeddings: int = 0
     skipped_null_labels: int = 0
     skipped_non_finite: int = 0
+    groups: np.ndarray | None = None  # one group label per row of X (``--group-column``), for per-group metrics
 
     @property
     def class_counts(self) -> dict[Any, int]:
@@ -218,7 +219,14 @@ def _labels_array(values: pa.ChunkedArray, column: str) -> np.ndarray:
     )
 
 
-def load_training_data(features: str | Path | Features, label_column: str, column: str | None = None) -> TrainingData:
+def _group_values(values: pa.ChunkedArray) -> np.ndarray:
+    # Groups are categories shown by name; a missing value is a group of its own, never silently dropped.
+    return np.array(["(missing)" if v is None else str(v) for v in values.to_pylist()], dtype=object)
+
+
+def load_training_data(
+    features: str | Path | Features, label_column: str, column: str | None = None, group_column: str | None = None
+) -> TrainingData:
     """Read one embedding column and the labels, skipping rows with a null embedding or a null label.
 
     Rows whose vector holds NaN or infinity are skipped and counted too, as the cluster stage does: the embed stage
@@ -233,7 +241,9 @@ def load_training_data(features: str | Path | Features, label_column: str, colum
         )
     if label_column == column or label_column.startswith("embedding"):
         raise ConfigError(f"label column {label_column!r} is an embedding column; name the column holding the classes")
-    X, table, null_embeddings = feats.load(column, extra=[label_column])
+    if group_column is not None:
+        feats.require_columns([group_column])
+    X, table, null_embeddings = feats.load(column, extra=[label_column, *([group_column] if group_column else [])])
     labels = table.column(label_column)
     present = pc.is_valid(labels)
     if pa.types.is_floating(labels.type):
@@ -255,6 +265,7 @@ def load_training_data(features: str | Path | Features, label_column: str, colum
         skipped_null_embeddings=null_embeddings,
         skipped_null_labels=null_labels,
         skipped_non_finite=non_finite,
+        groups=_group_values(kept.column(group_column)) if group_column else None,
     )
     if null_embeddings:
         log.info("skipped %d row(s) with a null embedding (rows the embed stage could not embed)", null_embeddings)
@@ -428,6 +439,12 @@ class TrainResult:
                 spread = f" (folds: {np.mean(ev['fold_accuracy']):.4f} +/- {np.std(ev['fold_accuracy']):.4f})"
             lines.append(f"{how}: accuracy {m['accuracy']:.4f}{spread}, macro-F1 {m['macro_f1']:.4f}")
             lines.append(format_report(m))
+        if m.get("groups"):
+            from .audit.groups import format_groups  # the audit package loads torch: only when groups were asked
+
+            lines.append(f"per group of {m['group_column']!r}:\n" + format_groups(m["groups"]))
+        elif m.get("group_column"):
+            lines.append(f"per group of {m['group_column']!r}: nothing was evaluated (--test-size 0 without --cv)")
         lines.append(f"model -> {self.model_dir} (fitted on {m['fit_rows']} rows)")
         return "\n".join(lines)
 
@@ -484,13 +501,15 @@ def train(
     refit: bool = False,
     overwrite: bool = False,
     wait: bool = False,
+    group_column: str | None = None,
 ) -> TrainResult:
     """Fit a classifier on a features file, evaluate it, and write a model directory.
 
     Evaluation is a stratified hold-out of ``test_size`` (the saved model is the one evaluated, fitted on the
     rest; ``refit`` fits it again on every row after evaluating), or with ``cv`` a stratified K-fold
     cross-validation whose out-of-fold predictions give the metrics (the saved model is fitted on every row).
-    ``test_size`` 0 without ``cv`` fits on every row and evaluates nothing.
+    ``test_size`` 0 without ``cv`` fits on every row and evaluates nothing. With ``group_column``, the evaluated rows'
+    accuracy and error rates are also reported per group of that column (``metrics["groups"]``).
 
     The model directory's lock is held from before the features are read until the new directory is switched in
     (``wait`` waits for another writer instead of failing); until then an existing model stays whole and loadable.
@@ -518,12 +537,24 @@ def train(
         wait=wait,
         former_names=(MODEL_FILE, METRICS_FILE, CONFUSION_PNG, EVAL_PREDICTIONS),
     ) as stage:
-        data = load_training_data(features, label_column, column)
+        data = load_training_data(features, label_column, column, group_column)
         estimator, metrics, evaluated, eval_pred, fold = _fit_and_evaluate(
             data, label_column, classifier, options, cv=cv, test_size=test_size, seed=seed, refit=refit
         )
+        if data.groups is not None:
+            metrics["group_column"] = group_column
+            metrics["groups"] = _group_report(data, evaluated, eval_pred)
         _write_model_dir(stage, estimator, data, metrics, evaluated, eval_pred, fold)
     return TrainResult(model_dir=model_dir, metrics=metrics)
+
+
+def _group_report(data: TrainingData, evaluated: np.ndarray, eval_pred: np.ndarray) -> dict[str, Any] | None:
+    """Per-group accuracy and error rates of the evaluated rows (None when nothing was evaluated)."""
+    from .audit.groups import group_metrics
+
+    if not len(evaluated) or data.groups is None:
+        return None
+    return group_metrics(data.y[evaluated], eval_pred[evaluated], data.groups[evaluated]).to_dict()
 
 
 def _fit_and_evaluate(

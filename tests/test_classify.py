@@ -305,3 +305,33 @@ def test_ridge_records_its_chosen_penalty_and_reloads_safely(features, tmp_path)
     assert model.predict_vectors(np.zeros((2, model.dim)))[0].shape == (2,)
     run("train", features, "-y", "label", "-o", tmp_path / "fixed", "--classifier", "ridge", "--alpha", 3)
     assert "chosen_alpha" not in json.loads((tmp_path / "fixed" / "metrics.json").read_text())
+
+
+def test_train_reports_accuracy_and_error_rates_per_group(features_file, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from embedkit.cli import cli
+
+    path = features_file(n=90)
+    table = pq.read_table(path)
+    groups = ["north" if i % 3 else "south" for i in range(table.num_rows)]
+    groups[5] = None  # a missing group is a group of its own
+    pq.write_table(table.append_column("region", pa.array(groups)), path)
+    result = CliRunner().invoke(
+        cli, ["train", str(path), "--label-column", "label", "-o", str(tmp_path / "m"), "--group-column", "region"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "per group of 'region'" in result.output and "accuracy gap between groups" in result.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    report = metrics["groups"]
+    assert {g["group"] for g in report["groups"]} <= {"north", "south", "(missing)"}
+    assert sum(g["rows"] for g in report["groups"]) == report["overall"]["rows"] == metrics["evaluation"]["n_test"]
+    assert report["overall"]["accuracy"] == pytest.approx(metrics["accuracy"])
+    missing = CliRunner().invoke(
+        cli, ["train", str(path), "--label-column", "label", "-o", str(tmp_path / "m2"), "--group-column", "nope"]
+    )
+    assert missing.exit_code == 3 and "nope" in missing.output

@@ -65,20 +65,31 @@ class GroupMetrics:
         )
 
     def format(self) -> str:
-        """A table: one line per group under the overall line; per-class miss rates (1 - recall) at the right."""
-        width = max(7, *(len(g["group"]) for g in self.groups))
-        head = f"  {'group':<{width}}  {'rows':>6}  {'accuracy':>8}  {'error':>6}  " + "  ".join(
-            f"miss[{c}]" for c in self.classes
+        return format_groups(self.to_dict())
+
+
+def format_groups(report: dict[str, Any]) -> str:
+    """A table of a ``GroupMetrics.to_dict()`` report: the overall line, one line per group, per-class miss rates
+    (1 - recall) at the right, and the accuracy gap. Also used by ``train``'s summary, which keeps only the dict."""
+    classes, groups = report["classes"], report["groups"]
+    width = max(7, *(len(g["group"]) for g in groups))
+    head = f"  {'group':<{width}}  {'rows':>6}  {'accuracy':>8}  {'error':>6}  " + "  ".join(
+        f"miss[{c}]" for c in classes
+    )
+    lines = [head]
+    for row in [{**report["overall"], "group": "overall"}, *groups]:
+        misses = "  ".join(_rate(row["miss_rate"].get(c), len(c) + 6) for c in classes)
+        lines.append(
+            f"  {row['group']:<{width}}  {row['rows']:>6}  {_rate(row['accuracy'], 8, 4)}  "
+            f"{_rate(row['error_rate'], 6, 4)}  " + misses
         )
-        lines = [head]
-        for row in [{**self.overall, "group": "overall"}, *self.groups]:
-            misses = "  ".join(f"{row['miss_rate'].get(c, float('nan')):>{len(c) + 6}.3f}" for c in self.classes)
-            lines.append(
-                f"  {row['group']:<{width}}  {row['rows']:>6}  {row['accuracy']:>8.4f}  "
-                f"{row['error_rate']:>6.4f}  " + misses
-            )
-        lines.append(f"  accuracy gap between groups: {self.gap:.4f}")
-        return "\n".join(lines)
+    lines.append(f"  accuracy gap between groups: {report['accuracy_gap']:.4f}")
+    return "\n".join(lines)
+
+
+def _rate(value: float | None, width: int, digits: int = 3) -> str:
+    # null in the JSON (no row to measure the rate on) reads as "-", not as a rate of 0
+    return f"{'-':>{width}}" if value is None or value != value else f"{value:>{width}.{digits}f}"
 
 
 def _rates(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:

@@ -68,6 +68,11 @@ from .embed import split_commas
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing model directory (kept whole until the new one is complete)."
 )
+@click.option(
+    "--group-column",
+    default=None,
+    help="Also report accuracy and error rates per group of this column (e.g. a demographic attribute).",
+)
 @wait_option
 def train(
     features,
@@ -89,6 +94,7 @@ def train(
     class_weight,
     no_standardize,
     overwrite,
+    group_column,
     wait,
 ):
     """Train a classifier on the vectors of a FEATURES Parquet; write metrics, a confusion matrix and the model."""
@@ -119,6 +125,7 @@ def train(
         refit=refit,
         overwrite=overwrite,
         wait=wait,
+        group_column=group_column,
     )
     click.echo(result.summary())
 
