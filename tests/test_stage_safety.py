@@ -647,3 +647,36 @@ def test_outputs_of_an_earlier_embedkit_are_replaced_only_with_overwrite_and_a_u
     result = run("cluster", path, "-o", mine, "--k", 2, "-q", "--overwrite")
     assert result.exit_code == 5 and "refusing" in result.output
     assert (mine / "notes.txt").read_text() == "precious"
+
+
+def test_kill_during_probe_overwrite_leaves_the_old_or_the_new_report(tiny_gpt2_shared, write_csv, tmp_path):
+    from conftest import sample_texts
+
+    from embedkit import ExtractConfig
+    from embedkit.probe import load_report, probe_file
+
+    texts = sample_texts(40, seed=11)
+    source = write_csv([{"text": t, "label": "ab"[i % 2]} for i, t in enumerate(texts)], name="labelled.csv")
+    out = tmp_path / "report"
+
+    def shape() -> tuple[int, ...]:
+        report = load_report(out)  # every file verified against the manifest
+        return tuple(sorted({row["layer"] for row in report.summary["table"]}))
+
+    def old():
+        assert shape() == (1,)
+        return "old"
+
+    def new():
+        assert shape() == (0, 1, 2)
+        return "new"
+
+    config = ExtractConfig(model=tiny_gpt2_shared)
+    _kill_at_increasing_moments(
+        out,
+        lambda: probe_file(source, "label", out, config, layers=[1], cv=2, overwrite=True, progress=False),
+        ("probe", source, "-y", "label", "-o", out, "--model", tiny_gpt2_shared, "--cv", 2, "--overwrite", "-q"),
+        old,
+        new,
+        trials=4,
+    )
