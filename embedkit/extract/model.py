@@ -6,6 +6,8 @@ import fnmatch
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +234,25 @@ def _hub_commit(name: str, revision: str | None, model_config) -> str | None:
     return commit if isinstance(commit, str) and commit else None
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar unless embedkit's own log shows INFO (``-v``).
+
+    A sub-second bar on every model load buried the one summary line a command prints; transformers' switch is
+    process-wide, so it is put back as it was.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not log.isEnabledFor(logging.INFO):
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
     """Load ``config.model`` (hub id, local directory or cached id) for inference.
 
@@ -263,9 +284,10 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
         _check_expected(config, name, fingerprint)
     tokenizer = _from_pretrained(AutoTokenizer, name, **common)
     try:
-        model = AutoModel.from_pretrained(
-            name, config=model_config, use_safetensors=True, dtype=torch.float32, **common
-        )
+        with _quiet_transformers():
+            model = AutoModel.from_pretrained(
+                name, config=model_config, use_safetensors=True, dtype=torch.float32, **common
+            )
     except (EmbedkitError, MemoryError):
         raise
     except (OSError, ValueError) as exc:
