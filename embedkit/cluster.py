@@ -17,9 +17,10 @@ Pre-processing (measured; see ``benchmarks/cluster_quality.py`` and the README n
 GPT-2 hidden states are strongly anisotropic: they share a large common component (raw cosine similarities
 are all near 1) and a few "rogue" dimensions whose variance is orders of magnitude above the rest and carries
 little meaning. K-means on such vectors splits along the rogue dimensions and ignores the content. The
-defaults come from this measurement, with k-means k-means (k = 43 categories, 5 seeds) on 3,726 Debian fortunes embedded by all-MiniLM-L6-v2
-(mean pooling, not normalised), and on "GPT-2-shaped" copies of the same vectors (rotated into 768-d, plus a
-large common offset and three rogue dimensions with large, meaningless variance; mean cosine 0.99):
+defaults come from this measurement, with k-means (k = 43 categories, 5 seeds) on 3,726 Debian fortunes
+embedded by all-MiniLM-L6-v2 (mean pooling, not normalised), and on "GPT-2-shaped" copies of the same vectors
+(rotated into 768-d, plus a large common offset and three rogue dimensions with large, meaningless variance;
+mean cosine 0.99):
 
 =================================  =========  ===========
 NMI against the categories          MiniLM     GPT-2-shaped

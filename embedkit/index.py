@@ -413,7 +413,8 @@ class BuildReport:
         out = [
             f"{self.rows:,} vectors (dim {self.dim}, {self.metric}) -> {self.directory}",
             f"kind {self.kind} ({self.factory}){': ' + self.reason if self.reason else ''}",
-            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, peak memory {human_bytes(self.peak_rss_bytes)}",
+            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, "
+            f"peak memory {human_bytes(self.peak_rss_bytes)}",
         ]
         if self.recall_at_10 is not None:
             reached = (
