@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -781,7 +781,7 @@ def _refuse_older_format(model_dir: Path) -> None:
         )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -931,7 +931,9 @@ class _OutputWriter:
     """Streams prediction tables to Parquet, CSV or JSONL into the temp file ``artefact.writing_file`` renames."""
 
     def __init__(self, tmp: Path, kind: str) -> None:
-        self.tmp, self.kind, self.writer, self.schema = tmp, kind, None, None
+        self.tmp, self.kind = tmp, kind
+        self.writer: Any = None  # a ParquetWriter, a CSVWriter or a text file, chosen by kind on the first write
+        self.schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
         if self.schema is None:
@@ -978,7 +980,7 @@ def _prediction_table(
     predicted: list[Any] = [None] * len(valid)
     for i, label in zip(rows, labels.tolist()):
         predicted[i] = label
-    label_type = {"int": pa.int64(), "bool": pa.bool_()}.get(model.manifest.get("label_type"), pa.string())
+    label_type = {"int": pa.int64(), "bool": pa.bool_()}.get(model.manifest.get("label_type", ""), pa.string())
     table = base.append_column("status", status).append_column("prediction", pa.array(predicted, type=label_type))
     if proba is not None:
         for k, label in enumerate(model.classes):

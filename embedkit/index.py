@@ -698,7 +698,8 @@ def build_index(
         ids = pa.concat_tables(tables)
         _check_ids(ids, feats.path)
 
-        params, recall, qps = {}, None, None
+        params: dict[str, Any] = {}
+        recall, qps = None, None
         if heap is not None and len(samples.queries):
             heap.finalize()
             truth = _drop_self(heap.I, samples.query_positions, k_eval)

@@ -344,7 +344,9 @@ def _resolve(stage: str) -> tuple[Callable[..., Any], Any]:
     """The library function and options class of a stage, imported only when a file names the stage."""
     module_name, func_path, options_name, *_ = _SPECS[stage]
     module = importlib.import_module(f"embedkit.{module_name}")
-    func = functools.reduce(getattr, func_path.split("."), module)
+    func: Any = module
+    for part in func_path.split("."):  # "Index.search_file": a method, looked up through its class
+        func = getattr(func, part)
     return func, getattr(module, options_name) if options_name else None
 
 

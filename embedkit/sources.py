@@ -265,7 +265,7 @@ class Source:
                     error = f"line {line_no}: a JSON {type(obj).__name__}, not an object"
             except json.JSONDecodeError as exc:
                 error = f"line {line_no}: malformed JSON ({exc.msg})"
-            record = obj if error is None else {}
+            record = obj if isinstance(obj, dict) else {}  # a dict exactly when there is no error
             _append(chunk, self._row_dict(record.get, error))
             if len(chunk["text"]) >= rows:
                 yield chunk
