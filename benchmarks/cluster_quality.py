@@ -136,10 +136,12 @@ def main() -> None:
     diff = float(np.mean(ours) - np.mean(hand))
     print(f"{rows:,} fortunes, {k} categories, vectors: all-MiniLM-L6-v2 mean pooling + L2 ({features})")
     print(
-        f"sklearn KMeans(k={k}) by hand   NMI {np.mean(hand):.4f} ± {np.std(hand):.4f}  seeds {[round(v, 4) for v in hand]}"
+        f"sklearn KMeans(k={k}) by hand   NMI {np.mean(hand):.4f} ± {np.std(hand):.4f}  "
+        f"seeds {[round(v, 4) for v in hand]}"
     )
     print(
-        f"embedkit cluster --k {k:<10} NMI {np.mean(ours):.4f} ± {np.std(ours):.4f}  seeds {[round(v, 4) for v in ours]}"
+        f"embedkit cluster --k {k:<10} NMI {np.mean(ours):.4f} ± {np.std(ours):.4f}  "
+        f"seeds {[round(v, 4) for v in ours]}"
     )
     print(f"difference (embedkit - by hand)  {diff:+.4f}  -> {'within' if abs(diff) <= BAR else 'OUTSIDE'} ±{BAR}")
 

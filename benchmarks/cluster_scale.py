@@ -105,7 +105,8 @@ def main() -> None:
     write_synthetic(data, args.rows, args.dim, args.clusters, args.seed)
     raw_mib = args.rows * args.dim * 4 / 2**20
     print(
-        f"data: {args.rows:,} x {args.dim} float32 = {raw_mib:,.0f} MiB in memory, {data.stat().st_size / 2**20:,.0f} MiB "
+        f"data: {args.rows:,} x {args.dim} float32 = {raw_mib:,.0f} MiB in memory, "
+        f"{data.stat().st_size / 2**20:,.0f} MiB "
         f"on disk, {args.clusters} planted clusters (written in {time.perf_counter() - t0:.1f}s)"
     )
     embedkit = [str(Path(sys.executable).with_name("embedkit"))]
@@ -113,7 +114,8 @@ def main() -> None:
     seconds, rss, _, _ = run_child([*embedkit, "info", str(data)])
     print(f"{'baseline: embedkit info (imports only)':<46} {seconds:7.1f}s  peak RSS {rss:7.0f} MiB")
     print(
-        f"{'configuration':<46} {'wall':>8}  {'peak RSS':>14}  {'RSS/data':>8}  {'k':>3}  {'NMI':>6}  {'silh.':>6}  stages"
+        f"{'configuration':<46} {'wall':>8}  {'peak RSS':>14}  {'RSS/data':>8}  "
+        f"{'k':>3}  {'NMI':>6}  {'silh.':>6}  stages"
     )
     for i, options in enumerate(args.configs):
         out = work / f"out{i}"
@@ -137,7 +139,8 @@ def main() -> None:
         m, t = s["metrics"], s["timings"]
         stages = ", ".join(f"{k[:-2]} {v:.1f}" for k, v in t.items() if k != "total_s")
         print(
-            f"{options:<46} {seconds:7.1f}s  {rss:10.0f} MiB  {rss / raw_mib:7.2f}x  {s['k']:>3}  {m.get('nmi', float('nan')):6.3f}  "
+            f"{options:<46} {seconds:7.1f}s  {rss:10.0f} MiB  {rss / raw_mib:7.2f}x  "
+            f"{s['k']:>3}  {m.get('nmi', float('nan')):6.3f}  "
             f"{m['silhouette'] if m['silhouette'] is not None else float('nan'):6.3f}  {stages}"
         )
     print(f"outputs in {work}")

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{args.rows:,} x {args.dim} float32, {args.metric}, budget {args.memory}\n")
     print(
-        f"{'kind':<12} {'rows':>9} {'factory':<28} {'build s':>8} {'memory':>9} {'recall@10':>9} {'params':<12} {'QPS':>9}"
+        f"{'kind':<12} {'rows':>9} {'factory':<28} {'build s':>8} {'memory':>9} "
+        f"{'recall@10':>9} {'params':<12} {'QPS':>9}"
     )
     for r in rows:
         print(
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         speedup = auto["qps"] / flat["qps"]
         ok = auto["recall"] >= 0.95 and speedup >= 10
         print(
-            f"\nauto vs flat: recall@10 {auto['recall']:.3f}, {speedup:.1f}x the queries/s -> {'PASS' if ok else 'FAIL'}"
+            f"\nauto vs flat: recall@10 {auto['recall']:.3f}, {speedup:.1f}x the queries/s "
+            f"-> {'PASS' if ok else 'FAIL'}"
         )
         return 0 if ok else 1
     return 0

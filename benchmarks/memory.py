@@ -8,8 +8,8 @@ and the difference.
 ``embed_file`` holds one part (``part_rows`` rows) in memory at a time, so memory is bounded by the part size,
 not the dataset. For both runs to be in that steady state, N must span several parts: the default uses
 ``--part-rows 250`` with N = 1,000 (4 and 40 parts). With the library default of 4,096 rows per part the
-bound is the same idea at a larger constant. The claim checked: 10x the rows adds less than ``--limit-mb`` (100 MB), and the script
-exits 1 when it does not.
+bound is the same idea at a larger constant. The claim checked: 10x the rows adds less than ``--limit-mb``
+(100 MB), and the script exits 1 when it does not.
 
 Speed is not the point here, so the default runs the full-size model only to ``--layer 1``: every stage
 (reading, tokenising, batching, the forward pass, Parquet parts) runs as usual, at a fraction of the time.
@@ -38,7 +38,8 @@ CHILD = """
 import json, resource, sys, time
 from embedkit import ExtractConfig
 from embedkit.embed import embed_file
-src, out, model, layer, batch_tokens, part_rows = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+src, out, model, layer, batch_tokens, part_rows = sys.argv[1:7]
+layer = int(layer)
 start = time.perf_counter()
 summary = embed_file(src, out, ExtractConfig(model=model, layers=(layer,)), text_column="text", device="cpu",
                      batch_tokens=int(batch_tokens) or None, part_rows=int(part_rows), progress=False)

@@ -57,10 +57,12 @@ def main() -> None:
     t_last, t_every = statistics.median(runs["last"]), statistics.median(runs["every"])
     n_columns = len(every.columns)
     print(
-        f"{len(texts)} fortunes, {tokens:,} tokens, {args.model} ({every.loaded.n_layers} blocks), median of {args.repeats}"
+        f"{len(texts)} fortunes, {tokens:,} tokens, "
+        f"{args.model} ({every.loaded.n_layers} blocks), median of {args.repeats}"
     )
     print(
-        f"(a) probe pass, layers 0..{every.loaded.n_layers} x {len(DEFAULT_POOLINGS)} poolings = {n_columns} columns: {t_every:7.2f} s"
+        f"(a) probe pass, layers 0..{every.loaded.n_layers} x {len(DEFAULT_POOLINGS)} poolings = {n_columns} columns: "
+        f"{t_every:7.2f} s"
     )
     print(f"(b) last layer, mean pooling, 1 column:{'':>{max(0, 22 - len(str(n_columns)))}}{t_last:7.2f} s")
     print(f"ratio (a)/(b): {t_every / t_last:.3f}")

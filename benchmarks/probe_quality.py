@@ -64,7 +64,8 @@ def main() -> None:
     data = work / "fortunes.csv"
     counts = write_sample(data, args.per_class, args.seed)
     print(
-        f"{sum(counts.values())} fortunes, {len(counts)} categories (>= {MIN_CATEGORY} texts each): {', '.join(sorted(counts))}"
+        f"{sum(counts.values())} fortunes, {len(counts)} categories "
+        f"(>= {MIN_CATEGORY} texts each): {', '.join(sorted(counts))}"
     )
 
     config = ExtractConfig(model=args.model, pooling=DEFAULT_POOLINGS)
@@ -83,7 +84,8 @@ def main() -> None:
     train_mean = sum(metrics["evaluation"]["fold_accuracy"]) / args.cv
     print(f"\nlayer {last}, mean pooling, {args.cv}-fold CV accuracy:")
     print(
-        f"  probe (one pass, {len(result.scores)} columns): fold mean {probe_score.accuracy_mean:.4f}, out-of-fold {probe_score.accuracy:.4f}"
+        f"  probe (one pass, {len(result.scores)} columns): fold mean {probe_score.accuracy_mean:.4f}, "
+        f"out-of-fold {probe_score.accuracy:.4f}"
     )
     print(
         f"  embedkit embed --layer {last} --pooling mean, then embedkit train --cv {args.cv}: "

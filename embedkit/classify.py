@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -300,7 +300,8 @@ def check_classes(counts: dict[Any, int], label_column: str, *, cv: int | None, 
     if len(counts) < 2:
         only = next(iter(counts))
         raise InputError(
-            f"label column {label_column!r} has a single class ({_label(only)}, {counts[only]} rows); a classifier needs at least two"
+            f"label column {label_column!r} has a single class ({_label(only)}, {counts[only]} rows); "
+            "a classifier needs at least two"
         )
     rows = sum(counts.values())
     if rows >= LABELS_LIKE_TEXT_MIN_ROWS and len(counts) > rows / 2:
@@ -314,7 +315,8 @@ def check_classes(counts: dict[Any, int], label_column: str, *, cv: int | None, 
             label, n = min(small.items(), key=lambda kv: kv[1])
             raise InputError(
                 f"class {_label(label)} has {n} row(s); stratified --cv {cv} needs at least {cv} per class "
-                f"({len(small)} class(es) too small: {_fmt_counts(small)}); lower --cv, or drop or add rows to those classes"
+                f"({len(small)} class(es) too small: {_fmt_counts(small)}); "
+                "lower --cv, or drop or add rows to those classes"
             )
         return
     if test_size <= 0:
@@ -323,15 +325,18 @@ def check_classes(counts: dict[Any, int], label_column: str, *, cv: int | None, 
     if small:
         label = next(iter(small))
         raise InputError(
-            f"class {_label(label)} has 1 row; a stratified hold-out needs at least 2 per class (one to train on, one to test) "
+            f"class {_label(label)} has 1 row; a stratified hold-out needs at least 2 per class "
+            "(one to train on, one to test) "
             f"({len(small)} class(es) with 1 row: {_fmt_counts(small)}); drop them or use --test-size 0"
         )
     n = sum(counts.values())
     n_test = int(np.ceil(test_size * n))
     if n_test < len(counts) or n - n_test < len(counts):
         raise InputError(
-            f"--test-size {test_size} of {n} rows leaves {n_test} test and {n - n_test} training rows; both need at least "
-            f"one row per class ({len(counts)} classes): choose a test size between {len(counts) / n:.2f} and {1 - len(counts) / n:.2f}"
+            f"--test-size {test_size} of {n} rows leaves {n_test} test and "
+            f"{n - n_test} training rows; both need at least "
+            f"one row per class ({len(counts)} classes): "
+            f"choose a test size between {len(counts) / n:.2f} and {1 - len(counts) / n:.2f}"
         )
 
 
@@ -419,7 +424,8 @@ class TrainResult:
         ev = m["evaluation"]
         chosen = f" (alpha {m['chosen_alpha']:g}, chosen by leave-one-out)" if "chosen_alpha" in m else ""
         lines = [
-            f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']}{chosen} on column {m['column']!r}"
+            f"{m['rows_used']} rows, {len(m['classes'])} classes, classifier {m['classifier']}{chosen} "
+            f"on column {m['column']!r}"
         ]
         skipped = [f"{m['skipped_null_embeddings']} with a null embedding"] if m["skipped_null_embeddings"] else []
         skipped += [f"{m['skipped_null_labels']} with a missing label"] if m["skipped_null_labels"] else []
@@ -653,7 +659,8 @@ def _write_model_dir(
             columns["fold"] = pa.array(fold[evaluated])
         pq.write_table(pa.table(columns), stage.path(EVAL_PREDICTIONS))
         ev = metrics["evaluation"]
-        title = f"{metrics['classifier']}, {'%d-fold CV' % ev['folds'] if ev['mode'] == 'cv' else 'hold-out'}: accuracy {metrics['accuracy']:.3f}"
+        evaluation = f"{ev['folds']}-fold CV" if ev["mode"] == "cv" else "hold-out"
+        title = f"{metrics['classifier']}, {evaluation}: accuracy {metrics['accuracy']:.3f}"
         plot_confusion_matrix(
             metrics["confusion_matrix"]["matrix"], metrics["classes"], stage.path(CONFUSION_PNG), title
         )
@@ -805,7 +812,7 @@ def _refuse_older_format(model_dir: Path) -> None:
         )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -955,7 +962,9 @@ class _OutputWriter:
     """Streams prediction tables to Parquet, CSV or JSONL into the temp file ``artefact.writing_file`` renames."""
 
     def __init__(self, tmp: Path, kind: str) -> None:
-        self.tmp, self.kind, self.writer, self.schema = tmp, kind, None, None
+        self.tmp, self.kind = tmp, kind
+        self.writer: Any = None  # a ParquetWriter, a CSVWriter or a text file, chosen by kind on the first write
+        self.schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
         if self.schema is None:
@@ -1002,7 +1011,7 @@ def _prediction_table(
     predicted: list[Any] = [None] * len(valid)
     for i, label in zip(rows, labels.tolist()):
         predicted[i] = label
-    label_type = {"int": pa.int64(), "bool": pa.bool_()}.get(model.manifest.get("label_type"), pa.string())
+    label_type = {"int": pa.int64(), "bool": pa.bool_()}.get(model.manifest.get("label_type", ""), pa.string())
     table = base.append_column("status", status).append_column("prediction", pa.array(predicted, type=label_type))
     if proba is not None:
         for k, label in enumerate(model.classes):

@@ -17,9 +17,10 @@ Pre-processing (measured; see ``benchmarks/cluster_quality.py`` and the README n
 GPT-2 hidden states are strongly anisotropic: they share a large common component (raw cosine similarities
 are all near 1) and a few "rogue" dimensions whose variance is orders of magnitude above the rest and carries
 little meaning. K-means on such vectors splits along the rogue dimensions and ignores the content. The
-defaults come from this measurement, with k-means k-means (k = 43 categories, 5 seeds) on 3,726 Debian fortunes embedded by all-MiniLM-L6-v2
-(mean pooling, not normalised), and on "GPT-2-shaped" copies of the same vectors (rotated into 768-d, plus a
-large common offset and three rogue dimensions with large, meaningless variance; mean cosine 0.99):
+defaults come from this measurement, with k-means (k = 43 categories, 5 seeds) on 3,726 Debian fortunes
+embedded by all-MiniLM-L6-v2 (mean pooling, not normalised), and on "GPT-2-shaped" copies of the same vectors
+(rotated into 768-d, plus a large common offset and three rogue dimensions with large, meaningless variance;
+mean cosine 0.99):
 
 =================================  =========  ===========
 NMI against the categories          MiniLM     GPT-2-shaped
@@ -330,7 +331,7 @@ def check_rows(n: int, options: ClusterOptions) -> None:
 # ---------------------------------------------------------------------------------------------- fitting
 
 
-def _make_estimator(method: str, k: int, options: ClusterOptions):
+def _make_estimator(method: str, k: int | None, options: ClusterOptions):
     from sklearn.cluster import HDBSCAN, AgglomerativeClustering, KMeans, MiniBatchKMeans
 
     if method == "kmeans":
@@ -474,9 +475,11 @@ def cluster_prepared(
 ) -> ClusterResult:
     """Cluster already pre-processed vectors (``info`` describes the pre-processing)."""
     timings = dict(timings or {})
-    k: int | None = None if options.method == "hdbscan" else options.k
+    k: int | None = None  # HDBSCAN finds the number of clusters itself
     selection = None
-    if k == AUTO:
+    if options.method != "hdbscan" and isinstance(options.k, int):
+        k = options.k
+    elif options.method != "hdbscan" and options.k == AUTO:
         t0 = time.perf_counter()
         k, scores, rows = choose_k(vectors, options, progress)
         selection = {
@@ -607,7 +610,7 @@ def describe_clusters(result: ClusterResult, texts: list | None, ids: list) -> l
             "mean_distance": round(float(distances[rows].mean()), 4) if len(rows) else None,
             "central_ids": [ids[i] for i in central],
         }
-        if texts is not None:
+        if texts is not None and terms is not None:  # terms exist exactly when texts do
             entry["central_texts"] = [_preview(texts[i]) for i in central if texts[i] is not None]
             entry["terms"] = terms[c]
         clusters.append(entry)
@@ -800,7 +803,7 @@ def _cluster_into(
     out_table = out_table.replace_schema_metadata({META_KEY: json.dumps(settings).encode()})
     pq.write_table(out_table, stage.path(FILE_CLUSTERS))
 
-    files = {"clusters": FILE_CLUSTERS}
+    files: dict[str, Any] = {"clusters": FILE_CLUSTERS}
     if options.map != "none":
         t0 = time.perf_counter()
         title = f"{options.method}, {result.n_clusters} clusters, {options.map.upper()} map"

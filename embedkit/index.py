@@ -413,7 +413,8 @@ class BuildReport:
         out = [
             f"{self.rows:,} vectors (dim {self.dim}, {self.metric}) -> {self.directory}",
             f"kind {self.kind} ({self.factory}){': ' + self.reason if self.reason else ''}",
-            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, peak memory {human_bytes(self.peak_rss_bytes)}",
+            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, "
+            f"peak memory {human_bytes(self.peak_rss_bytes)}",
         ]
         if self.recall_at_10 is not None:
             reached = (
@@ -697,7 +698,8 @@ def build_index(
         ids = pa.concat_tables(tables)
         _check_ids(ids, feats.path)
 
-        params, recall, qps = {}, None, None
+        params: dict[str, Any] = {}
+        recall, qps = None, None
         if heap is not None and len(samples.queries):
             heap.finalize()
             truth = _drop_self(heap.I, samples.query_positions, k_eval)

@@ -3,7 +3,10 @@
 A pipeline always embeds first, then runs the stages its file names, in a fixed order:
 ``train`` -> ``predict`` -> ``cluster`` -> ``index`` -> ``search`` -> ``probe``. Each stage table's keys are the
 keyword arguments of the library function behind it (and the fields of its options object), so the file and
-the Python API cannot drift apart, and an unknown key is an error naming the key, the table and the file.
+the Python API cannot drift apart. Every table is validated against a pydantic model before anything runs: the
+stage and [extract] models are derived from those signatures and dataclasses (their annotations are the
+types), [pipeline] and [source] are declared here. Types are strict (``cv = "5"`` is not 5), unknown and missing
+keys are errors, and each error names the file, the table, the key and what was expected.
 
 A second run skips every stage whose inputs and settings are unchanged. Fingerprints are content hashes of the
 source files and of the settings, chained from stage to stage (a stage's fingerprint includes its upstream
@@ -22,10 +25,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
@@ -41,9 +48,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("embed", "train", "predict", "cluster", "index", "search", "probe")
 STATE_FILE = "pipeline-state.json"
-PIPELINE_KEYS = ("name", "output_dir")
-SOURCE_KEYS = ("path", "text_column", "id_column", "label_column", "keep", "format")
-RUNTIME_KEYS = ("device", "batch_tokens", "threads")
+RUNTIME_KEYS = ("device", "batch_tokens", "threads")  # [extract] keys that go to embed_file, not ExtractConfig
 NEEDS = {"predict": "train", "search": "index"}  # stage: the stage whose output it reads
 
 
@@ -77,12 +82,138 @@ def _error(path: Path, table: str, message: str) -> ConfigError:
     return ConfigError(f"{path}: [{table}] {message}")
 
 
-def _check_keys(path: Path, table: str, values: dict[str, Any], allowed) -> None:
+def _check_keys(path: Path, table: str, values: dict[str, Any], allowed: Sequence[str]) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise _error(
             path, table, f"unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}"
         )
+
+
+# ---------------------------------------------------------------------------------------------- schema
+
+# extra="forbid": a misspelt key is an error, not silently a default.
+_FORBID = ConfigDict(extra="forbid")
+
+
+class PipelineTable(BaseModel):
+    """``[pipeline]``: the run's name and where its outputs go (both optional)."""
+
+    model_config = _FORBID
+    name: str | None = None
+    output_dir: str | None = None
+
+
+class SourceTable(BaseModel):
+    """``[source]``: the input of the embed stage (``embed_file``'s input and column arguments)."""
+
+    model_config = _FORBID
+    path: str = Field(description="the input file, directory or glob")
+    text_column: str = "text"
+    id_column: str | None = None
+    label_column: str | None = None
+    keep: list[str] = []
+    format: str | None = None
+
+
+def _hint(func: Callable[..., Any], name: str) -> Any:
+    """The annotation of one parameter, evaluated (the modules use ``from __future__ import annotations``).
+
+    One at a time, not typing.get_type_hints: other parameters may name types imported for type checkers only.
+    """
+    annotation = inspect.signature(func).parameters[name].annotation
+    # What typing.get_type_hints does, for one name: the string is embedkit's own source, not file input.
+    return eval(annotation, func.__globals__) if isinstance(annotation, str) else annotation
+
+
+def _one_or_many(hint: Any) -> Any:
+    """``tuple[X, ...]`` -> ``X | tuple[X, ...]``: ExtractConfig takes a single layer or pooling for a list."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return args[0] | hint
+    return hint
+
+
+@functools.cache
+def _extract_model() -> type[BaseModel]:
+    """``[extract]``: ExtractConfig's settings plus embed_file's run-time keywords (device, batch_tokens, threads)."""
+    from .embed import embed_file
+
+    hints = typing.get_type_hints(ExtractConfig)
+    fields: dict[str, Any] = {name: (_one_or_many(hints[name]), None) for name in setting_names()}
+    fields |= {name: (_hint(embed_file, name), None) for name in RUNTIME_KEYS}
+    return create_model("ExtractTable", __config__=_FORBID, **fields)
+
+
+@functools.cache
+def stage_model(stage: str) -> type[BaseModel]:
+    """A stage table's model: the keys of ``allowed_keys`` with the types their function or options declare.
+
+    A key is required only when the function has no default for it and the pipeline has no other source for it
+    (``label_column`` may come from [source]).
+    """
+    func, options_cls = _resolve(stage)
+    params = inspect.signature(func).parameters
+    option_hints = typing.get_type_hints(options_cls) if options_cls is not None else {}
+    fields: dict[str, Any] = {}
+    for name in allowed_keys(stage):
+        if name in option_hints:
+            fields[name] = (option_hints[name], None)
+        else:
+            required = params[name].default is inspect.Parameter.empty and name not in _FROM_SOURCE
+            fields[name] = (_hint(func, name), ... if required else None)
+    return create_model(f"{stage.title()}Table", __config__=_FORBID, **fields)
+
+
+_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
+_NAMES |= {bool: ("true or false", "booleans"), Path: ("a string", "strings")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """What a value of type ``hint`` looks like in TOML: 'an integer', 'a list of strings', ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        # None is a default, never written: TOML has no null.
+        return " or ".join(dict.fromkeys(_describe(a, plural) for a in args if a is not type(None)))
+    if origin in (tuple, list, Sequence):
+        fixed = origin is tuple and args[-1:] != (Ellipsis,)
+        what = f"a list of {len(args)} " if fixed else "a list of "
+        return ("lists" if plural else what + _describe(args[0], plural=True)) if args else "a list"
+    singular, many = _NAMES.get(hint, (getattr(hint, "__name__", str(hint)),) * 2)
+    return many if plural else singular
+
+
+def _validate(path: Path, table: str, model: type[BaseModel], values: dict[str, Any]) -> None:
+    """Check one table against its model; a ConfigError names the file, the table, each bad key and its type.
+
+    Validated as JSON, strictly: JSON's strict mode takes a TOML array for a tuple and a string for a Path (as
+    the library functions do) but never "5" for 5. The values themselves are passed on unchanged.
+    """
+    try:
+        model.model_validate_json(json.dumps(values, default=str), strict=True)
+    except ValidationError as exc:
+        fields = model.model_fields
+        unknown: list[str] = []
+        missing: list[str] = []
+        wrong: dict[str, Any] = {}  # key: the value the file gave it
+        for err in exc.errors():
+            key = str(err["loc"][0])
+            if err["type"] == "extra_forbidden":
+                unknown.append(key)
+            elif err["type"] == "missing":
+                missing.append(key)
+            else:
+                wrong.setdefault(key, values[key])
+        problems = []
+        if unknown:
+            valid = ", ".join(sorted(fields))
+            problems.append(f"unknown key(s) {', '.join(map(repr, sorted(unknown)))}; valid: {valid}")
+        for key in missing:
+            problems.append(f"needs {key!r} ({fields[key].description or _describe(fields[key].annotation)})")
+        for key, value in wrong.items():
+            got = json.dumps(value, default=str, ensure_ascii=False)
+            problems.append(f"{key}: expected {_describe(fields[key].annotation)}, got {got}")
+        raise ConfigError("\n".join(f"{path}: [{table}] {problem}" for problem in problems)) from None
 
 
 def load_pipeline(
@@ -108,13 +239,11 @@ def load_pipeline(
         if not isinstance(value, dict):
             raise _error(path, name, "must be a table ([name] followed by key = value lines)")
     head = data.get("pipeline", {})
-    _check_keys(path, "pipeline", head, PIPELINE_KEYS)
+    _validate(path, "pipeline", PipelineTable, head)
     source = dict(data.get("source", {}))
-    _check_keys(path, "source", source, SOURCE_KEYS)
-    if "path" not in source:
-        raise _error(path, "source", "needs 'path', the input file, directory or glob")
+    _validate(path, "source", SourceTable, source)
     extract = dict(data.get("extract", {}))
-    _check_keys(path, "extract", extract, [*setting_names(), *RUNTIME_KEYS])
+    _validate(path, "extract", _extract_model(), extract)
     runtime = {k: extract.pop(k) for k in RUNTIME_KEYS if k in extract}
     asked = extract.pop("trust_remote_code", False) not in (False, None)
     extract["trust_remote_code"] = bool(trust_remote_code)
@@ -131,6 +260,10 @@ def load_pipeline(
     if asked:  # the file's own trust_remote_code is never used; loading the model says so (once)
         config = config.replace(provenance=Provenance(f"{path} [extract]", asked_for_remote_code=True))
     stages = {name: dict(data[name]) for name in STAGES[1:] if name in data}
+    for stage, options in stages.items():
+        _validate(path, stage, stage_model(stage), options)
+        if stage in _NEEDS_LABEL and not (options.get("label_column") or source.get("label_column")):
+            raise _error(path, stage, "needs 'label_column', in this table or in [source]")
     for stage, needed in NEEDS.items():
         if stage in stages and needed not in stages:
             raise _error(path, stage, f"needs a [{needed}] stage in the same file")
@@ -140,7 +273,6 @@ def load_pipeline(
         path=path, name=name, output_dir=out, source=source, config=config, runtime=runtime, stages=stages
     )
     for stage, options in stages.items():
-        _check_keys(path, stage, options, allowed_keys(stage))
         if _resolve(stage)[1] is not None:
             try:  # building the options object checks their values now, not after the embedding
                 split_options(stage, options)
@@ -335,6 +467,9 @@ _SPECS = {
     ),
     "probe": ("probe", "probe_file", None, ("input", "output_dir", "config"), ("label_column",), _call_probe, "probe"),
 }
+# Pipeline-only keys the pipeline can fill from [source] instead; the stages that cannot run without a label.
+_FROM_SOURCE = ("label_column",)
+_NEEDS_LABEL = ("train", "probe")
 # trust_remote_code is filled from the command line only: a stage table must not be able to grant it.
 _RUNTIME_FILLED = ("options", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
 
@@ -344,7 +479,9 @@ def _resolve(stage: str) -> tuple[Callable[..., Any], Any]:
     """The library function and options class of a stage, imported only when a file names the stage."""
     module_name, func_path, options_name, *_ = _SPECS[stage]
     module = importlib.import_module(f"embedkit.{module_name}")
-    func = functools.reduce(getattr, func_path.split("."), module)
+    func: Any = module
+    for part in func_path.split("."):  # "Index.search_file": a method, looked up through its class
+        func = getattr(func, part)
     return func, getattr(module, options_name) if options_name else None
 
 

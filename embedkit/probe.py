@@ -264,7 +264,10 @@ class PairScore:
         return float(np.std(self.fold_macro_f1))
 
     def score(self, metric: str) -> float:
-        return {"accuracy": self.accuracy_mean, "macro-f1": self.macro_f1_mean, "nmi": self.nmi}[metric]
+        value = {"accuracy": self.accuracy_mean, "macro-f1": self.macro_f1_mean, "nmi": self.nmi}[metric]
+        if value is None:  # probe_file refuses metric "nmi" without nmi=True; only a direct caller gets here
+            raise ConfigError(f"no {metric} score: it is computed only with nmi=True")
+        return value
 
     def row(self) -> dict[str, Any]:
         """The CSV/JSON table row."""
@@ -457,7 +460,10 @@ def plot_scores(scores: list[PairScore], path: Path, title: str, best: PairScore
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [("accuracy", "accuracy_mean", "accuracy_std"), ("macro-F1", "macro_f1_mean", "macro_f1_std")]
+    panels: list[tuple[str, str, str | None]] = [
+        ("accuracy", "accuracy_mean", "accuracy_std"),
+        ("macro-F1", "macro_f1_mean", "macro_f1_std"),
+    ]
     if any(s.nmi is not None for s in scores):
         panels.append(("NMI (k-means)", "nmi", None))
     poolings = list(dict.fromkeys(s.pooling for s in scores))
@@ -708,7 +714,7 @@ def probe_file(
             )
         )
         features_target = None
-        if in_report:
+        if save_features is not None and in_report:
             features_target = stage.path(Path(save_features).name)
         elif save_features is not None:
             features_target = outputs.enter_context(
@@ -729,7 +735,7 @@ def probe_file(
         scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=stage.directory))
         try:
             features = scratch / FILE_FEATURES
-            run = dict(id_column=id_column, keep=(label_column,), fmt=fmt, text_column=text_column)
+            run: dict[str, Any] = dict(id_column=id_column, keep=(label_column,), fmt=fmt, text_column=text_column)
             if chosen is not None:
                 sample_input = scratch / "sample.parquet"
                 _write_sample(source, label_column, {scan.usable[i] for i in chosen}, sample_input)
@@ -803,7 +809,12 @@ def probe_file(
                 "extract_config": resolved.replace(layers=(best.layer,), pooling=(best.pooling,)).to_dict(),
             },
             "features": str(save_features) if save_features else None,
-            "files": [FILE_CSV, FILE_PLOT, FILE_JSON, *([Path(save_features).name] if in_report else [])],
+            "files": [
+                FILE_CSV,
+                FILE_PLOT,
+                FILE_JSON,
+                *([Path(save_features).name] if save_features is not None and in_report else []),
+            ],
             "seconds": {
                 "embed": round(embedded.seconds, 3),
                 "score": round(score_seconds, 3),

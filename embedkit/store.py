@@ -134,7 +134,8 @@ class Features:
             ]
             if ragged:
                 raise InputError(
-                    f"{self.path}: column(s) {', '.join(ragged)} hold vectors of varying length, not one fixed dimension "
+                    f"{self.path}: column(s) {', '.join(ragged)} hold vectors of varying length, "
+                    "not one fixed dimension "
                     "(embedkit writes fixed_size_list<float>[d]); were files of different models or layers mixed?"
                 )
             raise InputError(f"{self.path} has no embedding column; columns: {', '.join(self.schema.names)}")
@@ -153,7 +154,8 @@ class Features:
         absent = [n for n in names if n not in self.schema.names]
         if absent:
             raise InputError(
-                f"{self.path}: column(s) {', '.join(map(repr, absent))} not found; columns: {', '.join(self.schema.names)}"
+                f"{self.path}: column(s) {', '.join(map(repr, absent))} not found; "
+                f"columns: {', '.join(self.schema.names)}"
             )
 
     def load(
@@ -294,7 +296,8 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = 
             # Checksums and sizes mean nothing to a reader; name the files that changed, appeared or went away.
             was, now = ({f.get("path"): f for f in files} for files in (before, after))
             changes += [
-                f"{_FILE_LISTS[key]} {path} {'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
+                f"{_FILE_LISTS[key]} {path} "
+                f"{'is new' if path not in was else 'is gone' if path not in now else 'changed'}"
                 for path in sorted(set(was) | set(now))
                 if was.get(path) != now.get(path)
             ]

@@ -242,7 +242,8 @@ def test_invalid_utf8_in_every_format_and_in_passthrough_columns(tmp_path, tiny_
     cases = {
         "csv": (b"id,text,extra\n\xff1,bad \xff text,x\xfey\n2,fine,ok\n", ["--id-column", "id"]),
         "jsonl": (
-            b'{"id": "\xff1", "text": "bad \xff text", "extra": "x\xfey"}\n{"id": "2", "text": "fine", "extra": "ok"}\n',
+            b'{"id": "\xff1", "text": "bad \xff text", "extra": "x\xfey"}\n'
+            b'{"id": "2", "text": "fine", "extra": "ok"}\n',
             ["--id-column", "id"],
         ),
         "txt": (b"bad \xff text\nfine\n", []),

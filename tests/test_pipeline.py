@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from embedkit.cli import cli
+from embedkit.errors import ConfigError
+from embedkit.pipeline import load_pipeline
 
 PIPELINES = Path(__file__).parent.parent / "pipelines"
 
@@ -87,7 +89,7 @@ def test_second_run_skips_and_a_changed_stage_reruns_only_what_depends_on_it(tin
         ('[source]\npath = "x.csv"\n[extract]\npooling = ["avg"]\n', "[extract] unknown pooling 'avg'; valid: mean"),
         (
             '[source]\npath = "x.csv"\n[extract]\nlayers = ["six"]\n',
-            "[extract] layers must be an integer, got str 'six'",
+            '[extract] layers: expected an integer or a list of integers, got ["six"]',
         ),
         ('[source]\ntext_column = "t"\n', "[source] needs 'path'"),
         ('[source]\npath = "x.csv"\n[predict]\ninput = "y.csv"\n', "[predict] needs a [train] stage"),
@@ -111,3 +113,86 @@ def test_bad_pipeline_files_name_the_key_table_and_file(tiny_gpt2_shared, tmp_pa
 def test_missing_pipeline_file(tmp_path):
     result = run(tmp_path / "nope.toml")
     assert result.exit_code == 3 and "does not exist" in result.output
+
+
+# --------------------------------------------------------------------------------------------------- the schema
+# load_pipeline validates every table before anything runs; these need no model.
+
+
+def load_error(tmp_path, body):
+    path = tmp_path / "p.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path)
+    assert str(path) in str(caught.value)
+    return str(caught.value)
+
+
+SOURCE = '[source]\npath = "x.csv"\nlabel_column = "label"\n'
+
+
+def test_a_string_where_an_integer_belongs_is_a_usage_error_naming_file_table_and_key(tiny_gpt2_shared, tmp_path):
+    (tmp_path / "x.csv").write_text("text,label\na b c,x\nd e f,y\n")
+    path = tmp_path / "cv.toml"
+    path.write_text(SOURCE + '[train]\ncv = "5"\n')
+    result = run(path, "-m", tiny_gpt2_shared, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 2, result.output  # was an internal error (exit 1) before the schema
+    assert f'{path}: [train] cv: expected an integer, got "5"' in result.output
+    assert not (tmp_path / "out" / "features.parquet").exists()  # refused before the embedding
+
+
+@pytest.mark.parametrize(
+    "table, body, message",
+    [
+        ("pipeline", "[pipeline]\nname = 3\n" + SOURCE, "[pipeline] name: expected a string, got 3"),
+        (
+            "source",
+            '[source]\npath = "x.csv"\nkeep = "text"\n',
+            '[source] keep: expected a list of strings, got "text"',
+        ),
+        ("extract", SOURCE + "[extract]\nnormalize = 1\n", "[extract] normalize: expected true or false, got 1"),
+        ("extract", SOURCE + "[extract]\nbatch_tokens = 1.5\n", "[extract] batch_tokens: expected an integer, got 1.5"),
+        ("train", SOURCE + '[train]\nC = "1"\n', '[train] C: expected a number, got "1"'),
+        ("predict", SOURCE + '[train]\n[predict]\ninput = "y.csv"\nkeep = "a"\n', "[predict] keep: expected a list"),
+        ("cluster", SOURCE + "[cluster]\nk_range = [2, 3, 4]\n", "[cluster] k_range: expected a list of 2 integers"),
+        ("index", SOURCE + '[index]\ntarget_recall = "high"\n', '[index] target_recall: expected a number, got "high"'),
+        (
+            "search",
+            SOURCE + '[index]\n[search]\nqueries = "q.csv"\nk = "3"\n',
+            '[search] k: expected an integer, got "3"',
+        ),
+        ("probe", SOURCE + '[probe]\nnmi = "yes"\n', '[probe] nmi: expected true or false, got "yes"'),
+    ],
+)
+def test_a_wrong_type_in_any_table_names_the_key_and_what_was_expected(tmp_path, table, body, message):
+    assert message in load_error(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    "table", ["pipeline", "source", "extract", "train", "predict", "cluster", "index", "search", "probe"]
+)
+def test_an_unknown_key_in_any_table_is_named_with_the_valid_ones(tmp_path, table):
+    tables = {"source": 'path = "x.csv"\nlabel_column = "label"\n', "predict": 'input = "y.csv"\n'}
+    tables |= {"search": 'queries = "q.csv"\n', "train": "", "index": ""}
+    tables[table] = tables.get(table, "") + "colour = 1\n"
+    body = "".join(f"[{name}]\n{keys}" for name, keys in tables.items())
+    assert f"[{table}] unknown key(s) 'colour'; valid: " in load_error(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('[source]\ntext_column = "t"\n', "[source] needs 'path' (the input file, directory or glob)"),
+        (SOURCE + "[train]\n[predict]\n", "[predict] needs 'input' (a string)"),
+        (SOURCE + "[index]\n[search]\nk = 3\n", "[search] needs 'queries' (a string)"),
+        ('[source]\npath = "x.csv"\n[train]\n', "[train] needs 'label_column', in this table or in [source]"),
+    ],
+)
+def test_a_missing_required_key_is_named(tmp_path, body, message):
+    assert message in load_error(tmp_path, body)
+
+
+@pytest.mark.parametrize("path", sorted(PIPELINES.glob("*.toml")), ids=lambda p: p.stem)
+def test_the_shipped_pipelines_validate(path):
+    pipeline = load_pipeline(path)
+    assert pipeline.stages and pipeline.source["path"]

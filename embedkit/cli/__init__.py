@@ -18,7 +18,8 @@ from ..errors import EmbedkitError
 class _CleanError(click.ClickException):
     def __init__(self, error: EmbedkitError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        # click's stubs declare exit_code a ClassVar, but click reads it from the instance: per-error codes work.
+        self.exit_code = error.exit_code  # type: ignore[misc]
 
 
 class EmbedkitGroup(click.Group):

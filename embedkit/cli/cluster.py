@@ -146,7 +146,8 @@ def cluster(
     elif not quiet:
         click.echo(format_summary(summary))
     click.echo(
-        f"wrote {output_dir}/ ({', '.join(v for k, v in summary['files'].items() if isinstance(v, str))}, summary.json) "
+        f"wrote {output_dir}/ ({', '.join(v for k, v in summary['files'].items() if isinstance(v, str))}, "
+        "summary.json) "
         f"in {summary['timings']['total_s']:.1f}s",
         err=True,
     )

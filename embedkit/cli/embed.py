@@ -168,7 +168,8 @@ def make_config(
 @click.option(
     "--ray-address",
     default=None,
-    help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) [default: $RAY_ADDRESS, else a local instance].",
+    help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) "
+    "[default: $RAY_ADDRESS, else a local instance].",
 )
 @click.option(
     "--workers",
@@ -187,7 +188,8 @@ def make_config(
     type=click.Choice(BACKENDS),
     default="torch",
     show_default=True,
-    help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, approximate (cosine >= 0.99 to torch); recorded in the metadata.",
+    help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, "
+    "approximate (cosine >= 0.99 to torch); recorded in the metadata.",
 )
 @extraction_options
 def embed(
@@ -271,7 +273,8 @@ def info(file, as_json):
     click.echo(f"file      {d['path']}\nrows      {d['rows']}\ncreated   {d['created_at']}")
     m = d["model"]
     click.echo(
-        f"model     {m.get('name')} ({m.get('model_type')}, {m.get('num_layers')} layers, hidden {m.get('hidden_size')})"
+        f"model     {m.get('name')} ({m.get('model_type')}, "
+        f"{m.get('num_layers')} layers, hidden {m.get('hidden_size')})"
     )
     click.echo("settings  " + ", ".join(f"{k}={v}" for k, v in d["config"].items()))
     click.echo("status    " + (", ".join(f"{k}: {v}" for k, v in sorted(d["status_counts"].items())) or "-"))

@@ -6,6 +6,8 @@ between the README's markers. A test regenerates it, so the README's reference c
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from . import cli
@@ -27,7 +29,11 @@ def reference() -> str:
     """Markdown with one fenced ``--help`` block per command, in alphabetical order."""
     parts = []
     for path, command in _commands(cli, []):
-        settings = {"max_content_width": WIDTH, "terminal_width": WIDTH, "help_option_names": ["-h", "--help"]}
+        settings: dict[str, Any] = {
+            "max_content_width": WIDTH,
+            "terminal_width": WIDTH,
+            "help_option_names": ["-h", "--help"],
+        }
         parent = click.Context(cli, info_name="embedkit", **settings)
         ctx = click.Context(command, info_name=" ".join(path), parent=parent, **settings)
         parts.append(f"#### `embedkit {' '.join(path)}`\n\n```text\n{command.get_help(ctx)}\n```\n")

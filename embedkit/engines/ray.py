@@ -5,10 +5,10 @@ How it runs:
 1. The driver opens the input with embedkit's own ``Source`` and cuts it into parts of ``part_rows`` rows,
    exactly like the local engine. Each part travels to the cluster as one pickled ``Records`` item
    (``ray.data.from_items``), in waves of at most ``wave_parts`` parts: the driver streams the input and
-   holds one wave of text at a time, however large the dataset. Ray's ``read_csv``/``read_json`` would stop at the first malformed line and
-   ``read_parquet`` numbers no rows, so they could keep neither embedkit's bad-row contract (a malformed
-   row becomes an output row with a status) nor row-number ids; reading text is also a small fraction of
-   the work next to the model. The model work is what is spread out.
+   holds one wave of text at a time, however large the dataset. Ray's ``read_csv``/``read_json`` would stop at
+   the first malformed line and ``read_parquet`` numbers no rows, so they could keep neither embedkit's
+   bad-row contract (a malformed row becomes an output row with a status) nor row-number ids; reading text is
+   also a small fraction of the work next to the model. The model work is what is spread out.
 2. ``map_batches`` runs :class:`EmbedWorker`, a callable class that loads the model once per actor and
    calls ``embed.encode_records``, the same extractor and table builder as the local engine: batching,
    pooling, bad rows and the column contract have a single implementation.

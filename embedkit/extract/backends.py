@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ def fuse_activations(model: nn.Module) -> int:
     return swapped
 
 
-def _as_linear(conv1d: nn.Module) -> nn.Linear:
+def _as_linear(conv1d: Any) -> nn.Linear:
+    # Any: transformers' Conv1D, matched by class name (model code loaded from a hub repo may carry its own copy).
     n_in, n_out = conv1d.weight.shape
     linear = nn.Linear(n_in, n_out, bias=conv1d.bias is not None)
     linear.weight = nn.Parameter(conv1d.weight.detach().t().contiguous(), requires_grad=False)
@@ -167,6 +169,6 @@ def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
         first = next((m for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"), None)
         if first is not None and type(first).__name__ == "Conv1D":
             first = _as_linear(first)
-        if first is not None and onednn_is_faster(first):
+        if isinstance(first, nn.Linear) and onednn_is_faster(first):
             log.debug("oneDNN linear layers: %d", use_onednn_linears(model))
     return model

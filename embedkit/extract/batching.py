@@ -2,10 +2,10 @@
 
 Bounded memory per row: a tokenizer given a whole 50 MB text builds every token, offset and byte mapping of it
 at once (6.5 GB of RSS for GPT-2), though truncate mode uses only the first ``max_length`` tokens. So no text is
-handed to the tokenizer whole when it is longer than :func:`piece_chars` characters (GPT-2: 262,144): :func:`tokenize_prefix`
-tokenises it in pieces of at most that many characters and stops as soon as the row has every token it can use
-(truncate: ``max_length``; chunk: :data:`MAX_CHUNK_WINDOWS` windows). The characters after that are never
-tokenised and the row's status says it was ``cut``.
+handed to the tokenizer whole when it is longer than :func:`piece_chars` characters (GPT-2: 262,144):
+:func:`tokenize_prefix` tokenises it in pieces of at most that many characters and stops as soon as the row
+has every token it can use (truncate: ``max_length``; chunk: :data:`MAX_CHUNK_WINDOWS` windows). The
+characters after that are never tokenised and the row's status says it was ``cut``.
 """
 
 from __future__ import annotations

@@ -142,6 +142,9 @@ class Extractor:
             ) from exc
         # The config names the model by path or id only; carrying the loaded model's fingerprint lets an index or a
         # classifier tell a replaced checkpoint from its own (ExtractConfig.model_difference) whoever built this.
+        max_length, stride = self.config.max_length, self.config.stride
+        assert max_length is not None and stride is not None  # resolve_config made both explicit
+        self.max_length, self.stride = max_length, stride
         known = config.provenance or Provenance("an embedder loaded earlier")  # when this config is reused
         self.config = self.config.replace(provenance=dataclasses.replace(known, fingerprint=self.loaded.fingerprint))
         on_cuda = self.loaded.device.type == "cuda"
@@ -154,7 +157,7 @@ class Extractor:
         # and causal attention never looks right; the caller's tokenizer is never changed.
         self._pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
         # Texts longer than this are tokenised in pieces and only as far as they are used (batching.py).
-        self.piece_chars = piece_chars(self.config.max_length, max_token_chars(tok))
+        self.piece_chars = piece_chars(self.max_length, max_token_chars(tok))
 
     def _content_tokens(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Content tokens of each text (no special tokens) and whether it was cut before the end.
@@ -163,8 +166,8 @@ class Extractor:
         pieces, only up to the tokens the long-text mode can use, so memory per row stays bounded.
         """
         cfg, tok = self.config, self.loaded.tokenizer
-        budget = cfg.max_length - len(self._specials)
-        wanted = budget if cfg.long_text != "chunk" else budget + (MAX_CHUNK_WINDOWS - 1) * (budget - cfg.stride)
+        budget = self.max_length - len(self._specials)
+        wanted = budget if cfg.long_text != "chunk" else budget + (MAX_CHUNK_WINDOWS - 1) * (budget - self.stride)
         short = [i for i, t in enumerate(texts) if len(t) <= self.piece_chars]
         ids: list[list[int]] = [[] for _ in texts]
         cut = [False] * len(texts)
@@ -223,7 +226,8 @@ class Extractor:
         """Extract every configured column for ``texts``; bad values are recorded, never raised."""
         checked: list[CheckedText] = [check_text(t) for t in texts]
         n, cfg = len(checked), self.config
-        good = [i for i, c in enumerate(checked) if c.text is not None]
+        text_of = {i: c.text for i, c in enumerate(checked) if c.text is not None}  # row: text, rows with one
+        good = list(text_of)
         n_tokens = np.zeros(n, dtype=np.int32)
         n_windows = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
@@ -231,12 +235,12 @@ class Extractor:
         owner: list[int] = []  # row of each window; a row's windows are contiguous
         first_window = np.zeros(n, dtype=np.int64)
         if good:
-            content, cut_rows = self._content_tokens([checked[i].text for i in good])
+            content, cut_rows = self._content_tokens(list(text_of.values()))
             for row, ids, cut_row in zip(good, content, cut_rows):
                 if cut_row:
-                    checked[row] = _cut(checked[row], len(checked[row].text), cfg.long_text)
+                    checked[row] = _cut(checked[row], len(text_of[row]), cfg.long_text)
                 row_windows, cut = split_windows(
-                    ids, self._specials, cfg.max_length, cfg.stride, chunk=cfg.long_text == "chunk"
+                    ids, self._specials, self.max_length, self.stride, chunk=cfg.long_text == "chunk"
                 )
                 n_tokens[row] = len(ids) + len(self._specials)
                 n_windows[row] = len(row_windows)
@@ -249,8 +253,8 @@ class Extractor:
         remaining = n_windows.copy()
         for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
             outs = self._forward([windows[i] for i in batch])
-            for column, out in zip(pooled, outs):
-                column[batch] = out.numpy()
+            for column, batch_out in zip(pooled, outs):
+                column[batch] = batch_out.numpy()
             if progress is not None:
                 rows = [owner[i] for i in batch]
                 np.subtract.at(remaining, rows, 1)
@@ -262,9 +266,9 @@ class Extractor:
         for (_, mode), name, column in zip(cfg.pairs, self.columns, pooled):
             out = vectors[name]
             out[single] = column[first_window[single]]
-            for row in np.flatnonzero(n_windows > 1):
-                span = slice(first_window[row], first_window[row] + n_windows[row])
-                out[row] = combine_windows(torch.from_numpy(column[span]), window_lens[span], mode).numpy()
+            for many in np.flatnonzero(n_windows > 1):  # rows of several windows
+                span = slice(first_window[many], first_window[many] + n_windows[many])
+                out[many] = combine_windows(torch.from_numpy(column[span]), window_lens[span], mode).numpy()
             if cfg.normalize:
                 norms = np.linalg.norm(out, axis=1, keepdims=True)
                 np.divide(out, np.maximum(norms, 1e-12), out=out)

@@ -10,12 +10,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..config import DEVICES, MODEL_ENV, ExtractConfig, local_model_dir
 from ..errors import ConfigError, EmbedkitError, IncompatibleError, ModelLoadError, choice_error
+
+if TYPE_CHECKING:  # transformers is imported lazily at run time (it is slow to import)
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +116,7 @@ class LoadedModel:
     """A model ready for feature extraction, with the facts the extractor and the metadata need."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     blocks: nn.ModuleList
     n_layers: int
     hidden_size: int
@@ -268,7 +272,7 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
     local = directory is not None
     name = str(directory) if local else config.model
     fingerprint = None
-    if local:
+    if directory is not None:
         # Checked before anything is loaded: a replaced checkpoint is refused without running any of it.
         fingerprint = fingerprint_directory(directory)
         _check_expected(config, name, fingerprint)
