@@ -53,6 +53,7 @@ def heatmap_png(rows: Sequence[dict[str, Any]], title: str, *, dpi: int = 100) -
         ax.set_yticks(range(len(tests)), tests, fontsize=8)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_title(f"pooling: {pooling}", fontsize="small")
+    assert image is not None  # one panel per pooling, and a run has at least one pooling
     colorbar = fig.colorbar(image, ax=list(axes), shrink=0.9)
     colorbar.set_label("effect size d (+: X~A, Y~B)", fontsize=8)
     fig.suptitle(f"{title}  (* p < {ALPHA}; {REVERSE} p < {ALPHA} the other way round)", fontsize="medium")

@@ -116,19 +116,19 @@ def group_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence
     The per-class rates are what equalised-odds comparisons read: for a binary task, miss = false-negative rate and
     false alarm = false-positive rate of that class. Rows of a missing group form the group '(missing)'.
     """
-    y_true = np.array([str(v) for v in y_true], dtype=object)
-    y_pred = np.array([str(v) for v in y_pred], dtype=object)
+    truth = np.array([str(v) for v in y_true], dtype=object)
+    said = np.array([str(v) for v in y_pred], dtype=object)
     labels = _group_labels(groups)
-    if not len(y_true) == len(y_pred) == len(labels):
-        raise ConfigError(f"y_true, y_pred and groups differ in length: {len(y_true)}, {len(y_pred)}, {len(labels)}")
-    if len(y_true) == 0:
+    if not len(truth) == len(said) == len(labels):
+        raise ConfigError(f"y_true, y_pred and groups differ in length: {len(truth)}, {len(said)}, {len(labels)}")
+    if len(truth) == 0:
         raise InputError("no rows to compute group metrics on")
-    classes = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    classes = sorted(set(truth.tolist()) | set(said.tolist()))
     per_group = []
     for g in sorted(set(labels.tolist())):
         rows = labels == g
-        per_group.append({"group": g, **_rates(y_true[rows], y_pred[rows], classes)})
-    return GroupMetrics(overall=_rates(y_true, y_pred, classes), groups=per_group, classes=classes)
+        per_group.append({"group": g, **_rates(truth[rows], said[rows], classes)})
+    return GroupMetrics(overall=_rates(truth, said, classes), groups=per_group, classes=classes)
 
 
 # ---------------------------------------------------------------------------------------------- vector separation

@@ -399,6 +399,7 @@ def audit_features(
                 }
             )
             pairs += [{"column": column, **p} for p in sep.centroid_distances]
+        assert first is not None  # ``chosen`` is never empty (checked above)
         sep, skipped = first
         meta: dict[str, Any] = {
             "mode": "groups",

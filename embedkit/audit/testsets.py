@@ -20,11 +20,15 @@ A user file is a list of ``[[test]]`` tables::
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover  (Python 3.10: the same parser, from PyPI; declared in pyproject.toml)
+    import tomli as tomllib
 
 from ..errors import ConfigError, InputError
 
