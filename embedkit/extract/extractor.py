@@ -75,6 +75,15 @@ def resolve_config(config: ExtractConfig, loaded: LoadedModel) -> ExtractConfig:
     return config.replace(layers=tuple(layers), max_length=max_length, stride=stride)
 
 
+def _check_tokens(ids: Sequence[int] | None) -> CheckedText:
+    """The status of one pre-tokenised row; the text itself is not needed, so "" stands for a usable row."""
+    if ids is None:
+        return CheckedText(None, "null", "missing token ids")
+    if len(ids) == 0:
+        return CheckedText(None, "empty", "no token ids")
+    return CheckedText("", "ok")
+
+
 def _accepts(model: torch.nn.Module, argument: str) -> bool:
     try:
         return argument in inspect.signature(model.forward).parameters
@@ -134,6 +143,12 @@ class Extractor:
     def dim(self) -> int:
         return self.loaded.hidden_size
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids ``encode_tokens`` accepts: 0 .. vocab_size - 1."""
+        embeddings = self.loaded.model.get_input_embeddings()
+        return int(getattr(embeddings, "num_embeddings", None) or len(self.loaded.tokenizer))
+
     def _autocast(self):
         if self.loaded.device.type != "cuda":
             return contextlib.nullcontext()
@@ -157,29 +172,58 @@ class Extractor:
             )
             return [pool(hidden[layer], mask, mode).cpu() for layer, mode in self.config.pairs]
 
+    def tokenize(self, texts: Sequence[object]) -> tuple[list[CheckedText], list[list[int] | None]]:
+        """Check every text and tokenise the usable ones (content tokens, no special tokens); None marks a bad row."""
+        checked: list[CheckedText] = [check_text(t) for t in texts]
+        contents: list[list[int] | None] = [None] * len(checked)
+        good = [i for i, c in enumerate(checked) if c.text is not None]
+        if good:
+            content = self.loaded.tokenizer([checked[i].text for i in good], add_special_tokens=False, verbose=False)
+            for row, ids in zip(good, content["input_ids"]):
+                contents[row] = list(ids)
+        return checked, contents
+
     def encode(self, texts: Sequence[object], progress: ProgressFn | None = None) -> EncodeResult:
         """Extract every configured column for ``texts``; bad values are recorded, never raised."""
-        checked: list[CheckedText] = [check_text(t) for t in texts]
-        n, cfg = len(checked), self.config
-        good = [i for i, c in enumerate(checked) if c.text is not None]
+        checked, contents = self.tokenize(texts)
+        return self.encode_tokens(contents, progress, checked=checked)
+
+    def encode_tokens(
+        self, contents: Sequence[Sequence[int] | None], progress: ProgressFn | None = None, *,
+        checked: Sequence[CheckedText] | None = None,
+    ) -> EncodeResult:
+        """``encode`` for texts already tokenised: content token ids without the special tokens the model adds.
+
+        Several callers' texts can be tokenised apart and run here together, so they share the same
+        length-sorted batches (the server merges concurrent requests this way). ``checked`` carries each row's
+        status; a None content is a row that cannot be embedded.
+        """
+        n, cfg = len(contents), self.config
+        if checked is None:
+            checked = [_check_tokens(c) for c in contents]
+        vocab = self.vocab_size
+        for row, ids in enumerate(contents):
+            if ids is not None and any(not 0 <= t < vocab for t in ids):
+                # An id past the embedding table is an IndexError deep inside the model, for the whole batch.
+                raise InputError(f"token ids of row {row} must lie in 0..{vocab - 1} (this model's vocabulary)")
         n_tokens = np.zeros(n, dtype=np.int32)
         n_windows = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
         windows: list[list[int]] = []
         owner: list[int] = []  # row of each window; a row's windows are contiguous
         first_window = np.zeros(n, dtype=np.int64)
-        if good:
-            content = self.loaded.tokenizer([checked[i].text for i in good], add_special_tokens=False, verbose=False)
-            for row, ids in zip(good, content["input_ids"]):
-                row_windows, cut = split_windows(
-                    ids, self._specials, cfg.max_length, cfg.stride, chunk=cfg.long_text == "chunk"
-                )
-                n_tokens[row] = len(ids) + len(self._specials)
-                n_windows[row] = len(row_windows)
-                truncated[row] = cut
-                first_window[row] = len(windows)
-                windows.extend(row_windows)
-                owner.extend([row] * len(row_windows))
+        for row, ids in enumerate(contents):
+            if ids is None or checked[row].text is None:
+                continue
+            row_windows, cut = split_windows(
+                list(ids), self._specials, cfg.max_length, cfg.stride, chunk=cfg.long_text == "chunk"
+            )
+            n_tokens[row] = len(ids) + len(self._specials)
+            n_windows[row] = len(row_windows)
+            truncated[row] = cut
+            first_window[row] = len(windows)
+            windows.extend(row_windows)
+            owner.extend([row] * len(row_windows))
 
         pooled = [np.empty((len(windows), self.dim), dtype=np.float32) for _ in cfg.pairs]
         remaining = n_windows.copy()
