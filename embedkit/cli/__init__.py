@@ -85,5 +85,6 @@ from . import cluster as _cluster  # noqa: E402, F401
 from . import probe as _probe  # noqa: E402, F401
 from . import pipeline as _pipeline  # noqa: E402, F401
 from . import index as _index  # noqa: E402, F401
+from . import serve as _serve  # noqa: E402, F401
 
 __all__ = ["cli", "quiet_libraries"]

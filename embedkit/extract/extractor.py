@@ -75,7 +75,7 @@ def resolve_config(config: ExtractConfig, loaded: LoadedModel) -> ExtractConfig:
     return config.replace(layers=tuple(layers), max_length=max_length, stride=stride)
 
 
-def _check_tokens(ids: Sequence[int] | None) -> CheckedText:
+def check_tokens(ids: Sequence[int] | None) -> CheckedText:
     """The status of one pre-tokenised row; the text itself is not needed, so "" stands for a usable row."""
     if ids is None:
         return CheckedText(None, "null", "missing token ids")
@@ -200,7 +200,7 @@ class Extractor:
         """
         n, cfg = len(contents), self.config
         if checked is None:
-            checked = [_check_tokens(c) for c in contents]
+            checked = [check_tokens(c) for c in contents]
         vocab = self.vocab_size
         for row, ids in enumerate(contents):
             if ids is not None and any(not 0 <= t < vocab for t in ids):
