@@ -124,6 +124,9 @@ class _Loader:
                                   batch_tokens=self.settings.batching.batch_tokens)
             if len(extractor.columns) != 1:
                 raise ConfigError(f"{label}: a served model needs one layer and one pooling, got {extractor.columns}")
+            # One forward pass now: safetensors weights are memory-mapped and only paged in when first used, so
+            # without it the first request pays for reading the model and RSS at start understates the server.
+            extractor.encode(["warm up"])
             resolved = _key(extractor.config)
             if resolved in self.by_key:  # flags that resolve to an artefact's settings: keep the first copy
                 self.by_key[key] = self.by_key[resolved]

@@ -82,8 +82,8 @@ class ServeSettings:
     """Everything ``embedkit serve`` was asked for.
 
     With ``indexes`` or ``classifiers`` the extraction settings come from each artefact; ``model`` (with
-    ``layer``, ``pooling``, ``normalize``, ``max_length``, ``long_text``) adds an embedding model configured by the caller. With neither,
-    the default model is served. ``trust_remote_code`` is only ever the caller's flag, never an artefact's.
+    ``layer``, ``pooling``, ``normalize``, ``max_length``, ``long_text``) adds an embedding model configured by
+    the caller. With neither, the default model is served. ``trust_remote_code`` is only ever the caller's flag, never an artefact's.
     """
 
     model: str | None = None
@@ -110,7 +110,8 @@ class ServeSettings:
             names.append(self.model)
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ConfigError(f"two served things share the name {', '.join(duplicates)}: use NAME=DIR to rename one")
+            raise ConfigError(f"two served things share the name {', '.join(duplicates)}: "
+                              "use NAME=DIR to rename one")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("--api-key is empty")
         if not 0 <= self.port <= 65535:
