@@ -83,7 +83,8 @@ class ServeSettings:
 
     With ``indexes`` or ``classifiers`` the extraction settings come from each artefact; ``model`` (with
     ``layer``, ``pooling``, ``normalize``, ``max_length``, ``long_text``) adds an embedding model configured by
-    the caller. With neither, the default model is served. ``trust_remote_code`` is only ever the caller's flag, never an artefact's.
+    the caller. With neither, the default model is served. ``trust_remote_code`` is only ever the caller's flag,
+    never an artefact's.
     """
 
     model: str | None = None
