@@ -374,6 +374,28 @@ def test_concurrent_requests_share_one_model_run_and_keep_their_rows(extractor_f
         assert np.abs(result.vectors - expected[2 * i:2 * i + 2]).max() <= TOL
 
 
+def test_a_request_whose_client_left_is_not_computed(extractor_factory):
+    from embedkit.serve.batcher import MicroBatcher
+
+    steps = []
+    batcher = MicroBatcher(extractor_factory(), Batching(wait_ms=300), max_queue=8, on_batch=steps.append)
+    batcher.start()
+
+    async def scenario():
+        kept = [asyncio.ensure_future(batcher.embed_texts([t])) for t in ("one text", "two texts")]
+        gone = asyncio.ensure_future(batcher.embed_texts(["left", "early", "too"]))
+        await asyncio.sleep(0.05)  # all three queued; the worker is still waiting for company
+        gone.cancel()
+        return await asyncio.gather(*kept)
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert [s.requests for s in steps] == [2] and steps[0].inputs == 2
+    assert [r.vectors.shape for r in results] == [(1, 32), (1, 32)]
+
+
 def test_a_bad_row_fails_only_its_own_request(extractor_factory):
     from embedkit.errors import InputError
     from embedkit.serve.batcher import MicroBatcher, QueueFullError

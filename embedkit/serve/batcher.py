@@ -71,6 +71,14 @@ def _settle(future: asyncio.Future, result: Embedded | None, error: BaseExceptio
         future.set_result(result)
 
 
+def _deliver(job: _Job, result: Embedded | None, error: BaseException | None = None) -> None:
+    """Hand a result to the job's event loop (futures are not thread-safe: the loop itself must set them)."""
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+    except RuntimeError:  # that loop has closed: nobody is waiting any more, and the worker must go on
+        pass
+
+
 class MicroBatcher:
     """Queue in front of one Extractor, drained by one worker thread.
 
@@ -158,6 +166,10 @@ class MicroBatcher:
             self._step(jobs)
 
     def _step(self, jobs: list[_Job]) -> None:
+        # A request whose client went away was cancelled while it waited: its rows would be computed for nobody.
+        jobs = [job for job in jobs if not job.future.cancelled()]
+        if not jobs:
+            return
         started = time.perf_counter()
         try:
             result = self._encode(jobs)
@@ -165,7 +177,7 @@ class MicroBatcher:
             if not isinstance(exc, EmbedkitError):
                 log.exception("model run failed")
             for job in jobs:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+                _deliver(job, None, exc)
             return
         vectors, offset = result.vectors[self.column], 0
         for job in jobs:
@@ -177,9 +189,9 @@ class MicroBatcher:
                 i = int(bad[0]) + rows.start
                 error: InputError | None = InputError(
                     f"input {bad[0]} cannot be embedded: {result.status[i]}: {result.error[i]}")
-                job.loop.call_soon_threadsafe(_settle, job.future, None, error)
+                _deliver(job, None, error)
             else:
-                job.loop.call_soon_threadsafe(_settle, job.future, Embedded(vectors[rows], result.n_tokens[rows]), None)
+                _deliver(job, Embedded(vectors[rows], result.n_tokens[rows]))
         if self._on_batch is not None:
             tokens = int(result.n_tokens.sum())
             self._on_batch(BatchStats(len(jobs), offset, tokens, time.perf_counter() - started))
