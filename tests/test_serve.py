@@ -269,6 +269,7 @@ def test_api_key_guards_every_route_but_healthz_and_the_page(strict):
     from openai import AuthenticationError, OpenAI
 
     assert httpx.get(strict.url + "/healthz").status_code == 200
+    assert "<title>embedkit serve</title>" in httpx.get(strict.url + "/").text  # static, no data: asks for the key
     for path in ("/v1/models", "/metrics"):
         _assert_error(httpx.get(strict.url + path), 401, "invalid_api_key")
     wrong = {"Authorization": "Bearer nope"}
@@ -331,6 +332,19 @@ def test_exposed_address_without_key_warns(artefacts):
     result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--index", str(artefacts["root"] / "missing")])
     assert "warning: serving on 0.0.0.0 without --api-key" in result.output
     assert result.exit_code == 3  # the missing index stops it before anything is bound
+
+
+def test_artefact_names_come_from_the_directory_or_name_equals_dir():
+    from embedkit.errors import ConfigError
+
+    assert parse_artefact("runs/docs-index/", "index").name == "docs-index"
+    named = parse_artefact("docs=runs/a=b", "index")
+    assert (named.name, str(named.path)) == ("docs", "runs/a=b")
+    with pytest.raises(ConfigError, match="NAME=DIR"):
+        parse_artefact("=x", "index")
+    twice = (parse_artefact("a/ix", "index"), parse_artefact("b/ix", "index"))
+    with pytest.raises(ConfigError, match="share the name ix"):
+        ServeSettings(indexes=twice)
 
 
 def test_stored_trust_remote_code_is_never_used(artefacts, tmp_path):
