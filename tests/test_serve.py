@@ -371,7 +371,7 @@ def test_concurrent_requests_share_one_model_run_and_keep_their_rows(extractor_f
 
     extractor = extractor_factory(batch_tokens=64)
     steps = []
-    batcher = MicroBatcher(extractor, Batching(wait_ms=300, max_inputs=64), max_queue=16, on_batch=steps.append)
+    batcher = MicroBatcher(extractor, Batching(wait_ms=1000, max_inputs=64), max_queue=16, on_batch=steps.append)
     texts = sample_texts(10, seed=9)
     batcher.start()
 
@@ -392,13 +392,13 @@ def test_a_request_whose_client_left_is_not_computed(extractor_factory):
     from embedkit.serve.batcher import MicroBatcher
 
     steps = []
-    batcher = MicroBatcher(extractor_factory(), Batching(wait_ms=300), max_queue=8, on_batch=steps.append)
+    batcher = MicroBatcher(extractor_factory(), Batching(wait_ms=1000), max_queue=8, on_batch=steps.append)
     batcher.start()
 
     async def scenario():
         kept = [asyncio.ensure_future(batcher.embed_texts([t])) for t in ("one text", "two texts")]
         gone = asyncio.ensure_future(batcher.embed_texts(["left", "early", "too"]))
-        await asyncio.sleep(0.05)  # all three queued; the worker is still waiting for company
+        await asyncio.sleep(0.05)  # all three queued; the worker waits up to 1 s for company: margin on a busy box
         gone.cancel()
         return await asyncio.gather(*kept)
 
@@ -446,9 +446,10 @@ def test_sigterm_finishes_the_request_in_flight(artefacts):
     with _free_socket() as probe:
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    # A lone request waits up to --batch-wait-ms for company: 1.5 s keeps it in flight while SIGTERM arrives.
+    # A lone request waits up to --batch-wait-ms for company: 3 s keeps it in flight while SIGTERM arrives, with
+    # a second of margin for the request to reach the server on a busy machine.
     proc = subprocess.Popen([sys.executable, "-m", "embedkit", "serve", "--model", artefacts["model"], "--port",
-                             str(port), "--device", "cpu", "--batch-wait-ms", "1500", "-q"], env=env,
+                             str(port), "--device", "cpu", "--batch-wait-ms", "3000", "-q"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -465,11 +466,11 @@ def test_sigterm_finishes_the_request_in_flight(artefacts):
         thread = threading.Thread(target=lambda: result.update(r=_post(url, "/v1/embeddings", {"input": "a cat"})))
         started = time.monotonic()
         thread.start()
-        time.sleep(0.4)
+        time.sleep(1.0)
         proc.send_signal(signal.SIGTERM)
         thread.join(20)
         assert result["r"].status_code == 200 and len(result["r"].json()["data"][0]["embedding"]) == 32
-        assert time.monotonic() - started >= 1.4  # it really was in flight when the signal came
+        assert time.monotonic() - started >= 2.9  # it really was in flight when the signal came
         # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM ended it.
         assert proc.wait(20) in (0, -signal.SIGTERM)
     finally:
