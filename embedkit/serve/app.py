@@ -126,7 +126,9 @@ def create_app(services: Services, settings: ServeSettings, metrics: Metrics) ->
         finally:
             services.close()
 
-    app = FastAPI(title="embedkit", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # FastAPI's /docs page pulls Swagger UI from a CDN, which a server meant for closed networks cannot rely on;
+    # the schema itself stays at /openapi.json.
+    app = FastAPI(title="embedkit", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services, app.state.settings, app.state.metrics = services, settings, metrics
     app.include_router(router)
     errors.install(app)
