@@ -41,11 +41,14 @@ HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 60.0
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process in MB. ``RssAnon`` leaves out file-backed pages: the model weights are
+    memory-mapped from safetensors, so VmRSS also counts whatever part of the file has been read (shared,
+    reclaimable page cache) and grows as requests touch more of it, while private memory stays put."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def free_port() -> int:
@@ -82,6 +85,9 @@ class Server:
 
     def rss(self) -> float:
         return rss_mb(self.proc.pid)
+
+    def anon(self) -> float:
+        return rss_mb(self.proc.pid, "RssAnon")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -155,14 +161,16 @@ def run_once(args, texts: list[str], extractor, queries: list[str]) -> dict:
     result: dict = {"offline": offline(extractor, texts)}
     server = Server(["--model", args.model], args.threads)
     try:
-        result["rss_start_mb"] = server.rss()
+        result["rss_start_mb"], result["anon_start_mb"] = server.rss(), server.anon()
         asyncio.run(load(server.url, "/v1/embeddings", [{"input": t} for t in texts[:8]], 1))  # warm up
         for c in args.concurrency:
             stats = asyncio.run(load(server.url, "/v1/embeddings", [{"input": t} for t in texts], c))
             stats["embeddings_per_s"] = stats["requests_per_s"]  # one text per request
             stats["vs_offline"] = stats["embeddings_per_s"] / result["offline"]["embeddings_per_s"]
             result[f"c{c}"] = stats
-        result["rss_end_mb"] = server.rss()
+            print(f"  c={c}: {stats['requests_per_s']:.1f} req/s, {stats['vs_offline']:.2f}x offline "
+                  f"({result['offline']['embeddings_per_s']:.1f}/s), p50 {stats['p50_ms']:.0f} ms", flush=True)
+        result["rss_end_mb"], result["anon_end_mb"] = server.rss(), server.anon()
     finally:
         server.stop()
     if args.search_model:
@@ -173,10 +181,10 @@ def run_once(args, texts: list[str], extractor, queries: list[str]) -> dict:
             asyncio.run(load(server.url, "/v1/search", bodies[:10], 1))  # warm up
             result["search"] = asyncio.run(load(server.url, "/v1/search", bodies, 1))
             if args.soak:
-                result["soak_rss_start_mb"] = server.rss()
+                result["soak_rss_start_mb"], result["soak_anon_start_mb"] = server.rss(), server.anon()
                 soak = [bodies[i % len(bodies)] for i in range(args.soak)]
                 result["soak"] = asyncio.run(load(server.url, "/v1/search", soak, 32))
-                result["soak_rss_end_mb"] = server.rss()
+                result["soak_rss_end_mb"], result["soak_anon_end_mb"] = server.rss(), server.anon()
         finally:
             server.stop()
     return result
@@ -196,7 +204,8 @@ def report(runs: list[dict], args) -> None:
               f"  vs offline {med([x['vs_offline'] for x in rows]):.2f}x (runs: "
               f"{', '.join('%.2f' % x['vs_offline'] for x in rows)})  errors {sum(x['errors'] for x in rows)}")
     print(f"server RSS: start {med([r['rss_start_mb'] for r in runs]):.0f} MB, "
-          f"end {med([r['rss_end_mb'] for r in runs]):.0f} MB")
+          f"end {med([r['rss_end_mb'] for r in runs]):.0f} MB; private (RssAnon) start "
+          f"{med([r['anon_start_mb'] for r in runs]):.0f} MB, end {med([r['anon_end_mb'] for r in runs]):.0f} MB")
     if "search" in runs[0]:
         rows = [r["search"] for r in runs]
         print(f"search by text (c=1, {args.search_model}): p50 {med([x['p50_ms'] for x in rows]):.1f} ms, "
@@ -207,7 +216,9 @@ def report(runs: list[dict], args) -> None:
             print(f"soak: {s['requests']} search requests at c=32 in {s['seconds']:.1f} s ({s['requests_per_s']:.0f}"
                   f" req/s), {s['errors']} errors, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms; RSS "
                   f"{r['soak_rss_start_mb']:.0f} -> {r['soak_rss_end_mb']:.0f} MB "
-                  f"({r['soak_rss_end_mb'] - r['soak_rss_start_mb']:+.0f} MB)")
+                  f"({r['soak_rss_end_mb'] - r['soak_rss_start_mb']:+.0f} MB); private "
+                  f"{r['soak_anon_start_mb']:.0f} -> {r['soak_anon_end_mb']:.0f} MB "
+                  f"({r['soak_anon_end_mb'] - r['soak_anon_start_mb']:+.0f} MB)")
             if s["first_errors"]:
                 print("  first errors:", s["first_errors"])
 
