@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, TypeVar
 
-import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.encoders import jsonable_encoder
@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from .errors import APIError
 from .page import PAGE
-from .registry import Embedder, ServedClassifier, ServedIndex, Services
+from .registry import Embedder, Services
 from .schemas import EmbeddingsRequest, PredictRequest, SearchRequest
 from .settings import Limits
 
@@ -119,9 +119,9 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
     })
 
 
-def _search(served: ServedIndex, vectors: np.ndarray, k: int):
-    with served.lock:
-        return served.index.search_vectors(vectors, k)
+async def _on(executor, fn, *args):
+    """Run ``fn`` on the artefact's own thread: off the event loop, and always the same thread."""
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 @router.post("/v1/search")
@@ -132,7 +132,7 @@ async def search(body: SearchRequest, request: Request) -> JSONResponse:
         raise APIError(422, f"k must be between 1 and {limits.max_k}, got {body.k}", "invalid_value", param="k")
     name, served = _pick(services.indexes, body.index, "index", "--index DIR")
     embedded = await served.embedder.batcher.embed_texts(queries)
-    result = await anyio.to_thread.run_sync(_search, served, embedded.vectors, body.k)
+    result = await _on(served.executor, served.index.search_vectors, embedded.vectors, body.k)
     data = [{"query": q, "hits": result.hits(i)} for i, q in enumerate(queries)]
     return JSONResponse(jsonable_encoder({"object": "list", "index": name, "metric": served.index.metric,
                                           "data": data, "notes": result.notes}))
@@ -148,7 +148,7 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     texts = _texts(body.input, limits, "input")
     name, served = _pick(services.classifiers, body.classifier, "classifier", "--classifier DIR")
     embedded = await served.embedder.batcher.embed_texts(texts)
-    labels, proba = await anyio.to_thread.run_sync(served.model.predict_vectors, embedded.vectors)
+    labels, proba = await _on(served.executor, served.model.predict_vectors, embedded.vectors)
     classes = served.model.classes
     data = []
     for i, label in enumerate(labels):
