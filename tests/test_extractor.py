@@ -316,3 +316,22 @@ def test_cached_hub_id_loads_at_once_without_network(unreachable_hub, tiny_gpt2_
     assert time.perf_counter() - started < 10
     local = Extractor(ExtractConfig(model=tiny_gpt2_shared), device="cpu").embed(["a cached model"])
     np.testing.assert_allclose(cached, local, atol=1e-6)
+
+
+def test_encode_tokens_of_separately_tokenised_texts_equals_encode(extractor_factory):
+    ex = extractor_factory(batch_tokens=64, long_text="chunk", max_length=24)
+    texts = sample_texts(12, seed=5, max_words=30)
+    _, first = ex.tokenize(texts[:5])
+    _, second = ex.tokenize(texts[5:])
+    merged = ex.encode_tokens(first + second)
+    whole = ex.encode(texts)
+    np.testing.assert_array_equal(merged.vectors["embedding"], whole.vectors["embedding"])
+    np.testing.assert_array_equal(merged.n_tokens, whole.n_tokens)
+
+
+def test_encode_tokens_records_empty_rows_and_refuses_ids_outside_the_vocabulary(extractor_factory):
+    ex = extractor_factory()
+    result = ex.encode_tokens([[5, 6], [], None])
+    assert result.status == ["ok", "empty", "null"] and result.valid.tolist() == [True, False, False]
+    with pytest.raises(InputError, match="must lie in 0.."):
+        ex.encode_tokens([[ex.vocab_size]])

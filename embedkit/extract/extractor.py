@@ -91,6 +91,15 @@ def _cut(checked: CheckedText, chars: int, mode: str) -> CheckedText:
     return CheckedText(checked.text, CUT_STATUS, note if checked.error is None else f"{note}; {checked.error}")
 
 
+def check_tokens(ids: Sequence[int] | None) -> CheckedText:
+    """The status of one pre-tokenised row; the text itself is not needed, so "" stands for a usable row."""
+    if ids is None:
+        return CheckedText(None, "null", "missing token ids")
+    if len(ids) == 0:
+        return CheckedText(None, "empty", "no token ids")
+    return CheckedText("", "ok")
+
+
 def _accepts(model: torch.nn.Module, argument: str) -> bool:
     try:
         return argument in inspect.signature(model.forward).parameters
@@ -195,6 +204,12 @@ class Extractor:
     def dim(self) -> int:
         return self.loaded.hidden_size
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids ``encode_tokens`` accepts: 0 .. vocab_size - 1."""
+        embeddings = self.loaded.model.get_input_embeddings()  # type: ignore[operator]  # torch types it loosely
+        return int(getattr(embeddings, "num_embeddings", None) or len(self.loaded.tokenizer))
+
     def _autocast(self):
         if self.loaded.device.type != "cuda":
             return contextlib.nullcontext()
@@ -222,32 +237,66 @@ class Extractor:
             )
             return [pool(hidden[layer], mask, mode).cpu() for layer, mode in self.config.pairs]
 
+    def tokenize(self, texts: Sequence[object]) -> tuple[list[CheckedText], list[list[int] | None]]:
+        """Check every text and tokenise the usable ones (content tokens, no special tokens); None marks a bad row.
+
+        Texts past the row budget are tokenised only as far as they are used and marked ``cut`` (see batching.py).
+        """
+        checked: list[CheckedText] = [check_text(t) for t in texts]
+        contents: list[list[int] | None] = [None] * len(checked)
+        text_of = {i: c.text for i, c in enumerate(checked) if c.text is not None}  # row: text, rows with one
+        if text_of:
+            content, cut_rows = self._content_tokens(list(text_of.values()))
+            for row, ids, cut_row in zip(text_of, content, cut_rows):
+                contents[row] = list(ids)
+                if cut_row:
+                    checked[row] = _cut(checked[row], len(text_of[row]), self.config.long_text)
+        return checked, contents
+
     def encode(self, texts: Sequence[object], progress: ProgressFn | None = None) -> EncodeResult:
         """Extract every configured column for ``texts``; bad values are recorded, never raised."""
-        checked: list[CheckedText] = [check_text(t) for t in texts]
-        n, cfg = len(checked), self.config
-        text_of = {i: c.text for i, c in enumerate(checked) if c.text is not None}  # row: text, rows with one
-        good = list(text_of)
+        checked, contents = self.tokenize(texts)
+        return self.encode_tokens(contents, progress, checked=checked)
+
+    def encode_tokens(
+        self,
+        contents: Sequence[Sequence[int] | None],
+        progress: ProgressFn | None = None,
+        *,
+        checked: Sequence[CheckedText] | None = None,
+    ) -> EncodeResult:
+        """``encode`` for texts already tokenised: content token ids without the special tokens the model adds.
+
+        Several callers' texts can be tokenised apart and run here together, so they share the same
+        length-sorted batches (the server merges concurrent requests this way). ``checked`` carries each row's
+        status; a None content is a row that cannot be embedded.
+        """
+        n, cfg = len(contents), self.config
+        if checked is None:
+            checked = [check_tokens(c) for c in contents]
+        vocab = self.vocab_size
+        for row, ids in enumerate(contents):
+            if ids is not None and any(not 0 <= t < vocab for t in ids):
+                # An id past the embedding table is an IndexError deep inside the model, for the whole batch.
+                raise InputError(f"token ids of row {row} must lie in 0..{vocab - 1} (this model's vocabulary)")
         n_tokens = np.zeros(n, dtype=np.int32)
         n_windows = np.zeros(n, dtype=np.int32)
         truncated = np.zeros(n, dtype=bool)
         windows: list[list[int]] = []
         owner: list[int] = []  # row of each window; a row's windows are contiguous
         first_window = np.zeros(n, dtype=np.int64)
-        if good:
-            content, cut_rows = self._content_tokens(list(text_of.values()))
-            for row, ids, cut_row in zip(good, content, cut_rows):
-                if cut_row:
-                    checked[row] = _cut(checked[row], len(text_of[row]), cfg.long_text)
-                row_windows, cut = split_windows(
-                    ids, self._specials, self.max_length, self.stride, chunk=cfg.long_text == "chunk"
-                )
-                n_tokens[row] = len(ids) + len(self._specials)
-                n_windows[row] = len(row_windows)
-                truncated[row] = cut or cut_row
-                first_window[row] = len(windows)
-                windows.extend(row_windows)
-                owner.extend([row] * len(row_windows))
+        for row, ids in enumerate(contents):
+            if ids is None or checked[row].text is None:
+                continue
+            row_windows, cut = split_windows(
+                list(ids), self._specials, self.max_length, self.stride, chunk=cfg.long_text == "chunk"
+            )
+            n_tokens[row] = len(ids) + len(self._specials)
+            n_windows[row] = len(row_windows)
+            truncated[row] = cut or checked[row].status == CUT_STATUS  # a cut text was truncated before tokens
+            first_window[row] = len(windows)
+            windows.extend(row_windows)
+            owner.extend([row] * len(row_windows))
 
         pooled = [np.empty((len(windows), self.dim), dtype=np.float32) for _ in cfg.pairs]
         remaining = n_windows.copy()

@@ -1,0 +1,54 @@
+"""Load, then serve with uvicorn: everything is loaded before the port is bound, so a bad index or model is a
+clean error at start, not a server that answers 500s."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from .app import create_app
+from .metrics import Metrics
+from .registry import Services, load_services
+from .settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def build(settings: ServeSettings) -> tuple[object, Services]:
+    """The app and what it serves, loaded (the model workers start with the app)."""
+    metrics = Metrics()
+    services = load_services(settings, metrics)
+    return create_app(services, settings, metrics), services
+
+
+def uvicorn_server(app, settings: ServeSettings, log_level: str = "warning"):
+    """A uvicorn server that, on SIGTERM or Ctrl-C, stops accepting and finishes the requests in flight
+    (up to ``settings.graceful_seconds``) before the model workers stop."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.graceful_seconds,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+def serve(
+    settings: ServeSettings, *, log_level: str = "warning", sock: socket.socket | None = None, on_ready=None
+) -> None:
+    """Load everything ``settings`` names and serve until SIGTERM/SIGINT.
+
+    Args:
+        sock: an already bound socket (tests bind port 0 to get a free port without a race).
+        on_ready: called with the Services once loaded, before serving (the CLI prints what is served).
+    """
+    app, services = build(settings)
+    if on_ready is not None:
+        on_ready(services)
+    server = uvicorn_server(app, settings, log_level)
+    server.run(sockets=[sock] if sock is not None else None)
