@@ -1,0 +1,117 @@
+"""Regression tests for what an adversarial pass over #15 found: hostile state that embedkit reads back.
+
+Each test hand-edits something a previous run (or another person) left on disk and checks that the command
+refuses it with its documented exit code before reading anything it points at.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from conftest import sample_texts
+
+from embedkit.cli import cli
+from embedkit.store import PartWriter
+
+PART_ROWS = 20
+
+
+class Crash(BaseException):
+    """Stands for the process dying before the merge: not an Exception, so nothing on the way catches it."""
+
+
+@pytest.fixture
+def corpus(write_csv):
+    return write_csv([{"doc": f"d{i}", "text": t} for i, t in enumerate(sample_texts(60, seed=3))], "corpus.csv")
+
+
+def embed_args(corpus, out, model, *extra):
+    return ["embed", str(corpus), "-o", str(out), "-m", model, "--id-column", "doc"] + [
+        "--part-rows",
+        str(PART_ROWS),
+        "-q",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def partial_run(corpus, tiny_gpt2_shared, tmp_path, monkeypatch):
+    """A whole partial run (three committed parts, no merge) of ``out.parquet``; returns its manifest's path."""
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(PartWriter, "finish", lambda self, meta: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        CliRunner().invoke(cli, embed_args(corpus, out, tiny_gpt2_shared), catch_exceptions=False)
+    monkeypatch.undo()
+    manifest = tmp_path / "out.parquet.partial" / "manifest.json"
+    assert len(json.loads(manifest.read_text())["parts"]) == 3
+    return manifest
+
+
+def _edit(manifest, change):
+    doc = json.loads(manifest.read_text())
+    change(doc)
+    manifest.write_text(json.dumps(doc))
+
+
+def _outside_part(manifest):
+    # A features file outside the partial directory, shaped like a part: what a traversal name would merge in.
+    outside = manifest.parent.parent / "secret.parquet"
+    shutil.copy(manifest.parent / "part-000000.parquet", outside)
+    return outside
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda doc, m: doc["parts"][1].update(file="../secret.parquet"), id="traversal"),
+        pytest.param(lambda doc, m: doc["parts"][1].update(file=str(_outside_part(m))), id="absolute"),
+        pytest.param(lambda doc, m: doc["parts"][1].update(rows=5), id="row-count"),
+        pytest.param(lambda doc, m: doc["parts"].pop(1), id="part-dropped"),
+        pytest.param(lambda doc, m: doc["parts"].append(dict(doc["parts"][0])), id="part-repeated"),
+        pytest.param(lambda doc, m: doc["parts"][0].update(rows=True), id="rows-bool"),
+        pytest.param(lambda doc, m: doc.update(parts={"file": "x"}), id="parts-not-a-list"),
+        pytest.param(lambda doc, m: doc["parts"].__setitem__(0, "part-000000.parquet"), id="part-not-an-object"),
+        pytest.param(lambda doc, m: doc.pop("fingerprint"), id="no-fingerprint"),
+    ],
+)
+def test_a_hand_edited_resume_manifest_is_refused(partial_run, corpus, tiny_gpt2_shared, edit):
+    _outside_part(partial_run)
+    _edit(partial_run, lambda doc: edit(doc, partial_run))
+    out = partial_run.parent.parent / "out.parquet"
+    result = CliRunner().invoke(cli, embed_args(corpus, out, tiny_gpt2_shared, "--resume"))
+    assert result.exit_code == 3, result.output
+    assert "is damaged" in result.output and "--overwrite" in result.output
+    assert not out.exists()
+
+
+def test_a_part_swapped_for_a_symlink_is_refused(partial_run, corpus, tiny_gpt2_shared):
+    outside = _outside_part(partial_run)
+    part = partial_run.parent / "part-000001.parquet"
+    part.unlink()
+    part.symlink_to(outside)
+    out = partial_run.parent.parent / "out.parquet"
+    result = CliRunner().invoke(cli, embed_args(corpus, out, tiny_gpt2_shared, "--resume"))
+    assert result.exit_code == 3 and "not a regular file" in result.output, result.output
+
+
+def test_an_untouched_partial_run_still_resumes(partial_run, corpus, tiny_gpt2_shared):
+    out = partial_run.parent.parent / "out.parquet"
+    result = CliRunner().invoke(cli, embed_args(corpus, out, tiny_gpt2_shared, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).column("id").to_pylist() == [f"d{i}" for i in range(60)]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_partial_directory_that_is_a_symlink_is_never_written_through(corpus, tiny_gpt2_shared, tmp_path, overwrite):
+    elsewhere = tmp_path / "users-dir"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (tmp_path / "out.parquet.partial").symlink_to(elsewhere)
+    extra = ["--overwrite"] if overwrite else ["--resume"]
+    result = CliRunner().invoke(cli, embed_args(corpus, tmp_path / "out.parquet", tiny_gpt2_shared, *extra))
+    assert result.exit_code == 5 and "symlink" in result.output, result.output
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
