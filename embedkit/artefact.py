@@ -57,6 +57,22 @@ def plain_name(name: object, *, where: str | Path = "artefact") -> str:
     return name
 
 
+def parse_json(raw: bytes | str, *, where: str | Path) -> Any:
+    """Stored JSON (a manifest, a features file's metadata) parsed, or InputError naming ``where``.
+
+    Whoever wrote the artefact chose these bytes: oversized, not UTF-8, or nested deeper than the parser's
+    recursion limit are all a corrupt artefact (exit 3), never an internal error.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise InputError(
+            f"{where}: {len(raw)} bytes of stored JSON, far more than embedkit writes; refusing to read it"
+        )
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{where}: not readable JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes, read in blocks (bounded memory whatever its size)."""
     digest = hashlib.sha256()
@@ -376,9 +392,10 @@ def read_manifest(directory: str | Path, *, manifest_name: str, what: str) -> di
     if info.st_size > MAX_MANIFEST_BYTES:
         raise InputError(f"{path} is {info.st_size} bytes, far larger than any manifest; refusing to read it")
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InputError(f"{path} is not readable JSON ({type(exc).__name__}: {exc})") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path} is not readable ({exc.strerror or exc})") from exc
+    manifest = parse_json(raw, where=path)
     if not isinstance(manifest, dict):
         raise InputError(f"{path} is not a JSON object; the {what} is corrupt")
     files = manifest.get("files")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artefact import parse_json
 from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
@@ -372,10 +373,15 @@ def stage_outputs(p: Pipeline, stage: str) -> list[Path]:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
+    # Only a record of which stages are up to date: anything unreadable or of the wrong shape (a kill before it
+    # existed, a hand edit) means "nothing known", so every stage whose record is gone simply runs again.
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        state = parse_json(path.read_bytes(), where=path)
+    except (OSError, InputError):
         return {}
+    if not isinstance(state, dict):
+        return {}
+    return {stage: record for stage, record in state.items() if isinstance(record, dict)}
 
 
 def run_pipeline(

@@ -33,6 +33,7 @@ from .artefact import (
     check_writable_dir,  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
     output_error,
     output_lock,
+    parse_json,
     write_text_atomic,
 )
 from .config import ExtractConfig
@@ -87,10 +88,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise InputError(f"{path} was not written by embedkit embed (no '{META_KEY.decode()}' metadata)")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: the embedkit metadata is not valid JSON: {exc}") from exc
+    return parse_json(raw, where=f"{path} (embedkit metadata)")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -115,3 +117,65 @@ def test_a_partial_directory_that_is_a_symlink_is_never_written_through(corpus, 
     result = CliRunner().invoke(cli, embed_args(corpus, tmp_path / "out.parquet", tiny_gpt2_shared, *extra))
     assert result.exit_code == 5 and "symlink" in result.output, result.output
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, "RecursionError", id="nested-past-the-recursion-limit"),
+        pytest.param(b'{"config": "\xff\xfe"}', "UnicodeDecodeError", id="not-utf8"),
+        pytest.param(b'{"x": "' + b"a" * (17 << 20) + b'"}', "far more than embedkit writes", id="huge"),
+    ],
+)
+def test_hostile_features_metadata_is_a_corrupt_input(features_file, tmp_path, raw, message):
+    path = tmp_path / "hostile.parquet"
+    table = pq.read_table(features_file(n=12))
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"embedkit": raw}), path)
+    for args in (["info", path], ["index", "build", path, "-o", tmp_path / "idx", "-q"]):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 3 and message in result.output, result.output
+        assert "internal error" not in result.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_an_id_column_of_nested_values_is_refused_by_index_build(features_file, tmp_path):
+    path = tmp_path / "nested-ids.parquet"
+    table = pq.read_table(features_file(n=12))
+    ids = pa.array([[{"a": i}] for i in range(table.num_rows)])
+    pq.write_table(table.set_column(table.schema.get_field_index("id"), "id", ids), path)
+    result = CliRunner().invoke(cli, ["index", "build", str(path), "-o", str(tmp_path / "idx"), "-q"])
+    assert result.exit_code == 3 and "ids must be strings or numbers" in result.output, result.output
+
+
+def test_a_jsonl_row_nested_past_the_recursion_limit_is_a_malformed_row(tiny_gpt2_shared, tmp_path):
+    source = tmp_path / "deep.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000
+    source.write_text(f'{{"text": "fine"}}\n{{"text": {deep}}}\n{deep}\n', encoding="utf-8")
+    out = tmp_path / "deep.parquet"
+    result = CliRunner().invoke(cli, ["embed", str(source), "-o", str(out), "-m", tiny_gpt2_shared, "-q"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("status").to_pylist() == ["ok", "malformed", "malformed"]
+    assert "nested too deeply" in table.column("error").to_pylist()[1]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param(b'["embed"]', id="a-list"),
+        pytest.param(b'{"embed": "done", "cluster": 3}', id="records-not-objects"),
+        pytest.param(b'{"embed": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", id="nested-past-the-recursion-limit"),
+        pytest.param(b'{"embed": {"fingerprint": "\xff"}}', id="not-utf8"),
+    ],
+)
+def test_a_hand_edited_pipeline_state_reruns_the_stages(tiny_gpt2_shared, tmp_path, state):
+    from embedkit.pipeline import STATE_FILE
+
+    pipeline = Path(__file__).parent.parent / "pipelines" / "corpus-clustering.toml"
+    args = ["run", str(pipeline), "-m", tiny_gpt2_shared, "--output-dir", str(tmp_path / "out")]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    (tmp_path / "out" / STATE_FILE).write_bytes(state)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "[embed] done in" in result.output and "[cluster] done in" in result.output
+    assert json.loads((tmp_path / "out" / STATE_FILE).read_text())["cluster"]["fingerprint"]
