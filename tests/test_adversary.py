@@ -179,3 +179,24 @@ def test_a_hand_edited_pipeline_state_reruns_the_stages(tiny_gpt2_shared, tmp_pa
     assert result.exit_code == 0, result.output
     assert "[embed] done in" in result.output and "[cluster] done in" in result.output
     assert json.loads((tmp_path / "out" / STATE_FILE).read_text())["cluster"]["fingerprint"]
+
+
+@pytest.mark.parametrize(
+    "head, message",
+    [
+        ('name = "../../escaped"', "name must be a plain file name"),
+        ('name = "/tmp/escaped"', "name must be a plain file name"),
+        ('name = ".."', "name must be a plain file name"),
+        ("name = 7", "name must be a plain file name"),
+        ("output_dir = 5", "output_dir must be a path string"),
+    ],
+)
+def test_a_pipeline_cannot_name_its_way_out_of_embedkit_out(tmp_path, monkeypatch, head, message):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "in.txt").write_text("a line\n")
+    (work / "p.toml").write_text(f'[pipeline]\n{head}\n[source]\npath = "in.txt"\n')
+    monkeypatch.chdir(work)
+    result = CliRunner().invoke(cli, ["run", "p.toml", "-m", "no-such-model"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
