@@ -110,6 +110,7 @@ def output_lock(target: str | Path, *, wait: bool = False) -> Iterator[None]:
     """
     target = absolute(target)
     _check_parent(target)
+    _check_not_inside_artefact(target)
     lock = filelock.FileLock(str(lock_path(target)), timeout=-1 if wait else 0)
     try:
         lock.acquire()
@@ -479,6 +480,24 @@ def check_writable_dir(directory: Path) -> None:
         raise OutputError(f"{directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {directory} is not writable")
+
+
+# The manifest of every kind of artefact directory (index, classifier, clustering, probe report). A directory
+# holding one is sealed: its files are checked against it, so nothing else may be written there.
+MANIFEST_NAMES = ("index.json", "embedkit_model.json", "embedkit_clusters.json", "embedkit_probe.json")
+
+
+def _check_not_inside_artefact(target: Path) -> None:
+    """OutputError when ``target`` lies in an artefact directory (through a symlink too): an output written there
+    (``embed -o idx/ids.parquet``, ``predict -o model/eval_predictions.parquet``) would replace one of its files and
+    leave the artefact corrupt, or sit in it until the next writer of that artefact deletes it."""
+    for directory in {*target.parents, *target.resolve().parents}:
+        for name in MANIFEST_NAMES:
+            if (directory / name).is_file():
+                raise OutputError(
+                    f"output {target} is inside the embedkit artefact {directory} (it holds {name}); writing there "
+                    "would corrupt it, so write the output elsewhere"
+                )
 
 
 def _check_parent(target: Path) -> None:

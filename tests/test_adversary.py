@@ -200,3 +200,39 @@ def test_a_pipeline_cannot_name_its_way_out_of_embedkit_out(tmp_path, monkeypatc
     result = CliRunner().invoke(cli, ["run", "p.toml", "-m", "no-such-model"])
     assert result.exit_code == 2 and message in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_every_artefact_kind_registers_its_manifest_name():
+    from embedkit import classify, cluster, index, probe
+    from embedkit.artefact import MANIFEST_NAMES
+
+    assert sorted(MANIFEST_NAMES) == sorted([index.META_FILE, classify.MANIFEST, cluster.MANIFEST, probe.MANIFEST])
+
+
+@pytest.fixture
+def index_and_model(features_file, tmp_path):
+    features = features_file(n=30, labels=("a", "b"))
+    assert CliRunner().invoke(cli, ["index", "build", str(features), "-o", str(tmp_path / "idx"), "-q"]).exit_code == 0
+    args = ["train", str(features), "--label-column", "label", "-o", str(tmp_path / "model")]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    return features, tmp_path / "idx", tmp_path / "model"
+
+
+def test_no_output_is_written_inside_an_artefact(index_and_model, corpus, tiny_gpt2_shared, tmp_path):
+    features, idx, model = index_and_model
+    (tmp_path / "via-link").symlink_to(idx)
+    before = {p: p.read_bytes() for d in (idx, model) for p in d.iterdir()}
+    attempts = [
+        # Replacing one of the artefact's own files: the artefact would fail its checksums from then on.
+        ["embed", corpus, "-o", idx / "ids.parquet", "-m", tiny_gpt2_shared, "--id-column", "doc", "--overwrite"],
+        ["predict", model, features, "-o", model / "eval_predictions.parquet", "--overwrite"],
+        # A new file or directory in it, directly or through a symlink to it.
+        ["predict", model, features, "-o", tmp_path / "via-link" / "predictions.parquet"],
+        ["train", features, "--label-column", "label", "-o", idx / "model"],
+        ["cluster", features, "-o", model / "clusters", "--k", "2", "-q"],
+    ]
+    for args in attempts:
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 5 and "inside the embedkit artefact" in result.output, (args, result.output)
+    assert {p: p.read_bytes() for d in (idx, model) for p in d.iterdir()} == before
+    assert CliRunner().invoke(cli, ["search", str(idx), "word", "-k", "2"]).exit_code == 0
