@@ -332,15 +332,32 @@ def _remove_leftovers(target: Path) -> None:
     """Remove what killed writers of ``target`` left beside it; restore an old artefact stranded mid-switch."""
     pattern = f".{target.name}."
     for entry in target.parent.iterdir() if target.parent.is_dir() else ():
-        if not entry.name.startswith(pattern) or entry.name == lock_path(target).name:
+        if not entry.name.startswith(pattern):
             continue
         rest = entry.name[len(pattern) :]
-        if rest.startswith("old-") and not target.exists() and entry.is_dir():
+        if _LEFTOVER_DIR.fullmatch(rest) and rest.startswith("old-") and not target.exists() and entry.is_dir():
             os.rename(entry, target)  # killed between the two renames of the fallback switch
-        elif rest.startswith(("tmp-", "old-")) and entry.is_dir() and not entry.is_symlink():
+        elif _LEFTOVER_DIR.fullmatch(rest) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
-        elif rest.endswith(".tmp") and entry.is_file():
+        elif _LEFTOVER_FILE.fullmatch(rest) and entry.is_file():
             entry.unlink(missing_ok=True)
+
+
+def stale_temp_files(target: Path) -> list[Path]:
+    """The temporary files :func:`atomic_path` made for ``target`` (and no other output's): a killed writer's."""
+    pattern = f".{target.name}."
+    return [
+        entry
+        for entry in (target.parent.iterdir() if target.parent.is_dir() else ())
+        if entry.name.startswith(pattern) and _LEFTOVER_FILE.fullmatch(entry.name[len(pattern) :]) and entry.is_file()
+    ]
+
+
+# What follows ".NAME." in the names tempfile gives a writer's leftovers: exactly its random part, so the
+# in-flight temp file ".NAME.csv.x1y2z3w4.tmp" of another output "NAME.csv" (under its own lock) is never
+# taken for a leftover of "NAME".
+_LEFTOVER_DIR = re.compile(r"(?:tmp|old)-[a-z0-9_]{8}")
+_LEFTOVER_FILE = re.compile(r"[a-z0-9_]{8}\.tmp")
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:

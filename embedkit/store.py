@@ -9,7 +9,6 @@ sees a half-written output.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -29,11 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .artefact import (
+    absolute,
     atomic_path,
     check_writable_dir,  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
     output_error,
     output_lock,
     parse_json,
+    stale_temp_files,
     write_text_atomic,
 )
 from .config import ExtractConfig
@@ -372,7 +373,7 @@ class PartWriter:
         # The partial directory is renamed here before it is deleted; a kill mid-delete leaves only this.
         shutil.rmtree(self._trash, ignore_errors=True)
         # Temp files of a merge that a kill interrupted (atomic_path's naming); garbage whatever this run does.
-        for stale in self.output.parent.glob(f".{glob.escape(self.output.name)}.*.tmp"):
+        for stale in stale_temp_files(absolute(self.output)):
             stale.unlink(missing_ok=True)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a .parquet file path")

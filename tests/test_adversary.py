@@ -236,3 +236,34 @@ def test_no_output_is_written_inside_an_artefact(index_and_model, corpus, tiny_g
         assert result.exit_code == 5 and "inside the embedkit artefact" in result.output, (args, result.output)
     assert {p: p.read_bytes() for d in (idx, model) for p in d.iterdir()} == before
     assert CliRunner().invoke(cli, ["search", str(idx), "word", "-k", "2"]).exit_code == 0
+
+
+def test_a_writer_never_takes_another_outputs_temp_file_for_its_own_leftover(tmp_path):
+    from embedkit import artefact
+
+    # "res.csv" is mid-write (its temp file beside it, under its own lock) when a writer of "res" starts.
+    with artefact.writing_file(tmp_path / "res.csv") as tmp:
+        tmp.write_text("rows\n")
+        with artefact.writing_dir(tmp_path / "res", kind="k", manifest_name="m.json") as stage:
+            stage.seal({})
+        assert tmp.exists()
+    assert (tmp_path / "res.csv").read_text() == "rows\n"
+    # And the same for a file writer of "out" while "out.parquet" is mid-write.
+    with artefact.writing_file(tmp_path / "out.parquet") as tmp:
+        tmp.write_text("rows\n")
+        with artefact.writing_file(tmp_path / "out") as other:
+            other.write_text("x")
+        assert tmp.exists()
+    assert (tmp_path / "out.parquet").read_text() == "rows\n"
+
+
+def test_a_killed_writers_leftovers_are_still_removed(tmp_path):
+    from embedkit import artefact
+
+    leftovers = [tmp_path / ".res.csv.ab12_xyz.tmp", tmp_path / ".res.csv.tmp-q1w2e3r4"]
+    leftovers[0].write_text("half")
+    leftovers[1].mkdir()
+    with artefact.writing_file(tmp_path / "res.csv") as tmp:
+        tmp.write_text("rows\n")
+    assert not any(p.exists() for p in leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".res.csv.lock", "res.csv"]
