@@ -57,6 +57,22 @@ def plain_name(name: object, *, where: str | Path = "artefact") -> str:
     return name
 
 
+def parse_json(raw: bytes | str, *, where: str | Path) -> Any:
+    """Stored JSON (a manifest, a features file's metadata) parsed, or InputError naming ``where``.
+
+    Whoever wrote the artefact chose these bytes: oversized, not UTF-8, or nested deeper than the parser's
+    recursion limit are all a corrupt artefact (exit 3), never an internal error.
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise InputError(
+            f"{where}: {len(raw)} bytes of stored JSON, far more than embedkit writes; refusing to read it"
+        )
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{where}: not readable JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes, read in blocks (bounded memory whatever its size)."""
     digest = hashlib.sha256()
@@ -94,6 +110,7 @@ def output_lock(target: str | Path, *, wait: bool = False) -> Iterator[None]:
     """
     target = absolute(target)
     _check_parent(target)
+    _check_not_inside_artefact(target)
     lock = filelock.FileLock(str(lock_path(target)), timeout=-1 if wait else 0)
     try:
         lock.acquire()
@@ -315,15 +332,32 @@ def _remove_leftovers(target: Path) -> None:
     """Remove what killed writers of ``target`` left beside it; restore an old artefact stranded mid-switch."""
     pattern = f".{target.name}."
     for entry in target.parent.iterdir() if target.parent.is_dir() else ():
-        if not entry.name.startswith(pattern) or entry.name == lock_path(target).name:
+        if not entry.name.startswith(pattern):
             continue
         rest = entry.name[len(pattern) :]
-        if rest.startswith("old-") and not target.exists() and entry.is_dir():
+        if _LEFTOVER_DIR.fullmatch(rest) and rest.startswith("old-") and not target.exists() and entry.is_dir():
             os.rename(entry, target)  # killed between the two renames of the fallback switch
-        elif rest.startswith(("tmp-", "old-")) and entry.is_dir() and not entry.is_symlink():
+        elif _LEFTOVER_DIR.fullmatch(rest) and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
-        elif rest.endswith(".tmp") and entry.is_file():
+        elif _LEFTOVER_FILE.fullmatch(rest) and entry.is_file():
             entry.unlink(missing_ok=True)
+
+
+def stale_temp_files(target: Path) -> list[Path]:
+    """The temporary files :func:`atomic_path` made for ``target`` (and no other output's): a killed writer's."""
+    pattern = f".{target.name}."
+    return [
+        entry
+        for entry in (target.parent.iterdir() if target.parent.is_dir() else ())
+        if entry.name.startswith(pattern) and _LEFTOVER_FILE.fullmatch(entry.name[len(pattern) :]) and entry.is_file()
+    ]
+
+
+# What follows ".NAME." in the names tempfile gives a writer's leftovers: exactly its random part, so the
+# in-flight temp file ".NAME.csv.x1y2z3w4.tmp" of another output "NAME.csv" (under its own lock) is never
+# taken for a leftover of "NAME".
+_LEFTOVER_DIR = re.compile(r"(?:tmp|old)-[a-z0-9_]{8}")
+_LEFTOVER_FILE = re.compile(r"[a-z0-9_]{8}\.tmp")
 
 
 def _link_or_copy(source: Path, destination: Path) -> None:
@@ -376,9 +410,10 @@ def read_manifest(directory: str | Path, *, manifest_name: str, what: str) -> di
     if info.st_size > MAX_MANIFEST_BYTES:
         raise InputError(f"{path} is {info.st_size} bytes, far larger than any manifest; refusing to read it")
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InputError(f"{path} is not readable JSON ({type(exc).__name__}: {exc})") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path} is not readable ({exc.strerror or exc})") from exc
+    manifest = parse_json(raw, where=path)
     if not isinstance(manifest, dict):
         raise InputError(f"{path} is not a JSON object; the {what} is corrupt")
     files = manifest.get("files")
@@ -462,6 +497,24 @@ def check_writable_dir(directory: Path) -> None:
         raise OutputError(f"{directory} is not a directory")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {directory} is not writable")
+
+
+# The manifest of every kind of artefact directory (index, classifier, clustering, probe report). A directory
+# holding one is sealed: its files are checked against it, so nothing else may be written there.
+MANIFEST_NAMES = ("index.json", "embedkit_model.json", "embedkit_clusters.json", "embedkit_probe.json")
+
+
+def _check_not_inside_artefact(target: Path) -> None:
+    """OutputError when ``target`` lies in an artefact directory (through a symlink too): an output written there
+    (``embed -o idx/ids.parquet``, ``predict -o model/eval_predictions.parquet``) would replace one of its files and
+    leave the artefact corrupt, or sit in it until the next writer of that artefact deletes it."""
+    for directory in {*target.parents, *target.resolve().parents}:
+        for name in MANIFEST_NAMES:
+            if (directory / name).is_file():
+                raise OutputError(
+                    f"output {target} is inside the embedkit artefact {directory} (it holds {name}); writing there "
+                    "would corrupt it, so write the output elsewhere"
+                )
 
 
 def _check_parent(target: Path) -> None:

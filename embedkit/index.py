@@ -778,6 +778,9 @@ def _pad_ids(i: np.ndarray, k: int) -> np.ndarray:
 
 def _check_ids(ids: pa.Table, path: Path) -> None:
     column = ids.column("id")
+    if pa.types.is_nested(column.type) or pa.types.is_dictionary(column.type):
+        # Hits map back to rows by id, compared and printed as one value: a list or struct id is no key.
+        raise InputError(f"{path}: the id column is of type {column.type}; ids must be strings or numbers")
     if column.null_count:
         raise InputError(f"{path}: {column.null_count} row(s) have a null id; every indexed row needs one")
     if pc.count_distinct(column).as_py() != len(column):

@@ -34,6 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .artefact import _PLAIN_NAME, parse_json
 from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
@@ -267,8 +268,16 @@ def load_pipeline(
     for stage, needed in NEEDS.items():
         if stage in stages and needed not in stages:
             raise _error(path, stage, f"needs a [{needed}] stage in the same file")
-    name = str(head.get("name") or path.stem)
-    out = Path(output_dir or head.get("output_dir") or Path("embedkit-out") / name)
+    name = head.get("name")
+    # The name becomes a folder under embedkit-out/: "../x" or "/x" would put the outputs (which every run
+    # replaces) anywhere the file's author chose, outside the place the documentation promises.
+    if name is not None and (not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name)):
+        raise _error(path, "pipeline", f"name must be a plain file name (letters, digits, '_', '-', '.'), got {name!r}")
+    name = name or path.stem
+    stored_dir = head.get("output_dir")
+    if stored_dir is not None and (not isinstance(stored_dir, str) or not stored_dir.strip()):
+        raise _error(path, "pipeline", f"output_dir must be a path string, got {stored_dir!r}")
+    out = Path(output_dir or stored_dir or Path("embedkit-out") / name)
     pipeline = Pipeline(
         path=path, name=name, output_dir=out, source=source, config=config, runtime=runtime, stages=stages
     )
@@ -509,10 +518,15 @@ def stage_outputs(p: Pipeline, stage: str) -> list[Path]:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
+    # Only a record of which stages are up to date: anything unreadable or of the wrong shape (a kill before it
+    # existed, a hand edit) means "nothing known", so every stage whose record is gone simply runs again.
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        state = parse_json(path.read_bytes(), where=path)
+    except (OSError, InputError):
         return {}
+    if not isinstance(state, dict):
+        return {}
+    return {stage: record for stage, record in state.items() if isinstance(record, dict)}
 
 
 def run_pipeline(

@@ -187,7 +187,7 @@ class Source:
         for _number, line in _jsonl_lines(path):
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # nested past the parser's limit is malformed too
                 continue
             if isinstance(obj, dict):
                 return list(obj)
@@ -265,7 +265,9 @@ class Source:
                     error = f"line {line_no}: a JSON {type(obj).__name__}, not an object"
             except json.JSONDecodeError as exc:
                 error = f"line {line_no}: malformed JSON ({exc.msg})"
-            record = obj if isinstance(obj, dict) else {}  # a dict exactly when there is no error
+            except RecursionError:
+                error = f"line {line_no}: malformed JSON (nested too deeply)"
+            record = obj if error is None and isinstance(obj, dict) else {}  # a dict exactly when there is no error
             _append(chunk, self._row_dict(record.get, error))
             if len(chunk["text"]) >= rows:
                 yield chunk

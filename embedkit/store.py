@@ -9,12 +9,13 @@ sees a half-written output.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .artefact import (
+    absolute,
     atomic_path,
     check_writable_dir,  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
     output_error,
     output_lock,
+    parse_json,
+    stale_temp_files,
     write_text_atomic,
 )
 from .config import ExtractConfig
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 META_KEY = b"embedkit"
 JOB_KEY = b"embedkit.job"  # sha256 of the resume fingerprint of the job that wrote the file
 FORMAT_VERSION = 1
+_PART_NAME = re.compile(r"part-(\d{6})\.parquet")  # what commit() names parts; nothing else is ever read back
 INFO_COLUMNS = ("n_tokens", "n_windows", "truncated", "status", "error")
 
 
@@ -84,10 +89,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise InputError(f"{path} was not written by embedkit embed (no '{META_KEY.decode()}' metadata)")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: the embedkit metadata is not valid JSON: {exc}") from exc
+    return parse_json(raw, where=f"{path} (embedkit metadata)")
 
 
 @dataclass(frozen=True)
@@ -371,10 +373,15 @@ class PartWriter:
         # The partial directory is renamed here before it is deleted; a kill mid-delete leaves only this.
         shutil.rmtree(self._trash, ignore_errors=True)
         # Temp files of a merge that a kill interrupted (atomic_path's naming); garbage whatever this run does.
-        for stale in self.output.parent.glob(f".{glob.escape(self.output.name)}.*.tmp"):
+        for stale in stale_temp_files(absolute(self.output)):
             stale.unlink(missing_ok=True)
         if self.output.is_dir():
             raise OutputError(f"output {self.output} is a directory; give a .parquet file path")
+        if self.partial.is_symlink() or (self.partial.exists() and not self.partial.is_dir()):
+            # Parts are written into it and it is deleted at the end: never through a link, never a user's file.
+            raise OutputError(
+                f"{self.partial} is not a directory embedkit made (a symlink or a file); move it away and run again"
+            )
         if self.partial.exists():
             if resume:
                 self._load_manifest()
@@ -416,20 +423,66 @@ class PartWriter:
     def _load_manifest(self) -> None:
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
             # Killed before the first manifest landed: nothing was committed yet.
             log.info("no readable manifest in %s; starting from the first row", self.partial)
             return
-        if manifest.get("fingerprint") != self.fingerprint:
-            old, new = manifest.get("fingerprint", {}), self.fingerprint
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("fingerprint"), dict):
+            raise InputError(
+                f"cannot resume {self.output}: {self.manifest_path} is damaged (no fingerprint); pass --overwrite to "
+                "start over"
+            )
+        if manifest["fingerprint"] != self.fingerprint:
+            old, new = manifest["fingerprint"], self.fingerprint
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise IncompatibleError(
                 f"cannot resume {self.output}: the partial run was made with different {', '.join(changed)} "
                 f"({'; '.join(fingerprint_changes(old, new))}); "
                 "run with the same settings and input, or pass --overwrite to start over"
             )
-        self.parts = [p for p in manifest.get("parts", []) if (self.partial / p["file"]).is_file()]
+        self.parts = self._checked_parts(manifest.get("parts"))
         log.info("resuming %s after %d committed rows", self.output, self.rows_done)
+
+    def _checked_parts(self, parts: object) -> list[dict[str, Any]]:
+        """The committed parts a resume may build on, each checked before it is read; InputError otherwise.
+
+        The manifest is a file anyone can edit: a part named ``../x.parquet`` or a symlink would merge another
+        file into the output, and a wrong row count (or a listed part gone) would make the resume skip or repeat
+        input rows. The local engine commits parts 0, 1, 2... in input order and resumes after their rows, so its
+        parts must be exactly that sequence; the Ray engine's parts finish out of order.
+        """
+
+        def damaged(why: str) -> InputError:
+            return InputError(
+                f"cannot resume {self.output}: {self.manifest_path} is damaged ({why}); pass --overwrite to start over"
+            )
+
+        if not isinstance(parts, list):
+            raise damaged("no list of parts")
+        ordered = self.fingerprint.get("engine") != "ray"
+        checked, seen = [], set()
+        for i, part in enumerate(parts):
+            if not isinstance(part, dict) or not isinstance(part.get("file"), str):
+                raise damaged(f"part {i} has no file name")
+            name, rows = part["file"], part.get("rows")
+            match = _PART_NAME.fullmatch(name)
+            if match is None or name in seen or (ordered and int(match.group(1)) != i):
+                raise damaged(f"unexpected part file name {name!r}")
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+                raise damaged(f"part {name} has no row count")
+            path = self.partial / name
+            try:
+                regular = stat.S_ISREG(path.lstat().st_mode)
+                stored_rows = pq.read_metadata(path).num_rows if regular else None
+            except (OSError, pa.ArrowException):
+                regular, stored_rows = False, None
+            if not regular:
+                raise damaged(f"part {name} is missing or not a regular file")
+            if stored_rows != rows:
+                raise damaged(f"part {name} holds {stored_rows} rows where the manifest records {rows}")
+            seen.add(name)
+            checked.append({"file": name, "rows": rows})
+        return checked
 
     def _save_manifest(self) -> None:
         write_text_atomic(
@@ -451,7 +504,12 @@ class PartWriter:
 
     def abandon(self) -> None:
         """Remove the partial directory (nothing worth resuming: no rows, or a strict-mode stop)."""
-        shutil.rmtree(self.partial, ignore_errors=True)
+        # Renamed away first, as in finish: a kill mid-delete must not leave a manifest whose parts are half gone.
+        try:
+            self.partial.rename(self._trash)
+        except OSError:
+            shutil.rmtree(self.partial, ignore_errors=True)
+        shutil.rmtree(self._trash, ignore_errors=True)
 
     @contextmanager
     def abandoned_on_failure(self) -> Iterator[None]:

@@ -175,6 +175,7 @@ def _write_slowly_forever(target: str, n: int) -> None:
 def test_kill_at_random_instants_leaves_the_old_or_the_new_artefact_complete(tmp_path):
     target = tmp_path / "thing"
     _write(target, "generation start")
+    old = "generation start"
     ctx = multiprocessing.get_context("fork")
     for trial in range(8):
         proc = ctx.Process(target=_write_slowly_forever, args=(str(target), 1000))
@@ -183,8 +184,10 @@ def test_kill_at_random_instants_leaves_the_old_or_the_new_artefact_complete(tmp
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         text = _read(target)  # never raises: complete old or complete new
-        assert text.startswith("generation")
-        _write(target, f"after kill {trial}", overwrite=True)  # the next writer cleans what the killed one left
+        # On a loaded machine the child can die before its first write lands: then the old artefact is the answer.
+        assert text.startswith("generation") or text == old
+        old = f"after kill {trial}"
+        _write(target, old, overwrite=True)  # the next writer cleans what the killed one left
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".thing.") and not p.name.endswith(".lock")]
 
 
