@@ -187,8 +187,8 @@ def test_a_hand_edited_pipeline_state_reruns_the_stages(tiny_gpt2_shared, tmp_pa
         ('name = "../../escaped"', "name must be a plain file name"),
         ('name = "/tmp/escaped"', "name must be a plain file name"),
         ('name = ".."', "name must be a plain file name"),
-        ("name = 7", "name must be a plain file name"),
-        ("output_dir = 5", "output_dir must be a path string"),
+        ("name = 7", "[pipeline] name: expected a string, got 7"),  # the typed schema, before any path use
+        ("output_dir = 5", "[pipeline] output_dir: expected a string, got 5"),
     ],
 )
 def test_a_pipeline_cannot_name_its_way_out_of_embedkit_out(tmp_path, monkeypatch, head, message):
