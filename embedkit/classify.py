@@ -792,6 +792,61 @@ def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> Cla
     return ClassifierModel(path=model_dir, estimator=estimator, manifest=manifest, trust_remote_code=trust_remote_code)
 
 
+def describe_model(model_dir: str | Path) -> dict[str, Any]:
+    """What ``embedkit info MODEL_DIR`` prints: the classifier, its classes and settings, and the metrics of its
+    evaluation (per group too, when trained with ``--group-column``). Every file is verified; nothing is unpickled.
+    """
+    model_dir = Path(model_dir)
+    try:
+        opened = artefact.open_dir(model_dir, manifest_name=MANIFEST, what="classifier model")
+    except InputError:
+        _refuse_older_format(model_dir)
+        raise
+    manifest = opened.manifest
+    check_manifest(manifest, model_dir / MANIFEST)
+    metrics = artefact.parse_json(opened.path(METRICS_FILE).read_bytes(), where=model_dir / METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise InputError(f"{model_dir / METRICS_FILE} is not a JSON object; the model is corrupt")
+    return {
+        "path": str(model_dir),
+        "classifier": manifest["classifier"],
+        "classes": manifest["classes"],
+        "label_column": manifest["label_column"],
+        "column": manifest["column"],
+        "dim": manifest["dim"],
+        "options": manifest.get("options", {}),
+        "config": manifest["extract_config"],
+        "created_at": manifest.get("created_at"),
+        "metrics": {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "per_class")},
+    }
+
+
+def model_info_lines(info: dict[str, Any]) -> list[str]:
+    """``describe_model``'s dict as the lines ``embedkit info MODEL_DIR`` prints."""
+    m, classes = info["metrics"], info["classes"]
+    shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+    lines = [
+        f"model     {info['path']} (classifier, created {info['created_at']})",
+        f"predicts  {info['label_column']!r}: {len(classes)} classes ({shown})",
+        f"from      column {info['column']!r} ({info['dim']}-d), settings "
+        + ", ".join(f"{k}={v}" for k, v in info["config"].items() if k != "trust_remote_code"),
+        f"estimator {info['classifier']}: " + ", ".join(f"{k}={v}" for k, v in info["options"].items()),
+    ]
+    chosen = {k: v for k, v in m.items() if k.startswith("chosen_") or k == "selection"}
+    if chosen:
+        lines.append("chosen    " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+    ev = m.get("evaluation", {})
+    if ev.get("mode") in ("cv", "holdout") and "accuracy" in m:
+        lines.append(f"evaluated {ev['mode']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+    else:
+        lines.append("evaluated not evaluated (fitted on every row)")
+    if m.get("groups"):
+        from .audit.groups import format_groups  # the audit package loads torch: only when there are groups
+
+        lines.append(f"per group of {m['group_column']!r}:\n" + format_groups(m["groups"]))
+    return lines
+
+
 def _refuse_older_format(model_dir: Path) -> None:
     """InputError saying "train again" for a model written before verified manifests (format 1), else nothing.
 

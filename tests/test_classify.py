@@ -335,3 +335,29 @@ def test_train_reports_accuracy_and_error_rates_per_group(features_file, tmp_pat
         cli, ["train", str(path), "--label-column", "label", "-o", str(tmp_path / "m2"), "--group-column", "nope"]
     )
     assert missing.exit_code == 3 and "nope" in missing.output
+
+
+def test_info_on_a_model_directory_shows_classes_evaluation_and_groups(features_file, tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from embedkit.cli import cli
+
+    path = features_file(n=60)
+    table = pq.read_table(path)
+    pq.write_table(table.append_column("region", pa.array(["n", "s"] * (table.num_rows // 2))), path)
+    model = tmp_path / "m"
+    trained = CliRunner().invoke(cli, ["train", str(path), "-y", "label", "-o", str(model), "--group-column", "region"])
+    assert trained.exit_code == 0, trained.output
+    shown = CliRunner().invoke(cli, ["info", str(model)])
+    assert shown.exit_code == 0, shown.output
+    assert "3 classes (a, b, c)" in shown.output and "evaluated holdout: accuracy" in shown.output
+    assert "per group of 'region'" in shown.output
+    as_json = json.loads(CliRunner().invoke(cli, ["info", str(model), "--json"]).output)
+    assert as_json["metrics"]["groups"]["overall"]["rows"] == as_json["metrics"]["evaluation"]["n_test"]
+    (model / "metrics.json").write_text("{}")  # tampered: the manifest's sha256 no longer matches
+    refused = CliRunner().invoke(cli, ["info", str(model)])
+    assert refused.exit_code == 3 and "metrics.json" in refused.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -260,12 +261,19 @@ def embed(
 
 
 @cli.command()
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(file, as_json):
-    """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE."""
+    """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE, or the classes,
+    settings and evaluation (per group too) of a classifier model directory."""
     from ..store import describe
 
+    if Path(file).is_dir():
+        from ..classify import describe_model, model_info_lines
+
+        model = describe_model(file)
+        click.echo(json.dumps(model, indent=2, default=str) if as_json else "\n".join(model_info_lines(model)))
+        return
     d = describe(file)
     if as_json:
         click.echo(json.dumps(d, indent=2))
