@@ -6,9 +6,9 @@ sides use the same rows (``load_training_data``) and the same stratified 20% hol
 (``train_test_split(range(n), stratify=y, random_state=seed)``, the split ``train``
 makes):
 
-- by hand: scikit-learn LogisticRegression over C in BY_HAND_CS (0.01..100, 9 values) with the StandardScaler on and off, every one
-  scored on the test rows; the best of them (an oracle: it peeks at the test rows) and StandardScaler + C=1 (the
-  old default) are printed;
+- by hand: scikit-learn LogisticRegression over C in BY_HAND_CS (0.01..100, 9 values) with the StandardScaler
+  on and off, every one scored on the test rows; the best of them (an oracle: it peeks at the test rows) and
+  StandardScaler + C=1 (the old default) are printed;
 - embedkit: ``train(features, "label", out)`` with every default (C and the scaler chosen by CV on the
   training rows only).
 
