@@ -3,8 +3,8 @@
 ``probe_file`` embeds the labelled input ONCE with every requested (layer, pooling) pair as its own column (the
 Extractor catches every requested hidden state of a batch in a single forward pass, so the pass costs about
 what the deepest layer alone costs), into a normal embedkit features file. Each column is then scored by the
-same cross-validated linear probe ``embedkit train --cv K`` runs by default (standardised logistic regression,
-stratified shuffled K-fold with the same seed), and optionally by the NMI of a k-means clustering.
+same cross-validated linear probe ``embedkit train --cv K --C 1 --standardize`` runs (standardised logistic
+regression, stratified shuffled K-fold with the same seed), and optionally by the NMI of a k-means clustering.
 
 The report directory holds::
 
@@ -57,6 +57,9 @@ DEFAULT_POOLINGS = ("mean", "last", "weighted-mean")
 DEFAULT_CV = 5
 METRICS = ("macro-f1", "accuracy", "nmi")
 DEFAULT_METRIC = "macro-f1"
+# A fixed C, not train's cross-validated choice: the probe compares layers with one yardstick, and a search per
+# fold per (layer, pooling) would multiply its cost by the grid.
+PROBE_OPTIONS = ClassifierOptions(C=1.0, standardize=True)
 FILE_CSV = "probe.csv"
 FILE_JSON = "probe.json"
 FILE_PLOT = "probe.png"
@@ -305,7 +308,7 @@ def score_vectors(
     from sklearn.metrics import accuracy_score, f1_score
 
     classes = sorted(set(y.tolist()))
-    predicted, fold = cross_validate(X, y, DEFAULT_CLASSIFIER, options or ClassifierOptions(), cv=cv, seed=seed)
+    predicted, fold = cross_validate(X, y, DEFAULT_CLASSIFIER, options or PROBE_OPTIONS, cv=cv, seed=seed)
     scores: dict[str, Any] = {"fold_accuracy": [], "fold_macro_f1": []}
     for k in range(cv):
         te = fold == k
@@ -797,7 +800,7 @@ def probe_file(
             "cv": cv,
             "seed": seed,
             "classifier": DEFAULT_CLASSIFIER,
-            "classifier_options": ClassifierOptions().to_dict(),
+            "classifier_options": PROBE_OPTIONS.to_dict(),
             "metric": metric,
             "extract_config": resolved.to_dict(),
             "table": [s.row() for s in scores],

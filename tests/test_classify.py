@@ -361,3 +361,52 @@ def test_info_on_a_model_directory_shows_classes_evaluation_and_groups(features_
     (model / "metrics.json").write_text("{}")  # tampered: the manifest's sha256 no longer matches
     refused = CliRunner().invoke(cli, ["info", str(model)])
     assert refused.exit_code == 3 and "metrics.json" in refused.output
+
+
+def _overfitting_set(rows: int = 80, dims: int = 300, seed: int = 0):
+    """Few rows, many noise dimensions, the class written weakly in two of them: C=1 fits the noise."""
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, 2, rows)
+    X = rng.randn(rows, dims).astype(np.float32)
+    X[:, :2] += (2 * y[:, None] - 1) * 0.8
+    return X, y
+
+
+def test_logreg_default_chooses_a_stronger_penalty_when_c1_overfits():
+    from embedkit.classify import LOGREG_CS, fit_classifier
+
+    X, y = _overfitting_set()
+    estimator, search = fit_classifier(X, y, "logreg", ClassifierOptions(), seed=0)
+    assert search is not None and search["grid_C"] == list(LOGREG_CS)
+    assert search["chosen_C"] < 1.0  # stronger regularisation than the old fixed default
+    assert estimator[-1].C == search["chosen_C"]
+    assert ("scale" in estimator.named_steps) == search["chosen_standardize"]
+    assert search["chosen_cv_accuracy"] == max(max(v) for v in search["cv_accuracy"].values())
+    old_default = search["cv_accuracy"]["scaled"][LOGREG_CS.index(1.0)]  # StandardScaler + C=1, before the search
+    assert search["chosen_cv_accuracy"] > old_default + 0.05
+
+
+def test_explicit_c_turns_the_search_off():
+    from embedkit.classify import fit_classifier
+
+    X, y = _overfitting_set()
+    _, fixed = fit_classifier(X, y, "logreg", ClassifierOptions(C=1.0), seed=0)
+    assert fixed is None  # an explicit C: nothing searched
+    _, scaled_only = fit_classifier(X, y, "logreg", ClassifierOptions(standardize=True), seed=0)
+    assert scaled_only["grid_standardize"] == [True] and set(scaled_only["cv_accuracy"]) == {"scaled"}
+
+
+def test_train_cli_shows_and_stores_the_chosen_c(features, tmp_path):
+    result = run("train", features, "-y", "label", "-o", tmp_path / "m")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    search = metrics["search"]
+    assert f"C {search['chosen_C']:g}" in result.output and "3-fold CV accuracy" in result.output
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    assert manifest["search"]["chosen_C"] == search["chosen_C"]
+    assert load_model(tmp_path / "m").estimator[-1].C == search["chosen_C"]
+    result = run("train", features, "-y", "label", "-o", tmp_path / "fixed", "--C", 0.5)
+    assert result.exit_code == 0, result.output
+    fixed = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
+    assert "search" not in fixed and "CV accuracy" not in result.output
+    assert load_model(tmp_path / "fixed").estimator[-1].C == 0.5

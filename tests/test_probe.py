@@ -18,7 +18,16 @@ from embedkit import ConfigError, ExtractConfig
 from embedkit.classify import train
 from embedkit.cli import cli
 from embedkit.embed import embed_file
-from embedkit.probe import FILE_CSV, FILE_JSON, FILE_PLOT, load_report, parse_layers, probe_file, stratified_sample
+from embedkit.probe import (
+    FILE_CSV,
+    FILE_JSON,
+    FILE_PLOT,
+    PROBE_OPTIONS,
+    load_report,
+    parse_layers,
+    probe_file,
+    stratified_sample,
+)
 from embedkit.store import open_features
 
 POOLINGS = ("mean", "last", "weighted-mean")
@@ -156,7 +165,7 @@ def test_the_reproduce_command_makes_the_best_features_and_train_gets_the_same_s
     X_best = np.array(pq.read_table(tmp_path / "best.parquet").column("embedding").drop_null().to_pylist())
     X_probe = np.array(pq.read_table(work / "features.parquet").column(column).drop_null().to_pylist())
     np.testing.assert_allclose(X_best, X_probe, rtol=1e-5, atol=1e-5)
-    metrics = train(tmp_path / "best.parquet", "label", tmp_path / "model", cv=3).metrics
+    metrics = train(tmp_path / "best.parquet", "label", tmp_path / "model", cv=3, options=PROBE_OPTIONS).metrics
     assert metrics["evaluation"]["fold_accuracy"] == pytest.approx(result.best.fold_accuracy, abs=1e-12)
     assert metrics["accuracy"] == pytest.approx(result.best.accuracy, abs=1e-12)
 

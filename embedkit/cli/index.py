@@ -107,6 +107,7 @@ def add(index_dir, features, column, wait, quiet):
 @click.option("--id", "by_id", default=None, help="More like this: search with the row of this id.")
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
+@click.option("--exact", is_flag=True, help="Compare with every stored vector: the true top-k (slower; not for ivfpq).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--trust-remote-code",
@@ -128,6 +129,7 @@ def search(
     by_id,
     nprobe,
     ef_search,
+    exact,
     device,
     trust_remote_code,
     overwrite,
@@ -147,7 +149,7 @@ def search(
         raise ConfigError("--queries needs -o OUT.parquet for the hits")
     quiet_libraries(quiet)
     idx = Index.load(index_dir, device=device, trust_remote_code=trust_remote_code)
-    knobs = {"nprobe": nprobe, "ef_search": ef_search}
+    knobs = {"nprobe": nprobe, "ef_search": ef_search, "exact": exact}
     if queries is not None:
         summary = idx.search_file(
             queries,

@@ -88,8 +88,9 @@ def probe(
 ):
     """Find the layer and pooling whose features suit a labelled task best, from ONE forward pass over INPUT.
 
-    Every (layer, pooling) pair is scored by the cross-validated linear probe of `embedkit train --cv`; the report
-    directory gets probe.csv, probe.png and probe.json, with the `embedkit embed` command for the best pair.
+    Every (layer, pooling) pair is scored by the cross-validated linear probe of `embedkit train --cv K --C 1
+    --standardize` (one fixed C for every layer); the report directory gets probe.csv, probe.png and probe.json,
+    with the `embedkit embed` command for the best pair.
     """
     from ..probe import probe_file
 
