@@ -885,13 +885,8 @@ def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> Cla
     import skops.io as sio
 
     model_dir = Path(model_dir)
-    try:
-        opened = artefact.open_dir(model_dir, manifest_name=MANIFEST, what="classifier model")
-    except InputError:
-        _refuse_older_format(model_dir)
-        raise
+    opened = _open_model_dir(model_dir)
     manifest = opened.manifest
-    check_manifest(manifest, model_dir / MANIFEST)
     model_file = opened.path(MODEL_FILE)
     try:
         untrusted = sio.get_untrusted_types(file=model_file)
@@ -915,13 +910,8 @@ def describe_model(model_dir: str | Path) -> dict[str, Any]:
     evaluation (per group too, when trained with ``--group-column``). Every file is verified; nothing is unpickled.
     """
     model_dir = Path(model_dir)
-    try:
-        opened = artefact.open_dir(model_dir, manifest_name=MANIFEST, what="classifier model")
-    except InputError:
-        _refuse_older_format(model_dir)
-        raise
+    opened = _open_model_dir(model_dir)
     manifest = opened.manifest
-    check_manifest(manifest, model_dir / MANIFEST)
     metrics = artefact.parse_json(opened.path(METRICS_FILE).read_bytes(), where=model_dir / METRICS_FILE)
     if not isinstance(metrics, dict):
         raise InputError(f"{model_dir / METRICS_FILE} is not a JSON object; the model is corrupt")
@@ -962,6 +952,17 @@ def model_info_lines(info: dict[str, Any]) -> list[str]:
 
         lines.append(f"per group of {m['group_column']!r}:\n" + format_groups(m["groups"]))
     return lines
+
+
+def _open_model_dir(model_dir: Path) -> artefact.Artefact:
+    """The model directory with every file verified and every manifest field the loaders use checked."""
+    try:
+        opened = artefact.open_dir(model_dir, manifest_name=MANIFEST, what="classifier model")
+    except InputError:
+        _refuse_older_format(model_dir)
+        raise
+    check_manifest(opened.manifest, model_dir / MANIFEST)
+    return opened
 
 
 def _refuse_older_format(model_dir: Path) -> None:
