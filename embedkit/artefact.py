@@ -332,15 +332,15 @@ def _remove_leftovers(target: Path) -> None:
     """Remove what killed writers of ``target`` left beside it; restore an old artefact stranded mid-switch."""
     pattern = f".{target.name}."
     for entry in target.parent.iterdir() if target.parent.is_dir() else ():
-        if not entry.name.startswith(pattern):
+        rest = entry.name[len(pattern) :] if entry.name.startswith(pattern) else ""
+        if not _LEFTOVER_DIR.fullmatch(rest) or not entry.is_dir() or entry.is_symlink():
             continue
-        rest = entry.name[len(pattern) :]
-        if _LEFTOVER_DIR.fullmatch(rest) and rest.startswith("old-") and not target.exists() and entry.is_dir():
+        if rest.startswith("old-") and not target.exists():
             os.rename(entry, target)  # killed between the two renames of the fallback switch
-        elif _LEFTOVER_DIR.fullmatch(rest) and entry.is_dir() and not entry.is_symlink():
+        else:
             shutil.rmtree(entry, ignore_errors=True)
-        elif _LEFTOVER_FILE.fullmatch(rest) and entry.is_file():
-            entry.unlink(missing_ok=True)
+    for stale in stale_temp_files(target):
+        stale.unlink(missing_ok=True)
 
 
 def stale_temp_files(target: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import click
 from ..audit.groups import DEFAULT_GROUP_PERMUTATIONS
 from ..audit.weat import DEFAULT_BOOTSTRAP, DEFAULT_PERMUTATIONS
 from ..config import DEVICES
-from . import cli, quiet_libraries
+from . import cli, quiet_libraries, wait_option
 from .embed import make_config, split_commas
 
 
@@ -88,7 +88,7 @@ from .embed import make_config, split_commas
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing audit report.")
-@click.option("--wait", is_flag=True, help="Wait for another process writing the same report instead of failing.")
+@wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def audit(
     output,

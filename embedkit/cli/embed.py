@@ -11,7 +11,7 @@ from ..config import BACKENDS, DEVICES, LONG_TEXT_MODES, STORAGE_DTYPES, Extract
 from ..embed import DEFAULT_PART_ROWS
 from ..engines import ENGINES
 from ..sources import FORMATS
-from . import cli, quiet_libraries
+from . import cli, quiet_libraries, wait_option
 
 
 def split_commas(_ctx, _param, values):
@@ -146,11 +146,7 @@ def make_config(
     is_flag=True,
     help="Replace an existing output (and discard a partial run); the old one stays until the new one is whole.",
 )
-@click.option(
-    "--wait",
-    is_flag=True,
-    help="If another embedkit process is writing the same output, wait for it instead of failing (exit 7).",
-)
+@wait_option
 @click.option("--strict", is_flag=True, help="Stop at the first row that cannot be embedded instead of recording it.")
 @click.option(
     "--part-rows",

@@ -9,7 +9,7 @@ import click
 
 from ..config import DEVICES
 from ..index import DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
-from . import cli, quiet_libraries
+from . import cli, quiet_libraries, wait_option
 from .embed import split_commas
 
 
@@ -46,7 +46,7 @@ def index():
     help="recall@10 that nprobe/efSearch are tuned to reach.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
-@click.option("--wait", is_flag=True, help="Wait while another process writes the index (default: exit 7 at once).")
+@wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(
@@ -79,7 +79,7 @@ def build(
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("features", type=click.Path(dir_okay=False))
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
-@click.option("--wait", is_flag=True, help="Wait while another process writes the index (default: exit 7 at once).")
+@wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def add(index_dir, features, column, wait, quiet):
     """Add the rows of FEATURES (embedded with the index's settings) to INDEX_DIR without rebuilding."""
@@ -115,7 +115,7 @@ def add(index_dir, features, column, wait, quiet):
     help="Allow the model named by the artefact to run its own Python code (a stored setting never does).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
-@click.option("--wait", is_flag=True, help="Wait while another process writes the -o file (default: exit 7 at once).")
+@wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def search(
     index_dir,
