@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / f"index-{kind}"
         shutil.rmtree(out, ignore_errors=True)
         report = build_index(source, out, kind=kind, metric=args.metric, memory=args.memory, progress=True)
-        print(" | ".join(report.lines()), file=sys.stderr, flush=True)
+        print(" | ".join(report.summary_lines()), file=sys.stderr, flush=True)
         rows.append(
             {
                 "kind": kind if kind != "auto" else f"auto={report.kind}",

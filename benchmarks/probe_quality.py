@@ -70,7 +70,7 @@ def main() -> None:
 
     config = ExtractConfig(model=args.model, pooling=DEFAULT_POOLINGS)
     result = probe_file(data, "label", args.out, config, cv=args.cv, seed=args.seed, overwrite=True, progress=True)
-    print(result.report())
+    print(*result.summary_lines(), sep="\n")
     print(f"seconds: {json.dumps(result.summary['seconds'])}")
 
     # The check: embed the last layer / mean pooling ALONE with the probe's own reproduce command, then train --cv.

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     features = work / f"fortunes-{args.n}.parquet"
     if not features.exists():  # re-running with the same --workdir reuses the embeddings
         t = time.perf_counter()
-        print(embed_file(source, features, config, keep=("text", "category")).line())
+        print(embed_file(source, features, config, keep=("text", "category")).summary_lines()[0])
         print(f"embedded in {time.perf_counter() - t:.0f}s")
-    print(*build_index(features, work / "index", store=("text", "category"), overwrite=True).lines(), sep="\n")
+    print(*build_index(features, work / "index", store=("text", "category"), overwrite=True).summary_lines(), sep="\n")
     index = Index.load(work / "index", device="cpu")
     for query in args.queries:
         print(f"\nquery: {query!r}")

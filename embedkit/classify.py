@@ -534,7 +534,7 @@ class TrainResult:
     model_dir: Path
     metrics: dict[str, Any]
 
-    def summary(self) -> str:
+    def summary_lines(self) -> list[str]:
         m = self.metrics
         ev = m["evaluation"]
         chosen = f" ({chosen_note(m)})" if chosen_note(m) else ""
@@ -559,15 +559,16 @@ class TrainResult:
             if ev["mode"] == "cv":
                 spread = f" (folds: {np.mean(ev['fold_accuracy']):.4f} +/- {np.std(ev['fold_accuracy']):.4f})"
             lines.append(f"{how}: accuracy {m['accuracy']:.4f}{spread}, macro-F1 {m['macro_f1']:.4f}")
-            lines.append(format_report(m))
+            lines.extend(format_report(m).splitlines())
         if m.get("groups"):
             from .audit.groups import format_groups  # the audit package loads torch: only when groups were asked
 
-            lines.append(f"per group of {m['group_column']!r}:\n" + format_groups(m["groups"]))
+            lines.append(f"per group of {m['group_column']!r}:")
+            lines.extend(format_groups(m["groups"]).splitlines())
         elif m.get("group_column"):
             lines.append(f"per group of {m['group_column']!r}: nothing was evaluated (--test-size 0 without --cv)")
         lines.append(f"model -> {self.model_dir} (fitted on {m['fit_rows']} rows)")
-        return "\n".join(lines)
+        return lines
 
 
 def _split(data: TrainingData, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1095,13 +1096,13 @@ class PredictSummary:
     bad_rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def line(self) -> str:
+    def summary_lines(self) -> list[str]:
         parts = [f"{self.rows} rows -> {self.output}", f"{self.predicted} predicted ({self.input_kind} input)"]
         if self.bad_rows:
             bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
             parts.append(f"{sum(self.bad_rows.values())} kept with no prediction ({bad})")
         parts.append(f"{self.seconds:.1f}s")
-        return "; ".join(parts)
+        return ["; ".join(parts)]
 
 
 def proba_column(label: Any) -> str:

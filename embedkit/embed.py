@@ -48,7 +48,7 @@ class EmbedSummary:
     cut: int = 0  # rows too long to read whole: embedded from their start (status cut)
     duplicate_ids: int = 0  # rows whose id was already used; all are kept, but ids no longer name one row
 
-    def line(self) -> str:
+    def summary_lines(self) -> list[str]:
         bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
         parts = [f"{self.rows} rows -> {self.output}", f"{self.embedded} embedded"]
         if bad:
@@ -65,12 +65,12 @@ class EmbedSummary:
             parts.append(f"warning: {self.duplicate_ids} duplicate ids")
         if self.resumed_rows and self.resumed_rows == self.rows and not self.tokens:
             parts.append("already complete: nothing left to embed")  # --resume on a finished output
-            return "; ".join(parts)
+            return ["; ".join(parts)]
         if self.resumed_rows:
             parts.append(f"{self.resumed_rows} resumed from an earlier run")
         rate = self.tokens / self.embed_seconds if self.embed_seconds else 0.0
         parts.append(f"{self.seconds:.1f}s, {rate:,.0f} tokens/s")
-        return "; ".join(parts)
+        return ["; ".join(parts)]
 
 
 def build_metadata(extractor: Extractor) -> dict[str, Any]:

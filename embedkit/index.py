@@ -458,7 +458,7 @@ class BuildReport:
     recall_interval: tuple[float, float] | None = None  # 95% interval of recall_at_10 (``wilson_interval``)
     eval_duplicates: int = 0  # held-out queries left out of the evaluation: exact copies of indexed rows
 
-    def lines(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
         out = [
             f"{self.rows:,} vectors (dim {self.dim}, {self.metric}) -> {self.directory}",
@@ -1447,7 +1447,7 @@ class AddReport:
     skipped_nonfinite_rows: int = 0
     skipped_nonfinite_ids: list[Any] = field(default_factory=list)
 
-    def lines(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         head = f"added {self.added:,} rows to {self.directory}; it now holds {self.rows:,}"
         return [head, *_skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)]
 

@@ -341,7 +341,7 @@ def _label(p: Pipeline, options: dict[str, Any]) -> str:
     return label
 
 
-def _call_embed(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_embed(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     from .embed import embed_file
 
     s = p.source
@@ -356,18 +356,18 @@ def _call_embed(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
         overwrite=True,
         progress=progress,
         **p.runtime,
-    ).line()
+    ).summary_lines()
 
 
-def _call_train(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_train(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     from .classify import train
 
     label = _label(p, options)
     kwargs, opts = split_options("train", options)
-    return train(_features(p), label, p.output_dir / "model", options=opts, overwrite=True, **kwargs).summary()
+    return train(_features(p), label, p.output_dir / "model", options=opts, overwrite=True, **kwargs).summary_lines()
 
 
-def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     from .classify import predict_file
 
     options.setdefault("text_column", p.source.get("text_column", "text"))
@@ -381,28 +381,28 @@ def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
         trust_remote_code=p.config.trust_remote_code,
         **p.runtime,
         **options,
-    ).line()
+    ).summary_lines()
 
 
-def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     from .cluster import cluster_file, format_summary
 
     if options.get("label_column") or p.source.get("label_column"):
         options["label_column"] = _label(p, options)
     kwargs, opts = split_options("cluster", options)
     summary = cluster_file(_features(p), p.output_dir / "clusters", opts, overwrite=True, progress=progress, **kwargs)
-    return format_summary(summary, max_clusters=10)
+    return format_summary(summary, max_clusters=10).splitlines()
 
 
-def _call_index(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_index(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     from .index import build_index
 
-    return "\n".join(
-        build_index(_features(p), p.output_dir / "index", overwrite=True, progress=progress, **options).lines()
-    )
+    return build_index(
+        _features(p), p.output_dir / "index", overwrite=True, progress=progress, **options
+    ).summary_lines()
 
 
-def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     import pyarrow.parquet as pq
 
     from .index import Index
@@ -416,10 +416,10 @@ def _call_search(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
     for hit in (h for h in hits if h["rank"] == 1):
         shown = hit.get("text") or hit["id"]
         lines.append(f"  {hit.get('query_text')!r} -> {str(shown)[:90]!r} (score {hit['score']:.3f})")
-    return "\n".join(lines)
+    return lines
 
 
-def _call_probe(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
+def _call_probe(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
     from .probe import probe_file
 
     s = p.source
@@ -433,7 +433,7 @@ def _call_probe(p: Pipeline, options: dict[str, Any], progress: bool) -> str:
         progress=progress,
         **p.runtime,
         **options,
-    ).report()
+    ).summary_lines()
 
 
 def _require(options: dict[str, Any], key: str, what: str) -> str:
@@ -592,6 +592,7 @@ def run_pipeline(
             if later in state and state[later].get("fingerprint") != upstream.get(later):
                 state.pop(later, None)
         write_text_atomic(state_path, json.dumps(state, indent=1))
-        echo(f"[{stage}] done in {seconds:.1f}s: {summary}")
-        outcomes.append(StageOutcome(stage, True, seconds, str(summary), outputs))
+        text = "\n".join(summary)
+        echo(f"[{stage}] done in {seconds:.1f}s: {text}")
+        outcomes.append(StageOutcome(stage, True, seconds, text, outputs))
     return outcomes

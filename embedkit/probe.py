@@ -603,7 +603,7 @@ class ProbeResult:
     def embed_command(self) -> str:
         return self.summary["best"]["embed_command"]
 
-    def report(self) -> str:
+    def summary_lines(self) -> list[str]:
         """What ``embedkit probe`` prints."""
         s = self.summary
         rows = s["rows"]
@@ -630,7 +630,7 @@ class ProbeResult:
             + (f"; features -> {s['features']}" if s.get("features") else "")
             + ")"
         )
-        return "\n".join(lines)
+        return lines
 
 
 def probe_file(

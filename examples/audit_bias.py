@@ -16,7 +16,8 @@ out = Path(tempfile.mkdtemp()) / "audit"
 # The built-in tests (gender, race, religion, and a flowers/insects baseline) on every layer, mean pooling; the
 # random-weights twin shows what the words' surface form alone would produce.
 result = audit_model(out, ExtractConfig(model=model), layers="all", control=True, progress=False)  # = `embedkit audit`
-print(result.report())  # per test: significant layers and the strongest; read out/audit.html for the plain words
+# per test: significant layers and the strongest; read out/audit.html for the plain words
+print(*result.summary_lines(), sep="\n")
 strongest = max(result.rows, key=lambda r: abs(r["effect_size"]))
 print(
     f"largest |d|: {strongest['test']} at layer {strongest['layer']}: d = {strongest['effect_size']:+.2f} "

@@ -20,6 +20,6 @@ with open("docs.csv", "w", newline="") as f:
     csv.writer(f).writerows([["text"], *[[t] for t in texts]])
 
 embed_file("docs.csv", "docs.parquet", ExtractConfig(model=model), keep=("text",), overwrite=True)
-print(*build_index("docs.parquet", "example-index", overwrite=True).lines(), sep="\n")
+print(*build_index("docs.parquet", "example-index", overwrite=True).summary_lines(), sep="\n")
 for hit in Index.load("example-index").search("a cat playing", k=3).hits():
     print(f"{hit['rank']}  {hit['score']:.3f}  {hit['text']}")

@@ -18,7 +18,7 @@ out = Path(tempfile.mkdtemp()) / "topics.parquet"
 config = ExtractConfig(**({"model": sys.argv[1]} if len(sys.argv) > 1 else {}), layers=(-1,), pooling=("mean", "last"))
 
 summary = embed_file(data, out, config, id_column="id", keep=("label",), progress=False)
-print(summary.line())
+print(*summary.summary_lines(), sep="\n")
 
 frame = pd.read_parquet(out)  # one row per input row, in input order
 print(frame[["id", "label", "n_tokens", "status"]].head(3))

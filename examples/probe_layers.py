@@ -26,4 +26,5 @@ with open(work / "labelled.csv", "w", newline="") as f:
 model = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("EMBEDKIT_MODEL", "openai-community/gpt2")
 config = ExtractConfig(model=model, pooling=("mean", "last", "weighted-mean"))  # layers: all of them, 0 = embeddings
 result = probe_file(work / "labelled.csv", "label", work / "report", config, cv=5, progress=False)  # = `embedkit probe`
-print(result.report())  # the table, the best pair and the `embedkit embed` command for it; plot in report/probe.png
+# the table, the best pair and the `embedkit embed` command for it; plot in report/probe.png
+print(*result.summary_lines(), sep="\n")

@@ -27,7 +27,8 @@ with open(work / "train.csv", "w", newline="") as f:
 
 model = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("EMBEDKIT_MODEL", "openai-community/gpt2")
 embed_file(work / "train.csv", work / "train.parquet", ExtractConfig(model=model), keep=("label",), progress=False)
-print(train(work / "train.parquet", "label", work / "model", cv=5).summary())  # the same as `embedkit train`
+result = train(work / "train.parquet", "label", work / "model", cv=5)  # the same as `embedkit train`
+print(*result.summary_lines(), sep="\n")
 
 (work / "new.txt").write_text("a loan from the bank\nmy cat and my dog\n")
 predict_file(work / "model", work / "new.txt", work / "predictions.csv", progress=False)  # settings come from the model

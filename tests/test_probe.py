@@ -29,6 +29,7 @@ from embedkit.probe import (
     stratified_sample,
 )
 from embedkit.store import open_features
+from embedkit.summary import summary_text
 
 POOLINGS = ("mean", "last", "weighted-mean")
 TOPICS = {"money": "bank loan price market money", "pets": "cat dog bird fish tree", "sport": "ball team win lose game"}
@@ -145,7 +146,7 @@ def test_report_files(probed):
     best = summary["best"]
     assert (best["layer"], best["pooling"]) == (result.best.layer, result.best.pooling)
     assert best["macro_f1_mean"] == max(row["macro_f1_mean"] for row in summary["table"])
-    assert "embedkit embed" in result.report() and best["embed_command"] in result.report()
+    assert "embedkit embed" in summary_text(result) and best["embed_command"] in summary_text(result)
 
 
 def test_saved_features_are_a_normal_features_file(probed):

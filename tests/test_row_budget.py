@@ -10,6 +10,7 @@ from conftest import sample_texts
 
 from embedkit.embed import embed_file
 from embedkit.extract.batching import MAX_CHUNK_WINDOWS, MIN_PIECE_CHARS, max_token_chars, tokenize_prefix
+from embedkit.summary import summary_text
 
 
 class SpyTokenizer:
@@ -57,7 +58,7 @@ def test_a_multi_megabyte_text_is_cut_kept_and_never_tokenised_whole(tmp_path, s
     assert sum(spy.lengths) < len(big) // 2  # most of the text never reached the tokenizer
     if mode == "chunk":
         assert rows[1]["n_windows"] == MAX_CHUNK_WINDOWS
-    assert "3 rows" in summary.line() and "1 truncated" in summary.line()
+    assert "3 rows" in summary_text(summary) and "1 truncated" in summary_text(summary)
 
 
 def test_truncate_mode_vectors_do_not_change_when_the_text_is_cut(extractor_factory):

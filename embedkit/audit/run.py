@@ -87,7 +87,7 @@ class AuditResult:
     manifest: dict[str, Any]
     tests: list[AssociationTest] = field(default_factory=list)
 
-    def report(self) -> str:
+    def summary_lines(self) -> list[str]:
         """What ``embedkit audit`` prints: per test, how many pairs are significant and the strongest one."""
         m = self.manifest
         if m["mode"] == "groups":
@@ -101,7 +101,7 @@ class AuditResult:
                     f"  {r['column']:<28} {r['probe_accuracy']:>9.4f} {r['majority_share']:>8.4f} {r['p_value']:>9.4g}"
                 )
             lines.append(f"report -> {self.output_dir} ({', '.join(sorted(m['files']))})")
-            return "\n".join(lines)
+            return lines
         lines = [
             f"{m['model']}: {len(self.tests)} tests x {len(m['layers'])} layers x {len(m['pooling'])} pooling(s), "
             f"{m['sentences']} sentences in one pass ({m['seconds']['embed']:.1f} s), statistics "
@@ -119,7 +119,7 @@ class AuditResult:
             )
         lines.append("  (significant: WEAT's one-sided p < 0.05 as the test is written; p: in the direction of d)")
         lines.append(f"report -> {self.output_dir} ({FILE_HTML}, {FILE_PLOT}, {FILE_TABLE}, {FILE_CSV}, {MANIFEST})")
-        return "\n".join(lines)
+        return lines
 
 
 def _write_table(rows: list[dict[str, Any]], parquet: Path | None, csv: Path) -> None:

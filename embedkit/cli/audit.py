@@ -7,6 +7,7 @@ import click
 from ..audit.groups import DEFAULT_GROUP_PERMUTATIONS
 from ..audit.weat import DEFAULT_BOOTSTRAP, DEFAULT_PERMUTATIONS
 from ..config import DEVICES
+from ..summary import summary_text
 from . import cli, quiet_libraries, wait_option
 from .embed import make_config, split_commas
 
@@ -172,4 +173,4 @@ def audit(
             progress=not quiet,
             control=random_control,
         )
-    click.echo(result.report())
+    click.echo(summary_text(result))

@@ -7,6 +7,7 @@ import click
 from ..classify import CLASS_WEIGHTS, CLASSIFIERS, DEFAULT_CLASSIFIER, DEFAULT_TEST_SIZE, KNN_METRICS, KNN_WEIGHTS
 from ..config import DEVICES
 from ..sources import FORMATS
+from ..summary import summary_text
 from . import cli, quiet_libraries, wait_option
 from .embed import split_commas
 
@@ -131,7 +132,7 @@ def train(
         wait=wait,
         group_column=group_column,
     )
-    click.echo(result.summary())
+    click.echo(summary_text(result))
 
 
 @cli.command()
@@ -210,4 +211,4 @@ def predict(
         progress=not quiet,
         trust_remote_code=trust_remote_code,
     )
-    click.echo(summary.line(), err=True)
+    click.echo(summary_text(summary), err=True)

@@ -11,6 +11,7 @@ from ..config import BACKENDS, DEVICES, LONG_TEXT_MODES, STORAGE_DTYPES, Extract
 from ..embed import DEFAULT_PART_ROWS
 from ..engines import ENGINES
 from ..sources import FORMATS
+from ..summary import summary_text
 from . import cli, quiet_libraries, wait_option
 
 
@@ -253,7 +254,7 @@ def embed(
         raise click.UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
     else:
         summary = embed_file(input, output, config, **run)
-    click.echo(summary.line(), err=True)
+    click.echo(summary_text(summary), err=True)
 
 
 @cli.command()

@@ -71,7 +71,7 @@ def build(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        for line in report.lines():
+        for line in report.summary_lines():
             click.echo(line, err=True)
 
 
@@ -86,7 +86,7 @@ def add(index_dir, features, column, wait, quiet):
     from ..index import add_to_index
 
     _, report = add_to_index(index_dir, features, column=column, wait=wait, progress=not quiet)
-    for line in report.lines():
+    for line in report.summary_lines():
         click.echo(line, err=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..probe import ALL_LAYERS, DEFAULT_CV, DEFAULT_METRIC, DEFAULT_POOLINGS, METRICS
+from ..summary import summary_text
 from . import cli, quiet_libraries, wait_option
 from .embed import extraction_options, make_config, split_commas
 
@@ -120,4 +121,4 @@ def probe(
         progress=not quiet,
         wait=wait,
     )
-    click.echo(result.report())
+    click.echo(summary_text(result))

@@ -155,7 +155,7 @@ def serve(
     def ready(services) -> None:
         if quiet:
             return
-        for line in services.summary():
+        for line in services.summary_lines():
             click.echo(line, err=True)
         click.echo(f"serving on http://{host}:{port} (page at /, API at /v1, Ctrl-C to stop)", err=True)
 

@@ -93,7 +93,7 @@ class Services:
         ]:
             executor.shutdown(wait=True)
 
-    def summary(self) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """One line per served name, for the console at start."""
         lines = []
         for name, embedder in self.models.items():
