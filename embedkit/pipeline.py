@@ -385,13 +385,13 @@ def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> list[
 
 
 def _call_cluster(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
-    from .cluster import cluster_file, format_summary
+    from .cluster import cluster_file
 
     if options.get("label_column") or p.source.get("label_column"):
         options["label_column"] = _label(p, options)
     kwargs, opts = split_options("cluster", options)
-    summary = cluster_file(_features(p), p.output_dir / "clusters", opts, overwrite=True, progress=progress, **kwargs)
-    return format_summary(summary, max_clusters=10).splitlines()
+    result = cluster_file(_features(p), p.output_dir / "clusters", opts, overwrite=True, progress=progress, **kwargs)
+    return result.summary_lines(max_clusters=10)
 
 
 def _call_index(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:

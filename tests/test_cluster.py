@@ -19,10 +19,10 @@ from embedkit.cluster import (
     cluster_file,
     cluster_vectors,
     distinctive_terms,
-    format_summary,
     load_clustering,
 )
 from embedkit.store import vectors_to_arrow
+from embedkit.summary import Summarised, summary_text
 
 TOPICS = {
     0: "cat dog bird fish pets",
@@ -89,7 +89,7 @@ def test_known_k_recovers_blobs(blob_file, tmp_path, method):
     vectors, labels = blobs(40, 4, 32)
     summary = cluster_file(
         blob_file(vectors, labels), tmp_path / "out", ClusterOptions(method=method, k=4), label_column="label"
-    )
+    ).summary
     assert summary["metrics"]["nmi"] > 0.97
     assert summary["metrics"]["ari"] > 0.95
     assert sorted(c["size"] for c in summary["clusters"]) == [40, 40, 40, 40]
@@ -99,7 +99,7 @@ def test_auto_k_finds_the_number_of_blobs(blob_file, tmp_path):
     vectors, labels = blobs(40, 5, 32, seed=1)
     summary = cluster_file(
         blob_file(vectors, labels), tmp_path / "out", ClusterOptions(k="auto", k_range=(2, 10)), label_column="label"
-    )
+    ).summary
     assert summary["k"] == 5
     scores = summary["k_selection"]["scores"]
     assert max(scores, key=scores.get) == 5 and set(scores) == set(range(2, 11))
@@ -112,7 +112,7 @@ def test_hdbscan_finds_blobs_and_marks_noise(blob_file, tmp_path):
     path = blob_file(np.vstack([vectors, outliers]), np.concatenate([labels, [9, 9, 9, 9]]))
     summary = cluster_file(
         path, tmp_path / "out", ClusterOptions(method="hdbscan", min_cluster_size=10, pca=0), label_column="label"
-    )
+    ).summary
     assert summary["metrics"]["clusters"] == 3
     assert summary["clusters"][-1]["cluster"] == -1 and summary["metrics"]["noise_rows"] >= 2
     table = pq.read_table(tmp_path / "out" / "clusters.parquet")
@@ -134,7 +134,7 @@ def test_mostly_noise_hdbscan_and_missing_texts_are_explained(blob_file, tmp_pat
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["notes"]) == 2
     kept = cluster_file(path, tmp_path / "out2", ClusterOptions(k=2))  # `text` present, k-means: nothing to say
-    assert kept["notes"] == []
+    assert kept.summary["notes"] == []
 
 
 def test_defaults_undo_gpt2_anisotropy():
@@ -151,10 +151,10 @@ def test_defaults_undo_gpt2_anisotropy():
 
 def test_sampled_fits_extend_to_every_row(monkeypatch):
     """Agglomerative and HDBSCAN are fitted on a sample on big data; every other row must still get a cluster."""
-    import embedkit.cluster as cluster_module
+    from embedkit.cluster import fit, k_selection
 
-    monkeypatch.setattr(cluster_module, "MAX_FIT_ROWS", 60)
-    monkeypatch.setattr(cluster_module, "AUTO_K_ROWS", 80)
+    monkeypatch.setattr(fit, "MAX_FIT_ROWS", 60)
+    monkeypatch.setattr(k_selection, "AUTO_K_ROWS", 80)
     vectors, labels = blobs(50, 3, 16, seed=5, spread=0.02)
     for options in (
         ClusterOptions(method="agglomerative", k="auto", k_range=(2, 6)),
@@ -235,10 +235,12 @@ def test_null_embeddings_are_skipped_and_counted(blob_file, tmp_path):
     vectors, labels = blobs(20, 2, 16)
     valid = np.ones(40, dtype=bool)
     valid[[3, 17]] = False
-    summary = cluster_file(blob_file(vectors, labels, valid), tmp_path / "out", ClusterOptions(k=2))
+    result = cluster_file(blob_file(vectors, labels, valid), tmp_path / "out", ClusterOptions(k=2))
+    assert isinstance(result, Summarised) and result.output_dir == tmp_path / "out"
+    summary = result.summary
     assert summary["skipped_rows"]["null_embedding"] == 2 and summary["clustered_rows"] == 38
     assert pq.read_table(tmp_path / "out" / "clusters.parquet").num_rows == 38
-    assert "skipped 2 rows with a null embedding" in format_summary(summary)
+    assert "skipped 2 rows with a null embedding" in summary_text(result)
 
 
 def test_existing_output_needs_overwrite(features_file, tmp_path):
@@ -340,15 +342,17 @@ def test_unknown_option_values_raise_config_error():
 
 def test_streamed_two_pass_read_keeps_rows_in_order(blob_file, tmp_path, monkeypatch):
     """Big files are read twice in batches (sample, then transform); rows, ids and skips must come out right."""
-    import embedkit.cluster as cluster_module
+    from embedkit.cluster import preprocessing
 
-    monkeypatch.setattr(cluster_module, "PREPROCESS_FIT_ROWS", 25)
-    monkeypatch.setattr(cluster_module, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(preprocessing, "PREPROCESS_FIT_ROWS", 25)
+    monkeypatch.setattr(preprocessing, "CHUNK_ROWS", 16)
     vectors, labels = blobs(30, 3, 16, seed=6)
     valid = np.ones(90, dtype=bool)
     valid[[0, 40, 89]] = False
     path = blob_file(vectors, labels, valid)
-    summary = cluster_file(path, tmp_path / "out", ClusterOptions(k=3, pca=4), label_column="label", keep=["label"])
+    summary = cluster_file(
+        path, tmp_path / "out", ClusterOptions(k=3, pca=4), label_column="label", keep=["label"]
+    ).summary
     assert summary["preprocessing"]["fit_rows"] < 87 and summary["skipped_rows"]["null_embedding"] == 3
     table = pq.read_table(tmp_path / "out" / "clusters.parquet")
     expected = [i for i, ok in zip(pq.read_table(path).column("id").to_pylist(), valid) if ok]

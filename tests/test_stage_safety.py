@@ -49,7 +49,7 @@ _GATED = (
     "cli(sys.argv[3:], prog_name='embedkit')\n"
 )
 GATED_TRAIN = "embedkit.classify:_fit_and_evaluate"
-GATED_CLUSTER = "embedkit.cluster:_cluster_into"
+GATED_CLUSTER = "embedkit.cluster.run:_cluster_into"
 
 
 def run(*args):

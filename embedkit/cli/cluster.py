@@ -115,7 +115,8 @@ def cluster(
     """Cluster the vectors of a FEATURES file; write clusters.parquet, map.png and summary.json to -o."""
     import json
 
-    from ..cluster import ClusterOptions, cluster_file, format_summary, parse_k_range
+    from ..cluster import ClusterOptions, cluster_file, parse_k_range
+    from ..summary import summary_text
 
     options = ClusterOptions(
         method=method,
@@ -129,7 +130,7 @@ def cluster(
         seed=seed,
         map=map_method,
     )
-    summary = cluster_file(
+    result = cluster_file(
         features,
         output_dir,
         options,
@@ -141,10 +142,11 @@ def cluster(
         progress=not quiet,
         wait=wait,
     )
+    summary = result.summary
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     elif not quiet:
-        click.echo(format_summary(summary))
+        click.echo(summary_text(result))
     click.echo(
         f"wrote {output_dir}/ ({', '.join(v for k, v in summary['files'].items() if isinstance(v, str))}, "
         "summary.json) "
