@@ -358,3 +358,32 @@ def test_streamed_two_pass_read_keeps_rows_in_order(blob_file, tmp_path, monkeyp
     expected = [i for i, ok in zip(pq.read_table(path).column("id").to_pylist(), valid) if ok]
     assert table.column("id").to_pylist() == expected
     assert summary["metrics"]["nmi"] > 0.97
+
+
+def test_figures_leave_pyplot_alone(tmp_path):
+    """Every figure is drawn with matplotlib's object API: pyplot (global backend and figure registry) is never
+    imported, so a host program's own pyplot state is untouched. Checked in a fresh process (pytest may import it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from embedkit.cluster import ClusterOptions, cluster_vectors, draw_map\n"
+        "from embedkit.plots import heatmap_png, separation_png\n"
+        "from embedkit.probe.score import PairScore\n"
+        "from embedkit.plots import probe_plot\n"
+        "from pathlib import Path\n"
+        "out = Path(sys.argv[1])\n"
+        "X = np.concatenate([np.random.default_rng(0).normal(c, 0.3, size=(30, 8)) for c in range(3)])\n"
+        "assert draw_map(cluster_vectors(X, ClusterOptions(k=3)), out / 'map.png') == 90\n"
+        "s = [PairScore(l, 'mean', f'c{l}', [0.5, 0.6], [0.4, 0.5], 0.55, 0.45, 30) for l in range(3)]\n"
+        "probe_plot(s, out / 'probe.png', 'title', s[1])\n"
+        "rows = [dict(test='t', layer=l, pooling='mean', effect_size=0.5, p_value=0.01, p_reverse=0.9,"
+        " probe_accuracy=0.7, majority_share=0.5) for l in range(3)]\n"
+        "assert heatmap_png(rows, 'h')[:4] == separation_png(rows, 's')[:4] == b'\\x89PNG'\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("map.png", "probe.png"))
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("map.png", "probe.png")]  # atomic: no temp left

@@ -1,8 +1,8 @@
 """The audit stage: social-bias association tests on a model's features, layer by layer, and group checks on data.
 
 Modules: ``weat`` (the statistics), ``testsets`` (built-in tests, user TOML), ``run`` (the stage: one forward
-pass, the artefact directory), ``report`` (HTML), ``figures`` (heatmap), ``groups`` (per-group error rates of a
-classifier, and group separation in a features file).
+pass, the artefact directory), ``report`` (HTML), ``groups`` (per-group error rates of a classifier, and group
+separation in a features file). Its figures are drawn by :mod:`embedkit.plots`.
 """
 
 from __future__ import annotations

@@ -200,9 +200,9 @@ def audit_model(
     from tqdm.auto import tqdm
 
     from ..extract import Extractor
+    from ..plots import heatmap_png
     from ..probe import probe_config
     from ..store import library_versions
-    from .figures import heatmap_png
     from .report import weat_html
 
     started = time.perf_counter()
@@ -360,8 +360,8 @@ def audit_features(
     """
     import pyarrow.compute as pc
 
+    from ..plots import separation_png
     from ..store import open_features
-    from .figures import separation_png
     from .report import groups_html
 
     feats = open_features(features)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import artefact
 from .fit import ClusterResult
 from .options import DEFAULT_MAP
 from .preprocessing import sample_rows
@@ -39,52 +38,11 @@ def project_2d(vectors: np.ndarray, how: str, seed: int) -> np.ndarray:
 
 def draw_map(result: ClusterResult, path: Path, how: str = DEFAULT_MAP, seed: int = 0, title: str = "") -> int:
     """Draw the 2-D map of a sample of rows coloured by cluster into a PNG (atomically). Returns rows drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from ..plots import cluster_map
 
     rows = sample_rows(len(result.labels), MAP_ROWS[how], seed)
     xy = project_2d(result.vectors[rows], how, seed)
-    labels = result.labels[rows]
-    fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
-    try:
-        noise = labels < 0
-        if noise.any():
-            ax.scatter(xy[noise, 0], xy[noise, 1], s=3, c="lightgrey", label="noise", linewidths=0)
-        cmap = plt.get_cmap("tab20" if result.n_clusters <= 20 else "gist_ncar")
-        colours = cmap(np.linspace(0, 1, max(result.n_clusters, 1), endpoint=result.n_clusters > 20))
-        point_size = max(2.0, min(20.0, 4000 / max(len(rows), 1)))
-        for c in range(result.n_clusters):
-            mine = labels == c
-            if not mine.any():
-                continue
-            ax.scatter(
-                xy[mine, 0],
-                xy[mine, 1],
-                s=point_size,
-                color=colours[c % len(colours)],
-                label=str(c),
-                linewidths=0,
-                alpha=0.8,
-            )
-            cx, cy = np.median(xy[mine], axis=0)
-            ax.annotate(
-                str(c),
-                (cx, cy),
-                fontsize=9,
-                weight="bold",
-                ha="center",
-                va="center",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.7, "lw": 0},
-            )
-        if result.n_clusters <= 20:
-            ax.legend(markerscale=3, fontsize=7, loc="best", title="cluster", frameon=False)
-        ax.set_title(title or f"{len(rows):,} rows, {how.upper()} projection", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        with artefact.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    cluster_map(
+        xy, result.labels[rows], result.n_clusters, path, title or f"{len(rows):,} rows, {how.upper()} projection"
+    )
     return len(rows)

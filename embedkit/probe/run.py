@@ -18,6 +18,7 @@ from .. import artefact
 from ..classify import DEFAULT_CLASSIFIER, check_classes
 from ..config import ExtractConfig
 from ..errors import ConfigError, choice_error
+from ..plots import probe_plot
 from ..sources import Source
 from ..store import INFO_COLUMNS, library_versions, open_features
 from .commands import embed_command, train_command
@@ -34,7 +35,7 @@ from .files import (
 )
 from .labels import SAMPLE_TEXT, format_skipped, scan_labels, stratified_sample, write_sample
 from .layers import ALL_LAYERS, parse_layers, probe_config
-from .report import format_table, plot_scores
+from .report import format_table
 from .score import DEFAULT_CV, DEFAULT_METRIC, METRICS, PROBE_OPTIONS, PairScore, best_pair, score_features
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,7 @@ def probe_file(
         title = (
             f"{'/'.join(Path(config.model).parts[-2:])}: {rows['scored']} rows, {len(classes)} classes, {cv}-fold CV"
         )
-        plot_scores(scores, stage.path(FILE_PLOT), title, best)
+        probe_plot(scores, stage.path(FILE_PLOT), title, best)
         stage.path(FILE_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         stage.seal({"format_version": FORMAT_VERSION, "summary": FILE_JSON, "created_at": summary["created_at"]})
     return ProbeResult(output_dir=output_dir, scores=scores, best=best, summary=summary)
