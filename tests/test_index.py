@@ -89,7 +89,8 @@ def test_every_kind_finds_the_exact_neighbours(tmp_path, kind, metric):
 
 
 def test_ivfpq_on_few_rows_warns_once_and_applies_its_pq_settings(tmp_path, capfd, caplog):
-    from embedkit.index import PQ_KMEANS_ITERATIONS, _ivf_of, _new_index
+    from embedkit.index.faiss_ops import _ivf_of, _new_index
+    from embedkit.index.plan import PQ_KMEANS_ITERATIONS
 
     x = clustered(600)
     with caplog.at_level("WARNING", logger="embedkit.index"):
