@@ -117,7 +117,7 @@ def test_build_says_when_search_will_show_bare_ids(tmp_path):
     assert any("show ids only" in line and "text columns here: body" in line for line in bare.summary_lines())
     assert not build_index(tmp_path / "body.parquet", tmp_path / "b", kind="flat", store=["body"]).notes
     assert not build_index(path, tmp_path / "c", kind="flat").notes  # `text` is stored by default
-    assert not build_index(tmp_path / "body.parquet", tmp_path / "d", kind="flat", store=[]).notes  # --no-store: asked
+    assert not build_index(tmp_path / "body.parquet", tmp_path / "d", kind="flat", store_text=False).notes  # asked
 
 
 def test_auto_plan_follows_rows_and_memory():

@@ -20,8 +20,13 @@ from .files import ARTEFACT_KIND, INDEX_FORMAT, META_FILE, _named, _now, _write_
 from .plan import DEFAULT_MEMORY, METRICS, _train_rows, human_bytes, plan_index
 from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, _Copies, tune
 from .rows import BATCH_ROWS, _check_ids, _column_dim, _draw_samples, _progress, _skipped_lines, _usable_batches
+from .settings import choose_store, input_columns, store_note
 
 log = logging.getLogger(__name__)
+
+# The peak is the whole process's (Python, pyarrow, FAISS, any model loaded before): beside a small index it
+# reads as the index's own size, so the summary shows it only once the index itself is this large.
+PEAK_SHOWN_FROM_BYTES = 64 * 2**20
 
 
 def _peak_rss_bytes() -> int:
@@ -58,15 +63,22 @@ class BuildReport:
     skipped_nonfinite_ids: list[Any] = field(default_factory=list)  # the first few, to find them
     recall_interval: tuple[float, float] | None = None  # 95% interval of recall_at_10 (``wilson_interval``)
     eval_duplicates: int = 0  # held-out queries left out of the evaluation: exact copies of indexed rows
+    stored_columns: list[str] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
         out = [
             f"{self.rows:,} vectors (dim {self.dim}, {self.metric}) -> {self.directory}",
             f"kind {self.kind} ({self.factory}){': ' + self.reason if self.reason else ''}",
-            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}, "
-            f"peak memory {human_bytes(self.peak_rss_bytes)}",
+            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}"
+            + (
+                f"; peak memory of this process {human_bytes(self.peak_rss_bytes)}"
+                if self.index_bytes >= PEAK_SHOWN_FROM_BYTES and self.peak_rss_bytes
+                else ""
+            ),
         ]
+        if self.stored_columns:
+            out.append(f"stored for display beside the ids: {', '.join(self.stored_columns)}")
         if self.recall_at_10 is not None:
             low = self.recall_interval[0] if self.recall_interval else self.recall_at_10
             reached = "" if low >= self.target_recall - 1e-9 else f" (target {self.target_recall} not reached)"
@@ -85,20 +97,6 @@ class BuildReport:
         d = {k: v for k, v in self.__dict__.items()}
         d["directory"] = str(self.directory)
         return d
-
-
-def _default_store(features: Features, column: str) -> list[str]:
-    return ["text"] if "text" in features.schema.names and column != "text" else []
-
-
-def _store_note(features: Features, store: list[str]) -> list[str]:
-    """Say so when search will show bare ids although the file has text columns (e.g. ``--keep body``)."""
-    if store or not features.text_columns:
-        return []
-    return [
-        f"search results will show ids only: no 'text' column to store for display; pass --store COLUMN "
-        f"(text columns here: {', '.join(features.text_columns)})"
-    ]
 
 
 def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batch_rows: int) -> None:
@@ -129,6 +127,7 @@ def build_index(
     memory: str | int = DEFAULT_MEMORY,
     column: str | None = None,
     store: Sequence[str] | None = None,
+    store_text: bool = True,
     target_recall: float = DEFAULT_TARGET_RECALL,
     eval_queries: int = EVAL_QUERIES,
     batch_rows: int = BATCH_ROWS,
@@ -149,7 +148,8 @@ def build_index(
         metric: ``cosine`` (vectors normalised, inner product), ``ip`` or ``l2``.
         memory: budget for the index in RAM (``4GB``); ``auto`` picks the best kind that fits it.
         column: embedding column (needed when the file has several).
-        store: columns kept beside the ids for display (default: ``text`` when present).
+        store: columns kept beside the ids for display, besides the text column.
+        store_text: keep the features' text column (the recorded input text column, else ``text``) for display.
         target_recall: recall@10 that nprobe / efSearch are tuned to reach on held-out queries.
         eval_queries: how many rows are drawn as held-out queries.
         batch_rows: rows per streamed batch (bounds memory).
@@ -167,9 +167,7 @@ def build_index(
         raise ConfigError(f"eval_queries must be >= 0, got {eval_queries}")
     feats = open_features(features)
     column = feats.embedding_column(column)
-    store_given = store
-    store = list(_default_store(feats, column) if store is None else store)
-    feats.require_columns(store)
+    store, text_column = choose_store(feats, store, store_text)
     col_config = feats.column_config(column)
     dim = _column_dim(feats, column)
     output = _named(output)
@@ -247,6 +245,8 @@ def build_index(
             "rows": int(index.ntotal),
             "column": column,
             "stored_columns": store,
+            "text_column": text_column,
+            "input_columns": input_columns(feats),
             "params": params,
             "config": col_config.to_dict(),
             "model": feats.meta.get("model", {}),
@@ -289,9 +289,10 @@ def build_index(
         target_recall,
         n_eval,
         plan.reason,
-        _store_note(feats, store) if store_given is None else [],
+        store_note(feats, store, store_text),
         nonfinite,
         samples.nonfinite.examples,
         (interval[0], interval[1]) if interval else None,
         int(copies.found.sum()),
+        store,
     )

@@ -103,6 +103,10 @@ def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
             f"{directory / META_FILE}: 'stored_columns' is {meta['stored_columns']!r} but the id map "
             f"holds {stored!r}; rebuild the index"
         )
+    if meta.get("text_column") is not None and meta["text_column"] not in stored:
+        raise _field_error(
+            directory / META_FILE, "text_column", meta["text_column"], "null or one of the stored columns"
+        )
     return index, ids, meta
 
 
@@ -190,6 +194,19 @@ def _check_fields(meta: dict[str, Any], where: Path) -> None:
             "an object whose 'adds' is a list",
         ),
         ("config", meta.get("config"), isinstance(meta.get("config"), dict), "the extraction settings"),
+        # Optional (indexes built before they were recorded lack them): where search finds text to show / read.
+        (
+            "text_column",
+            meta.get("text_column"),
+            meta.get("text_column") is None or isinstance(meta["text_column"], str),
+            "null or the name of a stored column",
+        ),
+        (
+            "input_columns",
+            meta.get("input_columns"),
+            _is_column_names(meta.get("input_columns", {})),
+            "an object with the input's 'text' and 'id' column names (strings or null)",
+        ),
     ]
     for name, value, ok, want in checks:
         if not ok:
@@ -240,6 +257,12 @@ def _field_error(where: Path, name: str, value: Any, want: str) -> InputError:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_column_names(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        key in ("text", "id") and (v is None or isinstance(v, str) and v) for key, v in value.items()
+    )
 
 
 def _is_names(value: Any) -> bool:

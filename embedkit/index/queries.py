@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from ..errors import InputError, OutputError
 from .rows import _progress
+from .settings import open_queries
 
 if TYPE_CHECKING:
     from .search import Index
@@ -27,13 +28,12 @@ def search_all(
     index: Index,
     queries: str | Path,
     k: int,
-    text_column: str,
+    text_column: str | None,
     id_column: str | None,
     batch_rows: int,
     progress: bool,
     knobs,
 ) -> tuple[pa.Table, dict[str, int], set[str]]:
-    from ..sources import Source
     from ..store import is_features_file
 
     tables, counts, notes = [], {"queries": 0, "searched": 0, "skipped": 0}, set()
@@ -43,10 +43,10 @@ def search_all(
         tables.append(result.to_table({"query_id": table.column("id")}))
         notes.update(result.notes)
     else:
-        source = Source(queries, text_column=text_column, id_column=id_column)
+        source = open_queries(index.meta, queries, text_column, id_column)
         with _progress(source.total_rows() or 0, progress, "searching") as bar:
             for records in source.batches(batch_rows):
-                table, searched, res_notes = _search_records(index, records, k, id_column is not None, knobs)
+                table, searched, res_notes = _search_records(index, records, k, source.id_column is not None, knobs)
                 counts["queries"] += len(records)
                 counts["searched"] += searched
                 notes.update(res_notes)

@@ -161,6 +161,11 @@ class Index:
     def stored_columns(self) -> list[str]:
         return [c for c in self.ids.column_names if c != "id"]
 
+    @property
+    def text_column(self) -> str | None:
+        """The stored column holding each row's text (None when the index keeps no text)."""
+        return self.meta.get("text_column")
+
     # -- embedding
 
     @property
@@ -286,7 +291,7 @@ class Index:
         output: str | Path,
         k: int = DEFAULT_K,
         *,
-        text_column: str = "text",
+        text_column: str | None = None,
         id_column: str | None = None,
         batch_rows: int = 1024,
         overwrite: bool = False,
@@ -297,8 +302,10 @@ class Index:
         """Search every query of a file and write the hits to Parquet (one row per query and hit).
 
         ``queries`` is raw text (CSV, TSV, JSONL, Parquet, TXT; read with ``Source``) or a features Parquet
-        embedded with the index's settings. Output columns: ``query`` (row number), ``query_id`` (with
-        ``id_column``), ``query_text``, ``rank``, ``score``, ``id`` and the stored columns.
+        embedded with the index's settings. ``text_column`` / ``id_column`` default to the input's columns the
+        index was built from (recorded in ``index.json``; the id column only when the queries have it), else
+        ``text`` and none. Output columns: ``query`` (row number), ``query_id`` (with an id column),
+        ``query_text``, ``rank``, ``score``, ``id`` and the stored columns.
         ``output`` is locked for the whole run (BusyError if another process writes it, unless ``wait``) and
         written aside, then renamed: a failure or a kill leaves the previous file, if any, as it was.
         Returns counts: queries, searched, skipped (rows with no usable text) and hits.
