@@ -143,7 +143,10 @@ class Features:
             raise InputError(f"{self.path} has no embedding column; columns: {', '.join(self.schema.names)}")
         if len(columns) == 1:
             return columns[0]
-        raise InputError(f"{self.path} has several embedding columns; pick one with --column: {', '.join(columns)}")
+        raise InputError(
+            f"{self.path} has several embedding columns: {', '.join(columns)}; pick one with --column NAME "
+            "(column=NAME in Python)"
+        )
 
     def column_config(self, column: str) -> ExtractConfig:
         """The settings that produced one column (a single layer and pooling)."""

@@ -35,9 +35,14 @@ def index():
     "--store",
     multiple=True,
     callback=split_commas,
-    help="Columns kept for display in search results [default: text, when present].",
+    help="More columns kept for display in search results (the text column is kept by default).",
 )
-@click.option("--no-store", is_flag=True, help="Keep only ids (no text) in the index.")
+@click.option(
+    "--no-store-text",
+    is_flag=True,
+    help="Do not keep the features' text column (the input's text column, else 'text') in the index.",
+)
+@click.option("--no-store", is_flag=True, help="Keep only ids in the index (no text, no --store columns).")
 @click.option(
     "--target-recall",
     type=click.FloatRange(0, 1, min_open=True),
@@ -50,11 +55,27 @@ def index():
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(
-    features, output, kind, metric, memory, column, store, no_store, target_recall, overwrite, wait, as_json, quiet
+    features,
+    output,
+    kind,
+    metric,
+    memory,
+    column,
+    store,
+    no_store_text,
+    no_store,
+    target_recall,
+    overwrite,
+    wait,
+    as_json,
+    quiet,
 ):
     """Build a similarity index of FEATURES (a Parquet from `embedkit embed`) into a directory."""
+    from ..errors import ConfigError
     from ..index import build_index
 
+    if no_store and store:
+        raise ConfigError("--no-store keeps only ids; it cannot be combined with --store")
     report = build_index(
         features,
         output,
@@ -62,7 +83,8 @@ def build(
         metric=metric,
         memory=memory,
         column=column,
-        store=[] if no_store else (list(store) or None),
+        store=list(store),
+        store_text=not (no_store or no_store_text),
         target_recall=target_recall,
         overwrite=overwrite,
         wait=wait,
@@ -102,8 +124,16 @@ def add(index_dir, features, column, wait, quiet):
     help="File of queries (CSV/TSV/JSONL/Parquet/TXT, or a features Parquet); needs -o.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Parquet for --queries hits.")
-@click.option("--text-column", default="text", show_default=True, help="Query text column of --queries.")
-@click.option("--id-column", default=None, help="Column of --queries copied to the hits as query_id.")
+@click.option(
+    "--text-column",
+    default=None,
+    help="Query text column of --queries [default: the text column the index was built from, else text].",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    help="Column of --queries copied to the hits as query_id [default: the index's input id column, if present].",
+)
 @click.option("--id", "by_id", default=None, help="More like this: search with the row of this id.")
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
@@ -182,15 +212,23 @@ def search(
 
 
 def _print_table(hits: list[dict], stored: list[str], metric: str) -> None:
+    """One line per hit, every column padded to its widest cell (text cut to the terminal width)."""
     score_name = {"cosine": "cosine", "ip": "ip", "l2": "distance"}[metric]
     ids = [str(h["id"]) for h in hits]
+    scores = [f"{h['score']:.4f}" for h in hits]
     id_width = max([2, *map(len, ids)])
-    header = f"{'rank':>4}  {score_name:>8}  {'id':<{id_width}}"
-    width = shutil.get_terminal_size((120, 20)).columns
-    room = max(20, width - len(header) - 2 * len(stored) - 2)
-    click.echo(header + "".join(f"  {c}" for c in stored))
-    for h, id_text in zip(hits, ids):
-        cells = [" ".join(str(h.get(c, "")).split()) for c in stored]
-        per = room // max(1, len(cells))
-        cells = [c if len(c) <= per else c[: per - 1] + "…" for c in cells]
-        click.echo(f"{h['rank']:>4}  {h['score']:>8.4f}  {id_text:<{id_width}}" + "".join(f"  {c}" for c in cells))
+    score_width = max([len(score_name), *map(len, scores)])
+    fixed = 4 + 2 + score_width + 2 + id_width
+    room = max(20, shutil.get_terminal_size((120, 20)).columns - fixed - 2 * len(stored))
+    cells = [[" ".join(str(h.get(c, "")).split()) for c in stored] for h in hits]
+    per = room // max(1, len(stored))
+    cells = [[c if len(c) <= per else c[: per - 1] + "…" for c in row] for row in cells]
+    widths = [max([len(name), *(len(row[j]) for row in cells)]) for j, name in enumerate(stored)]
+
+    def line(rank: str, score: str, id_text: str, values: list[str]) -> str:
+        padded = [v.ljust(w) for v, w in zip(values, widths)]
+        return f"{rank:>4}  {score:>{score_width}}  {id_text:<{id_width}}{''.join(f'  {v}' for v in padded)}".rstrip()
+
+    click.echo(line("rank", score_name, "id", stored))
+    for h, score, id_text, row in zip(hits, scores, ids, cells):
+        click.echo(line(str(h["rank"]), score, id_text, row))

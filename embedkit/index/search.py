@@ -1,0 +1,425 @@
+"""A loaded index (:class:`Index`): verified loading and search by text, vector or id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import artefact
+from ..config import ExtractConfig
+from ..errors import ConfigError, IncompatibleError, InputError
+from ..store import Features, open_features
+from .faiss_ops import _exact_search, _ivf_of, _prepare, _usable_rows, apply_params
+from .files import META_FILE, _manifest_bytes, _read_index
+from .queries import check_output, search_all
+from .rows import BATCH_ROWS, _column_dim
+
+log = logging.getLogger(__name__)
+
+
+LOAD_ATTEMPTS = 20  # a reader that saw the directory switched under it (a concurrent add) reads it again
+
+DEFAULT_K = 10
+
+
+@dataclass
+class SearchResult:
+    """Hits of a batch of queries: ``positions`` are FAISS rows (-1 where fewer than k were found)."""
+
+    scores: np.ndarray
+    positions: np.ndarray
+    ids: pa.Table
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def hits(self, query: int = 0) -> list[dict[str, Any]]:
+        """The hits of one query as dicts: rank, score, id and the stored columns."""
+        keep = self.positions[query] >= 0
+        rows = self.ids.take(pa.array(self.positions[query][keep])).to_pylist()
+        return [
+            {"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(self.scores[query][keep], rows))
+        ]
+
+    def to_table(self, query_columns: dict[str, Sequence[Any]] | None = None) -> pa.Table:
+        """Long format: one row per (query, hit) with ``query`` (its number), rank, score, id, stored columns."""
+        q, rank = np.nonzero(self.positions >= 0)
+        hits = self.ids.take(pa.array(self.positions[q, rank]))
+        columns: dict[str, Any] = {"query": pa.array(q, pa.int64())}
+        for name, values in (query_columns or {}).items():
+            values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+            columns[name] = values.take(pa.array(q))
+        columns["rank"] = pa.array(rank + 1, pa.int32())
+        columns["score"] = pa.array(self.scores[q, rank], pa.float32())
+        for name in hits.column_names:
+            columns[name] = hits.column(name)
+        return pa.table(columns)
+
+
+def _settings_diff(a: ExtractConfig, b: ExtractConfig) -> list[str]:
+    va, vb = a.vector_settings(), b.vector_settings()
+    model = a.model_difference(b)  # same settings, but another checkpoint at the model path
+    return [f"{k}={va.get(k)!r} vs {vb.get(k)!r}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)] + (
+        [model] if model else []
+    )
+
+
+class Index:
+    """A loaded, verified index directory.
+
+    Example:
+        >>> index = Index.load("docs-index")
+        >>> index.search("how do I reset my password", k=5).hits()
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        faiss_index,
+        ids: pa.Table,
+        meta: dict[str, Any],
+        device: str = "auto",
+        trust_remote_code: bool = False,
+    ):
+        self.directory = Path(directory)
+        self.trust_remote_code = trust_remote_code  # the caller's decision; index.json's own is never used
+        self.faiss_index = faiss_index
+        self.ids = ids
+        self.meta = meta
+        self.device = device
+        self._extractor = None
+        self._positions: dict[Any, int] | None = None
+        if meta.get("params"):
+            apply_params(faiss_index, meta["params"])
+
+    # -- loading
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:
+        """Open an index directory: every field of ``index.json`` and every file are checked before FAISS reads.
+
+        Readers take no lock: a directory switched in by a concurrent writer (``index add``) while it was being
+        read is read again, so a search never mixes two generations nor fails because of one.
+
+        Raises:
+            InputError: not an index directory, incomplete, a field of ``index.json`` missing or invalid, a file
+                name that leads outside the directory, a file changed, truncated or replaced by a symlink.
+            IncompatibleError: an index format this embedkit does not know (written by a newer one).
+        """
+        directory = Path(directory)
+        for attempt in range(LOAD_ATTEMPTS):
+            before = _manifest_bytes(directory)
+            try:
+                index, ids, meta = _read_index(directory)
+            except InputError:
+                if attempt + 1 < LOAD_ATTEMPTS and _manifest_bytes(directory) != before:
+                    continue
+                raise
+            if _manifest_bytes(directory) == before:
+                return cls(directory, index, ids, meta, device, trust_remote_code)
+        raise InputError(f"{directory} was replaced {LOAD_ATTEMPTS} times while it was being read; try again")
+
+    # -- facts
+
+    @property
+    def config(self) -> ExtractConfig:
+        return ExtractConfig.from_stored(
+            self.meta["config"],
+            trust_remote_code=self.trust_remote_code,
+            origin=str(self.directory / META_FILE),
+            model=self.meta.get("model"),
+        )
+
+    @property
+    def metric(self) -> str:
+        return self.meta["metric"]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["index_kind"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def size(self) -> int:
+        return int(self.faiss_index.ntotal)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def stored_columns(self) -> list[str]:
+        return [c for c in self.ids.column_names if c != "id"]
+
+    @property
+    def text_column(self) -> str | None:
+        """The stored column holding each row's text (None when the index keeps no text)."""
+        return self.meta.get("text_column")
+
+    # -- embedding
+
+    @property
+    def extractor(self):
+        """An Extractor with exactly the indexed column's settings (built on first use)."""
+        if self._extractor is None:
+            from ..extract import Extractor
+
+            self.use_extractor(Extractor(self.config, device=self.device))
+        return self._extractor
+
+    def use_extractor(self, extractor) -> None:
+        """Embed queries with ``extractor`` (e.g. one already loaded); refused unless its settings match."""
+        if len(extractor.config.pairs) != 1:
+            raise IncompatibleError("the extractor makes several columns; the index needs one layer and one pooling")
+        diff = _settings_diff(extractor.config, self.config)
+        if diff:
+            raise IncompatibleError(
+                f"the extractor does not embed like this index ({'; '.join(diff)}); "
+                f"queries must be embedded with the index's settings: {self.config.vector_settings()}"
+            )
+        self._extractor = extractor
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InputError("no query given")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(
+                    f"query {i} is empty; give some text to search for"
+                    if len(texts) > 1
+                    else "the query is empty; give some text to search for"
+                )
+        return self.extractor.embed(texts)
+
+    # -- searching
+
+    def search(
+        self,
+        queries: str | Sequence[str] | np.ndarray,
+        k: int = DEFAULT_K,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        exact: bool = False,
+    ) -> SearchResult:
+        """Nearest rows to query texts (embedded with the stored settings) or to query vectors.
+
+        Scores: cosine similarity (cosine), inner product (ip) or Euclidean distance (l2, lower is closer).
+        ``k`` above the index size is clamped (noted in ``SearchResult.notes``). ``exact``: compare with every
+        stored vector (see ``search_vectors``); ``nprobe`` / ``ef_search`` override the tuned values for this call.
+        """
+        if isinstance(queries, np.ndarray):
+            vectors = queries
+        else:
+            vectors = self.embed(queries)
+        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = DEFAULT_K,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        exclude: np.ndarray | None = None,
+        exact: bool = False,
+    ) -> SearchResult:
+        """Nearest rows to query vectors; ``exact`` compares every stored vector instead of the index's shortcut.
+
+        Exact search reads the vectors the index stores (flat, hnsw, ivf keep them whole) in chunks and is
+        linear in the index size: the true top-k, for checking an approximate result or for a small index.
+        ConfigError for ivfpq, which keeps only compressed codes, and with nprobe / ef_search (nothing to tune).
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IncompatibleError(f"query vectors have shape {vectors.shape}; this index holds {self.dim}-d vectors")
+        if not _usable_rows(vectors).all():
+            raise InputError("query vectors hold NaN, infinite or overflowing values")
+        k, notes = self._clamp(k, extra=0 if exclude is None else 1)
+        extra = 0 if exclude is None else 1
+        if exact:
+            if nprobe is not None or ef_search is not None:
+                raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
+            scores, positions = _exact_search(self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric)
+        else:
+            self._set_knobs(nprobe, ef_search)
+            try:
+                scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra)
+            finally:
+                if nprobe is not None or ef_search is not None:
+                    apply_params(self.faiss_index, self.meta.get("params") or {})
+        if exclude is not None:
+            scores, positions = _exclude(scores, positions, exclude, k)
+        if self.metric == "l2":
+            scores = np.sqrt(np.maximum(scores, 0))
+        return SearchResult(scores, positions, self.ids, notes)
+
+    def search_ids(self, ids: Sequence[Any], k: int = DEFAULT_K, **knobs) -> SearchResult:
+        """More like this: neighbours of rows already in the index (the row itself left out)."""
+        positions = np.array([self.position_of(i) for i in ids], dtype=np.int64)
+        vectors = np.vstack([self._reconstruct(p) for p in positions])
+        return self.search_vectors(vectors, k, exclude=positions, **knobs)
+
+    def search_features(
+        self, features: str | Path, k: int = DEFAULT_K, column: str | None = None, **knobs
+    ) -> tuple[SearchResult, pa.Table]:
+        """Search with the vectors of an already embedded file; refused unless it was embedded like the index."""
+        feats = open_features(features)
+        column = feats.embedding_column(column)
+        self._check_compatible(feats, column)
+        matrix, table, skipped = feats.load(column)
+        if skipped:
+            log.warning("%d query rows without an embedding skipped", skipped)
+        return self.search_vectors(matrix, k, **knobs), table
+
+    def search_file(
+        self,
+        queries: str | Path,
+        output: str | Path,
+        k: int = DEFAULT_K,
+        *,
+        text_column: str | None = None,
+        id_column: str | None = None,
+        batch_rows: int = 1024,
+        overwrite: bool = False,
+        progress: bool = False,
+        wait: bool = False,
+        **knobs,
+    ) -> dict[str, Any]:
+        """Search every query of a file and write the hits to Parquet (one row per query and hit).
+
+        ``queries`` is raw text (CSV, TSV, JSONL, Parquet, TXT; read with ``Source``) or a features Parquet
+        embedded with the index's settings. ``text_column`` / ``id_column`` default to the input's columns the
+        index was built from (recorded in ``index.json``; the id column only when the queries have it), else
+        ``text`` and none. Output columns: ``query`` (row number), ``query_id`` (with an id column),
+        ``query_text``, ``rank``, ``score``, ``id`` and the stored columns.
+        ``output`` is locked for the whole run (BusyError if another process writes it, unless ``wait``) and
+        written aside, then renamed: a failure or a kill leaves the previous file, if any, as it was.
+        Returns counts: queries, searched, skipped (rows with no usable text) and hits.
+        """
+        output = Path(output)
+        check_output(self, output, queries)
+        with artefact.writing_file(output, overwrite=overwrite, wait=wait) as tmp:
+            hits, counts, notes = search_all(self, queries, k, text_column, id_column, batch_rows, progress, knobs)
+            pq.write_table(hits, tmp)
+        return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
+
+    def _clamp(self, k: int, extra: int = 0) -> tuple[int, list[str]]:
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        available = self.size - extra
+        if available < 1:
+            raise InputError(f"the index holds {self.size} row(s): nothing to return")
+        if k > available:
+            note = f"k={k} is more than the {available} rows the index can return; returning {available}"
+            log.info(note)  # returned as a note for the caller to show; a warning too would say it twice
+            return available, [note]
+        return k, []
+
+    def _set_knobs(self, nprobe: int | None, ef_search: int | None) -> None:
+        knobs = {}
+        if nprobe is not None:
+            if nprobe < 1:
+                raise ConfigError(f"nprobe must be at least 1, got {nprobe}")
+            knobs["nprobe"] = nprobe
+        if ef_search is not None:
+            if ef_search < 1:
+                raise ConfigError(f"efSearch must be at least 1, got {ef_search}")
+            knobs["efSearch"] = ef_search
+        if knobs:
+            apply_params(self.faiss_index, knobs)
+
+    def position_of(self, value: Any) -> int:
+        """The FAISS row of the item with id ``value`` (a string is converted to the id column's type)."""
+        if self._positions is None:
+            self._positions = {v: i for i, v in enumerate(self.ids.column("id").to_pylist())}
+        key = _coerce_id(value, self.ids.schema.field("id").type)
+        if key not in self._positions:
+            sample = ", ".join(map(str, self.ids.column("id").slice(0, 3).to_pylist()))
+            raise InputError(f"no row with id {value!r} in the index (ids look like: {sample}, ...)")
+        return self._positions[key]
+
+    def _reconstruct(self, position: int) -> np.ndarray:
+        ivf = _ivf_of(self.faiss_index)
+        if ivf is not None and not ivf.direct_map.type:
+            ivf.make_direct_map()
+        return self.faiss_index.reconstruct(int(position))
+
+    def _check_compatible(self, feats: Features, column: str) -> None:
+        diff = _settings_diff(feats.column_config(column), self.config)
+        if diff:
+            raise IncompatibleError(
+                f"{feats.path} column {column!r} was embedded differently from the index ({'; '.join(diff)}); "
+                "re-embed it with the index's settings"
+            )
+        dim = _column_dim(feats, column)
+        if dim != self.dim:
+            raise IncompatibleError(
+                f"{feats.path} column {column!r} holds {dim}-d vectors; the index holds {self.dim}-d"
+            )
+
+    # -- growing
+
+    def add(
+        self,
+        features: str | Path,
+        column: str | None = None,
+        batch_rows: int = BATCH_ROWS,
+        progress: bool = False,
+        wait: bool = False,
+    ) -> int:
+        """Add the rows of another features file embedded with the same settings; returns rows added.
+
+        See :func:`add_to_index`: the rows are added to the index as it is on disk under its lock (which may hold
+        rows another process added since this object was loaded); this object then holds the result.
+        """
+        from .add import add_to_index  # add builds on Index: imported here, not at the top
+
+        grown, report = add_to_index(
+            self.directory,
+            features,
+            column=column,
+            batch_rows=batch_rows,
+            progress=progress,
+            wait=wait,
+            device=self.device,
+        )
+        self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
+        return report.added
+
+
+def _exclude(scores: np.ndarray, positions: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    out_s = np.full((len(scores), k), np.nan, dtype=scores.dtype)
+    out_p = np.full((len(scores), k), -1, dtype=np.int64)
+    for q in range(len(scores)):
+        keep = (positions[q] != own[q]) & (positions[q] >= 0)
+        s, p = scores[q][keep][:k], positions[q][keep][:k]
+        out_s[q, : len(s)], out_p[q, : len(p)] = s, p
+    return out_s, out_p
+
+
+def _coerce_id(value: Any, type_: pa.DataType) -> Any:
+    if isinstance(value, str) and (pa.types.is_integer(type_) or pa.types.is_floating(type_)):
+        try:
+            return int(value) if pa.types.is_integer(type_) else float(value)
+        except ValueError:
+            raise InputError(f"id {value!r} is not a number; this index's ids are {type_}") from None
+    return value
+
+
+def load_index(directory: str | Path, device: str = "auto", trust_remote_code: bool = False) -> Index:
+    """Shorthand for ``Index.load``."""
+    return Index.load(directory, device=device, trust_remote_code=trust_remote_code)
