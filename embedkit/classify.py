@@ -762,7 +762,9 @@ def _write_model_dir(
     fold: np.ndarray,
 ) -> None:
     """Write every file of the model into the staging directory, then seal it with the manifest."""
-    import skops.io as sio
+    from .light_imports import skops_io
+
+    sio = skops_io()
 
     with open(stage.path(MODEL_FILE), "wb") as f:
         sio.dump(estimator, f)
@@ -883,7 +885,9 @@ def load_model(model_dir: str | Path, *, trust_remote_code: bool = False) -> Cla
         InputError: not a complete model directory; a file missing, symlinked or not matching the manifest's
             sha256; a manifest field with a wrong type or value (naming it); types skops must not load.
     """
-    import skops.io as sio
+    from .light_imports import skops_io
+
+    sio = skops_io()
 
     model_dir = Path(model_dir)
     opened = _open_model_dir(model_dir)

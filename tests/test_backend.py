@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from transformers import AutoModel
 
 from embedkit import ConfigError, ExtractConfig, Extractor
 from embedkit.config import BACKENDS
-from embedkit.extract import backends
+from embedkit.extract import backends, kernel_choice
 from embedkit.extract.backends import conv1d_to_linear, fuse_activations, prepare
 
 TEXTS = sample_texts(30, seed=11, max_words=80)
@@ -136,16 +139,26 @@ def test_onednn_linears_keep_the_outputs(which, request):
     assert (got - want).abs().max().item() <= 1e-5
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path, monkeypatch):
+    """Every test here gets an empty kernel-choice cache: never the user's, never another test's answer."""
+    monkeypatch.setenv("EMBEDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.mark.skipif(not backends._onednn_usable(), reason="this torch build has no oneDNN linear ops")
-def test_extractor_vectors_are_the_same_with_or_without_onednn(tiny_gpt2_shared, monkeypatch):
+def test_extractor_vectors_are_the_same_with_or_without_onednn(tiny_gpt2_shared, monkeypatch, own_cache_dir):
     config = ExtractConfig(model=tiny_gpt2_shared, layers=(0, 1, -1), pooling=("mean", "last", "max", "weighted-mean"))
+    monkeypatch.setattr(backends, "PACK_AFTER_TOKENS", 1)
     monkeypatch.setattr(backends, "onednn_is_faster", lambda linear, tokens=512: False)
     plain = Extractor(config, batch_tokens=256)
+    want = plain.embed(TEXTS)
+    monkeypatch.setenv("EMBEDKIT_CACHE_DIR", str(own_cache_dir / "other"))  # the first answer is cached
     monkeypatch.setattr(backends, "onednn_is_faster", lambda linear, tokens=512: True)
     fast = Extractor(config, batch_tokens=256)
+    got = fast.embed(TEXTS)
     assert any(isinstance(m, backends.OneDNNLinear) for m in fast.loaded.model.modules())
     assert not any(isinstance(m, backends.OneDNNLinear) for m in plain.loaded.model.modules())
-    want, got = plain.embed(TEXTS), fast.embed(TEXTS)
     for name in want:
         assert np.abs(got[name] - want[name]).max() <= 1e-5, name
 
@@ -161,3 +174,184 @@ def test_onednn_is_timed_on_the_models_own_layer():
     before = linear.weight.detach().clone()
     assert backends.onednn_is_faster(linear, tokens=64) in (True, False)
     assert torch.equal(linear.weight, before)
+
+
+# ------------------------------------------------------------------ the kernel choice: late, cached, never trusted
+
+
+class CountingSpeedTest:
+    """Stands in for backends.onednn_is_faster: counts the measurements, answers as told."""
+
+    def __init__(self, answer: bool = True):
+        self.calls, self.answer = 0, answer
+
+    def __call__(self, linear, tokens=512):
+        self.calls += 1
+        return self.answer
+
+
+@pytest.fixture
+def speed_test(monkeypatch):
+    monkeypatch.setattr(backends, "_onednn_usable", lambda: True)
+    counter = CountingSpeedTest(answer=False)  # "default": nothing is packed, so no oneDNN op is needed
+    monkeypatch.setattr(backends, "onednn_is_faster", counter)
+    return counter
+
+
+def fresh_model(path):
+    return prepare(AutoModel.from_pretrained(path).eval(), "torch", torch.device("cpu"))
+
+
+def test_a_small_job_neither_measures_nor_packs(tiny_gpt2_shared, speed_test, own_cache_dir):
+    model = fresh_model(tiny_gpt2_shared)
+    assert backends.speed_up(model, torch.device("cpu"), 20) is False
+    assert speed_test.calls == 0
+    assert not own_cache_dir.exists()
+
+
+def test_the_choice_is_measured_once_then_read_from_the_cache(tiny_gpt2_shared, speed_test, own_cache_dir):
+    cpu = torch.device("cpu")
+    backends.speed_up(fresh_model(tiny_gpt2_shared), cpu, backends.PACK_AFTER_TOKENS)
+    assert speed_test.calls == 1
+    stored = json.loads((own_cache_dir / kernel_choice.CACHE_FILE).read_text())
+    assert [e["choice"] for e in stored["entries"].values()] == ["default"]
+    for _ in range(3):  # new processes would load the model again: each is a new module with the same shape
+        backends.speed_up(fresh_model(tiny_gpt2_shared), cpu, backends.PACK_AFTER_TOKENS)
+    assert speed_test.calls == 1
+
+
+def test_the_running_total_decides_and_the_choice_is_made_once_per_model(tiny_gpt2_shared, speed_test):
+    model, cpu = fresh_model(tiny_gpt2_shared), torch.device("cpu")
+    backends.speed_up(model, cpu, backends.PACK_AFTER_TOKENS - 1)
+    assert speed_test.calls == 0
+    backends.speed_up(model, cpu, 1)
+    backends.speed_up(model, cpu, 10_000)
+    assert speed_test.calls == 1
+
+
+def test_a_cached_onednn_choice_packs_without_measuring(tiny_gpt2_shared, monkeypatch, speed_test):
+    model = fresh_model(tiny_gpt2_shared)
+    first = next(m for m in model.modules() if backends._packable(m))
+    key, covers = kernel_choice.choice_key(backends.model_shape(model, backends._as_linear(first)))
+    kernel_choice.remember(key, covers, "onednn")
+    monkeypatch.setattr(backends, "use_onednn_linears", lambda m: 48)  # the packing itself is tested above
+    assert backends.speed_up(model, torch.device("cpu"), backends.PACK_AFTER_TOKENS) is True
+    assert speed_test.calls == 0
+
+
+def test_another_model_shape_is_measured_again(tiny_gpt2_shared, tiny_bert, speed_test):
+    cpu = torch.device("cpu")
+    backends.speed_up(fresh_model(tiny_gpt2_shared), cpu, backends.PACK_AFTER_TOKENS)
+    backends.speed_up(fresh_model(tiny_bert), cpu, backends.PACK_AFTER_TOKENS)
+    assert speed_test.calls == 2
+    backends.speed_up(fresh_model(tiny_bert), cpu, backends.PACK_AFTER_TOKENS)
+    assert speed_test.calls == 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe garbage",
+        b"[]",
+        b'{"format": 1, "entries": []}',
+        b'{"format": 99, "entries": {}}',
+        "KEY_CHOICE:os.system",
+        "KEY_CHOICE:int8",
+        "KEY_ENTRY:[1, 2]",
+        'KEY_ENTRY:{"choice": true}',
+        'KEY_ENTRY:{"choice": ["onednn"]}',
+        'KEY_ENTRY:"onednn"',
+    ],
+)
+def test_a_bad_cache_file_is_ignored_and_measured_again(tiny_gpt2_shared, speed_test, own_cache_dir, content):
+    model = fresh_model(tiny_gpt2_shared)
+    first = next(m for m in model.modules() if backends._packable(m))
+    key, _ = kernel_choice.choice_key(backends.model_shape(model, backends._as_linear(first)))
+    if isinstance(content, str):  # a well-formed file whose entry for this very model is wrong
+        kind, _, value = content.partition(":")
+        entry = {"choice": value} if kind == "KEY_CHOICE" else json.loads(value)
+        content = json.dumps({"format": 1, "entries": {key: entry}}).encode()
+    own_cache_dir.mkdir(parents=True)
+    (own_cache_dir / kernel_choice.CACHE_FILE).write_bytes(content)
+    assert backends.speed_up(model, torch.device("cpu"), backends.PACK_AFTER_TOKENS) is False
+    assert speed_test.calls == 1
+    stored = json.loads((own_cache_dir / kernel_choice.CACHE_FILE).read_text())  # rewritten, well-formed
+    assert stored["entries"][key]["choice"] == "default"
+
+
+def test_an_unwritable_cache_dir_costs_only_the_measurement(tiny_gpt2_shared, speed_test, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("EMBEDKIT_CACHE_DIR", str(blocker / "cache"))
+    cpu = torch.device("cpu")
+    for _ in range(2):
+        assert backends.speed_up(fresh_model(tiny_gpt2_shared), cpu, backends.PACK_AFTER_TOKENS) is False
+    assert speed_test.calls == 2
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_cache_dir_costs_only_the_measurement(tiny_gpt2_shared, speed_test, own_cache_dir):
+    own_cache_dir.mkdir(parents=True)
+    own_cache_dir.chmod(0o500)
+    try:
+        backends.speed_up(fresh_model(tiny_gpt2_shared), torch.device("cpu"), backends.PACK_AFTER_TOKENS)
+    finally:
+        own_cache_dir.chmod(0o700)
+    assert speed_test.calls == 1
+
+
+def test_the_cache_keeps_a_bounded_number_of_entries(own_cache_dir):
+    for i in range(kernel_choice.MAX_ENTRIES + 5):
+        kernel_choice.remember(f"key{i}", {"i": i}, "default")
+    entries = json.loads((own_cache_dir / kernel_choice.CACHE_FILE).read_text())["entries"]
+    assert (
+        len(entries) == kernel_choice.MAX_ENTRIES
+        and "key0" not in entries
+        and kernel_choice.lookup(f"key{kernel_choice.MAX_ENTRIES + 4}")
+    )
+
+
+def test_the_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("EMBEDKIT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert kernel_choice.cache_dir() == tmp_path / "xdg" / "embedkit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert kernel_choice.cache_dir() == tmp_path / "home" / ".cache" / "embedkit"
+
+
+def test_the_key_covers_machine_torch_threads_and_shape():
+    shape = {"model_type": "gpt2", "layers": 12, "width": 768, "heads": 12, "dtype": "float32"}
+    key, covers = kernel_choice.choice_key(shape)
+    assert {"cpu", "flags", "machine", "torch", "threads", "candidates", "shape"} <= set(covers)
+    assert kernel_choice.choice_key({**shape, "width": 1024})[0] != key
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert kernel_choice.choice_key(shape)[0] != key
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_int8_models_have_no_kernel_choice_to_make(tiny_gpt2_shared, speed_test):
+    model = prepare(AutoModel.from_pretrained(tiny_gpt2_shared).eval(), "int8", torch.device("cpu"))
+    assert backends.speed_up(model, torch.device("cpu"), 10**6) is False
+    assert speed_test.calls == 0
+
+
+def test_the_speed_test_leaves_the_global_rng_alone():
+    linear = torch.nn.Linear(16, 16)
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    backends.onednn_is_faster(linear, tokens=8)
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_a_one_query_embed_does_not_measure(tiny_gpt2_shared, speed_test):
+    ex = Extractor(ExtractConfig(model=tiny_gpt2_shared), device="cpu")
+    ex.embed(["one short query"])
+    assert speed_test.calls == 0
+    ex.embed(TEXTS * 10)
+    assert speed_test.calls == 1

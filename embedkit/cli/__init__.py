@@ -83,10 +83,19 @@ def wait_option(command):
 
 
 def quiet_libraries(quiet: bool) -> None:
-    """Silence transformers' own progress bars when the user asked for quiet output."""
-    if quiet:
-        from transformers.utils import logging as hf_logging
+    """Silence transformers' own progress bars when the user asked for quiet output.
 
+    Without importing transformers (seconds, #23) on commands that may never load a model: both it and
+    huggingface_hub read this variable when they are first imported; if they already are, they are told directly.
+    """
+    if not quiet:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hub_utils = sys.modules.get("huggingface_hub.utils")
+    if hub_utils is not None:
+        hub_utils.disable_progress_bars()
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
         hf_logging.disable_progress_bar()
 
 

@@ -12,6 +12,10 @@ On a 2-core AVX-512 EPYC this doubled the throughput of GPT-2-small (958 -> 1,86
 fp32 like before and differ by accumulation order only (< 1e-5). Where oneDNN is not faster (or is missing, or
 disagrees with the default path), nothing changes.
 
+That choice is made late and remembered (``speed_up``, #23): the speed test's answer is cached per machine and
+model shape (kernel_choice.py), and a model is packed only once it runs a job of ``PACK_AFTER_TOKENS`` tokens or
+more, so a one-query ``search`` or ``predict`` pays neither the test nor the packing.
+
 Approximate (``backend="int8"``, CPU only): the linear layers run as dynamic int8 (weights quantised once,
 activations quantised on the fly per batch) via ``torch.ao.quantization.quantize_dynamic``. GPT-2
 keeps its projections in ``Conv1D`` modules (a transposed ``nn.Linear``), which quantize_dynamic does not
@@ -24,6 +28,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,8 +37,15 @@ from torch import nn
 
 from ..config import BACKENDS
 from ..errors import ConfigError, choice_error
+from . import kernel_choice
 
 log = logging.getLogger(__name__)
+
+# Jobs (in tokens, the model's running total included) below this run the default kernels, unpacked. Packing
+# GPT-2 small's 48 projections for oneDNN costs ~0.3-0.5 s of CPU (2-core dev machine), about what oneDNN saves on
+# 1,000 tokens where it is fastest (2x): a one-query search never packs, a file of any size packs before its
+# first batch, a server packs once its requests add up to this many tokens.
+PACK_AFTER_TOKENS = 1024
 
 # transformers' element-wise formulations of tanh-GELU, by class name (imported lazily, names are stable).
 _SLOW_TANH_GELUS = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
@@ -52,7 +65,9 @@ def fuse_activations(model: nn.Module) -> int:
 def _as_linear(conv1d: Any) -> nn.Linear:
     # Any: transformers' Conv1D, matched by class name (model code loaded from a hub repo may carry its own copy).
     n_in, n_out = conv1d.weight.shape
-    linear = nn.Linear(n_in, n_out, bias=conv1d.bias is not None)
+    # On the meta device: a CPU nn.Linear fills its weight with random numbers first, which cost ~0.7 s of CPU
+    # for GPT-2 small's 48 projections, only to be replaced at once.
+    linear = nn.Linear(n_in, n_out, bias=conv1d.bias is not None, device="meta")
     linear.weight = nn.Parameter(conv1d.weight.detach().t().contiguous(), requires_grad=False)
     if conv1d.bias is not None:
         linear.bias = nn.Parameter(conv1d.bias.detach().clone(), requires_grad=False)
@@ -70,14 +85,26 @@ def conv1d_to_linear(model: nn.Module) -> int:
     return replaced
 
 
-class OneDNNLinear(nn.Module):
-    """``nn.Linear`` whose weight is packed once into oneDNN's blocked layout (what inductor does on CPU)."""
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D"
 
-    def __init__(self, linear: nn.Linear):
+
+class OneDNNLinear(nn.Module):
+    """``nn.Linear`` whose weight is packed once into oneDNN's blocked layout (what inductor does on CPU).
+
+    Built from an ``nn.Linear`` or straight from a GPT-2 ``Conv1D`` (weight [in, out]), without an intermediate
+    ``nn.Linear``.
+    """
+
+    def __init__(self, linear: Any):  # Any: nn.Linear or transformers' Conv1D (see _as_linear)
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        weight = linear.weight.detach()
+        if _is_conv1d(linear):
+            weight = weight.t()
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None))
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -111,7 +138,8 @@ def onednn_is_faster(linear: nn.Linear, tokens: int = 512) -> bool:
         return False
     try:
         packed = OneDNNLinear(linear)
-        x = torch.randn(1, tokens, linear.in_features)
+        # Its own generator: this runs in the middle of a job, which must not move the caller's RNG state.
+        x = torch.randn(1, tokens, linear.in_features, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             want, got = linear(x), packed(x)
             if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
@@ -123,20 +151,78 @@ def onednn_is_faster(linear: nn.Linear, tokens: int = 512) -> bool:
         return False
 
 
+def _packable(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        (isinstance(module, nn.Linear) or _is_conv1d(module))
+        and isinstance(weight, torch.Tensor)
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+    )
+
+
 def use_onednn_linears(model: nn.Module) -> int:
-    """Run every fp32 ``nn.Linear`` of ``model`` (GPT-2's Conv1D first turned into one) through oneDNN."""
-    conv1d_to_linear(model)
+    """Run every fp32 ``nn.Linear`` (and GPT-2 ``Conv1D``) of ``model`` through oneDNN; returns how many."""
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if (
-                isinstance(child, nn.Linear)
-                and child.weight.dtype == torch.float32
-                and child.weight.device.type == "cpu"
-            ):
+            if _packable(child):
                 setattr(parent, name, OneDNNLinear(child))
                 swapped += 1
     return swapped
+
+
+def model_shape(model: nn.Module, layer: nn.Linear) -> dict[str, Any]:
+    """What the kernel choice depends on besides the machine: the architecture's size and the timed layer."""
+    config = getattr(model, "config", None)
+    fact = lambda name: getattr(config, name, None)  # noqa: E731  (a config may lack any of them)
+    weight = layer.weight
+    return {
+        "model_type": str(fact("model_type")),
+        "layers": fact("num_hidden_layers"),
+        "width": fact("hidden_size"),
+        "heads": fact("num_attention_heads"),
+        "dtype": str(weight.dtype).removeprefix("torch."),
+        "timed_layer": list(weight.shape),
+    }
+
+
+@dataclass
+class _Kernels:
+    tokens: int = 0  # tokens run so far (CPU, default kernels)
+    settled: bool = False  # the choice was made (or there is none to make)
+
+
+# Kept beside the model rather than on the Extractor: a copy of an Extractor with another model (the audit's
+# random twin) starts over, and a model that is dropped takes its entry with it.
+_kernels: weakref.WeakKeyDictionary[nn.Module, _Kernels] = weakref.WeakKeyDictionary()
+
+
+def speed_up(model: nn.Module, device: torch.device, tokens: int) -> bool:
+    """Call before running a job of ``tokens`` tokens: past PACK_AFTER_TOKENS in all, pick the CPU kernels and pack.
+
+    The pick is the cached answer of ``onednn_is_faster`` (kernel_choice.py), measured on the first such job on a
+    machine. Returns whether the model runs through oneDNN from now on.
+    """
+    state = _kernels.setdefault(model, _Kernels())
+    if state.settled or device.type != "cpu":
+        return False
+    state.tokens += tokens
+    if state.tokens < PACK_AFTER_TOKENS:
+        return False
+    state.settled = True
+    first = next((m for m in model.modules() if _packable(m)), None)
+    if first is None or not _onednn_usable():
+        return False
+    timed = _as_linear(first) if _is_conv1d(first) else first
+    assert isinstance(timed, nn.Linear)
+    choice = kernel_choice.cached_choice(
+        model_shape(model, timed), lambda: "onednn" if onednn_is_faster(timed) else "default"
+    )
+    if choice != "onednn":
+        return False
+    log.debug("oneDNN linear layers: %d", use_onednn_linears(model))
+    return True
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -156,7 +242,10 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
-    """Apply the exact speed-ups, then the backend's own conversion; returns the model to run."""
+    """Apply the exact speed-ups, then the backend's own conversion; returns the model to run.
+
+    The CPU kernel choice of the "torch" backend comes later, from ``speed_up``, once a job is large enough.
+    """
     if backend not in BACKENDS:
         raise choice_error("backend", backend, BACKENDS)
     fused = fuse_activations(model)
@@ -164,11 +253,6 @@ def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
     if backend == "int8":
         if device.type != "cpu":
             raise ConfigError("backend 'int8' runs on CPU only; use --device cpu, or backend 'torch' on CUDA")
-        return quantize_int8(model)
-    if device.type == "cpu":
-        first = next((m for m in model.modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"), None)
-        if first is not None and type(first).__name__ == "Conv1D":
-            first = _as_linear(first)
-        if isinstance(first, nn.Linear) and onednn_is_faster(first):
-            log.debug("oneDNN linear layers: %d", use_onednn_linears(model))
+        model = quantize_int8(model)
+        _kernels[model] = _Kernels(settled=True)  # its linear layers are int8 kernels already
     return model

@@ -14,7 +14,7 @@ import torch
 
 from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
-from .backends import prepare
+from .backends import prepare, speed_up
 from .batching import (
     MAX_CHUNK_WINDOWS,
     SpecialTokens,
@@ -299,6 +299,8 @@ class Extractor:
             owner.extend([row] * len(row_windows))
 
         pooled = [np.empty((len(windows), self.dim), dtype=np.float32) for _ in cfg.pairs]
+        # The CPU kernels are picked (and the weights packed) only for jobs big enough to repay it (backends.py).
+        speed_up(self.loaded.model, self.loaded.device, sum(len(w) for w in windows))
         remaining = n_windows.copy()
         for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
             outs = self._forward([windows[i] for i in batch])
