@@ -7,10 +7,7 @@ the probe's reproduce command, and `embedkit train --cv 5` on them must give the
 
 Run: python benchmarks/probe_quality.py [--per-class 100] [--out /tmp/probe-quality]
 
-Measured (1,700 fortunes, 17 categories, 5-fold CV; shared 2-core machine under heavy load, 25 min in all, the
-21 x 5 logistic-regression fits taking 18 of them): best pair layer 3 / mean pooling, accuracy 0.447 +/- 0.020,
-macro-F1 0.429; the last layer / mean gives 0.405 (probe) and 0.405 (embed --layer 6 --pooling mean, then
-train --cv 5): difference 0.0000. Use --per-class 50 for a quicker run.
+Results: benchmarks/RESULTS.md, "Probe on real weights" (and the README's probe section).
 """
 
 from __future__ import annotations

@@ -10,9 +10,7 @@ the figure says how much, i.e. how large a job must be before spreading it over 
 ``--model`` defaults to a GPT-2-shaped checkpoint (random weights: speed only), built on first use with
 ``python -m embedkit.testing.checkpoint``.
 
-Measured (2026-11-24, 2-core EPYC, 1,000 fortunes, 45,093 tokens, parts of 128 rows): local 49.6 s (910
-tokens/s), Ray with 2 actors x 1 thread 63.4 s (711 tokens/s): +28% (+13.9 s) without ray.init (3.5 s); vectors
-within 3.7e-6 of the local engine.
+Results: benchmarks/RESULTS.md, "Ray engine overhead" (and docs/ray.md).
 """
 
 from __future__ import annotations

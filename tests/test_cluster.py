@@ -387,3 +387,42 @@ def test_figures_leave_pyplot_alone(tmp_path):
     assert done.returncode == 0, done.stderr
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in ("map.png", "probe.png"))
     assert not [p for p in tmp_path.iterdir() if p.name not in ("map.png", "probe.png")]  # atomic: no temp left
+
+
+def test_output_with_a_trailing_slash_is_named_once(features_file, tmp_path):
+    """`-o clusters/` used to print "wrote clusters//"."""
+    result = run_cli(features_file(n=20), "-o", f"{tmp_path / 'out'}/", "--k", "2", "--map", "none", "-q")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'out'}/ (clusters.parquet, summary.json) in " in result.output
+    assert "//" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "hint"),
+    [
+        ("embedkit.cluster.cluster_file", ["cluster", "{f}", "-o", "{o}"], "embedkit cluster`: the reduced vectors"),
+        ("embedkit.classify.train", ["train", "{f}", "-y", "label", "-o", "{o}"], "embedkit train`: the vectors"),
+        ("embedkit.index.build_index", ["index", "build", "{f}", "-o", "{o}"], "embedkit index`: lower --memory"),
+        ("embedkit.embed.embed_file", ["embed", "{f}", "-o", "{o}.parquet"], "embedkit embed`: lower --batch-tokens"),
+    ],
+)
+def test_out_of_memory_names_the_command_that_ran(features_file, tmp_path, monkeypatch, target, args, hint):
+    """The hint used to tell every command to lower --batch-tokens, an option cluster, train and index lack."""
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(target, exhausted)
+    path = features_file(n=10)
+    result = CliRunner().invoke(cli, [a.format(f=path, o=tmp_path / "out") for a in args])
+    assert result.exit_code == 1 and f"out of memory in `{hint}" in result.output, result.output
+
+
+def test_choosing_k_progress_reads_as_candidates_per_second(capsys):
+    """The bar's unit was "k": tqdm printed "1.38k/s", which reads as thousands of rows per second."""
+    from embedkit.cluster import choose_k
+
+    vectors, _ = blobs(20, 3, 8)
+    choose_k(vectors, ClusterOptions(k_range=(2, 4)), progress=True)
+    err = capsys.readouterr().err
+    assert "choosing k" in err and " candidates/s" in err and "k/s" not in err

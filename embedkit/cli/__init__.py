@@ -22,6 +22,22 @@ class _CleanError(click.ClickException):
         self.exit_code = error.exit_code  # type: ignore[misc]
 
 
+# What to lower when a command runs out of memory. Only the commands that run a model hold batches of padded
+# tokens; the others hold the vectors of the features file (cluster, train) or the index (index build/add).
+MEMORY_HINTS = {
+    "cluster": "the reduced vectors of every row are held in memory: lower --pca or cluster a sample of the rows",
+    "index": "lower --memory (a smaller budget picks a compressed index kind) or build with --no-store",
+    "train": "the vectors of every row are held in memory: train on a sample of the rows or on one --column",
+}
+DEFAULT_MEMORY_HINT = "lower --batch-tokens (or --max-length)"
+
+
+def out_of_memory_message(ctx: click.Context) -> str:
+    """The out-of-memory message of the command that ran: it names the command and what to lower for it."""
+    name = ctx.invoked_subcommand or ctx.info_name or "embedkit"
+    return f"out of memory in `embedkit {name}`: {MEMORY_HINTS.get(name, DEFAULT_MEMORY_HINT)}"
+
+
 class EmbedkitGroup(click.Group):
     """A click group that maps library errors to messages and exit codes instead of tracebacks."""
 
@@ -36,7 +52,7 @@ class EmbedkitGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(0)
         except MemoryError as exc:
-            raise click.ClickException("out of memory: lower --batch-tokens (or --max-length)") from exc
+            raise click.ClickException(out_of_memory_message(ctx)) from exc
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:  # a bug, not a user mistake: short message, traceback only with --debug

@@ -147,9 +147,9 @@ def cluster(
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     elif not quiet:
         click.echo(summary_text(result))
+    files = [v for v in summary["files"].values() if isinstance(v, str)]
+    # result.output_dir is a Path: `-o clusters/` prints "clusters/", not "clusters//".
     click.echo(
-        f"wrote {output_dir}/ ({', '.join(v for k, v in summary['files'].items() if isinstance(v, str))}, "
-        "summary.json) "
-        f"in {summary['timings']['total_s']:.1f}s",
+        f"wrote {result.output_dir}/ ({', '.join(files)}, summary.json) in {summary['timings']['total_s']:.1f}s",
         err=True,
     )

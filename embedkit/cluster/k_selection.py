@@ -30,7 +30,9 @@ def choose_k(vectors: np.ndarray, options: ClusterOptions, progress: bool = Fals
         raise InputError(f"k auto needs more than {lo} rows with an embedding to compare candidates; got {len(sample)}")
     method = "kmeans" if options.method == "minibatch-kmeans" else options.method  # small sample: exact k-means
     scores: dict[int, float] = {}
-    for k in tqdm(range(lo, hi + 1), desc="choosing k", unit="k", disable=not progress, leave=False):
+    # The unit is spelled out: with unit="k" tqdm printed "1.38k/s", which reads as 1,380 per second.
+    candidates = tqdm(range(lo, hi + 1), desc="choosing k", unit=" candidates", disable=not progress, leave=False)
+    for k in candidates:
         labels = fit_labels(sample, method, k, options)
         with bounded_memory():
             scores[k] = float(silhouette_score(sample, labels)) if 1 < len(np.unique(labels)) < len(sample) else -1.0

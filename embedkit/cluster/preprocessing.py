@@ -1,35 +1,15 @@
 """Pre-processing before clustering: standardise, L2-normalise, PCA; fitted on a sample, applied in chunks.
 
-Pre-processing (measured; see ``benchmarks/cluster_quality.py`` and the README notes):
+Why these defaults (the measurement, NMI against fortune categories on MiniLM and GPT-2-shaped vectors, is in
+docs/cluster.md, "Pre-processing defaults, and why"):
 
-GPT-2 hidden states are strongly anisotropic: they share a large common component (raw cosine similarities
-are all near 1) and a few "rogue" dimensions whose variance is orders of magnitude above the rest and carries
-little meaning. K-means on such vectors splits along the rogue dimensions and ignores the content. The
-defaults come from this measurement, with k-means (k = 43 categories, 5 seeds) on 3,726 Debian fortunes
-embedded by all-MiniLM-L6-v2 (mean pooling, not normalised), and on "GPT-2-shaped" copies of the same vectors
-(rotated into 768-d, plus a large common offset and three rogue dimensions with large, meaningless variance;
-mean cosine 0.99):
-
-=================================  =========  ===========
-NMI against the categories          MiniLM     GPT-2-shaped
-=================================  =========  ===========
-raw                                 0.301      0.070
-L2 only                             0.367      0.066
-center + L2                         0.375      0.069
-center + L2 + PCA 64                0.365      0.074
-standardize + L2                    0.371      0.375
-standardize + L2 + PCA 64 (default) 0.372      0.366
-=================================  =========  ===========
-
-1. ``standardize`` (on): subtract the mean and scale each dimension to unit variance. Centering alone removes
-   the common component but not the rogue dimensions, and PCA then spends its components on them; the
-   per-dimension scaling is what stops them from dominating (0.07 -> 0.37). On well-behaved
-   sentence-transformer features it is neutral (within seed noise, about 0.01).
-2. ``normalize`` (on): L2-normalise each row, so Euclidean k-means groups by direction (cosine), which is what
-   sentence similarity means. On MiniLM features it is the largest single gain (0.30 -> 0.37).
-3. ``pca`` (64 components, randomized solver fitted on a sample): 64 keeps the quality (32 costs 0.02, 16
-   costs 0.06) and makes k-means, silhouette, HDBSCAN and the map several times faster on 768-d vectors. Use
-   ``pca=0`` to cluster the full-dimensional vectors.
+1. ``standardize`` (on): GPT-2 hidden states share a large common component and a few "rogue" dimensions of
+   huge, meaningless variance; centering removes the first, only the per-dimension scaling stops the second
+   from dominating k-means and PCA. Neutral on sentence-transformer features.
+2. ``normalize`` (on): L2 rows, so Euclidean k-means groups by direction (cosine), what sentence similarity
+   means; the largest single gain on MiniLM features.
+3. ``pca`` (64 components, randomized solver fitted on a sample): keeps the quality and makes k-means,
+   silhouette, HDBSCAN and the map several times faster on 768-d vectors; ``pca=0`` keeps every dimension.
 
 Scale: the pre-processing is fitted on a sample and applied in chunks, so the 768-d matrix is read once and
 only the reduced matrix is kept. ``k="auto"`` fits the candidates on a sample only. Agglomerative clustering

@@ -192,31 +192,21 @@ def probe_file(
         try:
             features = scratch / FILE_FEATURES
             run: dict[str, Any] = dict(id_column=id_column, keep=(label_column,), fmt=fmt, text_column=text_column)
+            embed_input: str | Path = input
             if chosen is not None:
-                sample_input = scratch / "sample.parquet"
-                write_sample(source, label_column, {scan.usable[i] for i in chosen}, sample_input)
+                embed_input = scratch / "sample.parquet"
+                write_sample(source, label_column, {scan.usable[i] for i in chosen}, embed_input)
                 run = dict(id_column="id", keep=(label_column,), fmt="parquet", text_column=SAMPLE_TEXT)
-                embedded = embed_file(
-                    sample_input,
-                    features,
-                    full_config,
-                    device=device,
-                    batch_tokens=batch_tokens,
-                    threads=threads,
-                    progress=progress,
-                    **run,
-                )
-            else:
-                embedded = embed_file(
-                    input,
-                    features,
-                    full_config,
-                    device=device,
-                    batch_tokens=batch_tokens,
-                    threads=threads,
-                    progress=progress,
-                    **run,
-                )
+            embedded = embed_file(
+                embed_input,
+                features,
+                full_config,
+                device=device,
+                batch_tokens=batch_tokens,
+                threads=threads,
+                progress=progress,
+                **run,
+            )
             t0 = time.perf_counter()
             scores, _ = score_features(features, label_column, cv=cv, seed=seed, nmi=nmi, progress=progress)
             score_seconds = time.perf_counter() - t0

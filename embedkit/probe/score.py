@@ -132,7 +132,7 @@ def score_features(
     pairs = list(zip(feats.config.column_names(), feats.config.pairs))
     results: list[PairScore] = []
     skipped: dict[str, int] = {}
-    with tqdm(total=len(pairs), unit="pair", file=sys.stderr, disable=not progress, desc="probe") as bar:
+    with tqdm(total=len(pairs), unit=" pairs", file=sys.stderr, disable=not progress, desc="probe") as bar:
         for column, (layer, pooling) in pairs:
             bar.set_postfix_str(f"layer {layer} {pooling}", refresh=True)
             data = load_training_data(feats, label_column, column)
