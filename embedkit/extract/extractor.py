@@ -14,7 +14,7 @@ import torch
 
 from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
-from .backends import prepare, speed_up
+from .backends import prepare, speed_up, threads_for
 from .batching import (
     MAX_CHUNK_WINDOWS,
     SpecialTokens,
@@ -299,17 +299,20 @@ class Extractor:
             owner.extend([row] * len(row_windows))
 
         pooled = [np.empty((len(windows), self.dim), dtype=np.float32) for _ in cfg.pairs]
-        # The CPU kernels are picked (and the weights packed) only for jobs big enough to repay it (backends.py).
-        speed_up(self.loaded.model, self.loaded.device, sum(len(w) for w in windows))
+        # The CPU kernels are picked (and the weights packed) only for jobs big enough to repay it, and tiny jobs
+        # run on one thread (backends.py).
+        job_tokens = sum(len(w) for w in windows)
+        speed_up(self.loaded.model, self.loaded.device, job_tokens)
         remaining = n_windows.copy()
-        for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
-            outs = self._forward([windows[i] for i in batch])
-            for column, batch_out in zip(pooled, outs):
-                column[batch] = batch_out.numpy()
-            if progress is not None:
-                rows = [owner[i] for i in batch]
-                np.subtract.at(remaining, rows, 1)
-                progress(len({r for r in rows if remaining[r] == 0}), sum(len(windows[i]) for i in batch))
+        with threads_for(self.loaded.device, job_tokens):
+            for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
+                outs = self._forward([windows[i] for i in batch])
+                for column, batch_out in zip(pooled, outs):
+                    column[batch] = batch_out.numpy()
+                if progress is not None:
+                    rows = [owner[i] for i in batch]
+                    np.subtract.at(remaining, rows, 1)
+                    progress(len({r for r in rows if remaining[r] == 0}), sum(len(windows[i]) for i in batch))
 
         vectors = {name: np.full((n, self.dim), np.nan, dtype=np.float32) for name in self.columns}
         single = np.flatnonzero(n_windows == 1)
