@@ -355,3 +355,21 @@ def test_a_one_query_embed_does_not_measure(tiny_gpt2_shared, speed_test):
     assert speed_test.calls == 0
     ex.embed(TEXTS * 10)
     assert speed_test.calls == 1
+
+
+def test_a_tiny_job_runs_on_one_thread_and_the_count_is_put_back(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    cpu = torch.device("cpu")
+    with backends.threads_for(cpu, backends.ONE_THREAD_TOKENS):
+        assert seen == [1]
+    assert seen == [1, 4]
+    with backends.threads_for(cpu, backends.ONE_THREAD_TOKENS + 1):
+        pass
+    with backends.threads_for(torch.device("cuda"), 3):
+        pass
+    assert seen == [1, 4]
+    with pytest.raises(RuntimeError), backends.threads_for(cpu, 1):
+        raise RuntimeError("a failing job")
+    assert seen == [1, 4, 1, 4]

@@ -29,6 +29,8 @@ import logging
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 # 1,000 tokens where it is fastest (2x): a one-query search never packs, a file of any size packs before its
 # first batch, a server packs once its requests add up to this many tokens.
 PACK_AFTER_TOKENS = 1024
+# Jobs of at most this many tokens (a search query, a short request) run on one CPU thread. Their matrix products
+# are too small to split, and each of a forward pass's ~150 ops then waits for every thread of the pool: on the
+# busy 2-core dev machine (load 15) an 8-token GPT-2-small forward took 3.4 s on 2 threads and 0.34 s on one;
+# on an idle many-core machine one thread costs such a job a few tens of milliseconds at most.
+ONE_THREAD_TOKENS = 32
 
 # transformers' element-wise formulations of tanh-GELU, by class name (imported lazily, names are stable).
 _SLOW_TANH_GELUS = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation")
@@ -239,6 +246,20 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         # package supports, and the warning would reach every CLI user. The int8 tests catch a removal.
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+@contextmanager
+def threads_for(device: torch.device, tokens: int) -> Iterator[None]:
+    """Run a job of ``tokens`` tokens on one thread when it is tiny (ONE_THREAD_TOKENS); the count is put back."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or tokens > ONE_THREAD_TOKENS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:

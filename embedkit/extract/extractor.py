@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -14,9 +15,10 @@ import torch
 
 from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
-from .backends import prepare, speed_up
+from .backends import prepare, speed_up, threads_for
 from .batching import (
     MAX_CHUNK_WINDOWS,
+    MIN_PIECE_CHARS,
     SpecialTokens,
     max_token_chars,
     piece_chars,
@@ -165,8 +167,18 @@ class Extractor:
         # GPT-2 has no pad token. Any id works for padding on the right since the attention mask hides it
         # and causal attention never looks right; the caller's tokenizer is never changed.
         self._pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
-        # Texts longer than this are tokenised in pieces and only as far as they are used (batching.py).
-        self.piece_chars = piece_chars(self.max_length, max_token_chars(tok))
+
+    @functools.cached_property
+    def piece_chars(self) -> int:
+        """Texts longer than this are tokenised in pieces and only as far as they are used (batching.py).
+
+        Worked out on first need, for a text longer than MIN_PIECE_CHARS: it reads the whole vocabulary, which
+        cost every model load (a one-query search included) a tenth of a second or more.
+        """
+        return piece_chars(self.max_length, max_token_chars(self.loaded.tokenizer))
+
+    def _is_long(self, text: str) -> bool:
+        return len(text) > MIN_PIECE_CHARS and len(text) > self.piece_chars
 
     def _content_tokens(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Content tokens of each text (no special tokens) and whether it was cut before the end.
@@ -177,7 +189,7 @@ class Extractor:
         cfg, tok = self.config, self.loaded.tokenizer
         budget = self.max_length - len(self._specials)
         wanted = budget if cfg.long_text != "chunk" else budget + (MAX_CHUNK_WINDOWS - 1) * (budget - self.stride)
-        short = [i for i, t in enumerate(texts) if len(t) <= self.piece_chars]
+        short = [i for i, t in enumerate(texts) if not self._is_long(t)]
         ids: list[list[int]] = [[] for _ in texts]
         cut = [False] * len(texts)
         if short:
@@ -185,7 +197,7 @@ class Extractor:
             for i, row in zip(short, encoded):
                 ids[i] = row
         for i, text in enumerate(texts):
-            if len(text) > self.piece_chars:
+            if self._is_long(text):
                 ids[i], cut[i] = tokenize_prefix(
                     lambda piece: tok(piece, add_special_tokens=False, verbose=False)["input_ids"],
                     text,
@@ -299,17 +311,20 @@ class Extractor:
             owner.extend([row] * len(row_windows))
 
         pooled = [np.empty((len(windows), self.dim), dtype=np.float32) for _ in cfg.pairs]
-        # The CPU kernels are picked (and the weights packed) only for jobs big enough to repay it (backends.py).
-        speed_up(self.loaded.model, self.loaded.device, sum(len(w) for w in windows))
+        # The CPU kernels are picked (and the weights packed) only for jobs big enough to repay it, and tiny jobs
+        # run on one thread (backends.py).
+        job_tokens = sum(len(w) for w in windows)
+        speed_up(self.loaded.model, self.loaded.device, job_tokens)
         remaining = n_windows.copy()
-        for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
-            outs = self._forward([windows[i] for i in batch])
-            for column, batch_out in zip(pooled, outs):
-                column[batch] = batch_out.numpy()
-            if progress is not None:
-                rows = [owner[i] for i in batch]
-                np.subtract.at(remaining, rows, 1)
-                progress(len({r for r in rows if remaining[r] == 0}), sum(len(windows[i]) for i in batch))
+        with threads_for(self.loaded.device, job_tokens):
+            for batch in plan_batches([len(w) for w in windows], self.batch_tokens):
+                outs = self._forward([windows[i] for i in batch])
+                for column, batch_out in zip(pooled, outs):
+                    column[batch] = batch_out.numpy()
+                if progress is not None:
+                    rows = [owner[i] for i in batch]
+                    np.subtract.at(remaining, rows, 1)
+                    progress(len({r for r in rows if remaining[r] == 0}), sum(len(windows[i]) for i in batch))
 
         vectors = {name: np.full((n, self.dim), np.nan, dtype=np.float32) for name in self.columns}
         single = np.flatnonzero(n_windows == 1)
