@@ -18,6 +18,7 @@ from ..errors import ConfigError, IncompatibleError, InputError
 from ..store import Features, open_features
 from .faiss_ops import _exact_search, _ivf_of, _prepare, _usable_rows, apply_params
 from .files import META_FILE, _manifest_bytes, _read_index
+from .live import Selection, live_mask
 from .queries import check_output, search_all
 from .rows import BATCH_ROWS, _column_dim
 
@@ -88,8 +89,10 @@ class Index:
         meta: dict[str, Any],
         device: str = "auto",
         trust_remote_code: bool = False,
+        deleted: np.ndarray | None = None,
     ):
         self.directory = Path(directory)
+        self.deleted = np.empty(0, np.int64) if deleted is None else deleted  # FAISS rows deleted, not compacted
         self.trust_remote_code = trust_remote_code  # the caller's decision; index.json's own is never used
         self.faiss_index = faiss_index
         self.ids = ids
@@ -118,13 +121,13 @@ class Index:
         for attempt in range(LOAD_ATTEMPTS):
             before = _manifest_bytes(directory)
             try:
-                index, ids, meta = _read_index(directory)
+                index, ids, meta, deleted = _read_index(directory)
             except InputError:
                 if attempt + 1 < LOAD_ATTEMPTS and _manifest_bytes(directory) != before:
                     continue
                 raise
             if _manifest_bytes(directory) == before:
-                return cls(directory, index, ids, meta, device, trust_remote_code)
+                return cls(directory, index, ids, meta, device, trust_remote_code, deleted)
         raise InputError(f"{directory} was replaced {LOAD_ATTEMPTS} times while it was being read; try again")
 
     # -- facts
@@ -152,7 +155,12 @@ class Index:
 
     @property
     def size(self) -> int:
-        return int(self.faiss_index.ntotal)
+        """Rows a search can return (deleted rows not counted)."""
+        return int(self.faiss_index.ntotal) - len(self.deleted)
+
+    def live(self) -> np.ndarray | None:
+        """Mask of the FAISS rows not deleted; None when none is (every row may be returned)."""
+        return live_mask(int(self.faiss_index.ntotal), self.deleted) if len(self.deleted) else None
 
     def __len__(self) -> int:
         return self.size
@@ -248,16 +256,20 @@ class Index:
             raise IncompatibleError(f"query vectors have shape {vectors.shape}; this index holds {self.dim}-d vectors")
         if not _usable_rows(vectors).all():
             raise InputError("query vectors hold NaN, infinite or overflowing values")
-        k, notes = self._clamp(k, extra=0 if exclude is None else 1)
+        allowed = self.live()
         extra = 0 if exclude is None else 1
+        k, notes = self._clamp(k, extra=extra)
         if exact:
             if nprobe is not None or ef_search is not None:
                 raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
-            scores, positions = _exact_search(self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric)
+            scores, positions = _exact_search(
+                self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric, allowed
+            )
         else:
             self._set_knobs(nprobe, ef_search)
+            params = None if allowed is None else Selection(allowed).params(self.faiss_index)
             try:
-                scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra)
+                scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra, params=params)
             finally:
                 if nprobe is not None or ef_search is not None:
                     apply_params(self.faiss_index, self.meta.get("params") or {})
@@ -345,7 +357,8 @@ class Index:
     def position_of(self, value: Any) -> int:
         """The FAISS row of the item with id ``value`` (a string is converted to the id column's type)."""
         if self._positions is None:
-            self._positions = {v: i for i, v in enumerate(self.ids.column("id").to_pylist())}
+            dead = set(self.deleted.tolist())
+            self._positions = {v: i for i, v in enumerate(self.ids.column("id").to_pylist()) if i not in dead}
         key = _coerce_id(value, self.ids.schema.field("id").type)
         if key not in self._positions:
             sample = ", ".join(map(str, self.ids.column("id").slice(0, 3).to_pylist()))
