@@ -184,6 +184,11 @@ def compact(index_dir, wait):
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
 @click.option("--exact", is_flag=True, help="Compare with every stored vector: the true top-k (slower; not for ivfpq).")
+@click.option(
+    "--where",
+    default=None,
+    help="Only rows whose stored columns match this SQL condition, e.g. \"section = 'games' AND year >= 2020\".",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--trust-remote-code",
@@ -206,6 +211,7 @@ def search(
     nprobe,
     ef_search,
     exact,
+    where,
     device,
     trust_remote_code,
     overwrite,
@@ -225,7 +231,7 @@ def search(
         raise ConfigError("--queries needs -o OUT.parquet for the hits")
     quiet_libraries(quiet)
     idx = Index.load(index_dir, device=device, trust_remote_code=trust_remote_code)
-    knobs = {"nprobe": nprobe, "ef_search": ef_search, "exact": exact}
+    knobs = {"nprobe": nprobe, "ef_search": ef_search, "exact": exact, "where": where}
     if queries is not None:
         summary = idx.search_file(
             queries,

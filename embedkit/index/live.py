@@ -8,6 +8,8 @@ returns are the top k among the allowed rows (not the top k of all rows, filtere
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +18,7 @@ from ..errors import InputError
 from .faiss_ops import _faiss, _hnsw_of, _ivf_of
 
 DELETED_FILE = "deleted.parquet"
+MAX_FILTER_EF_SEARCH = 4096  # widest HNSW search a filter may ask for (past it, the exact fallback is cheaper)
 
 
 def read_deleted(path, rows: int) -> np.ndarray:
@@ -61,10 +64,15 @@ class Selection:
         """
         faiss = _faiss()
         ivf, hnsw = _ivf_of(index), _hnsw_of(index)
+        # FAISS visits excluded rows too but keeps only allowed ones: with a fraction f allowed, about f of the
+        # candidates an IVF list or an HNSW walk yields count, so the search widens by 1/f to keep as many.
+        fraction = max(self.count, 1) / len(self.allowed)
         if ivf is not None:
-            params = faiss.SearchParametersIVF(sel=self.selector, nprobe=int(ivf.nprobe))
+            nprobe = min(int(ivf.nlist), math.ceil(int(ivf.nprobe) / fraction))
+            params = faiss.SearchParametersIVF(sel=self.selector, nprobe=nprobe)
         elif hnsw is not None:
-            params = faiss.SearchParametersHNSW(sel=self.selector, efSearch=int(hnsw.hnsw.efSearch))
+            ef = min(MAX_FILTER_EF_SEARCH, math.ceil(int(hnsw.hnsw.efSearch) / fraction))
+            params = faiss.SearchParametersHNSW(sel=self.selector, efSearch=ef)
         else:
             params = faiss.SearchParameters(sel=self.selector)
         if isinstance(index, faiss.IndexPreTransform):

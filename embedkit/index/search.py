@@ -18,6 +18,7 @@ from ..errors import ConfigError, IncompatibleError, InputError
 from ..store import Features, open_features
 from .faiss_ops import _exact_search, _ivf_of, _prepare, _usable_rows, apply_params
 from .files import META_FILE, _manifest_bytes, _read_index
+from .filter import where_mask
 from .live import Selection, live_mask
 from .queries import check_output, search_all
 from .rows import BATCH_ROWS, _column_dim
@@ -25,6 +26,8 @@ from .rows import BATCH_ROWS, _column_dim
 log = logging.getLogger(__name__)
 
 
+EXACT_FILTER_ROWS = 2048
+EXACT_FILTER_FRACTION = 0.02
 LOAD_ATTEMPTS = 20  # a reader that saw the directory switched under it (a concurrent add) reads it again
 
 DEFAULT_K = 10
@@ -100,6 +103,7 @@ class Index:
         self.device = device
         self._extractor = None
         self._positions: dict[Any, int] | None = None
+        self._where: tuple[str, pa.Table, np.ndarray] | None = None
         if meta.get("params"):
             apply_params(faiss_index, meta["params"])
 
@@ -220,8 +224,12 @@ class Index:
         nprobe: int | None = None,
         ef_search: int | None = None,
         exact: bool = False,
+        where: str | None = None,
     ) -> SearchResult:
         """Nearest rows to query texts (embedded with the stored settings) or to query vectors.
+
+        ``where``: only rows whose stored columns satisfy this SQL condition (``section = 'games' AND year >=
+        2020``, evaluated by DuckDB; see :mod:`embedkit.index.filter`); the hits are the top k among them.
 
         Scores: cosine similarity (cosine), inner product (ip) or Euclidean distance (l2, lower is closer).
         ``k`` above the index size is clamped (noted in ``SearchResult.notes``). ``exact``: compare with every
@@ -231,7 +239,7 @@ class Index:
             vectors = queries
         else:
             vectors = self.embed(queries)
-        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact)
+        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact, where=where)
 
     def search_vectors(
         self,
@@ -242,6 +250,7 @@ class Index:
         ef_search: int | None = None,
         exclude: np.ndarray | None = None,
         exact: bool = False,
+        where: str | None = None,
     ) -> SearchResult:
         """Nearest rows to query vectors; ``exact`` compares every stored vector instead of the index's shortcut.
 
@@ -258,9 +267,24 @@ class Index:
             raise InputError("query vectors hold NaN, infinite or overflowing values")
         allowed = self.live()
         extra = 0 if exclude is None else 1
-        k, notes = self._clamp(k, extra=extra)
-        if exact:
-            if nprobe is not None or ef_search is not None:
+        fallback = False
+        if where is not None:
+            matching = self.matching(where)
+            allowed = matching if allowed is None else allowed & matching
+            if not allowed.any():  # nothing matches: an empty answer, not an error
+                note = f"no row matches --where {where!r}"
+                empty = np.empty((len(vectors), 0))
+                return SearchResult(empty.astype(np.float32), empty.astype(np.int64), self.ids, [note])
+            k, notes = self._clamp(k, extra=extra, available=int(allowed.sum()) - extra, filtered=True)
+            # Few matching rows: comparing with each of them is cheap and exact, where an approximate search
+            # would have to wade through mostly excluded rows (HNSW may stop before it finds k of them).
+            fallback = int(allowed.sum()) <= _exact_filter_rows(self.size) and self.kind != "ivfpq"
+            if self.kind == "ivfpq" and int(allowed.sum()) <= _exact_filter_rows(self.size) and nprobe is None:
+                nprobe = _ivf_of(self.faiss_index).nlist  # no stored vectors: visit every list instead
+        else:
+            k, notes = self._clamp(k, extra=extra)
+        if exact or fallback:
+            if exact and (nprobe is not None or ef_search is not None):
                 raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
             scores, positions = _exact_search(
                 self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric, allowed
@@ -329,14 +353,18 @@ class Index:
             pq.write_table(hits, tmp)
         return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
 
-    def _clamp(self, k: int, extra: int = 0) -> tuple[int, list[str]]:
+    def _clamp(
+        self, k: int, extra: int = 0, available: int | None = None, filtered: bool = False
+    ) -> tuple[int, list[str]]:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        available = self.size - extra
-        if available < 1:
+        available = self.size - extra if available is None else available
+        if available < 1 and not filtered:
             raise InputError(f"the index holds {self.size} row(s): nothing to return")
+        available = max(available, 1)
         if k > available:
-            note = f"k={k} is more than the {available} rows the index can return; returning {available}"
+            what = "rows matching --where" if filtered else "rows the index can return"
+            note = f"k={k} is more than the {available} {what}; returning {available}"
             log.info(note)  # returned as a note for the caller to show; a warning too would say it twice
             return available, [note]
         return k, []
@@ -353,6 +381,13 @@ class Index:
             knobs["efSearch"] = ef_search
         if knobs:
             apply_params(self.faiss_index, knobs)
+
+    def matching(self, where: str) -> np.ndarray:
+        """Mask of the FAISS rows whose stored columns satisfy ``where`` (the last condition's mask is kept)."""
+        cached = self._where
+        if cached is None or cached[0] != where or cached[1] is not self.ids:
+            cached = self._where = (where, self.ids, where_mask(self.ids, where))
+        return cached[2]
 
     def position_of(self, value: Any) -> int:
         """The FAISS row of the item with id ``value`` (a string is converted to the id column's type)."""
@@ -412,6 +447,11 @@ class Index:
         )
         self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
         return report.added
+
+
+def _exact_filter_rows(rows: int) -> int:
+    """Matching rows up to which a filtered search compares each of them (exact) instead of searching the index."""
+    return max(EXACT_FILTER_ROWS, int(EXACT_FILTER_FRACTION * rows))
 
 
 def _exclude(scores: np.ndarray, positions: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
