@@ -258,6 +258,15 @@ def test_search_returns_hits_with_stored_columns(server, artefacts):
     assert [h["id"] for h in offline] == [h["id"] for h in body["data"][0]["hits"]]
 
 
+def test_search_where_filters_on_stored_columns(server, artefacts):
+    texts, ids = artefacts["texts"], artefacts["ids"]
+    body = _post(server.url, "/v1/search", {"query": texts[4], "k": 3, "where": f"id <> '{ids[4]}'"}).json()
+    assert len(body["data"][0]["hits"]) == 3 and ids[4] not in [h["id"] for h in body["data"][0]["hits"]]
+    nothing = _post(server.url, "/v1/search", {"query": texts[4], "where": "id = 'no such id'"}).json()
+    assert nothing["data"][0]["hits"] == [] and "no row matches" in nothing["notes"][0]
+    _assert_error(_post(server.url, "/v1/search", {"query": "x", "where": "label = 'a'"}), 422, text="stores: id, text")
+
+
 def test_predict_matches_the_offline_classifier(server, artefacts):
     from embedkit.classify import load_model
 

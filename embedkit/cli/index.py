@@ -112,6 +112,52 @@ def add(index_dir, features, column, wait, quiet):
         click.echo(line, err=True)
 
 
+@index.command("upsert")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
+@wait_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def upsert(index_dir, features, column, wait, quiet):
+    """Add the rows of FEATURES to INDEX_DIR; a row whose id is already there replaces the old one."""
+    from ..index import add_to_index
+
+    _, report = add_to_index(index_dir, features, column=column, upsert=True, wait=wait, progress=not quiet)
+    for line in report.summary_lines():
+        click.echo(line, err=True)
+
+
+@index.command("delete")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@click.argument("ids", nargs=-1)
+@click.option(
+    "--ids",
+    "id_files",
+    multiple=True,
+    help="An id, or a file of ids (one per line, or a Parquet file's id column); repeatable.",
+)
+@click.option("--strict", is_flag=True, help="Fail (exit 3) when an id is not in the index, deleting nothing.")
+@wait_option
+def delete(index_dir, ids, id_files, strict, wait):
+    """Delete the rows with these IDS from INDEX_DIR (search skips them; compacted past 20% deleted)."""
+    from ..index import delete_from_index, read_ids
+
+    report = delete_from_index(index_dir, read_ids([*ids, *id_files]), strict=strict, wait=wait)
+    for line in report.summary_lines():
+        click.echo(line, err=True)
+
+
+@index.command("compact")
+@click.argument("index_dir", type=click.Path(file_okay=False))
+@wait_option
+def compact(index_dir, wait):
+    """Drop the deleted rows of INDEX_DIR for good (rebuilds an HNSW graph from its own vectors)."""
+    from ..index import compact_index
+
+    for line in compact_index(index_dir, wait=wait).summary_lines():
+        click.echo(line, err=True)
+
+
 @cli.command()
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("query", required=False)
@@ -138,6 +184,11 @@ def add(index_dir, features, column, wait, quiet):
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
 @click.option("--ef-search", type=int, default=None, help="HNSW search breadth [default: tuned at build].")
 @click.option("--exact", is_flag=True, help="Compare with every stored vector: the true top-k (slower; not for ivfpq).")
+@click.option(
+    "--where",
+    default=None,
+    help="Only rows whose stored columns match this SQL condition, e.g. \"section = 'games' AND year >= 2020\".",
+)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option(
     "--trust-remote-code",
@@ -160,6 +211,7 @@ def search(
     nprobe,
     ef_search,
     exact,
+    where,
     device,
     trust_remote_code,
     overwrite,
@@ -179,7 +231,7 @@ def search(
         raise ConfigError("--queries needs -o OUT.parquet for the hits")
     quiet_libraries(quiet)
     idx = Index.load(index_dir, device=device, trust_remote_code=trust_remote_code)
-    knobs = {"nprobe": nprobe, "ef_search": ef_search, "exact": exact}
+    knobs = {"nprobe": nprobe, "ef_search": ef_search, "exact": exact, "where": where}
     if queries is not None:
         summary = idx.search_file(
             queries,

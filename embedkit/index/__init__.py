@@ -29,6 +29,8 @@ FAISS would index them, but no search could ever rank them.
 
 from .add import AddReport, add_to_index
 from .build import BuildReport, build_index
+from .compact import COMPACT_FRACTION
+from .delete import DeleteReport, compact_index, delete_from_index, read_ids
 from .faiss_ops import apply_params
 from .files import ARTEFACT_KIND, IDS_FILE, INDEX_FILE, INDEX_FORMAT, META_FILE
 from .plan import DEFAULT_MEMORY, KINDS, METRICS, IndexPlan, human_bytes, ivf_lists, parse_memory, plan_index
@@ -50,7 +52,12 @@ __all__ = [
     "KINDS",
     "META_FILE",
     "METRICS",
+    "COMPACT_FRACTION",
     "AddReport",
+    "DeleteReport",
+    "compact_index",
+    "delete_from_index",
+    "read_ids",
     "BuildReport",
     "Evaluation",
     "Index",

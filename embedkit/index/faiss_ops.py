@@ -129,8 +129,10 @@ EXACT_CHUNK_ROWS = 65536  # stored vectors decoded at a time by exact search (bo
 _NO_VECTORS = "this index (ivfpq) keeps compressed codes, not the vectors: exact search is not possible"
 
 
-def _exact_search(index, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The true top-k of ``queries`` among the vectors ``index`` stores, read back in chunks."""
+def _exact_search(
+    index, queries: np.ndarray, k: int, metric: str, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The true top-k of ``queries`` among the vectors ``index`` stores (only the ``allowed`` rows, if given)."""
     faiss = _faiss()
     ivf = _ivf_of(index)
     if isinstance(index, faiss.IndexPreTransform) or "PQ" in type(ivf if ivf is not None else index).__name__:
@@ -138,10 +140,18 @@ def _exact_search(index, queries: np.ndarray, k: int, metric: str) -> tuple[np.n
     if ivf is not None:
         ivf.make_direct_map()  # in memory only: lets the lists be read back by position
     heap = faiss.ResultHeap(len(queries), k, keep_max=metric != "l2")
-    for start in range(0, index.ntotal, EXACT_CHUNK_ROWS):
-        stored = index.reconstruct_n(start, min(EXACT_CHUNK_ROWS, index.ntotal - start))
-        d, i = faiss.knn(queries, stored, min(k, len(stored)), metric=_metric_type(metric))
-        heap.add_result(_pad(d, k, metric), _pad_ids(i + start, k))
+    if allowed is None:
+        for start in range(0, index.ntotal, EXACT_CHUNK_ROWS):
+            stored = index.reconstruct_n(start, min(EXACT_CHUNK_ROWS, index.ntotal - start))
+            d, i = faiss.knn(queries, stored, min(k, len(stored)), metric=_metric_type(metric))
+            heap.add_result(_pad(d, k, metric), _pad_ids(i + start, k))
+    else:
+        rows = np.flatnonzero(allowed).astype(np.int64)
+        for start in range(0, len(rows), EXACT_CHUNK_ROWS):
+            chunk = rows[start : start + EXACT_CHUNK_ROWS]
+            stored = index.reconstruct_batch(chunk)
+            d, i = faiss.knn(queries, stored, min(k, len(stored)), metric=_metric_type(metric))
+            heap.add_result(_pad(d, k, metric), _pad_ids(np.where(i >= 0, chunk[np.maximum(i, 0)], -1), k))
     heap.finalize()
     return heap.D, heap.I
 

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -15,11 +16,14 @@ from .. import artefact
 from ..config import ExtractConfig
 from ..errors import IncompatibleError, InputError, OutputError
 from .faiss_ops import _faiss, _hnsw_of, _ivf_of, _metric_type
+from .live import DELETED_FILE, read_deleted, write_deleted
 from .plan import KINDS, METRICS
 
 META_FILE = "index.json"  # the artefact manifest
 
 INDEX_FORMAT = 2  # 1: data files named index-N.faiss / ids-N.parquet by index.json, still read
+# An index with deleted rows not yet compacted: an embedkit that does not know deleted.parquet would return them.
+DELETED_FORMAT = 3
 
 ARTEFACT_KIND = "embedkit-index"
 
@@ -46,14 +50,16 @@ def _named(directory: str | Path) -> Path:
     return Path(os.path.abspath(directory)) if directory.name in ("", ".", "..") else directory
 
 
-def _write_data(stage: artefact.Staging, index, ids: pa.Table) -> int:
-    """Write the FAISS index and the id map into a directory being built; returns the index's size in bytes."""
+def _write_data(stage: artefact.Staging, index, ids: pa.Table, deleted: np.ndarray | None = None) -> int:
+    """Write the FAISS index, the id map and the deleted rows (if any) aside; returns the index's size in bytes."""
     index_path = stage.path(INDEX_FILE)
     try:
         _faiss().write_index(index, str(index_path))
     except RuntimeError as exc:  # FAISS reports a failed write (disk full, ...) as a RuntimeError
         raise OutputError(f"cannot write {index_path}: {exc}") from exc
     pq.write_table(ids, stage.path(IDS_FILE))
+    if deleted is not None and len(deleted):
+        write_deleted(stage.path(DELETED_FILE), deleted)
     return index_path.stat().st_size
 
 
@@ -69,7 +75,7 @@ def _manifest_bytes(directory: Path) -> bytes | None:
         return None
 
 
-def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
+def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any], np.ndarray]:
     """Read one generation: checked manifest, verified files, then FAISS index and id map cross-checked with it."""
     meta, (index_name, ids_name) = _checked_meta(
         directory, artefact.read_manifest(directory, manifest_name=META_FILE, what="index")
@@ -107,7 +113,14 @@ def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any]]:
         raise _field_error(
             directory / META_FILE, "text_column", meta["text_column"], "null or one of the stored columns"
         )
-    return index, ids, meta
+    deleted = np.empty(0, dtype=np.int64)
+    if meta["format"] == DELETED_FORMAT:
+        if DELETED_FILE not in meta["files"]:
+            raise InputError(
+                f"{directory / META_FILE}: format {DELETED_FORMAT} without {DELETED_FILE}; rebuild the index"
+            )
+        deleted = read_deleted(directory / DELETED_FILE, index.ntotal)
+    return index, ids, meta, deleted
 
 
 def _checked_meta(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, str]]:
@@ -120,10 +133,10 @@ def _checked_meta(directory: Path, manifest: dict[str, Any]) -> tuple[dict[str, 
     fmt = manifest.get("format")
     if not _is_int(fmt):
         raise _field_error(where, "format", fmt, "an index format number")
-    if fmt not in (1, INDEX_FORMAT):
+    if fmt not in (1, INDEX_FORMAT, DELETED_FORMAT):
         raise IncompatibleError(
-            f"{directory} has index format {fmt}; this embedkit reads formats 1 and "
-            f"{INDEX_FORMAT}: upgrade embedkit or rebuild the index"
+            f"{directory} has index format {fmt}; this embedkit reads formats 1 to "
+            f"{DELETED_FORMAT}: upgrade embedkit or rebuild the index"
         )
     meta = dict(manifest)
     if fmt == 1:

@@ -18,12 +18,16 @@ from ..errors import ConfigError, IncompatibleError, InputError
 from ..store import Features, open_features
 from .faiss_ops import _exact_search, _ivf_of, _prepare, _usable_rows, apply_params
 from .files import META_FILE, _manifest_bytes, _read_index
+from .filter import where_mask
+from .live import Selection, live_mask
 from .queries import check_output, search_all
 from .rows import BATCH_ROWS, _column_dim
 
 log = logging.getLogger(__name__)
 
 
+EXACT_FILTER_ROWS = 2048
+EXACT_FILTER_FRACTION = 0.02
 LOAD_ATTEMPTS = 20  # a reader that saw the directory switched under it (a concurrent add) reads it again
 
 DEFAULT_K = 10
@@ -88,8 +92,10 @@ class Index:
         meta: dict[str, Any],
         device: str = "auto",
         trust_remote_code: bool = False,
+        deleted: np.ndarray | None = None,
     ):
         self.directory = Path(directory)
+        self.deleted = np.empty(0, np.int64) if deleted is None else deleted  # FAISS rows deleted, not compacted
         self.trust_remote_code = trust_remote_code  # the caller's decision; index.json's own is never used
         self.faiss_index = faiss_index
         self.ids = ids
@@ -97,6 +103,7 @@ class Index:
         self.device = device
         self._extractor = None
         self._positions: dict[Any, int] | None = None
+        self._where: tuple[str, pa.Table, np.ndarray] | None = None
         if meta.get("params"):
             apply_params(faiss_index, meta["params"])
 
@@ -118,13 +125,13 @@ class Index:
         for attempt in range(LOAD_ATTEMPTS):
             before = _manifest_bytes(directory)
             try:
-                index, ids, meta = _read_index(directory)
+                index, ids, meta, deleted = _read_index(directory)
             except InputError:
                 if attempt + 1 < LOAD_ATTEMPTS and _manifest_bytes(directory) != before:
                     continue
                 raise
             if _manifest_bytes(directory) == before:
-                return cls(directory, index, ids, meta, device, trust_remote_code)
+                return cls(directory, index, ids, meta, device, trust_remote_code, deleted)
         raise InputError(f"{directory} was replaced {LOAD_ATTEMPTS} times while it was being read; try again")
 
     # -- facts
@@ -152,7 +159,12 @@ class Index:
 
     @property
     def size(self) -> int:
-        return int(self.faiss_index.ntotal)
+        """Rows a search can return (deleted rows not counted)."""
+        return int(self.faiss_index.ntotal) - len(self.deleted)
+
+    def live(self) -> np.ndarray | None:
+        """Mask of the FAISS rows not deleted; None when none is (every row may be returned)."""
+        return live_mask(int(self.faiss_index.ntotal), self.deleted) if len(self.deleted) else None
 
     def __len__(self) -> int:
         return self.size
@@ -212,8 +224,12 @@ class Index:
         nprobe: int | None = None,
         ef_search: int | None = None,
         exact: bool = False,
+        where: str | None = None,
     ) -> SearchResult:
         """Nearest rows to query texts (embedded with the stored settings) or to query vectors.
+
+        ``where``: only rows whose stored columns satisfy this SQL condition (``section = 'games' AND year >=
+        2020``, evaluated by DuckDB; see :mod:`embedkit.index.filter`); the hits are the top k among them.
 
         Scores: cosine similarity (cosine), inner product (ip) or Euclidean distance (l2, lower is closer).
         ``k`` above the index size is clamped (noted in ``SearchResult.notes``). ``exact``: compare with every
@@ -223,7 +239,7 @@ class Index:
             vectors = queries
         else:
             vectors = self.embed(queries)
-        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact)
+        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact, where=where)
 
     def search_vectors(
         self,
@@ -234,6 +250,7 @@ class Index:
         ef_search: int | None = None,
         exclude: np.ndarray | None = None,
         exact: bool = False,
+        where: str | None = None,
     ) -> SearchResult:
         """Nearest rows to query vectors; ``exact`` compares every stored vector instead of the index's shortcut.
 
@@ -248,16 +265,35 @@ class Index:
             raise IncompatibleError(f"query vectors have shape {vectors.shape}; this index holds {self.dim}-d vectors")
         if not _usable_rows(vectors).all():
             raise InputError("query vectors hold NaN, infinite or overflowing values")
-        k, notes = self._clamp(k, extra=0 if exclude is None else 1)
+        allowed = self.live()
         extra = 0 if exclude is None else 1
-        if exact:
-            if nprobe is not None or ef_search is not None:
+        fallback = False
+        if where is not None:
+            matching = self.matching(where)
+            allowed = matching if allowed is None else allowed & matching
+            if not allowed.any():  # nothing matches: an empty answer, not an error
+                note = f"no row matches --where {where!r}"
+                empty = np.empty((len(vectors), 0))
+                return SearchResult(empty.astype(np.float32), empty.astype(np.int64), self.ids, [note])
+            k, notes = self._clamp(k, extra=extra, available=int(allowed.sum()) - extra, filtered=True)
+            # Few matching rows: comparing with each of them is cheap and exact, where an approximate search
+            # would have to wade through mostly excluded rows (HNSW may stop before it finds k of them).
+            fallback = int(allowed.sum()) <= _exact_filter_rows(self.size) and self.kind != "ivfpq"
+            if self.kind == "ivfpq" and int(allowed.sum()) <= _exact_filter_rows(self.size) and nprobe is None:
+                nprobe = _ivf_of(self.faiss_index).nlist  # no stored vectors: visit every list instead
+        else:
+            k, notes = self._clamp(k, extra=extra)
+        if exact or fallback:
+            if exact and (nprobe is not None or ef_search is not None):
                 raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
-            scores, positions = _exact_search(self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric)
+            scores, positions = _exact_search(
+                self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric, allowed
+            )
         else:
             self._set_knobs(nprobe, ef_search)
+            params = None if allowed is None else Selection(allowed).params(self.faiss_index)
             try:
-                scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra)
+                scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra, params=params)
             finally:
                 if nprobe is not None or ef_search is not None:
                     apply_params(self.faiss_index, self.meta.get("params") or {})
@@ -317,14 +353,18 @@ class Index:
             pq.write_table(hits, tmp)
         return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
 
-    def _clamp(self, k: int, extra: int = 0) -> tuple[int, list[str]]:
+    def _clamp(
+        self, k: int, extra: int = 0, available: int | None = None, filtered: bool = False
+    ) -> tuple[int, list[str]]:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
-        available = self.size - extra
-        if available < 1:
+        available = self.size - extra if available is None else available
+        if available < 1 and not filtered:
             raise InputError(f"the index holds {self.size} row(s): nothing to return")
+        available = max(available, 1)
         if k > available:
-            note = f"k={k} is more than the {available} rows the index can return; returning {available}"
+            what = "rows matching --where" if filtered else "rows the index can return"
+            note = f"k={k} is more than the {available} {what}; returning {available}"
             log.info(note)  # returned as a note for the caller to show; a warning too would say it twice
             return available, [note]
         return k, []
@@ -342,10 +382,18 @@ class Index:
         if knobs:
             apply_params(self.faiss_index, knobs)
 
+    def matching(self, where: str) -> np.ndarray:
+        """Mask of the FAISS rows whose stored columns satisfy ``where`` (the last condition's mask is kept)."""
+        cached = self._where
+        if cached is None or cached[0] != where or cached[1] is not self.ids:
+            cached = self._where = (where, self.ids, where_mask(self.ids, where))
+        return cached[2]
+
     def position_of(self, value: Any) -> int:
         """The FAISS row of the item with id ``value`` (a string is converted to the id column's type)."""
         if self._positions is None:
-            self._positions = {v: i for i, v in enumerate(self.ids.column("id").to_pylist())}
+            dead = set(self.deleted.tolist())
+            self._positions = {v: i for i, v in enumerate(self.ids.column("id").to_pylist()) if i not in dead}
         key = _coerce_id(value, self.ids.schema.field("id").type)
         if key not in self._positions:
             sample = ", ".join(map(str, self.ids.column("id").slice(0, 3).to_pylist()))
@@ -399,6 +447,11 @@ class Index:
         )
         self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
         return report.added
+
+
+def _exact_filter_rows(rows: int) -> int:
+    """Matching rows up to which a filtered search compares each of them (exact) instead of searching the index."""
+    return max(EXACT_FILTER_ROWS, int(EXACT_FILTER_FRACTION * rows))
 
 
 def _exclude(scores: np.ndarray, positions: np.ndarray, own: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -164,7 +165,8 @@ async def search(body: SearchRequest, request: Request) -> JSONResponse:
         raise APIError(422, f"k must be between 1 and {limits.max_k}, got {body.k}", "invalid_value", param="k")
     name, served = _pick(services.indexes, body.index, "index", "--index DIR")
     embedded = await served.embedder.batcher.embed_texts(queries)
-    result = await _on(served.executor, served.index.search_vectors, embedded.vectors, body.k)
+    search = functools.partial(served.index.search_vectors, where=body.where)  # --where, filtered inside FAISS
+    result = await _on(served.executor, search, embedded.vectors, body.k)
     data = [{"query": q, "hits": result.hits(i)} for i, q in enumerate(queries)]
     return JSONResponse(
         jsonable_encoder(

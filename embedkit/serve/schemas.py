@@ -41,6 +41,7 @@ class SearchRequest(_Body):
     query: StrictStr | list[StrictStr]
     k: StrictInt = DEFAULT_K
     index: StrictStr | None = None
+    where: StrictStr | None = Field(default=None, max_length=2000)  # SQL condition on stored columns (DuckDB)
 
 
 class PredictRequest(_Body):
