@@ -81,7 +81,7 @@ def finite_max_abs(matrix: np.ndarray) -> np.ndarray:
 
 
 def decode(column: pa.Array | pa.ChunkedArray, encoding: dict[str, Any] | None = None) -> np.ndarray:
-    """A non-null ``fixed_size_list`` column as an [n, dim] float32 matrix, whatever its storage dtype.
+    """A ``fixed_size_list`` column as an [n, dim] float32 matrix, whatever its storage dtype (null rows: zeros).
 
     ``encoding`` is the column's entry in the features metadata (``Features.vector_encoding``); int8 needs it.
     """
@@ -89,7 +89,8 @@ def decode(column: pa.Array | pa.ChunkedArray, encoding: dict[str, Any] | None =
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     dim = column.type.list_size
     value_type = column.type.value_type
-    flat = column.flatten()
+    # Every slot, null rows' included (flatten() drops them, and rows would no longer line up with a mask).
+    flat = column.values.slice(column.offset * dim, len(column) * dim)
     if pa.types.is_boolean(value_type):
         signs = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
         return np.where(signs, 1.0, -1.0).astype(np.float32) / np.float32(np.sqrt(dim))
