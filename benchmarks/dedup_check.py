@@ -6,12 +6,14 @@ Brute force: numpy cosine of every pair (in blocks), pairs >= threshold (same 1e
 normalised texts, joined by a plain union-find written here, independent of the scipy graph code dedup uses.
 
     PYTHONPATH=. python benchmarks/dedup_check.py --rows 20000 --dim 384 --threshold 0.95
-    PYTHONPATH=. python benchmarks/dedup_check.py --features fortunes-minilm.parquet --threshold 0.9
+    PYTHONPATH=. python benchmarks/dedup_check.py --features fortunes-minilm.parquet --texts fortunes.jsonl \
+        --threshold 0.9
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -94,12 +96,19 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--features", type=Path, default=None, help="Check on the vectors of this features file.")
+    parser.add_argument("--texts", type=Path, default=None, help="JSONL whose 'text' of line i is the text of row i.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.features:
             path = args.features
             feats = open_features(path)
             table = pq.read_table(path)
+            if args.texts:  # texts of a features file embedded without --keep text, line i = row i
+                lines = args.texts.read_text(encoding="utf-8").splitlines()
+                table = table.drop_columns([c for c in ("text",) if c in table.column_names])
+                table = table.append_column("text", pa.array([json.loads(line)["text"] for line in lines]))
+                path = Path(tmp) / "with-text.parquet"
+                pq.write_table(table, path)
             column = table.column(feats.embedding_column())
             # Null rows decode to zeros: no cosine pairs, compared by text only, as dedup does.
             matrix = matrix_from_arrow(column, feats.vector_encoding(feats.embedding_column())).copy()
