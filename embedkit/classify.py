@@ -37,6 +37,7 @@ from .config import ExtractConfig
 from .errors import ConfigError, IncompatibleError, InputError, OutputError, choice_error
 from .sources import parquet_batches
 from .store import Features, is_features_file, library_versions, matrix_from_arrow, open_features
+from .vectors import float_array  # issue 22: compact vectors
 
 log = logging.getLogger(__name__)
 
@@ -1227,7 +1228,8 @@ def _feature_batches(model: ClassifierModel, input, column, keep, batch_rows):
     wanted = list(dict.fromkeys(["id", *keep, *(["status"] if has_status else []), column]))
     try:
         for batch in parquet_batches(pq.ParquetFile(feats.path), batch_rows, wanted):
-            vectors = batch.column(column)
+            # issue 22: compact (int8/binary) stored vectors as float32; the int8 scale lives in the file's metadata
+            vectors = float_array(batch.column(column), feats.vector_encoding(column))
             if has_status:
                 status = batch.column("status")
             else:

@@ -21,7 +21,7 @@ MODEL_ENV = "EMBEDKIT_MODEL"
 
 POOLING_MODES = ("mean", "last", "max", "first", "weighted-mean")
 LONG_TEXT_MODES = ("truncate", "chunk")
-STORAGE_DTYPES = ("float32", "float16")
+STORAGE_DTYPES = ("float32", "float16", "int8", "binary")  # encodings: embedkit/vectors.py
 DEVICES = ("auto", "cpu", "cuda")
 # How the forward pass runs. "torch" is exact (within float rounding of the reference); "int8" is dynamic int8
 # quantisation of the linear layers (CPU only): faster, approximate (cosine >= 0.99 to torch), so it is part of
@@ -106,7 +106,7 @@ class ExtractConfig:
         long_text: ``truncate`` (record it) or ``chunk`` (overlapping windows, token-weighted combination).
         stride: tokens shared by consecutive windows in ``chunk`` mode; None = max_length // 8.
         normalize: L2-normalise every stored vector.
-        dtype: storage dtype of the vectors, ``float32`` or ``float16``.
+        dtype: storage dtype of the vectors: ``float32``, ``float16``, ``int8`` or ``binary`` (embedkit.vectors).
         trust_remote_code: allow a model's own Python code to run (off unless asked). Only the person running
             the command decides: a value read from an artefact is ignored (see ``from_stored``).
         backend: ``torch`` (exact) or ``int8`` (dynamic int8 linear layers on CPU; approximate, faster).

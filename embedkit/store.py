@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import vectors
 from .artefact import (
     absolute,
     atomic_path,
@@ -54,24 +55,22 @@ INFO_COLUMNS = ("n_tokens", "n_windows", "truncated", "status", "error")
 
 
 def vector_type(dim: int, dtype: str) -> pa.DataType:
-    return pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)
+    """The Arrow type of a stored vector column (embedkit.vectors has the encodings)."""
+    return {
+        "float16": pa.list_(pa.float16(), dim),
+        "int8": pa.list_(pa.int8(), dim),
+        "binary": pa.list_(pa.bool_(), dim),
+    }.get(dtype, pa.list_(pa.float32(), dim))
 
 
 def vectors_to_arrow(matrix: np.ndarray, valid: np.ndarray, dtype: str) -> pa.Array:
-    """An [n, dim] matrix as ``fixed_size_list<float>[dim]``, null where ``valid`` is False."""
-    n, dim = matrix.shape
-    values = np.nan_to_num(matrix, nan=0.0).astype(np.float16 if dtype == "float16" else np.float32, copy=False)
-    flat = pa.array(values.reshape(-1))
-    mask = pa.array(~valid) if not valid.all() else None
-    return pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask)
+    """An [n, dim] matrix as a committed part stores it (``fixed_size_list``), null where ``valid`` is False."""
+    return vectors.part_array(matrix, valid, dtype)
 
 
-def matrix_from_arrow(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A non-null ``fixed_size_list`` column as an [n, dim] float32 matrix."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+def matrix_from_arrow(column: pa.Array | pa.ChunkedArray, encoding: dict[str, Any] | None = None) -> np.ndarray:
+    """A non-null ``fixed_size_list`` column as an [n, dim] float32 matrix (int8 needs the column's ``encoding``)."""
+    return vectors.decode(column, encoding)
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -115,6 +114,12 @@ class Features:
             if f.name not in ("id", "status", "error")
             and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
         ]
+
+    def vector_encoding(self, column: str) -> dict[str, Any] | None:
+        """How ``column`` is stored beyond its Arrow type (the int8 scale); None for float columns."""
+        entries = self.meta.get(vectors.META_KEY)
+        entry = entries.get(column) if isinstance(entries, dict) else None
+        return entry if isinstance(entry, dict) else None
 
     def embedding_column(self, name: str | None = None) -> str:
         """Resolve the embedding column to use: ``name`` if given, else the only one, else ``embedding``."""
@@ -177,7 +182,8 @@ class Features:
         table = _read_table(self.path, [column, *extra])
         valid = pc.is_valid(table.column(column))
         kept = table.filter(valid)
-        return matrix_from_arrow(kept.column(column)), kept.select(extra), table.num_rows - kept.num_rows
+        matrix = matrix_from_arrow(kept.column(column), self.vector_encoding(column))
+        return matrix, kept.select(extra), table.num_rows - kept.num_rows
 
     def iter_batches(
         self, column: str | None = None, extra=(), batch_rows: int = 65536
@@ -191,7 +197,7 @@ class Features:
                 table = pa.Table.from_batches([batch])
                 kept = table.filter(pc.is_valid(table.column(column)))
                 if kept.num_rows:
-                    yield matrix_from_arrow(kept.column(column)), kept.select(extra)
+                    yield matrix_from_arrow(kept.column(column), self.vector_encoding(column)), kept.select(extra)
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{self.path}: corrupt or unreadable Parquet: {exc}") from exc
 
@@ -539,14 +545,17 @@ class PartWriter:
         schemas = [pq.read_schema(f) for f in files]
         # Parts are separate files, so a passthrough column that was all-null in one part and typed in another
         # is reconciled here instead of breaking the run.
-        schema = with_metadata(pa.unify_schemas(schemas, promote_options="permissive").remove_metadata(), meta)
+        # int8 vectors are quantised here, with a scale from every part (embedkit.vectors: why at the merge).
+        encoder, meta = vectors.merge_encoder(files, meta)
+        unified = encoder.schema(pa.unify_schemas(schemas, promote_options="permissive").remove_metadata())
+        schema = with_metadata(unified, meta)
         # Which job made the file, so a --resume that lands after the merge knows there is nothing left to do.
         schema = schema.with_metadata({**schema.metadata, JOB_KEY: self.job.encode()})
         rows = 0
         with atomic_path(self.output) as tmp:
             with pq.ParquetWriter(tmp, schema) as writer:
                 for f in files:
-                    table = pq.read_table(f).cast(schema)
+                    table = encoder.apply(pq.read_table(f)).cast(schema)
                     writer.write_table(table)
                     rows += table.num_rows
         # The output's rename above is the commit point; renaming the partial directory away first means a kill

@@ -118,6 +118,7 @@ def quiet_libraries(quiet: bool) -> None:
 from . import audit as _audit  # noqa: E402, F401
 from . import classify as _classify  # noqa: E402, F401
 from . import cluster as _cluster  # noqa: E402, F401
+from . import dedup as _dedup  # noqa: E402, F401
 from . import embed as _embed  # noqa: E402, F401  (commands register themselves on the group)
 from . import index as _index  # noqa: E402, F401
 from . import pipeline as _pipeline  # noqa: E402, F401

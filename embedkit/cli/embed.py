@@ -135,11 +135,14 @@ def make_config(
 )
 @click.option("--normalize", is_flag=True, help="L2-normalise the stored vectors.")
 @click.option(
+    "--vector-dtype",
     "--dtype",
+    "dtype",
     type=click.Choice(STORAGE_DTYPES),
     default="float32",
     show_default=True,
-    help="Storage dtype of the vectors.",
+    help="Storage dtype of the vectors: int8 = per-dimension scale (4x smaller), binary = sign bits (32x smaller); "
+    "every stage reads them back as float32.",
 )
 @click.option("--resume", is_flag=True, help="Continue a killed run of the same command.")
 @click.option(

@@ -1,0 +1,111 @@
+"""Bytes per vector and recall@10 of each storage dtype (float32, float16, int8, binary) on real sentence vectors.
+
+Input: a float32 features file (e.g. fortunes embedded with MiniLM). Its vectors are written again in each dtype
+through embed's own storage path (committed parts, then the merge that quantises int8), read back through the
+one reader every stage uses, and searched exactly (cosine, brute force): recall@10 is the share of the float32
+top 10 (self excluded) that the stored dtype's top 10 finds, for float32 queries (what `search` embeds).
+
+Also measured, not stored by embedkit: int8 with the scale calibrated on the first part only (values above it
+clipped), with one scale for all dimensions, binary of centred vectors, and binary top-100 re-scored with the
+float vectors (what an index over binary vectors would do with float vectors at hand).
+
+    PYTHONPATH=. python benchmarks/vector_dtypes.py FEATURES [--queries 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedkit import vectors
+from embedkit.store import PartWriter, open_features
+
+PART_ROWS = 1024  # several parts, so the int8 scale really comes from more than one
+
+
+def store(matrix: np.ndarray, meta: dict, dtype: str, path: Path) -> None:
+    """Write ``matrix`` as embed does with --vector-dtype ``dtype`` (parts, then the merge)."""
+    meta = {**meta, "config": {**meta["config"], "dtype": dtype}, "columns": ["embedding"]}
+    valid = np.ones(len(matrix), dtype=bool)
+    with PartWriter(path, {"benchmark": dtype}, overwrite=True) as writer:
+        for start in range(0, len(matrix), PART_ROWS):
+            block = matrix[start : start + PART_ROWS]
+            ids = pa.array(np.arange(start, start + len(block)))
+            writer.commit(pa.table({"id": ids, "embedding": vectors.part_array(block, valid[: len(block)], dtype)}))
+        writer.finish(meta)
+
+
+def top_k(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k most cosine-similar rows of ``base`` for each query, the query's own row excluded."""
+    unit = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = q @ unit.T
+    sims[np.arange(len(q)), query_rows] = -np.inf
+    part = np.argpartition(-sims, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def rescored(candidates: np.ndarray, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = np.einsum("qd,qcd->qc", q, unit[candidates])
+    return np.take_along_axis(candidates, np.argsort(-sims, axis=1)[:, :k], axis=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("features", type=Path)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    feats = open_features(args.features)
+    matrix, _, _ = feats.load()
+    n, dim = matrix.shape
+    rng = np.random.default_rng(args.seed)
+    query_rows = rng.choice(n, size=min(args.queries, n), replace=False)
+    queries = matrix[query_rows]
+    truth = top_k(queries, matrix, query_rows, 10)
+    print(f"{args.features}: {n} vectors, dim {dim}; {len(query_rows)} queries; recall@10 vs float32 exact search")
+    print("| dtype | payload bytes/vector | Parquet bytes/vector (embedding column alone) | recall@10 |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in vectors.VECTOR_DTYPES:
+            path = Path(tmp) / f"{dtype}.parquet"
+            store(matrix, feats.meta, dtype, path)
+            stored = open_features(path)
+            decoded, _, _ = stored.load()
+            groups = pq.ParquetFile(path).metadata.num_row_groups
+            on_disk = sum(
+                pq.ParquetFile(path).metadata.row_group(g).column(1).total_compressed_size for g in range(groups)
+            )
+            r = recall(top_k(queries, decoded, query_rows, 10), truth)
+            print(f"| {dtype} | {vectors.stored_bytes_per_vector(dim, dtype):g} | {on_disk / n:.1f} | {r:.3f} |")
+            if dtype == "binary":
+                candidates = top_k(queries, decoded, query_rows, 100)
+                r = recall(rescored(candidates, queries, matrix, 10), truth)
+                print(f"| binary top-100 re-scored with float32 (not stored; index follow-up) | | | {r:.3f} |")
+    # Alternatives to the stored int8 scale (max over the whole file, per dimension), measured for the choice.
+    first = vectors.int8_scale(vectors.finite_max_abs(matrix[:PART_ROWS]))
+    global_scale = np.full(dim, np.abs(matrix).max() / vectors.INT8_MAX, dtype=np.float32)
+    clipped = float(np.mean(np.abs(matrix[PART_ROWS:]) > first * vectors.INT8_MAX)) if n > PART_ROWS else 0.0
+    for name, scale in (("int8, scale from the first part only (clipped)", first), ("int8, one scale", global_scale)):
+        decoded = vectors.quantize_int8(matrix, scale).astype(np.float32) * scale
+        print(f"| {name} (not stored) | {dim} | | {recall(top_k(queries, decoded, query_rows, 10), truth):.3f} |")
+    centred = np.where(matrix - matrix.mean(axis=0) > 0, 1.0, -1.0).astype(np.float32)
+    r = recall(top_k(queries - matrix.mean(axis=0), centred, query_rows, 10), truth)
+    print(f"| binary of centred vectors (not stored) | {dim / 8:g} | | {r:.3f} |")
+    print(f"share of values after the first part above its calibrated maximum: {clipped:.4%}")
+
+
+if __name__ == "__main__":
+    main()
