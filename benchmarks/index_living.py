@@ -104,9 +104,7 @@ def main() -> None:
         compact_index(work / kind)
         index = Index.load(work / kind)
         found = index.search(queries, k=10).positions
-        print(
-            f"  compact: {time.perf_counter() - start:.1f}s; recall@10 after {recall(index, found, expected):.3f}"
-        )
+        print(f"  compact: {time.perf_counter() - start:.1f}s; recall@10 after {recall(index, found, expected):.3f}")
 
 
 if __name__ == "__main__":
