@@ -248,6 +248,9 @@ class Index:
                 nprobe = _ivf_of(self.faiss_index).nlist  # no stored vectors: visit every list instead
         else:
             k, notes = self._clamp(k, extra=extra)
+        # A flat index compares every row anyway: restricted to some rows, FAISS's selector path checks them one by
+        # one (no BLAS), 3x slower on 200 queries than reading the allowed rows back and comparing in one batch.
+        fallback = fallback or (allowed is not None and self.kind == "flat")
         if exact or fallback:
             if exact and (nprobe is not None or ef_search is not None):
                 raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
