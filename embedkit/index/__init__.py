@@ -35,8 +35,9 @@ from .faiss_ops import apply_params
 from .files import ARTEFACT_KIND, IDS_FILE, INDEX_FILE, INDEX_FORMAT, META_FILE
 from .plan import DEFAULT_MEMORY, KINDS, METRICS, IndexPlan, human_bytes, ivf_lists, parse_memory, plan_index
 from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, recall_at_k, tune, wilson_interval
+from .result import SearchResult
 from .rows import BATCH_ROWS
-from .search import DEFAULT_K, Index, SearchResult, load_index
+from .search import DEFAULT_K, Index, load_index
 
 __all__ = [
     "ARTEFACT_KIND",

@@ -12,7 +12,7 @@ import numpy as np
 from .. import artefact
 from ..errors import InputError
 from .add import write_generation
-from .compact import change_lines, compact, maybe_compact, remeasure
+from .compact import COMPACT_FRACTION, change_lines, compact, maybe_compact, remeasure
 from .files import ARTEFACT_KIND, META_FILE, _named
 from .search import Index
 
@@ -45,7 +45,7 @@ class DeleteReport:
         if self.pending:
             out.append(
                 f"{self.pending:,} deleted rows are skipped by search until compaction "
-                "(automatic past 20% of the index, or `embedkit index compact`)"
+                f"(automatic past {COMPACT_FRACTION:.0%} of the index, or `embedkit index compact`)"
             )
         return out
 
