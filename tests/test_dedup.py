@@ -110,6 +110,17 @@ def test_groups_equal_brute_force(tmp_path, threshold):
     assert result.exact_copies == 2  # rows 201 and 203
 
 
+def test_hnsw_search_finds_the_planted_groups(tmp_path):
+    # Approximate, but on small groups well inside its 32 neighbours it finds what brute force finds.
+    matrix, texts = planted()
+    path = write_features(tmp_path / "f.parquet", matrix, texts)
+    result = dedup_file(path, tmp_path / "out.parquet", threshold=0.95, search="hnsw")
+    assert found_groups(tmp_path / "out.parquet") == brute_force_groups(matrix, texts, 0.95)
+    assert "hnsw search" in result.summary_lines()[0]
+    with pytest.raises(ConfigError, match="valid: exact, hnsw"):
+        dedup_file(path, tmp_path / "out2.parquet", search="ivf")
+
+
 def test_groups_equal_brute_force_when_pairs_are_folded(tmp_path, monkeypatch):
     # A low threshold on clustered data: many pairs, folded into component edges mid-search.
     rng = np.random.default_rng(1)
