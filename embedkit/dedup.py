@@ -226,10 +226,12 @@ def duplicate_labels(
 def choose_kept(labels: np.ndarray, has_vector: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     """The row kept for each row's group: one with a vector if any; then the longest text (``lengths``), then first."""
     n = len(labels)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
     # lexsort: last key is primary. Rows with a vector first, then longer texts, then earlier rows.
     order = np.lexsort((np.arange(n), -(lengths if lengths is not None else np.zeros(n)), ~has_vector, labels))
     starts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
-    kept_of_label = np.empty(labels.max() + 1 if n else 0, dtype=np.int64)
+    kept_of_label = np.empty(labels.max() + 1, dtype=np.int64)
     kept_of_label[labels[order][starts]] = order[starts]
     return kept_of_label[labels]
 

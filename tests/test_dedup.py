@@ -208,6 +208,23 @@ def test_summary_shows_groups_and_examples(tmp_path):
     assert sum("group " in line for line in lines) == dedup_module.EXAMPLES
 
 
+@pytest.mark.parametrize("rows", [0, 1])
+def test_empty_and_single_row_files(tmp_path, rows):
+    path = write_features(tmp_path / "f.parquet", np.ones((rows, 4), dtype=np.float32), ["x"] * rows)
+    result = dedup_file(path, tmp_path / "out.parquet", keep_rule="longest")
+    assert result.groups == 0 and pq.read_table(tmp_path / "out.parquet").column("keep").to_pylist() == [True] * rows
+
+
+def test_rows_without_any_vector_are_grouped_by_text_alone(tmp_path):
+    path = write_features(
+        tmp_path / "f.parquet", np.ones((3, 4), dtype=np.float32), ["x", "x", None], valid=[False] * 3
+    )
+    result = dedup_file(path, tmp_path / "out.parquet")
+    out = pq.read_table(tmp_path / "out.parquet").to_pydict()
+    assert out["keep"] == [True, False, True] and out["dup_status"][2] == "no_embedding"
+    assert result.searched == 0 and result.no_embedding == 3
+
+
 @pytest.mark.parametrize("threshold", [0, -0.5, 1.5, float("nan"), "x"])
 def test_threshold_outside_range_is_a_usage_error(tmp_path, threshold):
     path = write_features(tmp_path / "f.parquet", np.eye(3, dtype=np.float32))
