@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--search", default="exact", help="exact or hnsw (approximate)")
     parser.add_argument("--features", type=Path, default=None, help="Check on the vectors of this features file.")
     parser.add_argument("--texts", type=Path, default=None, help="JSONL whose 'text' of line i is the text of row i.")
     args = parser.parse_args()
@@ -121,7 +122,7 @@ def main() -> None:
             write_features(path, matrix, texts)
             source = f"synthetic clustered vectors, {args.rows} rows, dim {args.dim}"
         t0 = time.perf_counter()
-        result = dedup_file(path, Path(tmp) / "dedup.parquet", threshold=args.threshold)
+        result = dedup_file(path, Path(tmp) / "dedup.parquet", threshold=args.threshold, search=args.search)
         dedup_s = time.perf_counter() - t0
         found: dict[int, set[int]] = {}
         for i, g in enumerate(

@@ -30,6 +30,7 @@ _LAZY = {
     "predict_file": "embedkit.classify",
     "HiddenStateEmbedder": "embedkit.estimator",
     "cluster_file": "embedkit.cluster",
+    "dedup_file": "embedkit.dedup",
     "build_index": "embedkit.index",
     "Index": "embedkit.index",
     "probe_file": "embedkit.probe",

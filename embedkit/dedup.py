@@ -43,6 +43,8 @@ DEDUP_KEY = b"embedkit.dedup"
 # Cosines are float32 sums: an exact copy may score 0.99999994. Pairs within this of the threshold count.
 TOLERANCE = 1e-6
 QUERY_BLOCK = 2048  # query rows per range search: bounds the memory of one block's results
+SEARCHES = ("exact", "hnsw")
+HNSW_NEIGHBOURS = 32  # neighbours per row looked at by the approximate search
 EDGE_BUDGET = 20_000_000  # pairs held before they are folded into component edges (memory stays O(rows))
 EXAMPLES = 3
 
@@ -60,7 +62,8 @@ class DedupResult:
     dropped: int = 0
     exact_copies: int = 0  # rows whose normalised text equals an earlier row's
     no_embedding: int = 0
-    searched: int = 0  # distinct vectors that went through the range search
+    searched: int = 0  # distinct vectors that went through the search
+    search: str = "exact"
     text_column: str | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -69,7 +72,7 @@ class DedupResult:
         lines = [
             f"{self.rows} rows -> {self.output}; {self.groups} duplicate groups, {self.dropped} rows marked keep=false "
             f"({self.exact_copies} exact text copies); cosine >= {self.threshold:g} on {self.column}, "
-            f"keep {self.keep_rule}; {self.seconds:.1f}s"
+            f"keep {self.keep_rule}; {self.search} search of {self.searched} distinct vectors; {self.seconds:.1f}s"
         ]
         if self.text_column is None:
             lines.append("no text column: duplicates found by vectors only (pass --text-column to hash texts)")
@@ -126,27 +129,48 @@ def identical_vectors(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return representative, np.stack([representative[copies], copies], axis=1)
 
 
-def near_edges(unit: np.ndarray, threshold: float, block: int = QUERY_BLOCK) -> np.ndarray:
-    """Pairs (i, j), i < j, of unit rows whose inner product is >= threshold - TOLERANCE; exact FAISS range search.
+def near_edges(unit: np.ndarray, threshold: float, search: str = "exact") -> np.ndarray:
+    """Pairs (i, j) of unit rows whose inner product is >= threshold - TOLERANCE.
 
-    Pairs are folded into component edges whenever more than ``EDGE_BUDGET`` are held, so a low threshold on a
-    large file costs time, not unbounded memory (only the components matter, not every pair).
+    ``exact``: a FAISS flat range search, every pair (i < j) found; O(n^2 d). ``hnsw``: each row's
+    ``HNSW_NEIGHBOURS`` approximate nearest neighbours, kept when above the threshold; far faster on large files,
+    but a pair can be missed (a row with more near copies than that, or a neighbour the graph does not reach),
+    so groups may split. Pairs are folded into component edges whenever more than ``EDGE_BUDGET`` are held, so a
+    low threshold costs time, not unbounded memory (only the components matter, not every pair).
     """
     import faiss
 
     n, dim = unit.shape
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
-    index = faiss.IndexFlatIP(dim)
-    index.add(unit)
+    # One block's results are at most block * n pairs: fewer queries per block on large files.
+    block = int(np.clip(EDGE_BUDGET // n, 64, QUERY_BLOCK))
+    index: faiss.Index
+    if search == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 80
+        hnsw.add(unit)
+        hnsw.hnsw.efSearch = max(64, 2 * HNSW_NEIGHBOURS)
+        index = hnsw
+    else:
+        index = faiss.IndexFlatIP(dim)
+        index.add(unit)
     held: list[np.ndarray] = []
     count = 0
     for start in range(0, n, block):
-        lims, _, found = index.range_search(unit[start : start + block], float(threshold - TOLERANCE))
-        rows = np.repeat(np.arange(start, min(start + block, n)), np.diff(lims).astype(np.int64))
-        keep = found > rows  # each pair once, no self pairs
-        held.append(np.stack([rows[keep], found[keep]], axis=1))
-        count += int(keep.sum())
+        queries = unit[start : start + block]
+        if search == "hnsw":
+            scores, found = index.search(queries, min(HNSW_NEIGHBOURS + 1, n))
+            rows = np.broadcast_to(np.arange(start, start + len(queries))[:, None], found.shape)
+            keep = (found >= 0) & (found != rows) & (scores >= threshold - TOLERANCE)
+            rows, found = rows[keep], found[keep]
+        else:
+            lims, _, found = index.range_search(queries, float(threshold - TOLERANCE))
+            rows = np.repeat(np.arange(start, start + len(queries)), np.diff(lims).astype(np.int64))
+            keep = found > rows  # each pair once, no self pairs
+            rows, found = rows[keep], found[keep]
+        held.append(np.stack([rows, found], axis=1))
+        count += len(rows)
         if count > EDGE_BUDGET:
             held, count = [component_edges(n, np.concatenate(held))], n
     return np.concatenate(held).astype(np.int64) if held else np.empty((0, 2), dtype=np.int64)
@@ -173,7 +197,12 @@ def component_edges(n: int, edges: np.ndarray) -> np.ndarray:
 
 
 def duplicate_labels(
-    matrix: np.ndarray, vector_rows: np.ndarray, texts: list[str | None] | None, n: int, threshold: float
+    matrix: np.ndarray,
+    vector_rows: np.ndarray,
+    texts: list[str | None] | None,
+    n: int,
+    threshold: float,
+    search: str = "exact",
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Group label of each of ``n`` rows, whether each has a usable vector, how many vectors were searched and how
     many rows are exact text copies of an earlier row.
@@ -185,7 +214,8 @@ def duplicate_labels(
     unit = unit[usable]
     representative, copy_edges = identical_vectors(unit)
     distinct = np.flatnonzero(representative == np.arange(len(unit)))
-    near = distinct[near_edges(unit[distinct], threshold)] if len(distinct) else np.empty((0, 2), dtype=np.int64)
+    none = np.empty((0, 2), dtype=np.int64)
+    near = distinct[near_edges(unit[distinct], threshold, search)] if len(distinct) else none
     copies = text_edges(texts) if texts is not None else np.empty((0, 2), dtype=np.int64)
     has_vector = np.zeros(n, dtype=bool)
     has_vector[rows] = True
@@ -196,10 +226,12 @@ def duplicate_labels(
 def choose_kept(labels: np.ndarray, has_vector: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
     """The row kept for each row's group: one with a vector if any; then the longest text (``lengths``), then first."""
     n = len(labels)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
     # lexsort: last key is primary. Rows with a vector first, then longer texts, then earlier rows.
     order = np.lexsort((np.arange(n), -(lengths if lengths is not None else np.zeros(n)), ~has_vector, labels))
     starts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
-    kept_of_label = np.empty(labels.max() + 1 if n else 0, dtype=np.int64)
+    kept_of_label = np.empty(labels.max() + 1, dtype=np.int64)
     kept_of_label[labels[order][starts]] = order[starts]
     return kept_of_label[labels]
 
@@ -207,7 +239,7 @@ def choose_kept(labels: np.ndarray, has_vector: np.ndarray, lengths: np.ndarray 
 # ---------------------------------------------------------------------------------------------- the file
 
 
-def check_options(threshold: float, keep_rule: str) -> float:
+def check_options(threshold: float, keep_rule: str, search: str = "exact") -> float:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
@@ -218,6 +250,8 @@ def check_options(threshold: float, keep_rule: str) -> float:
         )
     if keep_rule not in KEEP_RULES:
         raise choice_error("keep rule", keep_rule, KEEP_RULES)
+    if search not in SEARCHES:
+        raise choice_error("search", search, SEARCHES)
     return value
 
 
@@ -229,6 +263,7 @@ def dedup_file(
     column: str | None = None,
     text_column: str | None = None,
     keep_rule: str = "first",
+    search: str = "exact",
     overwrite: bool = False,
     wait: bool = False,
 ) -> DedupResult:
@@ -243,9 +278,11 @@ def dedup_file(
             (default: ``text`` when the file has it; without one, duplicates are found by vectors only).
         keep_rule: ``first`` (earliest row of a group) or ``longest`` (longest text; ties go to the first).
             Either way a row with a vector is preferred over one without.
+        search: ``exact`` (every pair above the threshold, O(n^2)) or ``hnsw`` (approximate nearest neighbours:
+            for files too large for exact search; a pair can be missed, see :func:`near_edges`).
     """
     started = time.perf_counter()
-    threshold = check_options(threshold, keep_rule)
+    threshold = check_options(threshold, keep_rule, search)
     feats = open_features(features)
     column = feats.embedding_column(column)
     if text_column is None and "text" in feats.schema.names:
@@ -268,7 +305,7 @@ def dedup_file(
         vector_rows = np.flatnonzero(pc.is_valid(vectors).to_numpy(zero_copy_only=False))
         matrix = matrix_from_arrow(vectors.take(pa.array(vector_rows)), feats.vector_encoding(column))
         texts = table.column(text_column).to_pylist() if text_column else None
-        labels, has_vector, searched, copies = duplicate_labels(matrix, vector_rows, texts, n, threshold)
+        labels, has_vector, searched, copies = duplicate_labels(matrix, vector_rows, texts, n, threshold, search)
         lengths = np.array([len(t) if t else 0 for t in texts]) if keep_rule == "longest" and texts else None
         kept = choose_kept(labels, has_vector, lengths)
         result = DedupResult(
@@ -278,12 +315,14 @@ def dedup_file(
             threshold=threshold,
             keep_rule=keep_rule,
             searched=searched,
+            search=search,
             exact_copies=copies,
             text_column=text_column,
         )
         table = _annotate(table, labels, kept, has_vector, matrix, vector_rows, texts, result)
         meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in (JOB_KEY, DEDUP_KEY)}
         settings = {"threshold": threshold, "column": column, "text_column": text_column, "keep_rule": keep_rule}
+        settings["search"] = search
         meta[DEDUP_KEY] = json.dumps({**settings, "groups": result.groups, "dropped": result.dropped}).encode()
         pq.write_table(table.replace_schema_metadata(meta), tmp)
     result.seconds = time.perf_counter() - started
@@ -351,4 +390,12 @@ def _show(texts: list[str | None] | None, ids: pa.Array | pa.ChunkedArray, row: 
     return f"id {ids[row].as_py()!r}"
 
 
-__all__ = ["DEFAULT_THRESHOLD", "KEEP_RULES", "OUTPUT_COLUMNS", "DedupResult", "dedup_file", "normalise_text"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "KEEP_RULES",
+    "SEARCHES",
+    "OUTPUT_COLUMNS",
+    "DedupResult",
+    "dedup_file",
+    "normalise_text",
+]

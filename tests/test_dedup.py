@@ -110,6 +110,17 @@ def test_groups_equal_brute_force(tmp_path, threshold):
     assert result.exact_copies == 2  # rows 201 and 203
 
 
+def test_hnsw_search_finds_the_planted_groups(tmp_path):
+    # Approximate, but on small groups well inside its 32 neighbours it finds what brute force finds.
+    matrix, texts = planted()
+    path = write_features(tmp_path / "f.parquet", matrix, texts)
+    result = dedup_file(path, tmp_path / "out.parquet", threshold=0.95, search="hnsw")
+    assert found_groups(tmp_path / "out.parquet") == brute_force_groups(matrix, texts, 0.95)
+    assert "hnsw search" in result.summary_lines()[0]
+    with pytest.raises(ConfigError, match="valid: exact, hnsw"):
+        dedup_file(path, tmp_path / "out2.parquet", search="ivf")
+
+
 def test_groups_equal_brute_force_when_pairs_are_folded(tmp_path, monkeypatch):
     # A low threshold on clustered data: many pairs, folded into component edges mid-search.
     rng = np.random.default_rng(1)
@@ -195,6 +206,23 @@ def test_summary_shows_groups_and_examples(tmp_path):
     lines = dedup_file(path, tmp_path / "out.parquet").summary_lines()
     assert "duplicate groups" in lines[0] and "keep=false" in lines[0]
     assert sum("group " in line for line in lines) == dedup_module.EXAMPLES
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_empty_and_single_row_files(tmp_path, rows):
+    path = write_features(tmp_path / "f.parquet", np.ones((rows, 4), dtype=np.float32), ["x"] * rows)
+    result = dedup_file(path, tmp_path / "out.parquet", keep_rule="longest")
+    assert result.groups == 0 and pq.read_table(tmp_path / "out.parquet").column("keep").to_pylist() == [True] * rows
+
+
+def test_rows_without_any_vector_are_grouped_by_text_alone(tmp_path):
+    path = write_features(
+        tmp_path / "f.parquet", np.ones((3, 4), dtype=np.float32), ["x", "x", None], valid=[False] * 3
+    )
+    result = dedup_file(path, tmp_path / "out.parquet")
+    out = pq.read_table(tmp_path / "out.parquet").to_pydict()
+    assert out["keep"] == [True, False, True] and out["dup_status"][2] == "no_embedding"
+    assert result.searched == 0 and result.no_embedding == 3
 
 
 @pytest.mark.parametrize("threshold", [0, -0.5, 1.5, float("nan"), "x"])

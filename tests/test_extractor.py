@@ -218,7 +218,7 @@ def test_empty_input_list(extractor_factory):
     [
         ({"pooling": ("average",)}, "unknown pooling 'average'; valid: mean, last, max, first, weighted-mean"),
         ({"long_text": "split"}, "valid: truncate, chunk"),
-        ({"dtype": "int8"}, "valid: float32, float16"),
+        ({"dtype": "int4"}, "valid: float32, float16, int8, binary"),  # int8, binary: issue 22
         ({"layers": ()}, "at least one layer"),
     ],
 )

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..dedup import DEFAULT_THRESHOLD, KEEP_RULES
+from ..dedup import DEFAULT_THRESHOLD, KEEP_RULES, SEARCHES
 from . import cli, wait_option
 
 
@@ -33,11 +33,19 @@ from . import cli, wait_option
     show_default=True,
     help="Which row of a group keeps keep=true (a row with a vector always wins over one without).",
 )
+@click.option(
+    "--search",
+    type=click.Choice(SEARCHES),
+    default="exact",
+    show_default=True,
+    help="exact finds every pair (time grows with rows squared); hnsw looks at 32 approximate neighbours per row: "
+    "for large files, may miss pairs.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
-def dedup(features, output, threshold, column, text_column, keep_rule, overwrite, wait, as_json, quiet):
+def dedup(features, output, threshold, column, text_column, keep_rule, search, overwrite, wait, as_json, quiet):
     """Find exact and near-duplicate rows of FEATURES; write every row with dup_group, dup_status and keep columns."""
     from dataclasses import asdict
 
@@ -50,6 +58,7 @@ def dedup(features, output, threshold, column, text_column, keep_rule, overwrite
         column=column,
         text_column=text_column,
         keep_rule=keep_rule,
+        search=search,
         overwrite=overwrite,
         wait=wait,
     )
