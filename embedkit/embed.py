@@ -1,11 +1,18 @@
-"""The embed stage: a text file in, a features Parquet out (sources -> extract -> store)."""
+"""The embed stage: a text file in, a features Parquet out (sources -> engine -> store).
+
+One driver (:func:`embed`) owns everything but the model work: reading the input, parts, status rows, the
+output contract (``PartWriter``: committed parts, resume, metadata, merge) and the summary. An engine
+(``embedkit.engines``) only turns each part's texts into vectors, in this process or on a Ray cluster, so a fix
+to any of the rest lands once for both.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,19 +22,18 @@ import numpy as np
 import pyarrow as pa
 
 from .config import ExtractConfig
+from .engines import DEFAULT_PART_ROWS, Engine, LocalEngine
 from .errors import InputError
 from .extract.texts import EMBEDDED_STATUSES, without_surrogates
+from .progress import per_second, progress_bar
 from .sources import Records, Source
+from .spec import InputSpec, Runtime
 from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
 
 if TYPE_CHECKING:  # torch loads only when something is embedded
-    from .extract import Extractor
+    from .extract import EncodeResult, Extractor
 
 log = logging.getLogger(__name__)
-
-# Rows per committed part. Also the window inside which texts are length-sorted: large enough that batches
-# are well packed, small enough that a kill loses little work and memory stays flat.
-DEFAULT_PART_ROWS = 4096
 
 
 @dataclass
@@ -73,8 +79,13 @@ class EmbedSummary:
         return ["; ".join(parts)]
 
 
-def build_metadata(extractor: Extractor) -> dict[str, Any]:
-    """The ``embedkit`` schema metadata: config, model facts, columns, versions, time."""
+def build_metadata(extractor: Extractor, spec: InputSpec) -> dict[str, Any]:
+    """The ``embedkit`` schema metadata: config, model facts, columns, versions, time.
+
+    ``columns`` says where things are: ``text`` and ``id`` name the input's text and id columns (a later stage
+    reading new texts of the same kind uses them unless told otherwise), ``keep`` the input columns stored in the
+    file (the text column among them unless it was dropped), ``embeddings`` the vector columns.
+    """
     loaded = extractor.loaded
     return {
         "format_version": FORMAT_VERSION,
@@ -88,7 +99,12 @@ def build_metadata(extractor: Extractor) -> dict[str, Any]:
             "max_positions": loaded.max_positions,
             "fingerprint": loaded.fingerprint,
         },  # checked on reload
-        "columns": extractor.columns,
+        "columns": {
+            "text": spec.text_column,
+            "id": spec.id_column,
+            "keep": list(spec.stored_columns),
+            "embeddings": extractor.columns,
+        },
         "versions": library_versions("torch", "transformers", "tokenizers", "pyarrow"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -130,8 +146,13 @@ def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[s
     }
 
 
-def build_table(records: Records, result, extractor: Extractor) -> pa.Table:
-    """One output part in the Parquet contract's column order: id, keep..., info columns, embeddings."""
+def build_table(records: Records, result: EncodeResult, dtype: str | Extractor) -> pa.Table:
+    """One output part in the Parquet contract's column order: id, keep..., info columns, embeddings.
+
+    ``dtype`` is the storage dtype (an extractor, whose config names it, is accepted as well: predict passes one).
+    """
+    if not isinstance(dtype, str):
+        dtype = dtype.config.dtype
     status, error = list(result.status), list(result.error)
     for i, parse_error in enumerate(records.parse_errors):
         if parse_error is not None:
@@ -147,18 +168,8 @@ def build_table(records: Records, result, extractor: Extractor) -> pa.Table:
     columns["status"] = pa.array(status, type=pa.string())
     columns["error"] = pa.array(error, type=pa.string())
     for name, matrix in result.vectors.items():
-        columns[name] = vectors_to_arrow(matrix, valid, extractor.config.dtype)
+        columns[name] = vectors_to_arrow(matrix, valid, dtype)
     return pa.table(columns)
-
-
-def encode_records(records: Records, extractor: Extractor, progress=None) -> tuple[pa.Table, Any]:
-    """Embed one batch of records into an output part (rows that failed to parse never reach the model).
-
-    Shared by the local loop and the Ray engine's workers, so both engines produce identical parts.
-    """
-    texts = [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
-    result = extractor.encode(texts, progress=progress)
-    return build_table(records, result, extractor), result
 
 
 def _to_arrow(values: list, name: str) -> pa.Array:
@@ -204,10 +215,103 @@ def _repaired_values(value):
     return value
 
 
-def _progress_bar(total: int | None, enabled: bool):
-    from tqdm.auto import tqdm
+def model_texts(records: Records) -> list[object]:
+    """What an engine embeds for a part: each row's text, None for a row that failed to parse."""
+    return [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
 
-    return tqdm(total=total, unit="text", file=sys.stderr, disable=not enabled, dynamic_ncols=True, desc="embed")
+
+def embed(
+    input: InputSpec | str | Path,
+    output: str | Path,
+    config: ExtractConfig | None = None,
+    runtime: Runtime | None = None,
+    *,
+    engine: Engine | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    wait: bool = False,
+    strict: bool = False,
+    part_rows: int | None = None,
+) -> EmbedSummary:
+    """Embed every row of ``input`` into the Parquet file ``output``; one output row per input row.
+
+    The one embed driver: it reads the input, cuts it into parts of ``part_rows`` rows, turns each part the
+    ``engine`` embedded (``LocalEngine`` in this process by default, or ``RayEngine``) into output rows with their
+    status, commits the parts, resumes, merges and counts. Engines only turn texts into vectors.
+
+    Rows that cannot be embedded are kept with a null embedding and a status (or, with ``strict``, stop the
+    run with an InputError). With ``resume``, a run that was killed continues where it stopped.
+
+    The output is written by one process at a time: another embed of the same output raises BusyError (exit 7)
+    at once, or with ``wait`` waits for it. ``overwrite`` keeps the old output until the new one is merged.
+    """
+    started = time.perf_counter()
+    spec = input if isinstance(input, InputSpec) else InputSpec(input)
+    runtime = runtime or Runtime()
+    engine = engine or LocalEngine()
+    part_rows = part_rows or engine.default_part_rows
+    engine.check(runtime)  # contradictory options are the first thing to say
+    source = spec.source()
+    # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.
+    with PartWriter(Path(output), wait=wait) as writer:
+        extractor = engine.load(config, runtime)
+        config, meta = extractor.config, build_metadata(extractor, spec)
+        del extractor  # the Ray engine's is only a probe of the settings: its memory goes back now
+        writer.start(
+            {**fingerprint(source, config, part_rows), **engine.fingerprint}, resume=resume, overwrite=overwrite
+        )
+        if writer.complete:  # killed after the merge: the output is this job's, whole
+            return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
+        resumed = writer.rows_done
+        done = {int(p["file"].removeprefix("part-").removesuffix(".parquet")) for p in writer.parts}
+        first = next(i for i in range(len(done) + 1) if i not in done)  # parts before it need not even be parsed
+        pending: dict[int, Records] = {}  # parts handed to the engine and not yet back
+
+        def parts() -> Iterator[tuple[int, list[object]]]:
+            for records in source.batches(part_rows, skip=first * part_rows):
+                index = records.row_numbers[0] // part_rows
+                if index not in done:
+                    pending[index] = records
+                    yield index, model_texts(records)
+
+        bar = progress_bar("embed", source.total_rows(), unit="text", enabled=runtime.progress)
+        with writer.abandoned_on_failure(), bar:
+            bar.update(resumed)
+            t0, tokens = time.perf_counter(), 0
+
+            def on_batch(texts: int, batch_tokens: int) -> None:
+                nonlocal tokens
+                tokens += batch_tokens
+                bar.update(texts)
+                bar.set_postfix_str(f"{per_second(tokens, time.perf_counter() - t0)} tokens/s", refresh=False)
+
+            with closing(engine.encode(parts(), on_batch)) as results:
+                for index, result in results:
+                    records = pending.pop(index)
+                    table = build_table(records, result, config.dtype)
+                    bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
+                    if strict:
+                        _stop_at_bad_row(table, records)
+                    if engine.ordered:  # numbered in commit order, which is input order
+                        writer.commit(table)
+                    else:
+                        writer.commit(table, index=index)
+        if writer.rows_done == 0:
+            writer.abandon()
+            raise InputError(f"{spec.path} holds no data rows")
+        writer.parts.sort(key=lambda p: p["file"])  # an unordered engine committed them as they finished
+        writer.finish(meta)
+        # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
+        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+
+
+def _stop_at_bad_row(table: pa.Table, records: Records) -> None:
+    bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
+    if bad.size:
+        row = table.slice(int(bad[0]), 1).to_pylist()[0]
+        raise InputError(
+            f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
+        )
 
 
 def embed_file(
@@ -218,6 +322,7 @@ def embed_file(
     text_column: str = "text",
     id_column: str | None = None,
     keep: tuple[str, ...] | list[str] = (),
+    keep_text: bool = True,
     fmt: str | None = None,
     device: str = "auto",
     batch_tokens: int | None = None,
@@ -230,52 +335,23 @@ def embed_file(
     part_rows: int = DEFAULT_PART_ROWS,
     extractor: Extractor | None = None,
 ) -> EmbedSummary:
-    """Embed every row of ``input`` into the Parquet file ``output``; one output row per input row.
+    """:func:`embed` with the input and run-time settings as keyword arguments, in this process.
 
-    Rows that cannot be embedded are kept with a null embedding and a status (or, with ``strict``, stop the
-    run with an InputError). With ``resume``, a run that was killed continues where it stopped.
-
-    The output is written by one process at a time: another embed of the same output raises BusyError (exit 7)
-    at once, or with ``wait`` waits for it. ``overwrite`` keeps the old output until the new one is merged.
+    The text column is stored too (under its own name) unless ``keep_text`` is False. ``extractor`` reuses a
+    model already loaded with ``config``'s settings.
     """
-    started = time.perf_counter()
-    source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
-    # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.
-    with PartWriter(Path(output), wait=wait) as writer:
-        if extractor is None:
-            from .extract import Extractor
-
-            extractor = Extractor(config, device=device, batch_tokens=batch_tokens, threads=threads)
-        writer.start(fingerprint(source, extractor.config, part_rows), resume=resume, overwrite=overwrite)
-        if writer.complete:  # killed after the merge: the output is this job's, whole
-            return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
-        resumed = writer.rows_done
-        with writer.abandoned_on_failure(), _progress_bar(source.total_rows(), progress) as bar:
-            bar.update(resumed)
-            t0, tokens = time.perf_counter(), 0
-
-            def on_batch(texts: int, batch_tokens: int) -> None:
-                nonlocal tokens
-                tokens += batch_tokens
-                bar.update(texts)
-                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s", refresh=False)
-
-            for records in source.batches(part_rows, skip=resumed):
-                table, result = encode_records(records, extractor, progress=on_batch)
-                bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
-                bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
-                if strict and bad.size:
-                    row = table.slice(int(bad[0]), 1).to_pylist()[0]
-                    raise InputError(
-                        f"row {records.row_numbers[int(bad[0])]} (id {row['id']!r}) is {row['status']}: {row['error']}"
-                    )
-                writer.commit(table)
-        if writer.rows_done == 0:
-            writer.abandon()
-            raise InputError(f"{input} holds no data rows")
-        writer.finish(build_metadata(extractor))
-        # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
-        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+    return embed(
+        InputSpec(input, fmt, text_column, id_column, tuple(keep), keep_text),
+        output,
+        config,
+        Runtime(device=device, batch_tokens=batch_tokens, threads=threads, progress=progress),
+        engine=LocalEngine(extractor),
+        resume=resume,
+        overwrite=overwrite,
+        wait=wait,
+        strict=strict,
+        part_rows=part_rows,
+    )
 
 
 def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
@@ -305,4 +381,15 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     )
 
 
-__all__ = ["DEFAULT_PART_ROWS", "EmbedSummary", "INFO_COLUMNS", "build_metadata", "embed_file", "encode_records"]
+__all__ = [
+    "DEFAULT_PART_ROWS",
+    "EmbedSummary",
+    "INFO_COLUMNS",
+    "InputSpec",
+    "Runtime",
+    "build_metadata",
+    "build_table",
+    "embed",
+    "embed_file",
+    "model_texts",
+]

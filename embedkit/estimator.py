@@ -40,6 +40,8 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         trust_remote_code: allow the model's own code to run.
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_tokens: padded tokens per forward pass.
+        backend: ``torch`` (exact) or ``int8`` (dynamic int8 linear layers on CPU).
+        dtype: ``float32``, or ``float16`` to round the vectors as a float16 features file stores them.
 
     Attributes:
         config_: the resolved ExtractConfig (absolute layer, max_length, stride).
@@ -60,6 +62,8 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         trust_remote_code=False,
         device="auto",
         batch_tokens=None,
+        backend="torch",
+        dtype="float32",
     ):
         self.model = model
         self.layer = layer
@@ -72,6 +76,8 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.trust_remote_code = trust_remote_code
         self.device = device
         self.batch_tokens = batch_tokens
+        self.backend = backend
+        self.dtype = dtype
 
     @classmethod
     def from_features(
@@ -81,6 +87,7 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         ``trust_remote_code`` is yours to give: a value stored in the file is ignored. ``fit`` checks that the model
         is still the one the file was made with (its recorded fingerprint), as long as ``model`` is not changed.
+        Every stored setting is used, the backend and storage dtype too: int8 features are matched by int8 vectors.
         """
         from .store import open_features
 
@@ -96,6 +103,8 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             normalize=config.normalize,
             revision=config.revision,
             trust_remote_code=trust_remote_code,
+            backend=config.backend,
+            dtype=config.dtype,
             **runtime,
         )
         # Not an __init__ parameter (clone() drops it): it belongs to this file's model, not to the settings.
@@ -113,6 +122,8 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             stride=self.stride,
             normalize=self.normalize,
             trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
+            dtype=self.dtype,
         )
         model, provenance = getattr(self, "_provenance", (None, None))
         return config.replace(provenance=provenance) if provenance and config.model == model else config
@@ -142,7 +153,10 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         texts = _as_texts(X)
         if not texts:
             return np.empty((0, self.n_features_out_), dtype=np.float32)
-        return self._extractor().embed(texts)
+        vectors = self._extractor().embed(texts)
+        if self.config_.dtype == "float16":  # as a float16 features file holds them, so both compare equal
+            vectors = vectors.astype(np.float16).astype(np.float32)
+        return vectors
 
     def _extractor(self):
         if getattr(self, "extractor_", None) is None:  # unpickled: load the model again, same settings

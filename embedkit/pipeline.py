@@ -35,9 +35,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .artefact import _PLAIN_NAME, parse_json
+from .cache import CACHE_DIR, cache_key, cached_features
 from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
 from .sources import resolve_files
+from .spec import InputSpec, Runtime
 from .store import write_text_atomic
 
 if sys.version_info >= (3, 11):
@@ -114,6 +116,7 @@ class SourceTable(BaseModel):
     id_column: str | None = None
     label_column: str | None = None
     keep: list[str] = []
+    keep_text: bool = True
     format: str | None = None
 
 
@@ -341,22 +344,28 @@ def _label(p: Pipeline, options: dict[str, Any]) -> str:
     return label
 
 
-def _call_embed(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
-    from .embed import embed_file
-
+def input_spec(p: Pipeline) -> InputSpec:
+    """The [source] table as the embed stage's input."""
     s = p.source
-    return embed_file(
+    return InputSpec(
         p.relative(s["path"]),
-        _features(p),
-        p.config,
-        text_column=s.get("text_column", "text"),
-        id_column=s.get("id_column"),
-        keep=tuple(s.get("keep", ())),
-        fmt=s.get("format"),
-        overwrite=True,
-        progress=progress,
-        **p.runtime,
-    ).summary_lines()
+        s.get("format"),
+        s.get("text_column", "text"),
+        s.get("id_column"),
+        tuple(s.get("keep", ())),
+        s.get("keep_text", True),
+    )
+
+
+def cache_dir(p: Pipeline) -> Path:
+    """The features cache shared by every pipeline writing under the same root (embedkit-out/ by default)."""
+    return p.output_dir.parent / CACHE_DIR
+
+
+def _call_embed(p: Pipeline, key: str, progress: bool, force: bool) -> list[str]:
+    runtime = Runtime(progress=progress, **p.runtime)
+    features = cached_features(key, cache_dir(p), _features(p), input_spec(p), p.config, runtime, refresh=force)
+    return features.summary_lines()
 
 
 def _call_train(p: Pipeline, options: dict[str, Any], progress: bool) -> list[str]:
@@ -555,9 +564,9 @@ def run_pipeline(
     source_files = resolve_files(p.relative(p.source["path"]))
     # A checkpoint replaced at the same local path is another model: its stat data is part of the key.
     model_stat = model_files(p.config.model) if local_model_dir(p.config.model) is not None else None  # hub id: None
-    upstream = {
-        "embed": _digest(_files_digest(source_files), p.source, p.config.vector_settings(), model_stat),
-    }
+    input_digests = _files_digest(source_files)
+    features_key = cache_key(input_digests, input_spec(p), p.config, model_stat)
+    upstream = {"embed": _digest(input_digests, p.source, p.config.vector_settings(), model_stat)}
     outcomes = []
     for stage in ("embed", *[s for s in STAGES[1:] if s in p.stages]):
         options = dict(p.stages.get(stage, {}))
@@ -580,9 +589,12 @@ def run_pipeline(
             continue
         echo(f"[{stage}] running")
         started = time.perf_counter()
-        call = _call_embed if stage == "embed" else _SPECS[stage][5]
         try:
-            summary = call(p, options, progress)
+            summary = (
+                _call_embed(p, features_key, progress, force)
+                if stage == "embed"
+                else _SPECS[stage][5](p, options, progress)
+            )
         except EmbedkitError as exc:
             raise type(exc)(f"{p.path} [{stage}]: {exc}") from exc
         seconds = time.perf_counter() - started

@@ -135,6 +135,14 @@ def _missing(columns: list[str], wanted: list[str], where: Path) -> None:
         )
 
 
+# Columns embedkit writes itself: an input column of the same name cannot be passed through.
+OUTPUT_COLUMNS = ("id", "n_tokens", "n_windows", "truncated", "status", "error")
+
+
+def is_output_column(name: str) -> bool:
+    return name in OUTPUT_COLUMNS or name.startswith("embedding")
+
+
 class Source:
     """A readable input: validates files and columns up front, then streams ``Records`` batches.
 
@@ -155,15 +163,15 @@ class Source:
         self.keep = list(keep)
         if len(set(self.keep)) != len(self.keep):
             raise ConfigError(f"--keep names a column twice: {', '.join(self.keep)}")
-        reserved = {"id", "n_tokens", "n_windows", "truncated", "status", "error"}
-        clash = [c for c in self.keep if c in reserved or c.startswith("embedding")]
+        clash = [c for c in self.keep if is_output_column(c)]
         if clash:
             raise ConfigError(f"--keep column(s) {', '.join(clash)} clash with embedkit's own output columns")
         for path, kind in zip(self.files, self.formats):
             self._check_columns(path, kind)
 
     def _wanted(self) -> list[str]:
-        return [self.text_column, *([self.id_column] if self.id_column else []), *self.keep]
+        # Once each: the text column is usually also stored (kept), and a missing column is named once.
+        return list(dict.fromkeys([self.text_column, *([self.id_column] if self.id_column else []), *self.keep]))
 
     def _check_columns(self, path: Path, kind: str) -> None:
         if path.stat().st_size == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -59,6 +60,7 @@ def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
     table = pq.read_table(out)
     assert table.column_names == [
         "id",
+        "body",  # the text column, kept by default
         "stars",
         "n_tokens",
         "n_windows",
@@ -72,6 +74,14 @@ def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
     ]
     assert table.column("id").to_pylist() == [r["review_id"] for r in rows]
     assert table.column("stars").to_pylist() == [r["stars"] for r in rows]
+    assert table.column("body").to_pylist() == [r["body"] for r in rows]
+    columns = json.loads(table.schema.metadata[b"embedkit"])["columns"]
+    assert columns == {
+        "text": "body",
+        "id": "review_id",
+        "keep": ["body", "stars"],
+        "embeddings": ["embedding_l1_mean", "embedding_l1_last", "embedding_l2_mean", "embedding_l2_last"],
+    }
     assert str(table.schema.field("n_tokens").type) == "int32"
     assert str(table.schema.field("embedding_l2_mean").type) == "fixed_size_list<element: float>[32]"
     assert table.column("status").to_pylist()[3] == "empty" and table.column("embedding_l2_mean")[3].as_py() is None
@@ -89,6 +99,17 @@ def test_embed_writes_the_parquet_contract(reviews, tiny_gpt2_shared, tmp_path):
     expected = ex.embed(texts)["embedding_l2_last"]
     stored = np.stack([v for v in table.column("embedding_l2_last").to_pylist() if v is not None])
     np.testing.assert_allclose(stored, expected, atol=1e-6)
+
+
+def test_no_keep_text_drops_the_text_column(reviews, tiny_gpt2_shared, tmp_path):
+    path, rows = reviews
+    out = tmp_path / "bare.parquet"
+    result = run("embed", path, "-o", out, "--model", tiny_gpt2_shared, "--text-column", "body", "--no-keep-text", "-q")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column_names[:2] == ["id", "n_tokens"]
+    columns = json.loads(table.schema.metadata[b"embedkit"])["columns"]
+    assert columns["text"] == "body" and columns["keep"] == []
 
 
 def test_default_id_is_the_row_number_and_float16_storage(reviews, tiny_gpt2_shared, tmp_path):
@@ -200,15 +221,50 @@ def test_model_from_environment_variable(reviews, tiny_gpt2_shared, tmp_path, mo
 
 
 def test_hub_retry_warnings_stay_quiet_unless_verbose(monkeypatch, tmp_path):
-    """Offline, huggingface_hub logs each retry; by default only embedkit's one-line message should show."""
+    """Offline, huggingface_hub logs each retry; by default only embedkit's one-line message should show. Only
+    while the command runs: the process's environment and, afterwards, the hub's own level are left alone."""
+    import logging
     import os
 
+    from huggingface_hub.utils import logging as hub_logging
+
+    import embedkit.store
+
+    seen = []
+
+    def describe(path):  # stands in for any command's work: what level does the hub log at meanwhile?
+        seen.append(hub_logging.get_verbosity())
+        raise embedkit.InputError("no such file")
+
+    monkeypatch.setattr(embedkit.store, "describe", describe)
     monkeypatch.delenv("HF_HUB_VERBOSITY", raising=False)
-    CliRunner().invoke(cli, ["info", str(tmp_path / "missing.parquet")])
-    assert os.environ.get("HF_HUB_VERBOSITY") == "error"
-    monkeypatch.delenv("HF_HUB_VERBOSITY")
-    CliRunner().invoke(cli, ["-v", "info", str(tmp_path / "missing.parquet")])
-    assert "HF_HUB_VERBOSITY" not in os.environ
+    hub_logging.set_verbosity_info()  # a library user's own choice, before and after the command
+    try:
+        CliRunner().invoke(cli, ["info", str(tmp_path / "missing.parquet")])
+        assert seen == [logging.ERROR] and hub_logging.get_verbosity() == logging.INFO
+        CliRunner().invoke(cli, ["-v", "info", str(tmp_path / "missing.parquet")])
+        assert seen[1] == logging.INFO
+        assert "HF_HUB_VERBOSITY" not in os.environ
+    finally:
+        hub_logging.set_verbosity_warning()
+
+
+def test_from_features_makes_vectors_with_every_stored_setting(reviews, tiny_gpt2_shared, tmp_path):
+    """int8, float16 features: the embedder uses the stored backend and dtype, not torch and float32."""
+    from embedkit.estimator import HiddenStateEmbedder
+
+    path, rows = reviews
+    out = tmp_path / "int8.parquet"
+    args = ("embed", path, "-o", out, "--model", tiny_gpt2_shared, "--text-column", "body", "-q")
+    assert run(*args, "--backend", "int8", "--dtype", "float16").exit_code == 0
+    embedder = HiddenStateEmbedder.from_features(out, device="cpu").fit()
+    assert (embedder.config_.backend, embedder.config_.dtype) == ("int8", "float16")
+    table = pq.read_table(out)
+    table = table.filter(pc.equal(table.column("status"), "ok"))
+    stored = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    got = embedder.transform(table.column("body").to_pylist())
+    assert got.dtype == np.float32 and np.array_equal(got, got.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(got, stored, atol=1e-2)
 
 
 def test_hub_warnings_shown_with_verbose_are_printed_once(tmp_path):
@@ -255,3 +311,16 @@ def test_layers_and_poolings_take_comma_separated_lists(reviews, tiny_gpt2_share
         "embed", path, "-o", tmp_path / "p.parquet", "-m", tiny_gpt2_shared, "--text-column", "body", "-l", "1,last"
     )
     assert bad.exit_code == 2 and "'last' is not a layer index" in bad.output
+
+
+def test_progress_bars_write_numbers_for_people_and_stay_away_for_short_steps(capsys):
+    from embedkit.progress import progress_bar
+
+    with progress_bar("embed", 20000, unit="text") as bar:
+        bar.update(12345)
+        line = bar.format_meter(**bar.format_dict)
+    assert "12,345/20,000 texts" in line and "texts/s" in line and "k/s" not in line
+    assert capsys.readouterr().err == ""  # over in well under a second: no bar drawn at all
+    with progress_bar("read", None, unit="row") as bar:  # total unknown: a counter, no bar
+        bar.update(4321)
+        assert bar.format_meter(**bar.format_dict).startswith("read: 4,321 rows [")

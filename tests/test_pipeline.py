@@ -77,6 +77,39 @@ def test_second_run_skips_and_a_changed_stage_reruns_only_what_depends_on_it(tin
     assert stages(forced, "done in") == ["embed", "train", "predict"]
 
 
+def test_pipelines_embedding_the_same_input_alike_share_one_features_file(tiny_gpt2_shared, tmp_path):
+    """The main job's three pipelines embed topics.csv with the same settings: only the first one embeds it."""
+    root = tmp_path / "embedkit-out"
+    work = tmp_path / "pipelines"
+    shutil.copytree(PIPELINES, work)
+    shutil.copytree(PIPELINES.parent / "examples", tmp_path / "examples")
+    first = run(work / "topic-classification.toml", "-m", tiny_gpt2_shared, "--output-dir", root / "a")
+    assert first.exit_code == 0, first.output
+    assert "reused" not in first.output and "160 rows" in first.output
+    # Another pipeline, another file path to the same bytes, another label column: the same features.
+    shutil.copy(tmp_path / "examples" / "data" / "topics.csv", tmp_path / "copy.csv")
+    other = work / "corpus-clustering.toml"
+    other.write_text(other.read_text().replace("../examples/data/topics.csv", "../copy.csv"))
+    second = run(other, "-m", tiny_gpt2_shared, "--output-dir", root / "b")
+    assert second.exit_code == 0, second.output
+    assert "[embed] done in" in second.output and "reused features embedded earlier" in second.output
+    entries = list((root / ".features-cache").glob("*.parquet"))
+    assert len(entries) == 1
+    a, b = pq.read_table(root / "a" / "features.parquet"), pq.read_table(root / "b" / "features.parquet")
+    assert a.equals(b) and a.schema.metadata == b.schema.metadata
+    assert (root / "b" / "features.parquet").stat().st_ino == entries[0].stat().st_ino  # a link, not a copy
+
+    # Other extraction settings, or other stored columns, are other features: embedded anew.
+    other.write_text(other.read_text().replace('pooling = ["mean"]', 'pooling = ["last"]'))
+    third = run(other, "-m", tiny_gpt2_shared, "--output-dir", root / "b")
+    assert "reused" not in third.output and len(list((root / ".features-cache").glob("*.parquet"))) == 2
+    assert "embedding" in pq.read_schema(root / "b" / "features.parquet").names
+    assert not pq.read_table(root / "b" / "features.parquet").equals(a)
+    # --force embeds again even where the cache holds the features.
+    forced = run(work / "topic-classification.toml", "-m", tiny_gpt2_shared, "--output-dir", root / "a", "--force")
+    assert forced.exit_code == 0 and "reused" not in forced.output
+
+
 @pytest.mark.parametrize(
     "body, message",
     [

@@ -52,7 +52,7 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
     source = _csv_with_bad_rows(root / "in.csv")
     mp = pytest.MonkeyPatch()
     mp.setattr(ray_engine, "RAY_PART_ROWS", 40)  # several parts, so both workers get some and order is tested
-    mp.setattr(ray_engine, "WAVE_PARTS_PER_WORKER", 1)  # 4 parts, 2 actors: two waves, so waves join up right
+    mp.setattr(ray_engine, "IN_FLIGHT_PER_WORKER", 1)  # 4 parts, 2 actors: parts are handed out as others return
     try:
         result = CliRunner().invoke(
             cli,
@@ -89,7 +89,7 @@ def test_ray_output_equals_local_engine(ray_and_local):
     assert "150 rows" in summary
     assert a.schema.remove_metadata() == b.schema.remove_metadata()
     assert a.column("id").to_pylist() == list(range(150))
-    for column in ("id", "label", "n_tokens", "n_windows", "truncated", "status", "error"):
+    for column in ("id", "text", "label", "n_tokens", "n_windows", "truncated", "status", "error"):
         assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
     for column in ("embedding_l1_mean", "embedding_l1_last", "embedding_l2_mean", "embedding_l2_last"):
         x, y = a.column(column).to_pylist(), b.column(column).to_pylist()
@@ -151,10 +151,12 @@ def test_ray_resume_sends_only_missing_parts(tiny_gpt2_shared, tmp_path, monkeyp
     with pytest.raises(IncompatibleError, match="engine"):  # the local engine cannot continue a Ray partial run
         embed_file(source, out, config, id_column="doc", device="cpu", progress=False, resume=True, part_rows=20)
 
-    sent, real_run = [], ray_engine._run
-    monkeypatch.setattr(
-        ray_engine, "_run", lambda ray, todo, *a: (sent.extend(t["part"] for t in todo), real_run(ray, todo, *a))[1]
-    )
+    sent, real_encode = [], ray_engine.RayEngine.encode
+
+    def spying_encode(self, parts, progress=None):  # records which parts the driver hands to the cluster
+        return real_encode(self, ((sent.append(index), (index, texts))[1] for index, texts in parts), progress)
+
+    monkeypatch.setattr(ray_engine.RayEngine, "encode", spying_encode)
     summary = ray_engine.embed_file_ray(source, out, config, resume=True, **run)
     assert sorted(sent) == sorted(set(range(6)) - {int(name[5:11]) for name in committed})
     assert summary.rows == 101 and summary.resumed_rows == 40 and summary.bad_rows == {"malformed": 1}
@@ -168,33 +170,39 @@ def test_ray_resume_sends_only_missing_parts(tiny_gpt2_shared, tmp_path, monkeyp
     np.testing.assert_allclose(x, y, atol=1e-5)
 
 
-def test_driver_reads_the_input_one_wave_at_a_time(write_csv):
-    """The driver never holds more than one wave of parts: the input is read as the waves are asked for."""
-    from embedkit.sources import Source
+def test_driver_reads_the_input_only_as_the_actors_work(ray_cluster):
+    """One actor pool for the whole run; the driver reads at most ``limit`` parts ahead of the answers."""
 
-    source = Source(write_csv([{"text": f"text {i}"} for i in range(95)]))
+    class CountingWorker:  # a stand-in model actor (defined here: Ray ships it by value, tests/ is not importable)
+        def ready(self):
+            return True
+
+        def encode(self, index, texts):
+            return index, len(texts)
+
+    actors = [ray.remote(CountingWorker).options(num_cpus=0).remote() for _ in range(2)]
     read = []
-    batches = source.batches
 
-    def counting_batches(rows, skip=0):
-        for records in batches(rows, skip):
-            read.append(len(records))
-            yield records
+    def parts():
+        for index in range(9):
+            read.append(index)
+            yield index, ["text"] * (index + 1)
 
-    source.batches = counting_batches
-    waves = ray_engine._waves(source, part_rows=10, done={1, 4}, wave_parts=3)
-    first = next(waves)
-    assert [item["part"] for item in first] == [0, 2, 3] and len(read) == 4  # parts 0..3 read, 1 skipped
-    rest = list(waves)
-    assert [[item["part"] for item in wave] for wave in rest] == [[5, 6, 7], [8, 9]]
-    assert [item["rows"] for item in rest[-1]] == [10, 5] and sum(read) == 95
+    answers = ray_engine.stream(ray, actors, parts(), limit=3)
+    got = [next(answers)]
+    assert len(read) == 3  # three handed out, one answered: nothing more read yet
+    for answer in answers:
+        assert len(read) <= len(got) + 3
+        got.append(answer)
+    assert sorted(got) == [(i, i + 1) for i in range(9)]
 
 
 def test_worker_error_reaches_the_driver_typed(tmp_path):
     config = ExtractConfig(model=str(tmp_path / "no-such-model")).to_dict()
-    block = ray_engine.EmbedWorker(config, "cpu", None, None)(None)
+    worker = ray_engine.EmbedWorker(config, "cpu", None, None)
+    assert not worker.ready()
     with pytest.raises(ModelLoadError, match="on a Ray worker"):
-        list(ray_engine._whole_parts([block], 10, {0: 10}))
+        ray_engine.unwrap(*worker.encode(0, ["a text"]))
 
 
 def test_missing_ray_says_how_to_install(tiny_gpt2_shared, write_csv, tmp_path, monkeypatch):

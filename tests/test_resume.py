@@ -121,7 +121,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(corpus, reference, tin
         # The refusal names the option that changed and both values, so the user knows what to put back.
         (["--pooling", "last"], "different settings (pooling: ['mean'] -> ['last'])"),
         (["--layer", "1"], "different settings (layers: ["),
-        (["--text-column", "doc"], "different columns (columns.text: 'text' -> 'doc')"),
+        (
+            ["--text-column", "doc"],
+            "different columns (columns.keep: ['text'] -> ['doc']; columns.text: 'text' -> 'doc')",
+        ),
     ],
 )
 def test_resume_with_other_settings_is_refused(corpus, tiny_gpt2_shared, tmp_path, monkeypatch, change, message):

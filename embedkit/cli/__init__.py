@@ -6,6 +6,7 @@ one-line messages with the exit codes documented in ``embedkit.errors``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -81,11 +82,17 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     # huggingface_hub prints through a stderr handler of its own; passing its records on to ours as well showed
     # every hub warning twice when they are shown (-v). transformers already keeps its records to itself.
     logging.getLogger("huggingface_hub").propagate = False
+    ctx.obj["verbose"] = verbose
     if verbose == 0:
         # Offline, huggingface_hub logs every retry of an unreachable hub (a dozen lines, each twice through its
-        # own handler and ours) before embedkit's one-line message says what to do; -v shows them again. It sets
-        # its level from this variable when first imported (lazily, later), so a setLevel now would be undone.
-        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        # own handler and ours) before embedkit's one-line message says what to do; -v shows them again. Through
+        # its logging API (which fixes its level on import, so it is imported now: ~10 ms) and only for this
+        # command: a program that calls the CLI in-process (CliRunner) gets its own setting back afterwards.
+        from huggingface_hub.utils import logging as hub_logging
+
+        before = hub_logging.get_verbosity()
+        hub_logging.set_verbosity_error()
+        ctx.call_on_close(lambda: hub_logging.set_verbosity(before))
 
 
 def wait_option(command):
@@ -98,14 +105,103 @@ def wait_option(command):
     )(command)
 
 
+def split_commas(_ctx, _param, values):
+    """Let repeatable options also take comma-separated lists: --pooling mean,last == --pooling mean --pooling last."""
+    return tuple(v.strip() for value in values for v in str(value).split(",") if v.strip())
+
+
+def _apply(f, options):
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def input_options(f):
+    """The input's columns and format; the command receives them as ``spec``, an :class:`~embedkit.spec.InputSpec`
+    of its ``input`` argument (predict, search, probe and serve can adopt the same group)."""
+
+    @functools.wraps(f)
+    def command(*args, text_column, id_column, keep, keep_text, fmt, **kwargs):
+        from ..spec import InputSpec
+
+        kwargs["spec"] = InputSpec(kwargs.pop("input"), fmt, text_column, id_column, keep, keep_text)
+        return f(*args, **kwargs)
+
+    from ..sources import FORMATS
+
+    return _apply(
+        command,
+        [
+            click.option("--text-column", default="text", show_default=True, help="Column holding the text."),
+            click.option("--id-column", default=None, help="Column passed through as `id` [default: the row number]."),
+            click.option(
+                "--keep",
+                multiple=True,
+                callback=split_commas,
+                help="Columns passed through unchanged (repeat or comma-separate).",
+            ),
+            click.option(
+                "--keep-text/--no-keep-text",
+                default=True,
+                show_default=True,
+                help="Store the text column too, so results (index hits, clusters) can show the text.",
+            ),
+            click.option(
+                "--format",
+                "fmt",
+                type=click.Choice(FORMATS),
+                default=None,
+                help="Input format [default: from the extension].",
+            ),
+        ],
+    )
+
+
+def runtime_options(f):
+    """Where and how the model runs; the command receives them as ``runtime``, a :class:`~embedkit.spec.Runtime`.
+
+    Library output (transformers' warnings and bars) is silenced unless ``-v`` was given.
+    """
+
+    @functools.wraps(f)
+    def command(*args, device, batch_tokens, threads, quiet, **kwargs):
+        from ..spec import Runtime
+
+        verbose = bool((click.get_current_context().find_root().obj or {}).get("verbose"))
+        quiet_libraries(quiet or not verbose)
+        kwargs["runtime"] = Runtime(device, batch_tokens, threads, progress=not quiet, verbose=verbose)
+        return f(*args, **kwargs)
+
+    from ..config import DEVICES
+
+    return _apply(command, runtime_option_list(DEVICES))
+
+
+def runtime_option_list(devices):
+    """The run-time options as click decorators (also part of ``extraction_options`` for probe)."""
+    return [
+        click.option("--device", type=click.Choice(devices), default="auto", show_default=True),
+        click.option(
+            "--batch-tokens",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA].",
+        ),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+
+
 def quiet_libraries(quiet: bool) -> None:
-    """Silence transformers' own progress bars when the user asked for quiet output.
+    """Silence transformers' and the hub's progress bars when asked, for this command only.
 
     Without importing transformers (seconds, #23) on commands that may never load a model: both it and
-    huggingface_hub read this variable when they are first imported; if they already are, they are told directly.
+    huggingface_hub read the variable when they are first imported; if they already are, they are told directly.
+    A program that calls the CLI in-process gets the variable and its bars back when the command ends.
     """
     if not quiet:
         return
+    previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     hub_utils = sys.modules.get("huggingface_hub.utils")
     if hub_utils is not None:
@@ -113,6 +209,16 @@ def quiet_libraries(quiet: bool) -> None:
     hf_logging = sys.modules.get("transformers.utils.logging")
     if hf_logging is not None:
         hf_logging.disable_progress_bar()
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = previous
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().call_on_close(restore)
 
 
 from . import audit as _audit  # noqa: E402, F401
@@ -125,4 +231,4 @@ from . import pipeline as _pipeline  # noqa: E402, F401
 from . import probe as _probe  # noqa: E402, F401
 from . import serve as _serve  # noqa: E402, F401
 
-__all__ = ["cli", "quiet_libraries", "wait_option"]
+__all__ = ["cli", "input_options", "quiet_libraries", "runtime_options", "split_commas", "wait_option"]

@@ -8,16 +8,11 @@ from pathlib import Path
 import click
 
 from ..config import BACKENDS, DEVICES, LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
-from ..embed import DEFAULT_PART_ROWS
-from ..engines import ENGINES
+from ..engines import DEFAULT_PART_ROWS, ENGINES, Engine, LocalEngine
+from ..engines.ray import RAY_PART_ROWS
 from ..sources import FORMATS
 from ..summary import summary_text
-from . import cli, quiet_libraries, wait_option
-
-
-def split_commas(_ctx, _param, values):
-    """Let repeatable options also take comma-separated lists: --pooling mean,last == --pooling mean --pooling last."""
-    return tuple(v.strip() for value in values for v in str(value).split(",") if v.strip())
+from . import _apply, cli, input_options, runtime_option_list, runtime_options, split_commas, wait_option
 
 
 def split_layers(ctx, param, values):
@@ -29,44 +24,45 @@ def split_layers(ctx, param, values):
     return tuple(int(v) for v in layers)
 
 
+def vector_options(f):
+    """Options that define the vectors' model and windows (with --layer/--pooling/--dtype: the ExtractConfig)."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--model",
+                "-m",
+                default=None,
+                help="Hub id or local directory [default: $EMBEDKIT_MODEL or openai-community/gpt2].",
+            ),
+            click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
+            click.option(
+                "--max-length",
+                type=click.IntRange(min=2),
+                default=None,
+                help="Tokens per window [default: the model's limit, 1024 for GPT-2].",
+            ),
+            click.option(
+                "--long-text",
+                type=click.Choice(LONG_TEXT_MODES),
+                default="truncate",
+                show_default=True,
+                help="Texts over --max-length: cut (recorded) or split into overlapping windows.",
+            ),
+            click.option(
+                "--stride",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Tokens shared by consecutive windows with --long-text chunk [default: max-length/8].",
+            ),
+            click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run."),
+        ],
+    )
+
+
 def extraction_options(f):
-    """Options that define the vectors; shared by every command that embeds text (embed, probe)."""
-    options = [
-        click.option(
-            "--model",
-            "-m",
-            default=None,
-            help="Hub id or local directory [default: $EMBEDKIT_MODEL or openai-community/gpt2].",
-        ),
-        click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-        click.option(
-            "--max-length",
-            type=click.IntRange(min=2),
-            default=None,
-            help="Tokens per window [default: the model's limit, 1024 for GPT-2].",
-        ),
-        click.option(
-            "--long-text",
-            type=click.Choice(LONG_TEXT_MODES),
-            default="truncate",
-            show_default=True,
-            help="Texts over --max-length: cut (recorded) or split into overlapping windows.",
-        ),
-        click.option(
-            "--stride",
-            type=click.IntRange(min=0),
-            default=None,
-            help="Tokens shared by consecutive windows with --long-text chunk [default: max-length/8].",
-        ),
-        click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-        click.option(
-            "--batch-tokens",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA].",
-        ),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
+    """Vector, run-time and text-column options as separate arguments (probe); ``embed`` takes the option groups."""
+    text = [
         click.option("--text-column", default="text", show_default=True),
         click.option(
             "--format",
@@ -75,11 +71,9 @@ def extraction_options(f):
             default=None,
             help="Input format [default: from the extension].",
         ),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    runtime = runtime_option_list(DEVICES)
+    return vector_options(_apply(f, [*runtime[:3], *text, runtime[3]]))
 
 
 def make_config(
@@ -113,10 +107,6 @@ def make_config(
 @cli.command()
 @click.argument("input", metavar="INPUT")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .parquet file.")
-@click.option("--id-column", default=None, help="Column passed through as `id` [default: the row number].")
-@click.option(
-    "--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate)."
-)
 @click.option(
     "--layer",
     "-l",
@@ -155,9 +145,9 @@ def make_config(
 @click.option(
     "--part-rows",
     type=click.IntRange(min=1),
-    default=DEFAULT_PART_ROWS,
-    show_default=True,
-    help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in.",
+    default=None,
+    help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in "
+    f"[default: {DEFAULT_PART_ROWS}, {RAY_PART_ROWS} with --engine ray].",
 )
 @click.option(
     "--engine",
@@ -192,12 +182,12 @@ def make_config(
     help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, "
     "approximate (cosine >= 0.99 to torch); recorded in the metadata.",
 )
-@extraction_options
+@vector_options
+@input_options
+@runtime_options
 def embed(
-    input,
+    spec,
     output,
-    id_column,
-    keep,
     layers,
     pooling,
     normalize,
@@ -218,45 +208,35 @@ def embed(
     long_text,
     stride,
     trust_remote_code,
-    device,
-    batch_tokens,
-    threads,
-    text_column,
-    fmt,
-    quiet,
+    runtime,
 ):
     """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
-    from ..embed import embed_file
+    from ..embed import embed as run_embed
 
-    quiet_libraries(quiet)
     config = make_config(
         model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code, backend
     )
-    run = dict(
-        text_column=text_column,
-        id_column=id_column,
-        keep=keep,
-        fmt=fmt,
-        device=device,
-        batch_tokens=batch_tokens,
-        threads=threads,
+    chosen: Engine
+    if engine == "ray":
+        from ..engines.ray import RayEngine
+
+        chosen = RayEngine(ray_address, workers, gpus_per_worker)
+    elif ray_address or workers or gpus_per_worker:
+        raise click.UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
+    else:
+        chosen = LocalEngine()
+    summary = run_embed(
+        spec,
+        output,
+        config,
+        runtime,
+        engine=chosen,
         resume=resume,
         overwrite=overwrite,
         wait=wait,
         strict=strict,
-        progress=not quiet,
         part_rows=part_rows,
     )
-    if engine == "ray":
-        from ..engines.ray import embed_file_ray
-
-        summary = embed_file_ray(
-            input, output, config, **run, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker
-        )
-    elif ray_address or workers or gpus_per_worker:
-        raise click.UsageError("--ray-address, --workers and --gpus-per-worker need --engine ray")
-    else:
-        summary = embed_file(input, output, config, **run)
     click.echo(summary_text(summary), err=True)
 
 

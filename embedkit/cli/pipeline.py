@@ -32,7 +32,8 @@ def run(pipeline_file, force, model, output_dir, trust_remote_code, quiet):
     """
     from ..pipeline import run_pipeline
 
-    quiet_libraries(quiet)
+    verbose = bool((click.get_current_context().find_root().obj or {}).get("verbose"))
+    quiet_libraries(quiet or not verbose)  # transformers' own bars only with -v: one bar per step is ours
     outcomes = run_pipeline(
         pipeline_file,
         force=force,

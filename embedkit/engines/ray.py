@@ -1,51 +1,46 @@
-"""The Ray Data engine: the embed stage spread over the actors of a Ray cluster (``--engine ray``).
+"""The Ray engine: the model work of the embed stage spread over the actors of a Ray cluster (``--engine ray``).
 
 How it runs:
 
-1. The driver opens the input with embedkit's own ``Source`` and cuts it into parts of ``part_rows`` rows,
-   exactly like the local engine. Each part travels to the cluster as one pickled ``Records`` item
-   (``ray.data.from_items``), in waves of at most ``wave_parts`` parts: the driver streams the input and
-   holds one wave of text at a time, however large the dataset. Ray's ``read_csv``/``read_json`` would stop at
-   the first malformed line and ``read_parquet`` numbers no rows, so they could keep neither embedkit's
-   bad-row contract (a malformed row becomes an output row with a status) nor row-number ids; reading text is
-   also a small fraction of the work next to the model. The model work is what is spread out.
-2. ``map_batches`` runs :class:`EmbedWorker`, a callable class that loads the model once per actor and
-   calls ``embed.encode_records``, the same extractor and table builder as the local engine: batching,
-   pooling, bad rows and the column contract have a single implementation.
-3. Parts stream back to the driver as they finish, in any order; each is committed atomically under its
-   input position (``OUT.parquet.partial/part-000007.parquet``: deterministic names) by ``PartWriter``,
-   which finally merges them in input order into the one ``OUT.parquet`` with the same ``embedkit``
-   schema metadata as the local engine. Writing on the driver needs no filesystem shared with the workers.
+1. The one embed driver (``embedkit.embed.embed``) reads the input with embedkit's own ``Source`` and cuts it into
+   parts of ``part_rows`` rows, exactly as for the local engine; only each part's texts travel to the cluster.
+   Ray's ``read_csv``/``read_json`` would stop at the first malformed line and ``read_parquet`` numbers no rows,
+   so they could keep neither embedkit's bad-row contract (a malformed row becomes an output row with a status)
+   nor row-number ids; reading text is also a small fraction of the work next to the model.
+2. One pool of :class:`EmbedWorker` actors runs for the whole job: each loads the model once and turns the texts
+   of the parts it is handed into vectors with the same ``Extractor`` as the local engine (batching, pooling and
+   row statuses have a single implementation). The driver keeps at most ``IN_FLIGHT_PER_WORKER`` parts per actor
+   handed out, so it reads the input only as fast as the actors work: its memory is bounded by those parts,
+   however large the dataset. Actors the cluster has no room for yet join the pool when they start.
+3. Results stream back as they finish, in any order; the driver builds each part's rows and commits it under its
+   input position (``OUT.parquet.partial/part-000007.parquet``: deterministic names), then merges them in input
+   order into the one ``OUT.parquet``, with the same metadata as the local engine. Writing on the driver needs no
+   filesystem shared with the workers.
 
 Failures: an actor that dies (node lost, killed for memory) is restarted and its part retried a few times
-(``MAX_RESTARTS``, ``MAX_TASK_RETRIES``); an exception raised by embedkit code is not retried, since it
-would only happen again. Committed parts survive a failed run, and ``resume=True`` (``--resume``) sends
-only the missing parts to the cluster.
+(``MAX_RESTARTS``, ``MAX_TASK_RETRIES``); an error raised by embedkit code is not retried, since it would only
+happen again, and reaches the driver typed. Committed parts survive a failed run, and ``resume=True``
+(``--resume``) sends only the missing parts to the cluster.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import socket
-import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any
 
 from ..config import ExtractConfig
-from ..embed import EmbedSummary, _progress_bar, _summarise, build_metadata, encode_records, fingerprint
-from ..errors import ConfigError, EmbedkitError, InputError
-from ..extract import Extractor
-from ..extract.texts import EMBEDDED_STATUSES
-from ..sources import Source
-from ..store import PartWriter
+from ..errors import ConfigError, EmbedkitError
+from ..spec import InputSpec, Runtime
+from . import Engine, Part
+
+if TYPE_CHECKING:
+    from ..embed import EmbedSummary
+    from ..extract import EncodeResult, Extractor
+    from ..extract.extractor import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +49,15 @@ log = logging.getLogger(__name__)
 # short texts still fill several token-budget batches.
 RAY_PART_ROWS = 1024
 # An actor that dies (not an exception: a lost node or an OOM kill) is restarted this many times, and the
-# part it held is retried this many times, before the run fails. Ray Data's default is to retry forever,
-# which turns a part that always kills its worker into a run that never ends.
+# part it held is retried this many times, before the run fails. Ray's default for a restartable actor's tasks
+# is to retry forever, which turns a part that always kills its worker into a run that never ends.
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
-# Parts handed to Ray per wave, per actor. ``from_items`` needs the items up front, so the driver reads the
-# input in waves: its memory is bounded by one wave (parts x part_rows texts), not by the dataset. Each wave
-# starts its actor pool afresh (one model load per actor); 8 parts of 1,024 rows per actor keep that load a
-# small share of the wave's model work, and the last, partly idle moments of a wave short.
-WAVE_PARTS_PER_WORKER = 8
+# Parts handed out per actor at a time: one it works on and one waiting, so an actor never idles while the
+# driver reads the next part, and the driver holds no more text than twice the pool's width in parts.
+IN_FLIGHT_PER_WORKER = 2
 CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'embedkit[ray]'"
-# Carries each row's input position from the workers to the driver; dropped before writing.
-ROW_COLUMN = "__embedkit_row"
-# A block holding only this column carries an embedkit error raised on a worker, re-raised by the driver.
-ERROR_COLUMN = "__embedkit_error"
 
 
 def import_ray():
@@ -82,7 +71,7 @@ def import_ray():
 
 
 class EmbedWorker:
-    """The ``map_batches`` callable: one Extractor per actor, reused for every part it is given.
+    """One model actor: loads an Extractor once, then embeds the texts of every part it is handed.
 
     Args:
         config: the resolved extraction settings (as a dict, so the actor rebuilds the same ExtractConfig).
@@ -92,6 +81,8 @@ class EmbedWorker:
     def __init__(self, config: dict[str, Any], device: str, batch_tokens: int | None, threads: int | None) -> None:
         from transformers.utils import logging as hf_logging
 
+        from ..extract import Extractor
+
         hf_logging.disable_progress_bar()  # one bar per actor on the driver's terminal helps nobody
         self.extractor, self.error = None, None
         try:
@@ -99,19 +90,30 @@ class EmbedWorker:
                 ExtractConfig.from_dict(config), device=device, batch_tokens=batch_tokens, threads=threads
             )
         except EmbedkitError as exc:
-            # Sent to the driver as a block instead (e.g. the model is missing on this node): Ray Data restarts
-            # an actor that dies in __init__ again and again, and its exception wrappers lose the typed error.
+            # Sent to the driver with the first part instead (e.g. the model is missing on this node): an actor
+            # that dies in __init__ is restarted again and again, and Ray's wrappers lose the typed error.
             self.error = exc
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def ready(self) -> bool:
+        """Returns once the model is loaded (or failed to load): the actor can take parts."""
+        return self.error is None
+
+    def encode(self, index: int, texts: list[object]) -> tuple[int, EncodeResult | EmbedkitError]:
+        """``(index, result)``, or ``(index, error)`` for an embedkit error, returned rather than raised (typed)."""
         if self.error is not None:
-            return pa.table({ERROR_COLUMN: [pickle.dumps(self.error)]})
-        tables = []
-        for blob in batch.column("records").to_pylist():
-            records = pickle.loads(blob)
-            table, _ = encode_records(records, self.extractor)
-            tables.append(table.append_column(ROW_COLUMN, pa.array(records.row_numbers, type=pa.int64())))
-        return pa.concat_tables(tables, promote_options="permissive")
+            return index, self.error
+        assert self.extractor is not None
+        try:
+            return index, self.extractor.encode(texts)
+        except EmbedkitError as exc:
+            return index, exc
+
+
+def unwrap(index: int, value: EncodeResult | EmbedkitError) -> tuple[int, EncodeResult]:
+    """A worker's answer as the driver's result, or its embedkit error raised here with its own type."""
+    if isinstance(value, EmbedkitError):
+        raise type(value)(f"on a Ray worker: {value}")
+    return index, value
 
 
 # ---------------------------------------------------------------------------------------------- cluster
@@ -156,8 +158,11 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         ray.shutdown()
 
 
-def _pool_size(ray, workers: int | None, gpus_per_worker: float, cpus_per_worker: float) -> int | tuple[int, int]:
-    """Actors to run: ``workers`` if the cluster has room now, else a pool that grows as room appears."""
+def _pool_size(ray, workers: int | None, gpus_per_worker: float, cpus_per_worker: float) -> int:
+    """Actors to start: ``workers``, else as many as the cluster has room for now (at least one).
+
+    Actors without room yet wait to be placed and join the pool when they are (``stream``).
+    """
     resources = ray.cluster_resources()
     if gpus_per_worker:
         room = int(resources.get("GPU", 0) // gpus_per_worker)
@@ -171,17 +176,120 @@ def _pool_size(ray, workers: int | None, gpus_per_worker: float, cpus_per_worker
         return max(1, room)
     if workers > room:
         log.warning(
-            "%d workers asked for but the cluster has room for %d now; starting with 1 and growing", workers, room
+            "%d workers asked for but the cluster has room for %d now; the others join as room appears", workers, room
         )
-        return (1, workers)
     return workers
 
 
-# ---------------------------------------------------------------------------------------------- driver
+# ---------------------------------------------------------------------------------------------- engine
 
 
-def _part_index(name: str) -> int:
-    return int(name.removeprefix("part-").removesuffix(".parquet"))
+class RayEngine(Engine):
+    """Embeds parts on a pool of model actors that lives for the whole run; see the module's description.
+
+    Args:
+        address: Ray cluster to join (None: a local instance, or ``$RAY_ADDRESS``; ``auto``; ``HOST:PORT``).
+        workers: model actors to run [default: as many as the cluster has room for].
+        gpus_per_worker: GPUs each actor reserves (fractions share a GPU); 0 runs on CPUs.
+        cpus_per_worker: CPUs each actor reserves; also its torch threads unless the runtime names ``threads``.
+    """
+
+    ordered = False  # parts finish in any order
+    fingerprint = {"engine": "ray"}  # its parts are numbered apart: the local engine cannot continue them
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
+        if gpus_per_worker < 0 or cpus_per_worker <= 0:
+            raise ConfigError("--gpus-per-worker must be >= 0 and cpus per worker > 0")
+        self.address, self.workers = address, workers
+        self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
+        self.config: ExtractConfig | None = None
+        self.runtime = Runtime()
+
+    @property
+    def default_part_rows(self) -> int:  # type: ignore[override]  # read late: tests shrink RAY_PART_ROWS
+        return RAY_PART_ROWS
+
+    def check(self, runtime: Runtime) -> None:
+        if self.gpus_per_worker and runtime.device == "cpu":
+            raise ConfigError("--gpus-per-worker asks for GPUs but --device is cpu; use --device auto or cuda")
+        if runtime.device == "cuda" and not self.gpus_per_worker:
+            # Ray hides every GPU from an actor that reserves none, so the workers could never see one.
+            raise ConfigError("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1)")
+        import_ray()  # before any work: a missing extra is the first thing to say
+
+    def load(self, config: ExtractConfig | None, runtime: Runtime) -> Extractor:
+        """Load the model on the driver, on CPU, once: it checks the settings with embedkit's own errors before
+        any actor starts and resolves them (the actors get the resolved config). The driver drops it at once."""
+        from ..extract import Extractor
+
+        probe = Extractor(config, device="cpu", batch_tokens=runtime.batch_tokens, threads=runtime.threads)
+        self.config, self.runtime = probe.config, runtime
+        return probe
+
+    def encode(
+        self, parts: Iterable[Part], progress: ProgressFn | None = None
+    ) -> Generator[tuple[int, EncodeResult], None, None]:
+        assert self.config is not None, "load() first"
+        runtime, gpus = self.runtime, self.gpus_per_worker
+        threads = runtime.threads or (max(1, int(self.cpus_per_worker)) if not gpus else None)
+        with ray_session(self.address) as ray:
+            size = _pool_size(ray, self.workers, gpus, self.cpus_per_worker)
+            actor = ray.remote(EmbedWorker).options(
+                num_cpus=self.cpus_per_worker,
+                num_gpus=gpus or None,
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_TASK_RETRIES,
+            )
+            args = (self.config.to_dict(), runtime.device, runtime.batch_tokens, threads)
+            actors = [actor.remote(*args) for _ in range(size)]
+            try:
+                for index, value in stream(ray, actors, parts, IN_FLIGHT_PER_WORKER * size):
+                    index, result = unwrap(index, value)
+                    if progress is not None:
+                        progress(int(result.valid.sum()), int(result.n_tokens[result.valid].sum()))
+                    yield index, result
+            finally:
+                for handle in actors:
+                    ray.kill(handle)
+
+
+def stream(ray, actors: list[Any], parts: Iterable[Part], limit: int) -> Iterator[tuple[int, Any]]:
+    """Hand ``parts`` to ``actors`` (``ready()`` and ``encode(index, texts)``), at most ``limit`` at a time.
+
+    Yields the actors' answers as they finish. ``parts`` is read only as answers come back, so the caller's
+    memory holds ``limit`` parts at most. Actors join the pool as they become ready (their model loaded): on a
+    cluster short of room, the run starts with the first and grows as the others are placed.
+    """
+    from ray.util import ActorPool
+
+    waiting = {handle.ready.remote(): handle for handle in actors}
+    pool = ActorPool([])
+
+    def admit(timeout: float | None) -> None:
+        ready, _ = ray.wait(list(waiting), num_returns=1 if timeout is None else len(waiting), timeout=timeout)
+        for ref in ready:
+            pool.push(waiting.pop(ref))
+
+    admit(None)  # the first actor with its model loaded
+    in_flight = 0
+    for index, texts in parts:
+        pool.submit(lambda handle, item: handle.encode.remote(*item), (index, texts))
+        in_flight += 1
+        while in_flight >= limit:
+            yield pool.get_next_unordered()
+            in_flight -= 1
+            if waiting:
+                admit(0)
+    while pool.has_next():
+        yield pool.get_next_unordered()
 
 
 def embed_file_ray(
@@ -192,6 +300,7 @@ def embed_file_ray(
     text_column: str = "text",
     id_column: str | None = None,
     keep: tuple[str, ...] | list[str] = (),
+    keep_text: bool = True,
     fmt: str | None = None,
     device: str = "auto",
     batch_tokens: int | None = None,
@@ -210,155 +319,36 @@ def embed_file_ray(
     """``embed_file`` on a Ray cluster: same arguments, same output file, plus where and how wide to run.
 
     Args:
-        address: Ray cluster to join (None: a local instance, or ``$RAY_ADDRESS``; ``auto``; ``HOST:PORT``).
-        workers: model actors to run [default: as many as the cluster has room for].
-        gpus_per_worker: GPUs each actor reserves (fractions share a GPU); 0 runs on CPUs.
-        cpus_per_worker: CPUs each actor reserves; also its torch threads unless ``threads`` is given.
+        address, workers, gpus_per_worker, cpus_per_worker: as for :class:`RayEngine`.
         part_rows: rows per part (task and committed file) [default: ``RAY_PART_ROWS``].
 
     Raises:
         ConfigError: Ray missing, cluster unreachable, or contradictory options.
         InputError, ModelLoadError, OutputError, IncompatibleError: as ``embed_file``.
     """
-    started = time.perf_counter()
-    part_rows = part_rows or RAY_PART_ROWS
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if gpus_per_worker < 0 or cpus_per_worker <= 0:
-        raise ConfigError("--gpus-per-worker must be >= 0 and cpus per worker > 0")
-    if gpus_per_worker and device == "cpu":
-        raise ConfigError("--gpus-per-worker asks for GPUs but --device is cpu; use --device auto or cuda")
-    if device == "cuda" and not gpus_per_worker:
-        # Ray hides every GPU from an actor that reserves none, so the workers could never see one.
-        raise ConfigError("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1)")
-    import_ray()  # before any work: a missing extra is the first thing to say
-    source = Source(input, text_column=text_column, id_column=id_column, keep=keep, fmt=fmt)
-    # The output's lock before the model load, as the local engine: a second writer stops at once (BusyError).
-    with PartWriter(Path(output), wait=wait) as writer:
-        # Loading the model here validates the settings with embedkit's own errors before any actor starts, and
-        # gives the metadata (resolved config, model facts) that the output must carry.
-        probe = Extractor(config, device="cpu", batch_tokens=batch_tokens, threads=threads)
-        resolved, meta = probe.config, build_metadata(probe)
-        del probe
-        writer.start({**fingerprint(source, resolved, part_rows), "engine": "ray"}, resume=resume, overwrite=overwrite)
-        if writer.complete:  # killed after the merge: the output is this job's, whole
-            return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
-        done = {_part_index(p["file"]) for p in writer.parts}
-        total = source.total_rows() if progress else None
-        resumed = writer.rows_done
-        t0, tokens, sent = time.perf_counter(), 0, 0
-        if resumed:
-            log.info("resuming %s: %d parts committed", output, len(done))
-        worker_threads = threads or (max(1, int(cpus_per_worker)) if not gpus_per_worker else None)
-        with writer.abandoned_on_failure(), _progress_bar(total, progress) as bar, ray_session(address) as ray:
-            bar.update(resumed)
-            size = _pool_size(ray, workers, gpus_per_worker, cpus_per_worker)
-            wave_parts = WAVE_PARTS_PER_WORKER * (size[1] if isinstance(size, tuple) else size)
-            for wave in _waves(source, part_rows, done, wave_parts):
-                sent += len(wave)
-                sizes = {item["part"]: item["rows"] for item in wave}
-                stream = _run(
-                    ray, wave, resolved, device, batch_tokens, worker_threads, size, gpus_per_worker, cpus_per_worker
-                )
-                for index, table in _whole_parts(stream, part_rows, sizes):
-                    if strict:
-                        _stop_at_bad_row(table)
-                    writer.commit(table, index=index)
-                    tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
-                    bar.update(table.num_rows)
-        if not sent and not done:
-            writer.abandon()
-            raise InputError(f"{input} holds no data rows")
-        writer.parts.sort(key=lambda p: p["file"])  # committed as they finished; merged in input order
-        writer.finish(meta)
-        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+    from ..embed import embed
 
-
-def _waves(source: Source, part_rows: int, done: set[int], wave_parts: int) -> Iterator[list[dict[str, Any]]]:
-    """The parts not yet committed, pickled, in lists of at most ``wave_parts``, read lazily from the input."""
-    wave: list[dict[str, Any]] = []
-    for records in source.batches(part_rows):
-        index = records.row_numbers[0] // part_rows
-        if index in done:
-            continue
-        wave.append(
-            {"part": index, "rows": len(records), "records": pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)}
-        )
-        if len(wave) == wave_parts:
-            yield wave
-            wave = []
-    if wave:
-        yield wave
-
-
-def _run(ray, todo, config: ExtractConfig, device, batch_tokens, threads, size, gpus_per_worker, cpus_per_worker):
-    """Run one wave through the Ray Data pipeline; yields output blocks (Arrow tables) as workers finish them."""
-    from ray.data import ActorPoolStrategy, DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False  # the driver draws one bar in rows, like the local engine
-    if isinstance(size, int):
-        size = min(size, len(todo))  # a short last wave needs no more actors than parts
-    pool = (
-        ActorPoolStrategy(min_size=size[0], max_size=size[1])
-        if isinstance(size, tuple)
-        else ActorPoolStrategy(size=size)
+    return embed(
+        InputSpec(input, fmt, text_column, id_column, tuple(keep), keep_text),
+        output,
+        config,
+        Runtime(device=device, batch_tokens=batch_tokens, threads=threads, progress=progress),
+        engine=RayEngine(address, workers, gpus_per_worker, cpus_per_worker),
+        resume=resume,
+        overwrite=overwrite,
+        wait=wait,
+        strict=strict,
+        part_rows=part_rows,
     )
-    dataset = ray.data.from_items(todo, override_num_blocks=len(todo))
-    with warnings.catch_warnings():
-        # Ray 2.5x deprecates passing actor options through **ray_remote_args but offers no named option for
-        # restarts yet; without them Ray Data retries a dying actor forever.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        embedded = dataset.map_batches(
-            EmbedWorker,
-            fn_constructor_kwargs={
-                "config": config.to_dict(),
-                "device": device,
-                "batch_tokens": batch_tokens,
-                "threads": threads,
-            },
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=pool,
-            num_cpus=cpus_per_worker,
-            num_gpus=gpus_per_worker or None,
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_TASK_RETRIES,
-        )
-    yield from embedded.iter_batches(batch_size=None, batch_format="pyarrow")
-
-
-def _whole_parts(blocks, part_rows: int, sizes: dict[int, int]) -> Iterator[tuple[int, pa.Table]]:
-    """Regroup output blocks into whole parts in row order (Ray may split or merge blocks on the way)."""
-    pending: dict[int, list[pa.Table]] = {}
-    for block in blocks:
-        if ERROR_COLUMN in block.column_names:
-            error = pickle.loads(block.column(ERROR_COLUMN)[0].as_py())
-            raise type(error)(f"on a Ray worker: {error}")
-        part_of_row = block.column(ROW_COLUMN).to_numpy() // part_rows
-        for index in np.unique(part_of_row):
-            piece = block.filter(pa.array(part_of_row == index))
-            pending.setdefault(int(index), []).append(piece)
-            if sum(t.num_rows for t in pending[int(index)]) == sizes[int(index)]:
-                table = pa.concat_tables(pending.pop(int(index)), promote_options="permissive")
-                table = table.sort_by(ROW_COLUMN).drop_columns([ROW_COLUMN])
-                yield int(index), table
-    if pending:  # a part came back short: a bug, never a user mistake
-        raise RuntimeError(f"parts {sorted(pending)} came back from Ray incomplete")
-
-
-def _stop_at_bad_row(table: pa.Table) -> None:
-    bad = np.flatnonzero(~np.isin(table.column("status").to_numpy(zero_copy_only=False), EMBEDDED_STATUSES))
-    if bad.size:
-        row = table.slice(int(bad[0]), 1).to_pylist()[0]
-        raise InputError(f"row id {row['id']!r} is {row['status']}: {row['error']}")
 
 
 __all__ = [
     "EmbedWorker",
+    "IN_FLIGHT_PER_WORKER",
     "MAX_RESTARTS",
     "MAX_TASK_RETRIES",
     "RAY_PART_ROWS",
+    "RayEngine",
     "embed_file_ray",
     "import_ray",
     "ray_session",
