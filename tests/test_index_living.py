@@ -89,6 +89,7 @@ def test_add_refuses_an_existing_id_and_upsert_replaces_it(tmp_path):
     # a second upsert of the same ids replaces them again
     _, again = add_to_index(tmp_path / "ix", batch, upsert=True)
     assert again.replaced == 13 and again.rows == 310
+    assert index.add(batch, upsert=True) == 13 and len(index) == 310  # the object takes the deletions along too
 
 
 def test_cli_delete_upsert_compact(tmp_path):

@@ -396,11 +396,13 @@ class Index:
         batch_rows: int = BATCH_ROWS,
         progress: bool = False,
         wait: bool = False,
+        upsert: bool = False,
     ) -> int:
         """Add the rows of another features file embedded with the same settings; returns rows added.
 
         See :func:`add_to_index`: the rows are added to the index as it is on disk under its lock (which may hold
-        rows another process added since this object was loaded); this object then holds the result.
+        rows another process added since this object was loaded); this object then holds the result. An id
+        already in the index is refused, unless ``upsert`` (the new row replaces the old one).
         """
         from .add import add_to_index  # add builds on Index: imported here, not at the top
 
@@ -412,8 +414,10 @@ class Index:
             progress=progress,
             wait=wait,
             device=self.device,
+            upsert=upsert,
         )
         self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
+        self.deleted = grown.deleted
         return report.added
 
 
