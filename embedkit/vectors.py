@@ -162,7 +162,9 @@ def merge_encoder(files: Sequence[Path], meta: dict[str, Any]) -> tuple[MergeEnc
     """
     config = meta.get("config") or {}
     dtype = config.get("dtype", "float32")
-    columns = list(meta.get("columns") or [])
+    recorded = meta.get("columns") or []
+    # Since the one embed driver, "columns" records the input's names too, the vectors under "embeddings".
+    columns = list(recorded.get("embeddings") or []) if isinstance(recorded, dict) else list(recorded)
     if dtype not in ("int8", "binary") or not columns:
         return MergeEncoder({}), meta
     entries: dict[str, dict[str, Any]] = {name: {"dtype": dtype} for name in columns}
