@@ -55,7 +55,7 @@ class CachedFeatures:
 
     def summary_lines(self) -> list[str]:
         if not self.reused:
-            return self.embedded_lines
+            return [*self.embedded_lines, f"-> {self.output} (cached for pipelines with the same input and settings)"]
         return [f"reused features embedded earlier from the same input and settings ({self.entry}) -> {self.output}"]
 
 

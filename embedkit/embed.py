@@ -146,10 +146,13 @@ def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[s
     }
 
 
-def build_table(records: Records, result: EncodeResult, dtype: str | Extractor) -> pa.Table:
+def build_table(
+    records: Records, result: EncodeResult, dtype: str | Extractor, text_column: str | None = None
+) -> pa.Table:
     """One output part in the Parquet contract's column order: id, keep..., info columns, embeddings.
 
     ``dtype`` is the storage dtype (an extractor, whose config names it, is accepted as well: predict passes one).
+    ``text_column``, when it is among the kept columns, is stored as text even where rows hold other values.
     """
     if not isinstance(dtype, str):
         dtype = dtype.config.dtype
@@ -161,7 +164,10 @@ def build_table(records: Records, result: EncodeResult, dtype: str | Extractor) 
     ids = records.ids if records.ids is not None else pa.array(records.row_numbers, type=pa.int64())
     columns: dict[str, pa.Array] = {"id": _valid_utf8(ids, "id") if isinstance(ids, pa.Array) else _to_arrow(ids, "id")}
     for name, values in records.keep.items():
-        columns[name] = _valid_utf8(values, name) if isinstance(values, pa.Array) else _to_arrow(values, name)
+        if isinstance(values, pa.Array):
+            columns[name] = _valid_utf8(values, name)
+        else:
+            columns[name] = _to_arrow(values, name, texts=name == text_column)
     columns["n_tokens"] = pa.array(np.where(valid, result.n_tokens, 0), type=pa.int32())
     columns["n_windows"] = pa.array(np.where(valid, result.n_windows, 0), type=pa.int32())
     columns["truncated"] = pa.array(result.truncated & valid)
@@ -172,20 +178,36 @@ def build_table(records: Records, result: EncodeResult, dtype: str | Extractor) 
     return pa.table(columns)
 
 
-def _to_arrow(values: list, name: str) -> pa.Array:
+def _to_arrow(values: list, name: str, texts: bool = False) -> pa.Array:
+    """A passed-through column as Arrow. ``texts``: the text column, whose bad rows the status column reports
+    already (repaired, not_string), so it is converted without a warning and its strings stay as they are."""
     try:
         return pa.array(values)
     except UnicodeEncodeError:
         # Readers decode with surrogateescape, so invalid UTF-8 in an id or --keep column arrives as lone
         # surrogates, which Parquet strings cannot hold: stored with U+FFFD, like a repaired text.
-        log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
-        return _to_arrow(_repaired_values(values), name)
+        if not texts:
+            log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
+        return _to_arrow(_repaired_values(values), name, texts)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text.
+        # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text (the text column's
+        # strings as they are: a reader shows them). Converted again: a JSON string may hold lone surrogates.
         import json
 
-        log.warning("column %r mixes value types; passing it through as JSON text", name)
-        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values])
+        if not texts:
+            log.warning("column %r mixes value types; passing it through as JSON text", name)
+        return _to_arrow(
+            [
+                None
+                if v is None
+                else v
+                if texts and isinstance(v, str)
+                else json.dumps(v, ensure_ascii=False, default=str)
+                for v in values
+            ],
+            name,
+            texts,
+        )
 
 
 def _valid_utf8(values: pa.Array, name: str) -> pa.Array:
@@ -288,7 +310,7 @@ def embed(
             with closing(engine.encode(parts(), on_batch)) as results:
                 for index, result in results:
                     records = pending.pop(index)
-                    table = build_table(records, result, config.dtype)
+                    table = build_table(records, result, config.dtype, spec.text_column)
                     bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
                     if strict:
                         _stop_at_bad_row(table, records)

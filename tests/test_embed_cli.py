@@ -324,3 +324,19 @@ def test_progress_bars_write_numbers_for_people_and_stay_away_for_short_steps(ca
     with progress_bar("read", None, unit="row") as bar:  # total unknown: a counter, no bar
         bar.update(4321)
         assert bar.format_meter(**bar.format_dict).startswith("read: 4,321 rows [")
+
+
+def test_the_kept_text_column_holds_every_row_even_when_it_is_not_text(tiny_gpt2_shared, tmp_path):
+    """Numbers, lists, nulls and lone surrogates in the text column: statuses say why, the column still reads."""
+    source = tmp_path / "mixed.jsonl"
+    source.write_text(
+        '{"text": "a normal sentence"}\n{"text": 42}\n{"text": "half \\ud800 pair"}\n{"text": null}\n'
+        '{"text": ["a", "b"]}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "mixed.parquet"
+    result = run("embed", source, "-o", out, "--model", tiny_gpt2_shared, "-q")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column("status").to_pylist() == ["ok", "not_string", "repaired", "null", "not_string"]
+    assert table.column("text").to_pylist() == ["a normal sentence", "42", "half \ufffd pair", None, '["a", "b"]']
