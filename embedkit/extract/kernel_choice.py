@@ -135,6 +135,7 @@ def cached_choice(shape: dict[str, Any], measure: Callable[[], str]) -> str:
         log.debug("kernel choice %s (cached in %s)", choice, cache_dir() / CACHE_FILE)
         return choice
     choice = measure()
+    log.debug("kernel choice %s (measured; stored in %s)", choice, cache_dir() / CACHE_FILE)
     remember(key, covers, choice)
     return choice
 
