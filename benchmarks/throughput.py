@@ -5,22 +5,30 @@ Methods (all float32 on CPU unless named otherwise, mean pooling of the last lay
     embedkit        Extractor: length-sorted token-budget batches, hooks instead of output_hidden_states
     embedkit-l{K}   the same, stopped after block K (``--also-layer``, default 6): costs about K/12
     embedkit-int8   backend="int8" (dynamic int8 linear layers; approximate, cosine to embedkit reported)
+    embedkit-bf16   backend="bf16" (bf16 linear layers where the CPU has native bf16, else it says so and runs fp32)
+    eager           PyTorch eager fp32 (AutoModel), fed the same length-sorted <= --batch-tokens batches as the peers
+    ort, ort-int8   ONNX Runtime: fp32 graph-optimised, and its dynamic int8 quantisation (benchmarks/peers.py)
+    openvino        OpenVINO fp32; openvino-bf16: its default precision (bf16 where the CPU has it natively)
     st              sentence-transformers: models.Transformer + models.Pooling("mean"), encode(batch_size=32)
     pipeline        transformers pipeline("feature-extraction"), one text per call, mean over tokens
     naive           batches of 32 in input order, padded, output_hidden_states=True, masked mean
 
 Every run times every method once, in a rotated order so none always runs first on a warm cache; ratios to
-sentence-transformers are taken within a run and the median over runs is reported, so a shared, noisy machine
-moves both sides of a ratio together. The slow baselines (pipeline, naive) run ``--baseline-runs`` times only.
+sentence-transformers and to eager are taken within a run and the median over runs is reported, so a shared,
+noisy machine moves both sides of a ratio together. The slow baselines (pipeline, naive) run ``--baseline-runs``
+times only.
 Peak memory is RSS sampled every 5 ms during each call, reported as the rise above the RSS before the call.
 Each method also gets tokens per CPU-second of this process: on a shared machine wall time includes waiting
 for a core, CPU time does not (threads spinning while they wait still count, so it is not a perfect cure).
 
 Checks (exit 1 when one fails): embedkit's rows have cosine >= 0.99999 to sentence-transformers'; int8 rows
-have cosine >= 0.99 to embedkit's.
+have cosine >= 0.99 to embedkit's. Peers and bf16 report min cosine to eager (or to embedkit without eager).
+The runtime peers are the optional extra ``peers`` (pip install -e .[peers]); a missing one is skipped, said so.
 
 Run:  .venv/bin/python benchmarks/throughput.py --model /tmp/gpt2-small [--n 500] [--runs 3]
       [--corpus FILE_OR_DIR] [--text-column text] [--methods embedkit,st,...] [--json results.json]
+      Peers (pip install -e .[peers]):
+      --methods eager,embedkit,embedkit-int8,embedkit-bf16,ort,ort-int8,openvino,openvino-bf16
 Make the model with: .venv/bin/python -m embedkit.testing.checkpoint /tmp/gpt2-small
 """
 
@@ -39,9 +47,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from benchmarks import peers  # noqa: E402
 from benchmarks.corpus import load_fortunes  # noqa: E402
 
-ALL_METHODS = ("embedkit", "embedkit-layer", "embedkit-int8", "st", "pipeline", "naive")
+DEFAULT_METHODS = ("embedkit", "embedkit-layer", "embedkit-int8", "st", "pipeline", "naive")
+ALL_METHODS = DEFAULT_METHODS + ("embedkit-bf16",) + peers.PEERS
 BASELINES = ("pipeline", "naive")
 EXACT_MIN_COSINE = 0.99999
 APPROX_MIN_COSINE = 0.99
@@ -91,6 +101,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """The flags that decide CPU matmul speed per precision (AVX-512, VNNI, AMX, bf16), as /proc/cpuinfo lists them."""
+    from embedkit.extract.bf16 import cpu_flags as flags
+
+    keep = sorted(f for f in flags() if f.startswith(("avx512", "amx", "avx_vnni")) or "bf16" in f or f == "avx2")
+    return " ".join(keep) or "none of avx2/avx512/vnni/amx/bf16"
 
 
 def rss_bytes() -> int:
@@ -148,6 +166,18 @@ def make_methods(args, names: list[str]) -> dict:
     if "embedkit-int8" in names:
         ex_q = Extractor(ExtractConfig(model=args.model, layers=(args.layer,), backend="int8"), **common)
         methods["embedkit-int8"] = (f"embedkit int8 (layer {ex_q.config.layers[0]})", ex_q.embed)
+    if "embedkit-bf16" in names:
+        ex_b = Extractor(ExtractConfig(model=args.model, layers=(args.layer,), backend="bf16"), **common)
+        methods["embedkit-bf16"] = (f"embedkit bf16 (layer {ex_b.config.layers[0]})", ex_b.embed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    for peer in peers.PEERS:
+        if peer not in names:
+            continue
+        if peers.missing(peer):
+            print(f"skipping {peer}: not installed: {', '.join(peers.missing(peer))} (pip install -e .[peers])")
+            continue
+        budget = args.batch_tokens or 1024
+        methods[peer] = peers.make_peer(peer, args.model, tokenizer, budget, args.threads or torch.get_num_threads())
     if "st" in names:
         from sentence_transformers import SentenceTransformer, models
 
@@ -213,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-tokens", type=int, default=None, help="embedkit's token budget [default: the library's]")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every method [default: torch's]")
     ap.add_argument(
-        "--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}"
+        "--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the raw timings here")
     args = ap.parse_args(argv)
@@ -236,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start"
     )
+    print(f"CPU flags: {cpu_flags()}")
 
     methods = make_methods(args, names)
     for _, fn in methods.values():  # warm-up: first-call allocations and lazy imports stay out of the timings
@@ -261,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             memory[name] = max(memory[name], mem.rise_mb)
             vectors[name] = np.asarray(out, dtype=np.float32)
             print(
-                f"  run {run + 1}: {methods[name][0]:<34} {tokens / seconds:8.1f} tokens/s "
+                f"  run {run + 1}: {methods[name][0]:<44} {tokens / seconds:8.1f} tokens/s "
                 f"({tokens / cpu_seconds:.1f} per CPU-second)",
                 flush=True,
             )
@@ -281,17 +312,23 @@ def main(argv: list[str] | None = None) -> int:
         cosine_notes["embedkit-int8"] = f"min cos to fp32 {cos.min():.4f} (mean {cos.mean():.4f})"
         if cos.min() < APPROX_MIN_COSINE:
             failures.append(f"int8 vs fp32: min cosine {cos.min():.4f} < {APPROX_MIN_COSINE}")
+    reference = "eager" if "eager" in vectors else "embedkit"
+    for name in ("embedkit", "embedkit-int8", "embedkit-bf16") + peers.PEERS:
+        if name in vectors and reference in vectors and name != reference:
+            cos = row_cosines(vectors[name], vectors[reference])
+            note = f"min cos to {reference} {cos.min():.6f} (mean {cos.mean():.6f})"
+            cosine_notes[name] = "; ".join(filter(None, (cosine_notes.get(name), note)))
 
-    def ratio_to_st(name: str, table: dict[str, list[float]]) -> str:
-        if "st" not in table or name == "st":
-            return "1.00x" if name == "st" else "-"
-        pairs = [st / own for st, own in zip(table["st"], table[name])]  # same run, same machine state
+    def ratio_to_st(name: str, table: dict[str, list[float]], ref: str = "st") -> str:
+        if ref not in table or name == ref:
+            return "1.00x" if name == ref else "-"
+        pairs = [st / own for st, own in zip(table[ref], table[name])]  # same run, same machine state
         return f"{np.median(pairs):.2f}x"
 
     print(f"\nload average {os.getloadavg()[0]:.1f} at end; medians over runs (n runs in brackets)\n")
     header = (
-        f"| {'method':<36} | {'tokens/s':>9} | {'texts/s':>8} | {'peak RSS +MB':>12} | {'vs st':>6} "
-        f"| {'tokens/CPU-s':>12} | {'vs st (CPU)':>11} | check"
+        f"| {'method':<44} | {'tokens/s':>9} | {'texts/s':>8} | {'peak RSS +MB':>12} | {'vs st':>6} "
+        f"| {'tokens/CPU-s':>12} | {'vs st (CPU)':>11} | {'vs eager':>8} | check"
     )
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:]))
@@ -309,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_rise_mb": memory[name],
             "vs_st": ratio_to_st(name, timings),
             "vs_st_cpu": ratio_to_st(name, cpu_timings),
+            "vs_eager": ratio_to_st(name, timings, "eager"),
             "check": cosine_notes.get(name, ""),
         }
         print(
-            f"| {label + f' [{len(timings[name])}]':<36} | {tokens / median:9.1f} | {len(texts) / median:8.2f} | "
+            f"| {label + f' [{len(timings[name])}]':<44} | {tokens / median:9.1f} | {len(texts) / median:8.2f} | "
             f"{memory[name]:12.0f} | {ratio_to_st(name, timings):>6} | {tokens / cpu_median:12.1f} | "
-            f"{ratio_to_st(name, cpu_timings):>11} | {cosine_notes.get(name, '')}"
+            f"{ratio_to_st(name, cpu_timings):>11} | {ratio_to_st(name, timings, 'eager'):>8} | "
+            f"{cosine_notes.get(name, '')}"
         )
     if args.json:
         args.json.write_text(

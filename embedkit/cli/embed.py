@@ -180,7 +180,8 @@ def make_config(
     default="torch",
     show_default=True,
     help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, "
-    "approximate (cosine >= 0.99 to torch); recorded in the metadata.",
+    "approximate (cosine >= 0.99 to torch). bf16: bfloat16 linear layers on CPUs with native bf16, "
+    "fp32 elsewhere (said so). Recorded in the metadata.",
 )
 @vector_options
 @input_options

@@ -276,4 +276,9 @@ def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
             raise ConfigError("backend 'int8' runs on CPU only; use --device cpu, or backend 'torch' on CUDA")
         model = quantize_int8(model)
         _kernels[model] = _Kernels(settled=True)  # its linear layers are int8 kernels already
+    # --- hook: backend "bf16" (#21), all of it in bf16.py; it keeps fp32 (and the kernel choice) without native bf16
+    if backend == "bf16":
+        from .bf16 import to_bf16
+
+        model = to_bf16(model, device)
     return model
