@@ -44,13 +44,13 @@ from . import kernel_choice
 log = logging.getLogger(__name__)
 
 # Jobs (in tokens, the model's running total included) below this run the default kernels, unpacked. Packing
-# GPT-2 small's 48 projections for oneDNN costs ~0.3-0.5 s of CPU (2-core dev machine), about what oneDNN saves on
-# 1,000 tokens where it is fastest (2x): a one-query search never packs, a file of any size packs before its
+# GPT-2 small's 48 projections for oneDNN costs ~0.5 s of CPU (2-core dev machine), about what oneDNN saves on
+# 1,000 tokens where it is fastest (2x): a one-query search never packs, a larger file packs before its
 # first batch, a server packs once its requests add up to this many tokens.
 PACK_AFTER_TOKENS = 1024
 # Jobs of at most this many tokens (a search query, a short request) run on one CPU thread. Their matrix products
 # are too small to split, and each of a forward pass's ~150 ops then waits for every thread of the pool: on the
-# busy 2-core dev machine (load 15) an 8-token GPT-2-small forward took 3.4 s on 2 threads and 0.34 s on one;
+# busy 2-core dev machine (load 17) an 8-token GPT-2-small forward took 3.4 s on 2 threads and 0.34 s on one;
 # on an idle many-core machine one thread costs such a job a few tens of milliseconds at most.
 ONE_THREAD_TOKENS = 32
 
