@@ -9,7 +9,9 @@ to any of the rest lands once for both.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -180,9 +182,12 @@ def build_table(
 
 def _to_arrow(values: list, name: str, texts: bool = False) -> pa.Array:
     """A passed-through column as Arrow. ``texts``: the text column, whose bad rows the status column reports
-    already (repaired, not_string), so it is converted without a warning and its strings stay as they are."""
+    already (repaired, not_string, null), so it is converted without a warning and is always a string column
+    (its strings as they are, other values as JSON text, NaN as null): parts of one output must agree on it."""
+    if texts:
+        values = [_as_text(v) for v in values]
     try:
-        return pa.array(values)
+        return pa.array(values, type=pa.string()) if texts else pa.array(values)
     except UnicodeEncodeError:
         # Readers decode with surrogateescape, so invalid UTF-8 in an id or --keep column arrives as lone
         # surrogates, which Parquet strings cannot hold: stored with U+FFFD, like a repaired text.
@@ -190,24 +195,19 @@ def _to_arrow(values: list, name: str, texts: bool = False) -> pa.Array:
             log.warning("column %r holds invalid UTF-8; stored with U+FFFD in its place", name)
         return _to_arrow(_repaired_values(values), name, texts)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text (the text column's
-        # strings as they are: a reader shows them). Converted again: a JSON string may hold lone surrogates.
-        import json
+        # Mixed JSON types in one column (e.g. 3 and "3"): keep every value, as JSON text. Converted again: a
+        # JSON string may hold lone surrogates.
+        log.warning("column %r mixes value types; passing it through as JSON text", name)
+        return _to_arrow([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values], name)
 
-        if not texts:
-            log.warning("column %r mixes value types; passing it through as JSON text", name)
-        return _to_arrow(
-            [
-                None
-                if v is None
-                else v
-                if texts and isinstance(v, str)
-                else json.dumps(v, ensure_ascii=False, default=str)
-                for v in values
-            ],
-            name,
-            texts,
-        )
+
+def _as_text(value: object) -> str | None:
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _valid_utf8(values: pa.Array, name: str) -> pa.Array:
