@@ -6,7 +6,9 @@ Phases (every run, in this order, one process for the load generator and one for
     c=1/8/32    POST /v1/embeddings, one text per request, C requests in flight (async httpx), every text once
     search      (with --search-model) POST /v1/search by text, one query per request, concurrency 1, on an
                 index of fortunes embedded with that model (real weights: the latency a user sees)
-    soak        (with --soak N) N search requests at concurrency 32: errors counted, server RSS before/after
+    soak        (with --soak N) N search requests at concurrency 32: errors counted; the server's RSS and
+                private memory (RssAnon) read every --soak-every requests, and reported after --soak-warmup
+                requests and at the end (the curve's shape tells a warm-up plateau from a leak)
 
 Reported per phase: p50/p99 latency, requests/s, embeddings/s, and for c=32 the ratio to offline embeddings/s
 (within the run; the median over runs is printed). The server's RSS is read from /proc at start and end.
@@ -39,6 +41,7 @@ from benchmarks.corpus import load_fortunes  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 REQUEST_TIMEOUT = 60.0
+START_TIMEOUT = 600.0  # loading torch and a model took 150-175 s at load average 20 on 2 shared cores
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -97,13 +100,13 @@ class Server:
             ],
             env=env,
         )
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("server did not start within 180 s")
+                raise RuntimeError(f"server did not start within {START_TIMEOUT:.0f} s")
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     break
@@ -125,8 +128,12 @@ class Server:
             self.proc.wait()
 
 
-async def load(url: str, path: str, bodies: list[dict], concurrency: int) -> dict:
-    """Send every body once with ``concurrency`` requests in flight; latency of each, errors counted."""
+async def load(url: str, path: str, bodies: list[dict], concurrency: int, every: int = 0, on_progress=None) -> dict:
+    """Send every body once with ``concurrency`` requests in flight; latency of each, errors counted.
+
+    With ``every`` and ``on_progress``, ``on_progress(done)`` is called each time another ``every`` requests
+    have been answered (the soak reads the server's memory there, without pausing the load).
+    """
     import httpx
 
     latencies: list[float] = []
@@ -145,6 +152,8 @@ async def load(url: str, path: str, bodies: list[dict], concurrency: int) -> dic
                 except httpx.HTTPError as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 latencies.append(time.perf_counter() - started)
+                if every and on_progress is not None and len(latencies) % every == 0:
+                    on_progress(len(latencies))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -191,7 +200,16 @@ def build_search_index(model: str, texts: list[str], workdir: Path) -> Path:
 
 
 def run_once(args, texts: list[str], extractor, queries: list[str]) -> dict:
-    result: dict = {"offline": offline(extractor, texts)}
+    result: dict = {}
+    if args.concurrency:  # with --concurrency "" only the search phases run
+        embedding_phases(args, texts, extractor, result)
+    if args.search_model:
+        search_phases(args, queries, result)
+    return result
+
+
+def embedding_phases(args, texts: list[str], extractor, result: dict) -> None:
+    result["offline"] = offline(extractor, texts)
     server = Server(["--model", args.model], args.threads)
     try:
         result["rss_start_mb"], result["anon_start_mb"] = server.rss(), server.anon()
@@ -215,21 +233,28 @@ def run_once(args, texts: list[str], extractor, queries: list[str]) -> dict:
         result["rss_end_mb"], result["anon_end_mb"] = server.rss(), server.anon()
     finally:
         server.stop()
-    if args.search_model:
-        index_dir = build_search_index(args.search_model, args.search_texts, Path(args.workdir))
-        server = Server(["--index", str(index_dir)], args.threads)
-        try:
-            bodies = [{"query": q, "k": 10} for q in queries]
-            asyncio.run(load(server.url, "/v1/search", bodies[:10], 1))  # warm up
-            result["search"] = asyncio.run(load(server.url, "/v1/search", bodies, 1))
-            if args.soak:
-                result["soak_rss_start_mb"], result["soak_anon_start_mb"] = server.rss(), server.anon()
-                soak = [bodies[i % len(bodies)] for i in range(args.soak)]
-                result["soak"] = asyncio.run(load(server.url, "/v1/search", soak, 32))
-                result["soak_rss_end_mb"], result["soak_anon_end_mb"] = server.rss(), server.anon()
-        finally:
-            server.stop()
-    return result
+
+
+def search_phases(args, queries: list[str], result: dict) -> None:
+    index_dir = build_search_index(args.search_model, args.search_texts, Path(args.workdir))
+    server = Server(["--index", str(index_dir)], args.threads)
+    try:
+        bodies = [{"query": q, "k": 10} for q in queries]
+        asyncio.run(load(server.url, "/v1/search", bodies[:10], 1))  # warm up
+        result["search"] = asyncio.run(load(server.url, "/v1/search", bodies, 1))
+        if args.soak:
+            result["soak_rss_start_mb"], result["soak_anon_start_mb"] = server.rss(), server.anon()
+            soak = [bodies[i % len(bodies)] for i in range(args.soak)]
+            curve: list[tuple[int, float, float]] = [(0, result["soak_rss_start_mb"], result["soak_anon_start_mb"])]
+
+            def sample(done: int) -> None:
+                curve.append((done, server.rss(), server.anon()))
+
+            result["soak"] = asyncio.run(load(server.url, "/v1/search", soak, 32, args.soak_every, sample))
+            result["soak_rss_end_mb"], result["soak_anon_end_mb"] = server.rss(), server.anon()
+            result["soak_curve"] = curve
+    finally:
+        server.stop()
 
 
 def _joined(rows: list[dict], key: str, digits: int) -> str:
@@ -242,27 +267,29 @@ def report(runs: list[dict], args) -> None:
         return statistics.median(values)
 
     print(f"\n{len(runs)} run(s); {args.n} texts; model {args.model}")
-    off = [r["offline"]["embeddings_per_s"] for r in runs]
-    print(f"offline embed: {med(off):.1f} embeddings/s (runs: {', '.join(f'{v:.1f}' for v in off)})")
-    for c in args.concurrency:
-        rows = [r[f"c{c}"] for r in runs]
+    if "offline" in runs[0]:  # the embedding phases ran
+        off = [r["offline"]["embeddings_per_s"] for r in runs]
+        print(f"offline embed: {med(off):.1f} embeddings/s (runs: {', '.join(f'{v:.1f}' for v in off)})")
+        for c in args.concurrency:
+            rows = [r[f"c{c}"] for r in runs]
+            print(
+                f"c={c:<3} p50 {med([x['p50_ms'] for x in rows]):7.1f} ms"
+                f"  p99 {med([x['p99_ms'] for x in rows]):7.1f} ms"
+                f"  {med([x['requests_per_s'] for x in rows]):6.1f} req/s = emb/s"
+                f"  vs offline {med([x['vs_offline'] for x in rows]):.2f}x (runs: "
+                f"{_joined(rows, 'vs_offline', 2)})  errors {sum(x['errors'] for x in rows)}"
+            )
+            print(
+                f"      per CPU-second: {med([x['embeddings_per_cpu_s'] for x in rows]):.1f} emb/CPU-s vs offline "
+                f"{med([r['offline']['embeddings_per_cpu_s'] for r in runs]):.1f}: "
+                f"{med([x['vs_offline_cpu'] for x in rows]):.2f}x (runs: "
+                f"{_joined(rows, 'vs_offline_cpu', 2)})"
+            )
         print(
-            f"c={c:<3} p50 {med([x['p50_ms'] for x in rows]):7.1f} ms  p99 {med([x['p99_ms'] for x in rows]):7.1f} ms"
-            f"  {med([x['requests_per_s'] for x in rows]):6.1f} req/s = emb/s"
-            f"  vs offline {med([x['vs_offline'] for x in rows]):.2f}x (runs: "
-            f"{_joined(rows, 'vs_offline', 2)})  errors {sum(x['errors'] for x in rows)}"
+            f"server RSS: start {med([r['rss_start_mb'] for r in runs]):.0f} MB, "
+            f"end {med([r['rss_end_mb'] for r in runs]):.0f} MB; private (RssAnon) start "
+            f"{med([r['anon_start_mb'] for r in runs]):.0f} MB, end {med([r['anon_end_mb'] for r in runs]):.0f} MB"
         )
-        print(
-            f"      per CPU-second: {med([x['embeddings_per_cpu_s'] for x in rows]):.1f} emb/CPU-s vs offline "
-            f"{med([r['offline']['embeddings_per_cpu_s'] for r in runs]):.1f}: "
-            f"{med([x['vs_offline_cpu'] for x in rows]):.2f}x (runs: "
-            f"{_joined(rows, 'vs_offline_cpu', 2)})"
-        )
-    print(
-        f"server RSS: start {med([r['rss_start_mb'] for r in runs]):.0f} MB, "
-        f"end {med([r['rss_end_mb'] for r in runs]):.0f} MB; private (RssAnon) start "
-        f"{med([r['anon_start_mb'] for r in runs]):.0f} MB, end {med([r['anon_end_mb'] for r in runs]):.0f} MB"
-    )
     if "search" in runs[0]:
         rows = [r["search"] for r in runs]
         print(
@@ -282,6 +309,19 @@ def report(runs: list[dict], args) -> None:
             )
             if s["first_errors"]:
                 print("  first errors:", s["first_errors"])
+            curve = r["soak_curve"]
+            print("  requests:   " + " ".join(f"{n:>6}" for n, _, _ in curve))
+            print("  RSS MB:     " + " ".join(f"{rss:>6.0f}" for _, rss, _ in curve))
+            print("  private MB: " + " ".join(f"{anon:>6.0f}" for _, _, anon in curve))
+            warm = [row for row in curve if row[0] >= args.soak_warmup]
+            if warm and args.soak_warmup:
+                done, rss, anon = warm[0]
+                tail = [a for n, _, a in curve if n >= done] + [r["soak_anon_end_mb"]]
+                print(
+                    f"  after a {done:,}-request warm-up: RSS {rss:.0f} -> {r['soak_rss_end_mb']:.0f} MB "
+                    f"({r['soak_rss_end_mb'] - rss:+.0f} MB), private {anon:.0f} -> {r['soak_anon_end_mb']:.0f} MB "
+                    f"({r['soak_anon_end_mb'] - anon:+.0f} MB; range {min(tail):.0f}-{max(tail):.0f} MB)"
+                )
 
 
 def main() -> int:
@@ -294,6 +334,10 @@ def main() -> int:
     parser.add_argument("--search-model", default=None, help="model with real weights for the search phase")
     parser.add_argument("--search-rows", type=int, default=2000, help="fortunes in the search index")
     parser.add_argument("--soak", type=int, default=0, help="search requests in the soak phase (last run only)")
+    parser.add_argument("--soak-every", type=int, default=1000, help="read the server's memory every N soak requests")
+    parser.add_argument(
+        "--soak-warmup", type=int, default=2000, help="soak requests before memory is expected to stay flat"
+    )
     parser.add_argument("--workdir", default="/tmp/embedkit-serve-bench", help="where the search index is cached")
     parser.add_argument("--json", default=None, help="write every run's figures here")
     args = parser.parse_args()
@@ -309,8 +353,10 @@ def main() -> int:
     pool = load_fortunes(args.search_rows + 200, seed=1)
     args.search_texts = [t for t, _ in pool[: args.search_rows]]
     queries = [t.split("\n")[0][:200] for t, _ in pool[args.search_rows :]]  # unseen fortunes' first lines
-    extractor = Extractor(ExtractConfig(model=args.model, layers=(-1,), pooling=("mean",)), device="cpu")
-    extractor.embed(texts[:8])  # warm up
+    extractor = None
+    if args.concurrency:
+        extractor = Extractor(ExtractConfig(model=args.model, layers=(-1,), pooling=("mean",)), device="cpu")
+        extractor.embed(texts[:8])  # warm up
     runs = []
     soak = args.soak
     for i in range(args.runs):

@@ -509,7 +509,8 @@ def test_sigterm_finishes_the_request_in_flight(artefacts):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        # Loading torch and the model in a fresh process took 150-175 s at load average 20 on 2 shared cores.
+        deadline = time.monotonic() + 300
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "server did not start"
@@ -569,3 +570,15 @@ def test_web_page_searches_and_labels_in_a_real_browser(server, artefacts):
             assert " ms" in page.inner_text("#label-latency")
         finally:
             browser.close()
+
+
+def test_onednn_primitive_caches_are_bounded_unless_the_user_set_them(monkeypatch):
+    # oneDNN compiles a primitive per input shape and caches 1,024 of them by default: a server's batches of
+    # every token count grew its private memory for thousands of requests (benchmarks/RESULTS.md, Serving).
+    from embedkit.serve import server
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "300")
+    server._bound_onednn_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == server.ONEDNN_CACHE_ENTRIES
+    assert os.environ["LRU_CACHE_CAPACITY"] == "300"  # the user's own setting wins

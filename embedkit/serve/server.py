@@ -4,6 +4,7 @@ clean error at start, not a server that answers 500s."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 from .app import create_app
@@ -56,6 +57,19 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         log.debug("mallopt is not available here (not glibc); malloc arenas left as they are")
 
 
+# Entries each of oneDNN's two primitive caches keeps (oneDNN's own and PyTorch's ideep layer; 1,024 each by
+# default). A primitive is compiled for one input shape, and a server's batches come in hundreds of token
+# counts, so the default caches kept growing private memory for thousands of requests (+255 MB of live heap
+# after 4,000 soak requests, still climbing; flat at 16 entries). A variable already set wins.
+ONEDNN_CACHE_ENTRIES = "16"
+
+
+def _bound_onednn_caches(entries: str = ONEDNN_CACHE_ENTRIES) -> None:
+    """Cap oneDNN's primitive caches; read when the first primitive is made, so set before the model loads."""
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, entries)
+
+
 def serve(
     settings: ServeSettings, *, log_level: str = "warning", sock: socket.socket | None = None, on_ready=None
 ) -> None:
@@ -66,6 +80,7 @@ def serve(
         on_ready: called with the Services once loaded, before serving (the CLI prints what is served).
     """
     _limit_malloc_arenas()
+    _bound_onednn_caches()
     app, services = build(settings)
     if on_ready is not None:
         on_ready(services)
