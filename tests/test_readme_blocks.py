@@ -88,6 +88,10 @@ def test_the_blocks_are_found_and_few_are_skipped():
     # Skips are for what cannot run offline: installing, downloading, choosing the model the test chooses.
     assert len(skipped) <= 3, [f"{b.where()}: {b.skip}" for b in skipped]
     assert ran[0].code.startswith("embedkit samples ."), "the quick start must begin by writing its sample files"
+    # A model named in a block would override $EMBEDKIT_MODEL, which the error messages tell users to set.
+    for block in ran:
+        code = "\n".join(line.split("#", 1)[0] for line in block.code.splitlines())
+        assert "model=" not in code and "--model" not in code, f"{block.where()} names a model"
 
 
 # ---------------------------------------------------------------------------------------------- the fork server
@@ -102,9 +106,15 @@ from embedkit.extract import Extractor
 server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 server.bind(sys.argv[1])
 server.listen(8)
+server.settimeout(2)
+parent = os.getppid()
 print("ready", flush=True)
-while True:
-    conn, _ = server.accept()
+while os.getppid() == parent:  # a killed pytest must not leave the server behind
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        continue
+    conn.settimeout(None)
     message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
     request = json.loads(message)
     sys.stdout.flush()
