@@ -1,4 +1,5 @@
-"""Every script in examples/ runs (with the tiny GPT-2 standing in for the real model)."""
+"""Every script in examples/ runs (with the tiny GPT-2 standing in for the real model) and leaves the current
+directory alone."""
 
 from __future__ import annotations
 
@@ -24,3 +25,6 @@ def test_example_runs(script, tiny_gpt2_shared, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "an example should show what it did"
+    # Examples write into their own temporary directory: run from a user's directory, they must never create or
+    # replace a file there (build_and_search.py once overwrote ./docs.csv).
+    assert not list(tmp_path.iterdir()), f"{script.name} wrote into the current directory"

@@ -229,6 +229,7 @@ from . import embed as _embed  # noqa: E402, F401  (commands register themselves
 from . import index as _index  # noqa: E402, F401
 from . import pipeline as _pipeline  # noqa: E402, F401
 from . import probe as _probe  # noqa: E402, F401
+from . import samples as _samples  # noqa: E402, F401
 from . import serve as _serve  # noqa: E402, F401
 
 __all__ = ["cli", "input_options", "quiet_libraries", "runtime_options", "split_commas", "wait_option"]
