@@ -285,8 +285,8 @@ def dedup_file(
     threshold = check_options(threshold, keep_rule, search)
     feats = open_features(features)
     column = feats.embedding_column(column)
-    if text_column is None and "text" in feats.schema.names:
-        text_column = "text"
+    if text_column is None:
+        text_column = feats.text_column
     if text_column is not None:
         feats.require_columns([text_column])
         kind = feats.schema.field(text_column).type

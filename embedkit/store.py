@@ -115,6 +115,28 @@ class Features:
             and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
         ]
 
+    def input_columns(self) -> dict[str, str | None]:
+        """The text and id column names of the input the features were embedded from (None where not recorded)."""
+        recorded = self.meta.get("columns")
+        if not isinstance(recorded, dict):  # older files: "columns" is the list of embedding columns
+            return {"text": None, "id": None}
+        return {
+            key: value if isinstance(value, str) and value else None
+            for key, value in (("text", recorded.get("text")), ("id", recorded.get("id")))
+        }
+
+    @property
+    def text_column(self) -> str | None:
+        """The column holding each row's text: the recorded text column when it was kept, else ``text``, else None.
+
+        Every stage that shows or compares texts (index hits, cluster examples, dedup) starts from this, so a
+        dataset embedded with ``--text-column body`` needs the flag once, at embed time.
+        """
+        for name in (self.input_columns()["text"], "text"):
+            if name and name in self.schema.names and name in self.text_columns:
+                return name
+        return None
+
     def vector_encoding(self, column: str) -> dict[str, Any] | None:
         """How ``column`` is stored beyond its Arrow type (the int8 scale); None for float columns."""
         entries = self.meta.get(vectors.META_KEY)

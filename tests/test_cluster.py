@@ -403,7 +403,7 @@ def test_output_with_a_trailing_slash_is_named_once(features_file, tmp_path):
         ("embedkit.cluster.cluster_file", ["cluster", "{f}", "-o", "{o}"], "embedkit cluster`: the reduced vectors"),
         ("embedkit.classify.train", ["train", "{f}", "-y", "label", "-o", "{o}"], "embedkit train`: the vectors"),
         ("embedkit.index.build_index", ["index", "build", "{f}", "-o", "{o}"], "embedkit index`: lower --memory"),
-        ("embedkit.embed.embed_file", ["embed", "{f}", "-o", "{o}.parquet"], "embedkit embed`: lower --batch-tokens"),
+        ("embedkit.embed.embed", ["embed", "{f}", "-o", "{o}.parquet"], "embedkit embed`: lower --batch-tokens"),
     ],
 )
 def test_out_of_memory_names_the_command_that_ran(features_file, tmp_path, monkeypatch, target, args, hint):

@@ -66,8 +66,8 @@ def cluster_file(
     started = time.perf_counter()
     source = open_features(features)
     column = source.embedding_column(column)
-    if text_column is None and "text" in source.schema.names:
-        text_column = "text"
+    if text_column is None:
+        text_column = source.text_column
     keep = list(dict.fromkeys(keep))
     extra = [c for c in dict.fromkeys([*keep, *(c for c in (label_column, text_column) if c)]) if c != "id"]
     source.require_columns(extra)

@@ -20,7 +20,7 @@ from .files import ARTEFACT_KIND, INDEX_FORMAT, META_FILE, _named, _now, _write_
 from .plan import DEFAULT_MEMORY, METRICS, _train_rows, human_bytes, plan_index
 from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, _Copies, tune
 from .rows import BATCH_ROWS, _check_ids, _column_dim, _draw_samples, _progress, _skipped_lines, _usable_batches
-from .settings import choose_store, input_columns, store_note
+from .settings import choose_store, store_note
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def build_index(
             "column": column,
             "stored_columns": store,
             "text_column": text_column,
-            "input_columns": input_columns(feats),
+            "input_columns": feats.input_columns(),
             "params": params,
             "config": col_config.to_dict(),
             "model": feats.meta.get("model", {}),

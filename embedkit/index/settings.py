@@ -15,27 +15,6 @@ from ..errors import ConfigError, InputError
 from ..store import Features
 
 
-def input_columns(features: Features) -> dict[str, str | None]:
-    """The text and id column names of the input the features were embedded from (None where not recorded)."""
-    recorded = features.meta.get("columns")
-    if not isinstance(recorded, dict):  # older files: "columns" is the list of embedding columns
-        return {"text": None, "id": None}
-    return {
-        key: value if isinstance(value, str) and value else None
-        for key, value in (("text", recorded.get("text")), ("id", recorded.get("id")))
-    }
-
-
-def text_column_of(features: Features) -> str | None:
-    """The column of the features file holding the text: the recorded text column when kept, else ``text``."""
-    names = features.schema.names
-    recorded = input_columns(features)["text"]
-    for name in (recorded, "text"):
-        if name and name in names and name in features.text_columns:
-            return name
-    return None
-
-
 def choose_store(features: Features, store: Sequence[str] | None, store_text: bool) -> tuple[list[str], str | None]:
     """Columns kept beside the ids: the text column (unless ``store_text`` is off), then ``store``.
 
@@ -46,7 +25,7 @@ def choose_store(features: Features, store: Sequence[str] | None, store_text: bo
         raise ConfigError(f"--store names a column twice: {', '.join(extra)}")
     if "id" in extra:
         raise ConfigError("--store id: the id is always stored; name other columns")
-    text = text_column_of(features) if store_text else None
+    text = features.text_column if store_text else None
     columns = ([text] if text else []) + [c for c in extra if c != text]
     features.require_columns(columns)
     if text is None and store_text and extra:
