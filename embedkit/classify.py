@@ -214,6 +214,13 @@ def search_logreg(X: np.ndarray, y: np.ndarray, options: ClassifierOptions, *, s
     }
 
 
+def settled(options: ClassifierOptions, search: dict[str, Any] | None) -> ClassifierOptions:
+    """``options`` with the settings a search chose fixed, so a later fit repeats them instead of searching."""
+    if search is None:
+        return options
+    return replace(options, C=search["chosen_C"], standardize=search["chosen_standardize"])
+
+
 def fit_classifier(
     X: np.ndarray, y: np.ndarray, classifier: str, options: ClassifierOptions, *, seed: int = 0
 ) -> tuple[Any, dict[str, Any] | None]:
@@ -229,7 +236,7 @@ def fit_classifier(
         options = replace(options, C=DEFAULT_C, standardize=options.standardize is not False)
     elif options.searches(classifier):
         search = search_logreg(X, y, options, seed=seed)
-        options = replace(options, C=search["chosen_C"], standardize=search["chosen_standardize"])
+        options = settled(options, search)
     estimator = build_classifier(classifier, options, seed=seed, min_class_rows=_min_count(y)).fit(X, y)
     return estimator, search
 
@@ -527,6 +534,16 @@ def chosen_note(m: dict[str, Any]) -> str:
     return f"alpha {m['chosen_alpha']:g}, chosen by leave-one-out" if "chosen_alpha" in m else ""
 
 
+def fitted_on(m: dict[str, Any]) -> str:
+    """Which rows the saved model was fitted on, as a phrase for the summary and ``embedkit info``."""
+    ev = m["evaluation"]
+    if ev["mode"] != "holdout":
+        return f"fitted on all {m['fit_rows']} rows"
+    if m.get("refit_on_all_rows"):
+        return f"fitted on all {m['fit_rows']} rows after the hold-out evaluation"
+    return f"fitted on the {m['fit_rows']} training rows only: the evaluated fit (--no-refit)"
+
+
 @dataclass
 class TrainResult:
     """What ``train`` did: where the model went and the metrics written to ``metrics.json``."""
@@ -567,7 +584,7 @@ class TrainResult:
             lines.extend(format_groups(m["groups"]).splitlines())
         elif m.get("group_column"):
             lines.append(f"per group of {m['group_column']!r}: nothing was evaluated (--test-size 0 without --cv)")
-        lines.append(f"model -> {self.model_dir} (fitted on {m['fit_rows']} rows)")
+        lines.append(f"model -> {self.model_dir} ({fitted_on(m)})")
         return lines
 
 
@@ -622,16 +639,17 @@ def train(
     cv: int | None = None,
     test_size: float = DEFAULT_TEST_SIZE,
     seed: int = 0,
-    refit: bool = False,
+    refit: bool = True,
     overwrite: bool = False,
     wait: bool = False,
     group_column: str | None = None,
 ) -> TrainResult:
     """Fit a classifier on a features file, evaluate it, and write a model directory.
 
-    Evaluation is a stratified hold-out of ``test_size`` (the saved model is the one evaluated, fitted on the
-    rest; ``refit`` fits it again on every row after evaluating), or with ``cv`` a stratified K-fold
-    cross-validation whose out-of-fold predictions give the metrics (the saved model is fitted on every row).
+    Evaluation is a stratified hold-out of ``test_size``: the model is fitted on the rest and scored on it, then
+    (``refit``, the default) fitted again on every row with the settings the training rows chose, so the saved
+    model has seen all the data; ``refit=False`` saves the evaluated fit itself. With ``cv``, a stratified K-fold
+    cross-validation's out-of-fold predictions give the metrics (the saved model is fitted on every row).
     ``test_size`` 0 without ``cv`` fits on every row and evaluates nothing. With ``group_column``, the evaluated rows'
     accuracy and error rates are also reported per group of that column (``metrics["groups"]``).
 
@@ -702,6 +720,7 @@ def _fit_and_evaluate(
     fold = np.full(len(data.y), -1, dtype=np.int32)
     evaluation: dict[str, Any]
     search: dict[str, Any] | None = None
+    fit_options = options
     if cv:
         eval_pred, fold = cross_validate(data.X, data.y, classifier, options, cv=cv, seed=seed)
         fold_accuracy = [float(np.mean(eval_pred[fold == k] == data.y[fold == k])) for k in range(cv)]
@@ -716,13 +735,17 @@ def _fit_and_evaluate(
         evaluated = np.sort(te)
         evaluation = {"mode": "holdout", "test_size": test_size, "n_train": len(tr), "n_test": len(te)}
         fit_rows = np.arange(len(data.y)) if refit else tr
+        # The refit reuses what the training rows chose (C, scaling): the hold-out score then describes the saved
+        # settings, and the search (the costly part) runs once.
+        fit_options = settled(options, search)
     else:
         evaluated = np.array([], dtype=np.int64)
         evaluation = {"mode": "none"}
         fit_rows = np.arange(len(data.y))
     if cv or test_size == 0 or refit:
         _check_knn(options, classifier, len(fit_rows))
-        estimator, search = fit_classifier(data.X[fit_rows], data.y[fit_rows], classifier, options, seed=seed)
+        estimator, refit_search = fit_classifier(data.X[fit_rows], data.y[fit_rows], classifier, fit_options, seed=seed)
+        search = refit_search or search
     seconds = time.perf_counter() - started
 
     metrics: dict[str, Any] = {
@@ -740,7 +763,7 @@ def _fit_and_evaluate(
         "class_counts": {str(c): n for c, n in counts.items()},
         "evaluation": evaluation,
         "fit_rows": int(len(fit_rows)),
-        "refit_on_all_rows": bool(refit or cv or test_size == 0),
+        "refit_on_all_rows": bool(refit and evaluation["mode"] == "holdout"),
         "seconds": round(seconds, 3),
     }
     if search is not None:  # the search that chose the saved model's settings; --C fixes them
@@ -947,7 +970,9 @@ def model_info_lines(info: dict[str, Any]) -> list[str]:
     if ev.get("mode") in ("cv", "holdout") and "accuracy" in m:
         lines.append(f"evaluated {ev['mode']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
     else:
-        lines.append("evaluated not evaluated (fitted on every row)")
+        lines.append("evaluated not evaluated")
+    if ev and "fit_rows" in m:
+        lines.append(f"saved     {fitted_on(m)}")
     if m.get("groups"):
         from .audit.groups import format_groups  # the audit package loads torch: only when there are groups
 

@@ -57,7 +57,10 @@ def test_train_cli_writes_a_complete_model_dir(features, tmp_path):
         EVAL_PREDICTIONS,
     }
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["evaluation"]["mode"] == "holdout" and metrics["fit_rows"] == 48
+    # refit by default: evaluated on the 12 held-out rows, then the saved model fitted on all 60, and it says so
+    assert metrics["evaluation"]["mode"] == "holdout" and metrics["evaluation"]["n_train"] == 48
+    assert metrics["fit_rows"] == 60 and metrics["refit_on_all_rows"] is True
+    assert "fitted on all 60 rows after the hold-out evaluation" in result.output
     assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) == {"a", "b", "c"}
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 12
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,9 +86,12 @@ def test_every_classifier_trains_saves_and_loads(features, tmp_path, name):
     assert evaluated.num_rows == result.metrics["evaluation"]["n_test"]
 
 
-def test_model_round_trip_predicts_like_the_fitted_estimator(model_dir, features):
+def test_model_round_trip_predicts_like_the_fitted_estimator(features, tmp_path):
     from embedkit.store import open_features
 
+    model_dir = tmp_path / "held-out-fit"
+    result = train(features, "label", model_dir, seed=1, refit=False)
+    assert result.metrics["fit_rows"] == 48 and "training rows only" in result.summary_lines()[-1]
     X, table, _ = open_features(features).load(extra=["label"])
     model = load_model(model_dir)
     labels, proba = model.predict_vectors(X)
@@ -94,6 +100,18 @@ def test_model_round_trip_predicts_like_the_fitted_estimator(model_dir, features
     evaluated = pq.read_table(model_dir / EVAL_PREDICTIONS).to_pylist()
     by_id = dict(zip(table.column("id").to_pylist(), labels))
     assert all(by_id[row["id"]] == row["predicted"] for row in evaluated)  # the saved model is the evaluated one
+
+
+def test_refit_reuses_the_settings_the_training_rows_chose(features, tmp_path):
+    refit = train(features, "label", tmp_path / "refit", seed=1).metrics
+    held = train(features, "label", tmp_path / "held", seed=1, refit=False).metrics
+    assert refit["accuracy"] == held["accuracy"]  # one evaluation, one search (on the 48 training rows)
+    assert refit["search"]["rows"] == 48 and refit["search"]["cv_accuracy"] == held["search"]["cv_accuracy"]
+    assert load_model(tmp_path / "refit").estimator[-1].C == refit["search"]["chosen_C"]
+    assert refit["fit_rows"] == 60 and held["fit_rows"] == 48 and not held["refit_on_all_rows"]
+    result = run("train", features, "-y", "label", "-o", tmp_path / "cli", "--no-refit")
+    assert result.exit_code == 0 and "48 training rows only" in result.output
+    assert "saved     fitted on the 48 training rows only" in run("info", tmp_path / "cli").output
 
 
 def test_cv_reports_folds_and_fits_on_every_row(features, tmp_path):

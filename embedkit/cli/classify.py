@@ -31,7 +31,13 @@ from .embed import split_commas
     show_default=True,
     help="Stratified hold-out fraction (0: no evaluation, fit on every row).",
 )
-@click.option("--refit", is_flag=True, help="After the hold-out evaluation, fit the saved model again on every row.")
+@click.option(
+    "--refit/--no-refit",
+    default=True,
+    show_default=True,
+    help="After the hold-out evaluation, fit the saved model again on every row with the chosen settings; "
+    "--no-refit saves the evaluated fit (trained on the other rows only).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the classifiers.")
 @click.option(
     "--C",
