@@ -73,9 +73,14 @@ class EmbedSummary:
         return ["; ".join(parts)]
 
 
-def build_metadata(extractor: Extractor) -> dict[str, Any]:
-    """The ``embedkit`` schema metadata: config, model facts, columns, versions, time."""
+def build_metadata(extractor: Extractor, source: Source | None = None) -> dict[str, Any]:
+    """The ``embedkit`` schema metadata: config, model facts, columns, versions, time.
+
+    With ``source``, also the input's column names (``input_columns``: text, id, keep), so the stages downstream
+    (a trained model's ``predict``) read new input the way this one was read without being told again.
+    """
     loaded = extractor.loaded
+    inputs = {"text": source.text_column, "id": source.id_column, "keep": source.keep} if source else None
     return {
         "format_version": FORMAT_VERSION,
         "config": extractor.config.to_dict(),
@@ -89,6 +94,7 @@ def build_metadata(extractor: Extractor) -> dict[str, Any]:
             "fingerprint": loaded.fingerprint,
         },  # checked on reload
         "columns": extractor.columns,
+        **({"input_columns": inputs} if inputs else {}),
         "versions": library_versions("torch", "transformers", "tokenizers", "pyarrow"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -273,7 +279,7 @@ def embed_file(
         if writer.rows_done == 0:
             writer.abandon()
             raise InputError(f"{input} holds no data rows")
-        writer.finish(build_metadata(extractor))
+        writer.finish(build_metadata(extractor, source))
         # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
         return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
 

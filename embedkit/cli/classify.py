@@ -147,9 +147,16 @@ def train(
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file: .parquet, .csv or .jsonl."
 )
-@click.option("--text-column", default="text", show_default=True, help="Column holding the text (raw-text input).")
 @click.option(
-    "--id-column", default=None, help="Column passed through as `id` (raw-text input) [default: the row number]."
+    "--text-column",
+    default=None,
+    help="Column holding the text (raw-text input) [default: the one the model's training text came from].",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    help="Column passed through as `id` (raw-text input) [default: the training data's id column if the input "
+    "has it, else the row number].",
 )
 @click.option(
     "--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate)."

@@ -238,7 +238,7 @@ def embed_file_ray(
         # Loading the model here validates the settings with embedkit's own errors before any actor starts, and
         # gives the metadata (resolved config, model facts) that the output must carry.
         probe = Extractor(config, device="cpu", batch_tokens=batch_tokens, threads=threads)
-        resolved, meta = probe.config, build_metadata(probe)
+        resolved, meta = probe.config, build_metadata(probe, source)
         del probe
         writer.start({**fingerprint(source, resolved, part_rows), "engine": "ray"}, resume=resume, overwrite=overwrite)
         if writer.complete:  # killed after the merge: the output is this job's, whole
