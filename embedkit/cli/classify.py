@@ -44,8 +44,8 @@ from .embed import split_commas
     "C",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Inverse regularisation (logreg, linear-svm [1]). Unset, logreg chooses C over 0.01..100 and the scaler "
-    "on/off by 3-fold CV on the training rows (shown in the summary and metrics.json); set, nothing is searched.",
+    help="Inverse regularisation (logreg, linear-svm [1]). Unset, logreg chooses C over 1e-4..100 and the scaler "
+    "on/off by 5-fold CV on the training rows (shown in the summary and metrics.json); set, nothing is searched.",
 )
 @click.option(
     "--alpha",
