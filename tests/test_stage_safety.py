@@ -48,7 +48,7 @@ _GATED = (
     "from embedkit.cli import cli\n"
     "cli(sys.argv[3:], prog_name='embedkit')\n"
 )
-GATED_TRAIN = "embedkit.classify:_fit_and_evaluate"
+GATED_TRAIN = "embedkit.classify.training:_fit_and_evaluate"
 GATED_CLUSTER = "embedkit.cluster.run:_cluster_into"
 
 

@@ -31,15 +31,21 @@ from .embed import split_commas
     show_default=True,
     help="Stratified hold-out fraction (0: no evaluation, fit on every row).",
 )
-@click.option("--refit", is_flag=True, help="After the hold-out evaluation, fit the saved model again on every row.")
+@click.option(
+    "--refit/--no-refit",
+    default=True,
+    show_default=True,
+    help="After the hold-out evaluation, fit the saved model again on every row with the chosen settings; "
+    "--no-refit saves the evaluated fit (trained on the other rows only).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of the classifiers.")
 @click.option(
     "--C",
     "C",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Inverse regularisation (logreg, linear-svm [1]). Unset, logreg chooses C over 0.01..100 and the scaler "
-    "on/off by 3-fold CV on the training rows (shown in the summary and metrics.json); set, nothing is searched.",
+    help="Inverse regularisation (logreg, linear-svm [1]). Unset, logreg chooses C over 1e-4..100 and the scaler "
+    "on/off by 5-fold CV on the training rows (shown in the summary and metrics.json); set, nothing is searched.",
 )
 @click.option(
     "--alpha",
@@ -141,9 +147,16 @@ def train(
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file: .parquet, .csv or .jsonl."
 )
-@click.option("--text-column", default="text", show_default=True, help="Column holding the text (raw-text input).")
 @click.option(
-    "--id-column", default=None, help="Column passed through as `id` (raw-text input) [default: the row number]."
+    "--text-column",
+    default=None,
+    help="Column holding the text (raw-text input) [default: the one the model's training text came from].",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    help="Column passed through as `id` (raw-text input) [default: the training data's id column if the input "
+    "has it, else the row number].",
 )
 @click.option(
     "--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate)."
