@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never write the user's ~/.cache/embedkit: one throwaway cache per session (a subprocess inherits it).
+os.environ.setdefault("EMBEDKIT_CACHE_DIR", tempfile.mkdtemp(prefix="embedkit-test-cache-"))
 
 
 def pytest_configure(config):

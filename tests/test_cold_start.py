@@ -115,3 +115,49 @@ print("ok", len(names))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")
+
+
+def test_lazy_command_table_matches_the_modules_that_define_them():
+    # LAZY_COMMANDS names, per command, the module that registers it; a wrong or missing entry would hide a
+    # command from `embedkit --help` or load the wrong module. Load every module, then compare with what registered.
+    script = """
+import importlib, json, pkgutil, sys
+import embedkit.cli as pkg
+from embedkit.cli import LAZY_COMMANDS, cli
+before = sorted(m for m in sys.modules if m.startswith("embedkit.cli."))
+for info in pkgutil.iter_modules(pkg.__path__):
+    importlib.import_module(f"embedkit.cli.{info.name}")
+print(json.dumps({"before": before, "lazy": LAZY_COMMANDS,
+                  "real": {n: c.callback.__module__.rsplit(".", 1)[1] for n, c in cli.commands.items()}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert found["before"] == [], "importing embedkit.cli loaded command modules eagerly"
+    assert found["lazy"] == found["real"]
+
+
+def test_a_command_loads_only_its_own_module_and_help_lists_every_command():
+    from click.testing import CliRunner
+
+    script = """
+import json, sys
+from click.testing import CliRunner
+from embedkit.cli import cli
+result = CliRunner().invoke(cli, ["info", "--help"])
+print(json.dumps({"code": result.exit_code, "loaded": sorted(m for m in sys.modules if m.startswith("embedkit.cli."))}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout)
+    assert found == {"code": 0, "loaded": ["embedkit.cli.embed"]}
+
+    from embedkit.cli import LAZY_COMMANDS, cli
+
+    listing = CliRunner().invoke(cli, ["--help"]).output
+    for name in LAZY_COMMANDS:
+        assert f"\n  {name} " in listing, listing

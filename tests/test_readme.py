@@ -37,8 +37,10 @@ def test_every_readme_command_exists_with_real_options():
         command: click.Command = cli
         while isinstance(command, click.Group):
             name = words.pop(0)
-            assert name in command.commands, f"{line}: no command {name!r}"
-            command = command.commands[name]
+            # get_command, not .commands: the top-level group loads its commands' modules lazily (#23).
+            sub = command.get_command(click.Context(command), name)
+            assert sub is not None, f"{line}: no command {name!r}"
+            command = sub
         known = {
             opt for param in command.params for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])
         }

@@ -7,6 +7,7 @@ one-line messages with the exit codes documented in ``embedkit.errors``.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -39,8 +40,39 @@ def out_of_memory_message(ctx: click.Context) -> str:
     return f"out of memory in `embedkit {name}`: {MEMORY_HINTS.get(name, DEFAULT_MEMORY_HINT)}"
 
 
+# Which module defines each command. A command's module is imported only when that command runs (or when help
+# lists it): importing all of them costs ~0.2 s on every start (#23). A test checks this table against the modules.
+LAZY_COMMANDS = {
+    "audit": "audit",
+    "cluster": "cluster",
+    "dedup": "dedup",
+    "embed": "embed",
+    "index": "index",
+    "info": "embed",
+    "predict": "classify",
+    "probe": "probe",
+    "run": "pipeline",
+    "samples": "samples",
+    "search": "index",
+    "serve": "serve",
+    "train": "classify",
+}
+
+
 class EmbedkitGroup(click.Group):
-    """A click group that maps library errors to messages and exit codes instead of tracebacks."""
+    """A click group that maps library errors to messages and exit codes instead of tracebacks.
+
+    Commands are loaded lazily (click's documented lazy-group pattern): the module named in ``LAZY_COMMANDS``
+    registers its commands on this group when one of them is first asked for.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            importlib.import_module(f"{__name__}.{LAZY_COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -220,16 +252,5 @@ def quiet_libraries(quiet: bool) -> None:
     if ctx is not None:
         ctx.find_root().call_on_close(restore)
 
-
-from . import audit as _audit  # noqa: E402, F401
-from . import classify as _classify  # noqa: E402, F401
-from . import cluster as _cluster  # noqa: E402, F401
-from . import dedup as _dedup  # noqa: E402, F401
-from . import embed as _embed  # noqa: E402, F401  (commands register themselves on the group)
-from . import index as _index  # noqa: E402, F401
-from . import pipeline as _pipeline  # noqa: E402, F401
-from . import probe as _probe  # noqa: E402, F401
-from . import samples as _samples  # noqa: E402, F401
-from . import serve as _serve  # noqa: E402, F401
 
 __all__ = ["cli", "input_options", "quiet_libraries", "runtime_options", "split_commas", "wait_option"]

@@ -52,6 +52,8 @@ def write_checkpoint(
     )
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).eval().save_pretrained(out)
+    # The fast tokenizer's save also writes tokenizer.json (built here from the shipped BPE files rather than
+    # shipping its 3.5 MB), so the checkpoint loads its tokenizer the way the published model does (#23).
     tokenizer.save_pretrained(out)
     return out
 
