@@ -412,8 +412,8 @@ def test_out_of_memory_names_the_command_that_ran(features_file, tmp_path, monke
     def exhausted(*args, **kwargs):
         raise MemoryError
 
+    path = features_file(n=10)  # made before the patch: the fixture embeds through the same driver
     monkeypatch.setattr(target, exhausted)
-    path = features_file(n=10)
     result = CliRunner().invoke(cli, [a.format(f=path, o=tmp_path / "out") for a in args])
     assert result.exit_code == 1 and f"out of memory in `{hint}" in result.output, result.output
 

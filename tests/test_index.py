@@ -277,12 +277,14 @@ def test_cli_build_search_batch_and_errors(features_file, write_csv, tmp_path):
     assert out.exit_code == 3 and "already in the index" in out.output
 
 
-def test_example_runs(tiny_gpt2_shared, tmp_path, monkeypatch):
+def test_example_runs(tiny_gpt2_shared, tmp_path, monkeypatch, capsys):
     script = Path(__file__).resolve().parents[1] / "examples" / "build_and_search.py"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(script), tiny_gpt2_shared])
     runpy.run_path(str(script), run_name="__main__")
-    assert (tmp_path / "example-index" / "index.json").is_file()
+    out = capsys.readouterr().out
+    assert "kind flat" in out and "The cat sat on the mat." in out  # it built an index and searched it by text
+    assert list(tmp_path.iterdir()) == []  # in its own temporary directory: never a user's ./docs.csv
 
 
 def _hard(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
