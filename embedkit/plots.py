@@ -51,6 +51,20 @@ def _save_png(fig: Figure, path: Path, **savefig: Any) -> None:
         fig.savefig(tmp, format="png", **savefig)
 
 
+def confusion_matrix(matrix: list[list[int]], labels: list, path: Path, title: str) -> None:
+    """A classifier's confusion matrix (``train``'s ``confusion_matrix.png``); values shown up to 30 classes."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    n = len(labels)
+    side = min(4 + 0.45 * n, 30)
+    fig = _figure(figsize=(side, side * 0.85), layout="constrained")
+    ax = fig.add_subplot()
+    display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[str(c) for c in labels])
+    display.plot(ax=ax, include_values=n <= 30, xticks_rotation="vertical", colorbar=True, cmap="Blues")
+    ax.set_title(title)
+    _save_png(fig, path, dpi=100)
+
+
 def cluster_map(xy: np.ndarray, labels: np.ndarray, n_clusters: int, path: Path, title: str) -> None:
     """A 2-D scatter of ``xy`` coloured and labelled by cluster (noise, label -1, in grey), written to ``path``."""
     import matplotlib

@@ -22,6 +22,7 @@ K-fold predictions), ``data`` (training rows and label checks), ``metrics`` (eva
 
 from __future__ import annotations
 
+from ..plots import confusion_matrix as plot_confusion_matrix
 from .data import LABELS_LIKE_TEXT_MIN_ROWS, TrainingData, check_classes, load_training_data
 from .files import (
     CONFUSION_PNG,
@@ -38,7 +39,7 @@ from .files import (
     model_info_lines,
 )
 from .fit import build_classifier, cross_validate, fit_classifier, search_logreg, settled
-from .metrics import chosen_note, evaluate, fitted_on, format_report, plot_confusion_matrix
+from .metrics import chosen_note, evaluate, fitted_on, format_report
 from .model import ClassifierModel, load_model
 from .options import (
     CLASS_WEIGHTS,

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 from .. import artefact
 from ..config import ExtractConfig
 from ..errors import ConfigError, InputError
+from ..plots import confusion_matrix as plot_confusion_matrix
 from ..store import library_versions
 from .data import TrainingData
-from .metrics import _jsonable, chosen_note, fitted_on, plot_confusion_matrix
+from .metrics import _jsonable, chosen_note, fitted_on
 from .options import CLASSIFIERS
 
 MANIFEST = "embedkit_model.json"

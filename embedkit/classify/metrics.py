@@ -3,12 +3,9 @@ the phrases that say what the fit chose and which rows the saved model saw."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from .. import artefact
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, classes: list | np.ndarray) -> dict[str, Any]:
@@ -52,24 +49,6 @@ def format_report(metrics: dict[str, Any]) -> str:
 
 def _jsonable(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def plot_confusion_matrix(matrix: list[list[int]], labels: list, path: Path, title: str) -> None:
-    """Write the confusion matrix as a PNG (matplotlib's Agg canvas: no display, no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    n = len(labels)
-    side = min(4 + 0.45 * n, 30)
-    fig = Figure(figsize=(side, side * 0.85), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    display = ConfusionMatrixDisplay(np.asarray(matrix), display_labels=[str(c) for c in labels])
-    display.plot(ax=ax, include_values=n <= 30, xticks_rotation="vertical", colorbar=True, cmap="Blues")
-    ax.set_title(title)
-    with artefact.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def chosen_note(m: dict[str, Any]) -> str:
