@@ -8,7 +8,6 @@ to any of the rest lands once for both.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from .artefact import sha256_file
 from .config import ExtractConfig
 from .engines import DEFAULT_PART_ROWS, Engine, LocalEngine
 from .errors import InputError
@@ -112,14 +112,6 @@ def build_metadata(extractor: Extractor, spec: InputSpec) -> dict[str, Any]:
     }
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_files(model: str) -> list[dict[str, Any]] | None:
     """Size and modification time of each file of a local model directory; None for a hub id.
 
@@ -142,7 +134,7 @@ def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[s
     return {
         "settings": config.vector_settings(),
         "model_files": model_files(config.model),
-        "input": [{"path": str(p.resolve()), "sha256": _file_digest(p)} for p in source.files],
+        "input": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in source.files],
         "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
         "part_rows": part_rows,
     }

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .artefact import _PLAIN_NAME, parse_json
+from .artefact import _PLAIN_NAME, parse_json, sha256_file
 from .cache import CACHE_DIR, cache_key, cached_features
 from .config import ExtractConfig, Provenance, local_model_dir, setting_names
 from .errors import ConfigError, EmbedkitError, InputError
@@ -320,14 +320,7 @@ def _digest(*parts: Any) -> str:
 
 
 def _files_digest(paths: list[Path]) -> list[str]:
-    digests = []
-    for p in paths:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digests.append(h.hexdigest())
-    return digests
+    return [sha256_file(p) for p in paths]
 
 
 # ---------------------------------------------------------------------------------------------- stages
