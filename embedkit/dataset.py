@@ -32,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import artefact, vectors
 from .artefact import atomic_path, output_error, output_lock, write_text_atomic
 from .errors import IncompatibleError, InputError, OutputError
+from .sources import DATASET_MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "_embedkit-dataset.json"
+MANIFEST_NAME = DATASET_MANIFEST  # sources skips it when a dataset directory is read as text input
 JOURNAL_NAME = "_journal.json"  # in the staging directory only: the shards the driver recorded so far
 KIND: Literal["embedkit-dataset"] = "embedkit-dataset"
 FORMAT: Literal[1] = 1
@@ -364,6 +365,10 @@ class DatasetWriter:
     @property
     def rows_done(self) -> int:
         return sum(s.rows for s in self._done.values())
+
+    def output_rows(self) -> int:
+        """Rows of the finished output (after :attr:`complete` was found)."""
+        return read_manifest(self.output).rows
 
     # -- the end
 

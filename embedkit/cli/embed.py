@@ -106,7 +106,13 @@ def make_config(
 
 @cli.command()
 @click.argument("input", metavar="INPUT")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .parquet file.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows).",
+)
 @click.option(
     "--layer",
     "-l",
@@ -148,6 +154,13 @@ def make_config(
     default=None,
     help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in "
     f"[default: {DEFAULT_PART_ROWS}, {RAY_PART_ROWS} with --engine ray].",
+)
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write a sharded dataset directory (part-NNNNN.parquet + manifest) of this many rows per shard; every "
+    "stage reads it as one file [default with -o DIR/: --part-rows].",
 )
 @click.option(
     "--engine",
@@ -198,6 +211,7 @@ def embed(
     wait,
     strict,
     part_rows,
+    shard_rows,
     engine,
     ray_address,
     workers,
@@ -211,7 +225,8 @@ def embed(
     trust_remote_code,
     runtime,
 ):
-    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
+    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet: one file,
+    or a sharded dataset directory."""
     from ..embed import embed as run_embed
 
     config = make_config(
@@ -237,6 +252,7 @@ def embed(
         wait=wait,
         strict=strict,
         part_rows=part_rows,
+        shard_rows=shard_rows,
     )
     click.echo(summary_text(summary), err=True)
 
@@ -247,10 +263,9 @@ def embed(
 def info(file, as_json):
     """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE or sharded dataset
     directory, or the classes, settings and evaluation (per group too) of a classifier model directory."""
-    from ..dataset import is_dataset
-    from ..store import describe
+    from ..store import describe, is_features_file
 
-    if Path(file).is_dir() and not is_dataset(file):
+    if Path(file).is_dir() and not is_features_file(file):  # a directory: a classifier model or a sharded dataset
         from ..classify import describe_model, model_info_lines
 
         model = describe_model(file)
