@@ -18,7 +18,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ class Features:
         column = self.embedding_column(column)
         extra = [c for c in dict.fromkeys(["id", *extra]) if c != column]
         self.require_columns(extra)
-        table = _read_table(self.path, [column, *extra])
+        table = self.read_table([column, *extra])
         valid = pc.is_valid(table.column(column))
         kept = table.filter(valid)
         matrix = matrix_from_arrow(kept.column(column), self.vector_encoding(column))
@@ -214,14 +214,57 @@ class Features:
         column = self.embedding_column(column)
         extra = [c for c in dict.fromkeys(["id", *extra]) if c != column]
         self.require_columns(extra)
+        for table in self.iter_tables([column, *extra], batch_rows):
+            kept = table.filter(pc.is_valid(table.column(column)))
+            if kept.num_rows:
+                yield matrix_from_arrow(kept.column(column), self.vector_encoding(column)), kept.select(extra)
+
+    def read_table(self, columns: list[str]) -> pa.Table:
+        """``columns`` of every row, as stored (null embeddings included)."""
+        return _read_table(self.path, columns)
+
+    def iter_tables(self, columns: list[str], batch_rows: int = 65536) -> Iterator[pa.Table]:
+        """``columns`` of every row as stored, ``batch_rows`` at a time (memory bounded by a row group)."""
         try:
-            for batch in parquet_batches(pq.ParquetFile(self.path), batch_rows, [column, *extra]):
-                table = pa.Table.from_batches([batch])
-                kept = table.filter(pc.is_valid(table.column(column)))
-                if kept.num_rows:
-                    yield matrix_from_arrow(kept.column(column), self.vector_encoding(column)), kept.select(extra)
+            for batch in parquet_batches(pq.ParquetFile(self.path), batch_rows, columns):
+                yield pa.Table.from_batches([batch])
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{self.path}: corrupt or unreadable Parquet: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ShardedFeatures(Features):
+    """A sharded dataset directory (:mod:`embedkit.dataset`) read as one features file, shard after shard.
+
+    Each shard is checked against the manifest (size, sha256, rows) just before it is first read.
+    """
+
+    manifest: Any = None  # the validated DatasetManifest
+    _verified: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    @property
+    def shards(self) -> int:
+        return len(self.manifest.shards)
+
+    def _shard_paths(self) -> Iterator[Path]:
+        from .dataset import verify_shard
+
+        for shard in self.manifest.shards:
+            if shard.file not in self._verified:
+                verify_shard(self.path, shard)
+                self._verified.add(shard.file)
+            yield self.path / shard.file
+
+    def read_table(self, columns: list[str]) -> pa.Table:
+        return pa.concat_tables([_read_table(p, columns) for p in self._shard_paths()])
+
+    def iter_tables(self, columns: list[str], batch_rows: int = 65536) -> Iterator[pa.Table]:
+        for path in self._shard_paths():
+            try:
+                for batch in parquet_batches(pq.ParquetFile(path), batch_rows, columns):
+                    yield pa.Table.from_batches([batch])
+            except (OSError, pa.ArrowException) as exc:
+                raise InputError(f"{path}: corrupt or unreadable Parquet: {exc}") from exc
 
 
 def _read_table(path: Path, columns: list[str]) -> pa.Table:
@@ -232,22 +275,49 @@ def _read_table(path: Path, columns: list[str]) -> pa.Table:
 
 
 def open_features(path: str | Path, *, trust_remote_code: bool = False) -> Features:
-    """Open a Parquet written by ``embedkit embed`` (or the Ray engine) and read its settings.
+    """Open a Parquet written by ``embedkit embed`` (or the Ray engine), or a sharded dataset directory.
 
     ``trust_remote_code`` is the caller's decision for models loaded with these settings; the stored one is ignored.
     """
+    from .dataset import is_dataset
+
     path = Path(path)
+    if is_dataset(path):
+        return _open_dataset(path, trust_remote_code)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a features file or an embedkit dataset (no manifest)")
     meta = read_metadata(path)
+    config = _stored_config(path, meta, trust_remote_code)
+    pf = pq.ParquetFile(path)
+    return Features(path=path, schema=pf.schema_arrow, meta=meta, config=config, num_rows=pf.metadata.num_rows)
+
+
+def _stored_config(path: Path, meta: Any, trust_remote_code: bool) -> ExtractConfig:
     if not isinstance(meta, dict) or not isinstance(meta.get("model", {}), dict):
         raise InputError(f"{path}: the embedkit metadata is corrupt (expected a table with a 'model' table)")
-    config = ExtractConfig.from_stored(
+    return ExtractConfig.from_stored(
         meta.get("config"),
         trust_remote_code=trust_remote_code,
         origin=f"{path} (embedkit metadata)",
         model=meta.get("model"),
     )
-    pf = pq.ParquetFile(path)
-    return Features(path=path, schema=pf.schema_arrow, meta=meta, config=config, num_rows=pf.metadata.num_rows)
+
+
+def _open_dataset(path: Path, trust_remote_code: bool) -> ShardedFeatures:
+    from .dataset import read_manifest, shard_stat_check
+
+    manifest = read_manifest(path)
+    shard_stat_check(path, manifest)  # sizes now; each shard's sha256 before it is read
+    config = _stored_config(path, manifest.features, trust_remote_code)
+    # finish() wrote every shard with one schema; the first one's footer gives it.
+    first = path / manifest.shards[0].file
+    try:
+        schema = pq.read_schema(first).remove_metadata()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{first}: not a readable Parquet file: {exc}") from exc
+    return ShardedFeatures(
+        path=path, schema=schema, meta=manifest.features, config=config, num_rows=manifest.rows, manifest=manifest
+    )
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -255,11 +325,12 @@ def describe(path: str | Path) -> dict[str, Any]:
     features = open_features(path)
     statuses: dict[str, int] = {}
     if "status" in features.schema.names:
-        counts = pc.value_counts(_read_table(features.path, ["status"]).column("status").combine_chunks())
+        counts = pc.value_counts(features.read_table(["status"]).column("status").combine_chunks())
         statuses = {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
     return {
         "path": str(features.path),
         "rows": features.num_rows,
+        **({"shards": features.shards} if isinstance(features, ShardedFeatures) else {}),
         "columns": {f.name: str(f.type) for f in features.schema},
         "embedding_dims": {c: features.schema.field(c).type.list_size for c in features.embedding_columns},
         "status_counts": statuses,
@@ -294,8 +365,13 @@ def library_versions(*packages: str) -> dict[str, str]:
 
 
 def is_features_file(path: str | Path) -> bool:
-    """Whether ``path`` is a single Parquet file written by ``embedkit embed`` (it carries embedkit metadata)."""
+    """Whether ``path`` is a Parquet file written by ``embedkit embed`` (it carries embedkit metadata) or a sharded
+    dataset directory (it holds a dataset manifest)."""
+    from .dataset import is_dataset
+
     path = Path(path)
+    if is_dataset(path):
+        return True
     if not path.is_file() or path.suffix.lower() not in (".parquet", ".pq"):
         return False
     try:

@@ -252,11 +252,12 @@ def embed(
 @click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(file, as_json):
-    """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE, or the classes,
-    settings and evaluation (per group too) of a classifier model directory."""
+    """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE or sharded dataset
+    directory, or the classes, settings and evaluation (per group too) of a classifier model directory."""
+    from ..dataset import is_dataset
     from ..store import describe
 
-    if Path(file).is_dir():
+    if Path(file).is_dir() and not is_dataset(file):
         from ..classify import describe_model, model_info_lines
 
         model = describe_model(file)
@@ -266,7 +267,8 @@ def info(file, as_json):
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    click.echo(f"file      {d['path']}\nrows      {d['rows']}\ncreated   {d['created_at']}")
+    shards = f" in {d['shards']} shards" if "shards" in d else ""
+    click.echo(f"file      {d['path']}\nrows      {d['rows']}{shards}\ncreated   {d['created_at']}")
     m = d["model"]
     click.echo(
         f"model     {m.get('name')} ({m.get('model_type')}, "
