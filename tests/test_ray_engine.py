@@ -128,9 +128,9 @@ def test_ray_output_reads_downstream_and_in_info(ray_and_local):
 
 def read_dataset(path, columns=None):
     """A sharded dataset's rows in shard order, as one table."""
-    from embedkit.dataset import shard_paths
+    from embedkit.dataset import read_manifest
 
-    return pa.concat_tables([pq.read_table(p, columns=columns) for p in shard_paths(path)])
+    return pa.concat_tables([pq.read_table(path / s.file, columns=columns) for s in read_manifest(path).shards])
 
 
 def run_ray(source, out, config, **options):

@@ -207,7 +207,7 @@ class RayEngine(JobEngine):
         strict: bool = False,
         part_rows: int | None = None,
     ) -> EmbedSummary:
-        from ...dataset import DatasetWriter
+        from ...dataset import DatasetWriter, read_manifest
         from ...embed import model_files
 
         started = time.perf_counter()
@@ -224,9 +224,11 @@ class RayEngine(JobEngine):
             "engine": "ray",  # shards are fixed row ranges of one file each: another engine plans them otherwise
         }
         # The dataset's lock first: a second writer of the same output stops here before Ray starts.
-        with DatasetWriter(output, fingerprint, resume=resume, overwrite=overwrite) as writer:
+        with DatasetWriter(output, fingerprint, resume=resume, overwrite=overwrite, wait=wait) as writer:
+            if writer.complete:  # --resume of a job killed after its switch: the dataset is whole
+                return _summarise(output, read_manifest(output).rows, 0, time.perf_counter() - started, 0.0)
             done = set(writer.done())
-            with ray_session(self.address) as ray:
+            with writer.abandoned_on_failure(), ray_session(self.address) as ray:
                 shards = plan(row_counts(ray, spec, source), shard_rows)
                 if not shards:
                     raise InputError(f"{spec.path} holds no data rows")
@@ -234,10 +236,10 @@ class RayEngine(JobEngine):
                 resumed = sum(s.stop - s.start for s in shards if s.index in done)
                 t0 = time.perf_counter()
                 meta, tokens = self._embed(ray, spec, source.files, config, runtime, writer, todo, shard_rows, strict)
-            embed_seconds = time.perf_counter() - t0
-            if meta is None:  # every shard was done already: the metadata comes from the settings alone
-                meta = _probe_metadata(config, spec)
-            writer.finish(meta)
+                embed_seconds = time.perf_counter() - t0
+                if meta is None:  # every shard was done already: the metadata comes from the settings alone
+                    meta = _probe_metadata(config, spec)
+                writer.finish(meta)
         return _summarise(output, resumed, tokens, time.perf_counter() - started, embed_seconds)
 
     def _embed(
@@ -314,7 +316,7 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     """The run's summary, counted from the finished dataset's small columns, one shard at a time."""
     import pyarrow.compute as pc
 
-    from ...dataset import shard_paths
+    from ...dataset import read_manifest
     from ...embed import EmbedSummary
     from ...extract.texts import EMBEDDED_STATUSES
 
@@ -323,8 +325,8 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     statuses: dict[str, int] = {}
     import pyarrow.parquet as pq
 
-    for path in shard_paths(output):
-        table = pq.read_table(path, columns=["status", "truncated", "n_windows"])
+    for shard in read_manifest(output).shards:
+        table = pq.read_table(output / shard.file, columns=["status", "truncated", "n_windows"])
         summary.rows += table.num_rows
         summary.truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
         summary.chunked += int(pc.sum(pc.greater(table.column("n_windows"), 1)).as_py() or 0)
