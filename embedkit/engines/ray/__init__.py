@@ -62,6 +62,8 @@ RAY_PART_ROWS = 1024
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
 CONNECT_TIMEOUT_S = 5.0
+# How long the job waits for the pool's first actors (MIN of MIN:MAX) to be placed and load the model.
+WAIT_FOR_ACTORS_S = 600
 INSTALL_HINT = "pip install 'embedkit[ray]'"
 
 Workers = int | tuple[int, int] | None
@@ -132,7 +134,7 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
         ray.shutdown()
 
 
-def _concurrency(ray, workers: Workers, gpus_per_worker: float, cpus_per_worker: float) -> int | tuple[int, int]:
+def _pool(ray, workers: Workers, gpus_per_worker: float, cpus_per_worker: float) -> Any:
     """The actor pool for ``map_batches``: ``workers``, else as many actors as the cluster has room for now."""
     resources = ray.cluster_resources()
     if gpus_per_worker:
@@ -144,10 +146,12 @@ def _concurrency(ray, workers: Workers, gpus_per_worker: float, cpus_per_worker:
     else:
         room = int(resources.get("CPU", 0) // cpus_per_worker)
     if workers is None:
-        return max(1, room)
-    if (workers[0] if isinstance(workers, tuple) else workers) > room:
+        workers = max(1, room)
+    elif (workers[0] if isinstance(workers, tuple) else workers) > room:
         log.warning("%s workers asked for but the cluster has room for %d now; Ray waits for room", workers, room)
-    return workers
+    if isinstance(workers, tuple):
+        return ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1])
+    return ray.data.ActorPoolStrategy(size=workers)
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -175,6 +179,8 @@ class RayEngine(JobEngine):
             raise ConfigError("--gpus-per-worker must be >= 0 and cpus per worker > 0")
         self.address, self.workers = address, parse_workers(workers)
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
+        #: Shards written by each node (Ray node id) in the last run: where the work went.
+        self.shards_per_node: dict[str, int] = {}
 
     def check(self, runtime: Runtime, output: Path) -> None:
         """Refuse contradictory options before anything is read or started (ConfigError)."""
@@ -262,6 +268,9 @@ class RayEngine(JobEngine):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # embedkit draws its own bar (or none with -q)
         context.print_on_execution_start = False
+        # Start once the pool's (first MIN) actors have their models loaded: otherwise the first actor ready takes
+        # the first shards while the others still import torch, and a small job never leaves one node.
+        context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S
         gpus = self.gpus_per_worker
         threads = runtime.threads or (max(1, int(self.cpus_per_worker)) if not gpus else None)
         actor_args = {
@@ -281,16 +290,17 @@ class RayEngine(JobEngine):
             ShardEmbedder,
             fn_constructor_kwargs=actor_args,
             batch_size=1,
-            concurrency=_concurrency(ray, self.workers, gpus, self.cpus_per_worker),
+            compute=_pool(ray, self.workers, gpus, self.cpus_per_worker),
             num_cpus=self.cpus_per_worker,
             num_gpus=gpus or None,
             max_restarts=MAX_RESTARTS,
             max_task_retries=MAX_TASK_RETRIES,
         )
         meta, tokens = None, 0
+        self.shards_per_node = {}
         total = sum(s.stop - s.start for s in todo)
         with progress_bar("embed", total, unit="text", enabled=runtime.progress) as bar:
-            for row in results.iter_rows():
+            for row in _rows(ray, results):
                 info = json.loads(row["info"])
                 if "error" in info:
                     error_type = getattr(errors, info["error_type"], EmbedkitError)
@@ -299,8 +309,20 @@ class RayEngine(JobEngine):
                 writer.record(info)
                 meta = meta or facts.get("meta")
                 tokens += facts["tokens"]
+                self.shards_per_node[facts["node"]] = self.shards_per_node.get(facts["node"], 0) + 1
                 bar.update(info["rows"])
         return meta, tokens
+
+
+def _rows(ray, results) -> Iterator[dict[str, Any]]:
+    """The pipeline's output rows; a pool that never started is said as such, not as a Ray timeout."""
+    try:
+        yield from results.iter_rows()
+    except ray.exceptions.GetTimeoutError as exc:
+        raise ConfigError(
+            f"the Ray cluster did not start the model actors within {WAIT_FOR_ACTORS_S} s (too few CPUs/GPUs for "
+            f"--workers?): {exc}"
+        ) from exc
 
 
 def _probe_metadata(config: ExtractConfig, spec: InputSpec) -> dict[str, Any]:

@@ -125,7 +125,13 @@ class ShardEmbedder:
         except EmbedkitError as exc:
             return {"index": shard.index, "error": str(exc), "error_type": type(exc).__name__}
         valid = result.valid
-        facts: dict[str, Any] = {"tokens": int(result.n_tokens[valid].sum()), "embedded": int(valid.sum())}
+        import ray
+
+        facts: dict[str, Any] = {
+            "tokens": int(result.n_tokens[valid].sum()),
+            "embedded": int(valid.sum()),
+            "node": ray.get_runtime_context().get_node_id(),  # where the work ran: RayEngine.shards_per_node
+        }
         if self.meta is not None:  # the dataset's metadata, sent once per actor: the driver loads no model
             facts["meta"], self.meta = self.meta, None
         return {**info, "facts": facts}
