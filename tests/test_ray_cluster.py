@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip
 from conftest import sample_texts  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from embedkit import ExtractConfig  # noqa: E402
+from embedkit import ExtractConfig, OutputError  # noqa: E402
 from embedkit import dataset as dataset_module  # noqa: E402
 from embedkit.dataset import read_manifest  # noqa: E402
 from embedkit.embed import embed, embed_file  # noqa: E402
@@ -97,9 +97,10 @@ def test_worker_node_killed_mid_job_then_resume_gives_the_clean_rows(cluster, ti
     try:
         summary = _run(engine, source, out, config)
         finished_through_retries = True
-    except Exception as exc:  # noqa: BLE001  (a lost node may surface as any Ray error: the resume must cover it)
+    except OutputError as exc:  # a clean, typed failure that says what to do
+        assert "--resume" in str(exc)
         finished_through_retries = False
-        print(f"the job failed after the node was killed ({type(exc).__name__}: {exc}); resuming")
+        print(f"the job failed after the node was killed ({exc}); resuming")
     monkeypatch.setattr(dataset_module.DatasetWriter, "record", record)
     assert killed == [2] and len(recorded) >= 2
     if not finished_through_retries:

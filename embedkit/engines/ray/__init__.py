@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import errors
 from ...config import ExtractConfig
-from ...errors import ConfigError, EmbedkitError, InputError
+from ...errors import ConfigError, EmbedkitError, InputError, OutputError
 from ...spec import InputSpec, Runtime
 from .. import JobEngine
 from .plan import Shard, input_identity, plan, row_counts, spec_to_dict
@@ -322,6 +322,13 @@ def _rows(ray, results) -> Iterator[dict[str, Any]]:
         raise ConfigError(
             f"the Ray cluster did not start the model actors within {WAIT_FOR_ACTORS_S} s (too few CPUs/GPUs for "
             f"--workers?): {exc}"
+        ) from exc
+    except ray.exceptions.RayError as exc:
+        # A node lost for good, retries spent: the shards written so far are kept for --resume.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise OutputError(
+            f"the Ray job failed ({type(exc).__name__}: {first_line[:300]}); the shards written so far are kept: "
+            "run the same command with --resume to finish the rest"
         ) from exc
 
 
