@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,9 @@ import pyarrow.parquet as pq
 
 from .artefact import writing_file
 from .errors import ConfigError, InputError, choice_error
-from .store import JOB_KEY, _read_table, matrix_from_arrow, open_features
+from .sources import parquet_batches
+from .store import JOB_KEY, Features, open_features
+from .vectors import decode
 
 DEFAULT_THRESHOLD = 0.95
 KEEP_RULES = ("first", "longest")
@@ -47,6 +48,7 @@ SEARCHES = ("exact", "hnsw")
 HNSW_NEIGHBOURS = 32  # neighbours per row looked at by the approximate search
 EDGE_BUDGET = 20_000_000  # pairs held before they are folded into component edges (memory stays O(rows))
 EXAMPLES = 3
+BATCH_ROWS = 65536  # rows read at a time by both passes (never more than one row group)
 
 
 @dataclass
@@ -91,21 +93,31 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def text_digests(texts: list[str | None]) -> np.ndarray:
+    """[n, 2] uint64: a 128-bit digest of each normalised text; zeros for a null or empty one (never a copy)."""
+    out = np.zeros((len(texts), 2), dtype=np.uint64)
+    for i, text in enumerate(texts):
+        key = normalise_text(text) if text else ""
+        if key:
+            digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            out[i] = np.frombuffer(digest, dtype=np.uint64)
+    return out
+
+
+def digest_edges(digests: np.ndarray) -> np.ndarray:
+    """Pairs (first row, later row) of rows with the same non-zero digest, as a [m, 2] int64 array."""
+    present = np.flatnonzero(digests.any(axis=1))
+    if not len(present):
+        return np.empty((0, 2), dtype=np.int64)
+    _, first, inverse = np.unique(digests[present], axis=0, return_index=True, return_inverse=True)
+    source = present[first[inverse.reshape(-1)]]
+    later = source != present
+    return np.stack([source[later], present[later]], axis=1).astype(np.int64)
+
+
 def text_edges(texts: list[str | None]) -> np.ndarray:
     """Pairs (first row, later row) of rows whose normalised texts are equal, as a [m, 2] int64 array."""
-    first: dict[bytes, int] = {}
-    edges = []
-    for i, text in enumerate(texts):
-        if text is None:
-            continue
-        key = normalise_text(text)
-        if not key:
-            continue
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        j = first.setdefault(digest, i)
-        if j != i:
-            edges.append((j, i))
-    return np.array(edges, dtype=np.int64).reshape(-1, 2)
+    return digest_edges(text_digests(texts))
 
 
 def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,30 +209,21 @@ def component_edges(n: int, edges: np.ndarray) -> np.ndarray:
 
 
 def duplicate_labels(
-    matrix: np.ndarray,
-    vector_rows: np.ndarray,
-    texts: list[str | None] | None,
-    n: int,
-    threshold: float,
-    search: str = "exact",
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Group label of each of ``n`` rows, whether each has a usable vector, how many vectors were searched and how
-    many rows are exact text copies of an earlier row.
+    unit: np.ndarray, vector_rows: np.ndarray, copies: np.ndarray, n: int, threshold: float, search: str = "exact"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Group label of each of ``n`` rows, whether each has a usable vector, and how many vectors were searched.
 
-    ``matrix`` holds the vectors of the rows ``vector_rows`` (the rows whose embedding is not null).
+    ``unit`` holds the unit vectors of the rows ``vector_rows`` (see :func:`unit_rows`); ``copies`` the exact
+    text copies (:func:`text_edges`).
     """
-    unit, usable = unit_rows(matrix)
-    rows = vector_rows[usable]
-    unit = unit[usable]
     representative, copy_edges = identical_vectors(unit)
     distinct = np.flatnonzero(representative == np.arange(len(unit)))
-    none = np.empty((0, 2), dtype=np.int64)
-    near = distinct[near_edges(unit[distinct], threshold, search)] if len(distinct) else none
-    copies = text_edges(texts) if texts is not None else np.empty((0, 2), dtype=np.int64)
+    searched = unit[distinct] if len(distinct) < len(unit) else unit  # a copy only when some rows repeat
+    near = distinct[near_edges(searched, threshold, search)] if len(distinct) else np.empty((0, 2), np.int64)
     has_vector = np.zeros(n, dtype=bool)
-    has_vector[rows] = True
-    labels = components(n, np.concatenate([rows[copy_edges], rows[near], copies]).astype(np.int64))
-    return labels, has_vector, len(distinct), len(copies)
+    has_vector[vector_rows] = True
+    edges = np.concatenate([vector_rows[copy_edges], vector_rows[near], copies]).astype(np.int64)
+    return components(n, edges), has_vector, len(distinct)
 
 
 def choose_kept(labels: np.ndarray, has_vector: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
@@ -298,16 +301,10 @@ def dedup_file(
             f"--text-column (string columns: {', '.join(feats.text_columns) or 'none'})"
         )
     with writing_file(output, overwrite=overwrite, wait=wait) as tmp:
-        table = _read_table(feats.path, feats.schema.names)
-        table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])  # a re-run replaces them
-        n = table.num_rows
-        vectors = table.column(column)
-        vector_rows = np.flatnonzero(pc.is_valid(vectors).to_numpy(zero_copy_only=False))
-        matrix = matrix_from_arrow(vectors.take(pa.array(vector_rows)), feats.vector_encoding(column))
-        texts = table.column(text_column).to_pylist() if text_column else None
-        labels, has_vector, searched, copies = duplicate_labels(matrix, vector_rows, texts, n, threshold, search)
-        lengths = np.array([len(t) if t else 0 for t in texts]) if keep_rule == "longest" and texts else None
-        kept = choose_kept(labels, has_vector, lengths)
+        scan = _scan(feats, column, text_column, BATCH_ROWS)
+        n = feats.num_rows
+        labels, has_vector, searched = duplicate_labels(scan.unit, scan.rows, scan.copies, n, threshold, search)
+        kept = choose_kept(labels, has_vector, scan.lengths if keep_rule == "longest" else None)
         result = DedupResult(
             output=Path(output),
             rows=n,
@@ -316,30 +313,76 @@ def dedup_file(
             keep_rule=keep_rule,
             searched=searched,
             search=search,
-            exact_copies=copies,
+            exact_copies=len(scan.copies),
             text_column=text_column,
         )
-        table = _annotate(table, labels, kept, has_vector, matrix, vector_rows, texts, result)
-        meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in (JOB_KEY, DEDUP_KEY)}
+        columns, shown = _dedup_columns(labels, kept, has_vector, scan, result)
         settings = {"threshold": threshold, "column": column, "text_column": text_column, "keep_rule": keep_rule}
         settings["search"] = search
-        meta[DEDUP_KEY] = json.dumps({**settings, "groups": result.groups, "dropped": result.dropped}).encode()
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        record = json.dumps({**settings, "groups": result.groups, "dropped": result.dropped}).encode()
+        texts = _write(feats, tmp, columns, record, text_column, shown)
+        _examples(result, shown, texts, scan.ids, columns["dup_similarity"])
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _annotate(
-    table: pa.Table,
-    labels: np.ndarray,
-    kept: np.ndarray,
-    has_vector: np.ndarray,
-    matrix: np.ndarray,
-    vector_rows: np.ndarray,
-    texts: list[str | None] | None,
-    result: DedupResult,
-) -> pa.Table:
-    """``table`` with the dedup columns; fills the counts and examples of ``result``."""
+@dataclass
+class _Scan:
+    """What the first pass keeps of a features file: O(rows) facts and the vectors, never the texts."""
+
+    unit: np.ndarray  # unit vectors of the rows with a usable vector
+    rows: np.ndarray  # their row numbers
+    copies: np.ndarray  # exact text copies: (first row, later row)
+    lengths: np.ndarray  # text length of every row (0 without text)
+    ids: pa.Array  # id of every row (row number when the file has no id column)
+
+
+def _scan(feats: Features, column: str, text_column: str | None, batch_rows: int) -> _Scan:
+    """First pass, a batch (within one row group) at a time: unit vectors, text digests and lengths, ids."""
+    dim = feats.schema.field(column).type.list_size
+    encoding = feats.vector_encoding(column)
+    names = [column] + [c for c in dict.fromkeys(["id", text_column]) if c and c in feats.schema.names]
+    unit = np.empty((feats.num_rows, dim), dtype=np.float32)  # untouched pages cost no memory
+    rows, ids, digests, lengths = [], [], [], []
+    count = seen = 0
+    try:
+        for batch in parquet_batches(pq.ParquetFile(feats.path), batch_rows, names):
+            vectors = batch.column(column)
+            valid = vectors.is_valid().to_numpy(zero_copy_only=False)
+            if valid.any():
+                part, usable = unit_rows(decode(vectors.filter(pa.array(valid)), encoding))
+                unit[count : count + int(usable.sum())] = part[usable]
+                rows.append(np.flatnonzero(valid)[usable] + seen)
+                count += int(usable.sum())
+            if "id" in names:
+                ids.append(batch.column("id"))
+            if text_column is not None:
+                texts = batch.column(text_column).to_pylist()
+                digests.append(text_digests(texts))
+                lengths.append(np.fromiter((len(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts)))
+            seen += batch.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{feats.path}: corrupt or unreadable Parquet: {exc}") from exc
+    if ids:
+        all_ids = pa.concat_arrays(ids)
+    elif "id" in names:  # no row at all
+        all_ids = pa.array([], type=feats.schema.field("id").type)
+    else:
+        all_ids = pa.array(np.arange(seen), pa.int64())
+    return _Scan(
+        unit=unit[:count],
+        rows=np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64),
+        copies=digest_edges(np.concatenate(digests)) if digests else np.empty((0, 2), np.int64),
+        lengths=np.concatenate(lengths) if lengths else np.zeros(seen, np.int64),
+        ids=all_ids,
+    )
+
+
+def _dedup_columns(
+    labels: np.ndarray, kept: np.ndarray, has_vector: np.ndarray, scan: _Scan, result: DedupResult
+) -> tuple[dict[str, pa.Array], list[tuple[int, int, int]]]:
+    """The ``OUTPUT_COLUMNS`` of every row; fills the counts of ``result``; returns the example rows to show
+    as (group size, kept row, one of its duplicates)."""
     n = len(labels)
     rows = np.arange(n)
     sizes = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels] if n else np.zeros(0, dtype=np.int64)
@@ -348,46 +391,88 @@ def _annotate(
     group_of_kept = np.full(n, -1)
     kept_rows = np.unique(kept[grouped])
     group_of_kept[kept_rows] = np.arange(len(kept_rows))
-    dup_group = group_of_kept[kept]
     status = np.where(~has_vector, "no_embedding", "unique").astype(object)
     status[grouped & (kept == rows)] = "kept"
     status[grouped & (kept != rows)] = "duplicate"
     keep = kept == rows
-    unit, _ = unit_rows(matrix)
     position = np.full(n, -1)
-    position[vector_rows] = np.arange(len(vector_rows))
+    position[scan.rows] = np.arange(len(scan.rows))
     paired = grouped & ~keep & has_vector & has_vector[kept]
     similarity = np.full(n, np.nan, dtype=np.float32)
-    similarity[paired] = np.einsum("ij,ij->i", unit[position[paired]], unit[position[kept[paired]]])
-    ids = table.column("id") if "id" in table.column_names else pa.array(rows)
-    dup_of = pc.take(ids, pa.array(kept, mask=~(grouped & ~keep)))
-    table = table.append_column("dup_group", pa.array(dup_group, mask=~grouped, type=pa.int64()))
-    table = table.append_column("dup_status", pa.array(status.tolist(), type=pa.string()))
-    table = table.append_column("keep", pa.array(keep))
-    table = table.append_column("dup_of", dup_of)
-    table = table.append_column("dup_similarity", pa.array(similarity, mask=~paired))
+    similarity[paired] = np.einsum("ij,ij->i", scan.unit[position[paired]], scan.unit[position[kept[paired]]])
+    columns = {
+        "dup_group": pa.array(group_of_kept[kept], mask=~grouped, type=pa.int64()),
+        "dup_status": pa.array(status.tolist(), type=pa.string()),
+        "keep": pa.array(keep),
+        "dup_of": pc.take(scan.ids, pa.array(kept, mask=~(grouped & ~keep))),
+        "dup_similarity": pa.array(similarity, mask=~paired),
+    }
     result.groups = len(kept_rows)
     result.dropped = int((~keep).sum())
     result.no_embedding = int((~has_vector).sum())
-    for g, k in enumerate(kept_rows[:EXAMPLES]):
-        other = int(np.flatnonzero((kept == k) & (rows != k))[0])
-        cos = similarity[other]
+    shown = [(int(sizes[k]), int(k), int(np.flatnonzero((kept == k) & (rows != k))[0])) for k in kept_rows[:EXAMPLES]]
+    return columns, shown
+
+
+def _write(
+    feats: Features,
+    tmp: Path,
+    columns: dict[str, pa.Array],
+    record: bytes,
+    text_column: str | None,
+    shown: list[tuple[int, int, int]],
+) -> dict[int, str | None]:
+    """Second pass: every row of the input with its dedup columns, a batch at a time; returns the texts of the
+    example rows (read as they stream past)."""
+    pf = pq.ParquetFile(feats.path)
+    inputs = [f for f in pf.schema_arrow if f.name not in OUTPUT_COLUMNS]  # a re-run replaces them
+    meta = {k: v for k, v in (pf.schema_arrow.metadata or {}).items() if k not in (JOB_KEY, DEDUP_KEY)}
+    meta[DEDUP_KEY] = record
+    schema = pa.schema(inputs + [pa.field(name, array.type) for name, array in columns.items()], metadata=meta)
+    wanted = {row for _, kept, other in shown for row in (kept, other)}
+    texts: dict[int, str | None] = {}
+    seen = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in parquet_batches(pf, BATCH_ROWS, [f.name for f in inputs]):
+                table = pa.Table.from_batches([batch])
+                for name, array in columns.items():
+                    table = table.append_column(name, array.slice(seen, batch.num_rows))
+                writer.write_table(table.replace_schema_metadata(meta))
+                if text_column is not None:
+                    for row in wanted.intersection(range(seen, seen + batch.num_rows)):
+                        texts[row] = batch.column(text_column)[row - seen].as_py()
+                seen += batch.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{feats.path}: corrupt or unreadable Parquet: {exc}") from exc
+    return texts
+
+
+def _examples(
+    result: DedupResult,
+    shown: list[tuple[int, int, int]],
+    texts: dict[int, str | None],
+    ids: pa.Array,
+    similarity: pa.Array,
+) -> None:
+    for g, (size, kept, other) in enumerate(shown):
+        cos = similarity[other].as_py()
         result.examples.append(
             {
                 "group": g,
-                "size": int(sizes[k]),
-                "kept": _show(texts, ids, int(k)),
-                "duplicate": _show(texts, ids, other) + ("" if math.isnan(cos) else f" (cosine {cos:.3f})"),
+                "size": size,
+                "kept": _show(texts.get(kept), ids[kept].as_py()),
+                "duplicate": _show(texts.get(other), ids[other].as_py())
+                + ("" if cos is None else f" (cosine {cos:.3f})"),
             }
         )
-    return table
 
 
-def _show(texts: list[str | None] | None, ids: pa.Array | pa.ChunkedArray, row: int, width: int = 60) -> str:
-    if texts is not None and texts[row]:
-        text = normalise_text(texts[row] or "")
+def _show(text: str | None, ident: Any, width: int = 60) -> str:
+    if text:
+        text = normalise_text(text)
         return repr(text if len(text) <= width else text[: width - 1] + "…")
-    return f"id {ids[row].as_py()!r}"
+    return f"id {ident!r}"
 
 
 __all__ = [
