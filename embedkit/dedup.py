@@ -14,6 +14,9 @@ Every input row is written back, with ``dup_group`` (null for a row without dupl
 (``unique``, ``kept``, ``duplicate`` or ``no_embedding``: a row with a null or non-finite vector, compared by
 text only), ``keep`` (one row per group), ``dup_of`` (the id of the kept row) and ``dup_similarity`` (cosine to
 it). The output keeps the input's embedkit metadata, so it is still a features file for every later stage.
+
+The file is streamed twice (:mod:`embedkit.dedup_passes`, which states the memory bound): texts are never held
+whole, only the vectors the search needs and a few numbers per row.
 """
 
 from __future__ import annotations
@@ -27,14 +30,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .artefact import writing_file
 from .errors import ConfigError, InputError, choice_error
-from .sources import parquet_batches
-from .store import JOB_KEY, Features, open_features
-from .vectors import decode
+from .store import open_features
 
 DEFAULT_THRESHOLD = 0.95
 KEEP_RULES = ("first", "longest")
@@ -48,7 +47,6 @@ SEARCHES = ("exact", "hnsw")
 HNSW_NEIGHBOURS = 32  # neighbours per row looked at by the approximate search
 EDGE_BUDGET = 20_000_000  # pairs held before they are folded into component edges (memory stays O(rows))
 EXAMPLES = 3
-BATCH_ROWS = 65536  # rows read at a time by both passes (never more than one row group)
 
 
 @dataclass
@@ -300,8 +298,10 @@ def dedup_file(
             f"--keep-rule longest compares texts, and {feats.path} has no 'text' column; name one with "
             f"--text-column (string columns: {', '.join(feats.text_columns) or 'none'})"
         )
+    from .dedup_passes import annotate, examples, scan_file, write_output  # they build on this module
+
     with writing_file(output, overwrite=overwrite, wait=wait) as tmp:
-        scan = _scan(feats, column, text_column, BATCH_ROWS)
+        scan = scan_file(feats, column, text_column)
         n = feats.num_rows
         labels, has_vector, searched = duplicate_labels(scan.unit, scan.rows, scan.copies, n, threshold, search)
         kept = choose_kept(labels, has_vector, scan.lengths if keep_rule == "longest" else None)
@@ -316,163 +316,14 @@ def dedup_file(
             exact_copies=len(scan.copies),
             text_column=text_column,
         )
-        columns, shown = _dedup_columns(labels, kept, has_vector, scan, result)
+        columns, shown = annotate(labels, kept, has_vector, scan, result)
         settings = {"threshold": threshold, "column": column, "text_column": text_column, "keep_rule": keep_rule}
         settings["search"] = search
         record = json.dumps({**settings, "groups": result.groups, "dropped": result.dropped}).encode()
-        texts = _write(feats, tmp, columns, record, text_column, shown)
-        _examples(result, shown, texts, scan.ids, columns["dup_similarity"])
+        texts = write_output(feats, tmp, columns, record, text_column, shown)
+        examples(result, shown, texts, scan.ids, columns["dup_similarity"])
     result.seconds = time.perf_counter() - started
     return result
-
-
-@dataclass
-class _Scan:
-    """What the first pass keeps of a features file: O(rows) facts and the vectors, never the texts."""
-
-    unit: np.ndarray  # unit vectors of the rows with a usable vector
-    rows: np.ndarray  # their row numbers
-    copies: np.ndarray  # exact text copies: (first row, later row)
-    lengths: np.ndarray  # text length of every row (0 without text)
-    ids: pa.Array  # id of every row (row number when the file has no id column)
-
-
-def _scan(feats: Features, column: str, text_column: str | None, batch_rows: int) -> _Scan:
-    """First pass, a batch (within one row group) at a time: unit vectors, text digests and lengths, ids."""
-    dim = feats.schema.field(column).type.list_size
-    encoding = feats.vector_encoding(column)
-    names = [column] + [c for c in dict.fromkeys(["id", text_column]) if c and c in feats.schema.names]
-    unit = np.empty((feats.num_rows, dim), dtype=np.float32)  # untouched pages cost no memory
-    rows, ids, digests, lengths = [], [], [], []
-    count = seen = 0
-    try:
-        for batch in parquet_batches(pq.ParquetFile(feats.path), batch_rows, names):
-            vectors = batch.column(column)
-            valid = vectors.is_valid().to_numpy(zero_copy_only=False)
-            if valid.any():
-                part, usable = unit_rows(decode(vectors.filter(pa.array(valid)), encoding))
-                unit[count : count + int(usable.sum())] = part[usable]
-                rows.append(np.flatnonzero(valid)[usable] + seen)
-                count += int(usable.sum())
-            if "id" in names:
-                ids.append(batch.column("id"))
-            if text_column is not None:
-                texts = batch.column(text_column).to_pylist()
-                digests.append(text_digests(texts))
-                lengths.append(np.fromiter((len(t) if t else 0 for t in texts), dtype=np.int64, count=len(texts)))
-            seen += batch.num_rows
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{feats.path}: corrupt or unreadable Parquet: {exc}") from exc
-    if ids:
-        all_ids = pa.concat_arrays(ids)
-    elif "id" in names:  # no row at all
-        all_ids = pa.array([], type=feats.schema.field("id").type)
-    else:
-        all_ids = pa.array(np.arange(seen), pa.int64())
-    return _Scan(
-        unit=unit[:count],
-        rows=np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64),
-        copies=digest_edges(np.concatenate(digests)) if digests else np.empty((0, 2), np.int64),
-        lengths=np.concatenate(lengths) if lengths else np.zeros(seen, np.int64),
-        ids=all_ids,
-    )
-
-
-def _dedup_columns(
-    labels: np.ndarray, kept: np.ndarray, has_vector: np.ndarray, scan: _Scan, result: DedupResult
-) -> tuple[dict[str, pa.Array], list[tuple[int, int, int]]]:
-    """The ``OUTPUT_COLUMNS`` of every row; fills the counts of ``result``; returns the example rows to show
-    as (group size, kept row, one of its duplicates)."""
-    n = len(labels)
-    rows = np.arange(n)
-    sizes = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels] if n else np.zeros(0, dtype=np.int64)
-    grouped = sizes > 1
-    # Groups numbered 0.. in the order of their kept row, so the numbers read in file order.
-    group_of_kept = np.full(n, -1)
-    kept_rows = np.unique(kept[grouped])
-    group_of_kept[kept_rows] = np.arange(len(kept_rows))
-    status = np.where(~has_vector, "no_embedding", "unique").astype(object)
-    status[grouped & (kept == rows)] = "kept"
-    status[grouped & (kept != rows)] = "duplicate"
-    keep = kept == rows
-    position = np.full(n, -1)
-    position[scan.rows] = np.arange(len(scan.rows))
-    paired = grouped & ~keep & has_vector & has_vector[kept]
-    similarity = np.full(n, np.nan, dtype=np.float32)
-    similarity[paired] = np.einsum("ij,ij->i", scan.unit[position[paired]], scan.unit[position[kept[paired]]])
-    columns = {
-        "dup_group": pa.array(group_of_kept[kept], mask=~grouped, type=pa.int64()),
-        "dup_status": pa.array(status.tolist(), type=pa.string()),
-        "keep": pa.array(keep),
-        "dup_of": pc.take(scan.ids, pa.array(kept, mask=~(grouped & ~keep))),
-        "dup_similarity": pa.array(similarity, mask=~paired),
-    }
-    result.groups = len(kept_rows)
-    result.dropped = int((~keep).sum())
-    result.no_embedding = int((~has_vector).sum())
-    shown = [(int(sizes[k]), int(k), int(np.flatnonzero((kept == k) & (rows != k))[0])) for k in kept_rows[:EXAMPLES]]
-    return columns, shown
-
-
-def _write(
-    feats: Features,
-    tmp: Path,
-    columns: dict[str, pa.Array],
-    record: bytes,
-    text_column: str | None,
-    shown: list[tuple[int, int, int]],
-) -> dict[int, str | None]:
-    """Second pass: every row of the input with its dedup columns, a batch at a time; returns the texts of the
-    example rows (read as they stream past)."""
-    pf = pq.ParquetFile(feats.path)
-    inputs = [f for f in pf.schema_arrow if f.name not in OUTPUT_COLUMNS]  # a re-run replaces them
-    meta = {k: v for k, v in (pf.schema_arrow.metadata or {}).items() if k not in (JOB_KEY, DEDUP_KEY)}
-    meta[DEDUP_KEY] = record
-    schema = pa.schema(inputs + [pa.field(name, array.type) for name, array in columns.items()], metadata=meta)
-    wanted = {row for _, kept, other in shown for row in (kept, other)}
-    texts: dict[int, str | None] = {}
-    seen = 0
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in parquet_batches(pf, BATCH_ROWS, [f.name for f in inputs]):
-                table = pa.Table.from_batches([batch])
-                for name, array in columns.items():
-                    table = table.append_column(name, array.slice(seen, batch.num_rows))
-                writer.write_table(table.replace_schema_metadata(meta))
-                if text_column is not None:
-                    for row in wanted.intersection(range(seen, seen + batch.num_rows)):
-                        texts[row] = batch.column(text_column)[row - seen].as_py()
-                seen += batch.num_rows
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{feats.path}: corrupt or unreadable Parquet: {exc}") from exc
-    return texts
-
-
-def _examples(
-    result: DedupResult,
-    shown: list[tuple[int, int, int]],
-    texts: dict[int, str | None],
-    ids: pa.Array,
-    similarity: pa.Array,
-) -> None:
-    for g, (size, kept, other) in enumerate(shown):
-        cos = similarity[other].as_py()
-        result.examples.append(
-            {
-                "group": g,
-                "size": size,
-                "kept": _show(texts.get(kept), ids[kept].as_py()),
-                "duplicate": _show(texts.get(other), ids[other].as_py())
-                + ("" if cos is None else f" (cosine {cos:.3f})"),
-            }
-        )
-
-
-def _show(text: str | None, ident: Any, width: int = 60) -> str:
-    if text:
-        text = normalise_text(text)
-        return repr(text if len(text) <= width else text[: width - 1] + "…")
-    return f"id {ident!r}"
 
 
 __all__ = [
