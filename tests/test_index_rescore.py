@@ -174,3 +174,36 @@ def test_cli_build_with_rescore(tmp_path):
     assert plain.exit_code == 0 and "give their float features with --rescore-with" in plain.output
     bad = runner.invoke(cli, ["index", "build", str(floats), "-o", str(tmp_path / "x"), "--rescore-with", str(floats)])
     assert bad.exit_code != 0 and "Traceback" not in bad.output and "re-scoring" in bad.output
+
+
+def test_text_search_and_serve_rescore_real_embeddings(tiny_gpt2_shared, tmp_path):
+    """Embedded like `embed --vector-dtype binary` and float32: `search` by text and `serve` re-rank alike."""
+    import httpx
+    from conftest import sample_texts
+    from test_serve import Running
+
+    from embedkit.embed import embed_file
+    from embedkit.serve import ServeSettings, parse_artefact
+
+    texts = sample_texts(40, seed=11)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    for dtype in ("binary", "float32"):
+        config = ExtractConfig(model=tiny_gpt2_shared, dtype=dtype)
+        embed_file(tmp_path / "in.txt", tmp_path / f"{dtype}.parquet", config, device="cpu", progress=False)
+    build_index(tmp_path / "binary.parquet", tmp_path / "ix", kind="flat", rescore_with=tmp_path / "float32.parquet")
+    index = Index.load(tmp_path / "ix", device="cpu")
+    hits = index.search(texts[5], k=3).hits()
+    # The query embeds to row 5's float vector: cosine 1 once re-scored; the sign vector alone scores far less.
+    assert hits[0]["id"] == 5 and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert index.search(texts[5], k=3, rescore=False).hits()[0]["score"] < 0.99
+    settings = ServeSettings(
+        model=None, indexes=(parse_artefact(f"docs={tmp_path / 'ix'}", "index"),), classifiers=(), device="cpu"
+    )
+    running = Running(settings)
+    try:
+        body = httpx.post(running.url + "/v1/search", json={"query": texts[5], "k": 3}, timeout=60).json()
+    finally:
+        running.stop()
+    served = body["data"][0]["hits"]
+    assert [h["id"] for h in served] == [h["id"] for h in hits]
+    assert served[0]["score"] == pytest.approx(1.0, abs=1e-4)
