@@ -207,3 +207,21 @@ def test_text_search_and_serve_rescore_real_embeddings(tiny_gpt2_shared, tmp_pat
     served = body["data"][0]["hits"]
     assert [h["id"] for h in served] == [h["id"] for h in hits]
     assert served[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_damaged_rescore_entry_or_file_is_refused_at_load(tmp_path):
+    x = clustered(300, dim=DIM)
+    compact, floats = pair(tmp_path, x, "binary")
+    build_index(compact, tmp_path / "ix", kind="flat", rescore_with=floats)
+    manifest = tmp_path / "ix" / "index.json"
+    meta = json.loads(manifest.read_text())
+    meta["rescore"]["factor"] = 0
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="'rescore'"):
+        Index.load(tmp_path / "ix")
+    meta["rescore"]["factor"] = 10
+    manifest.write_text(json.dumps(meta))
+    stored = np.load(tmp_path / "ix" / RESCORE_FILE)
+    np.save(tmp_path / "ix" / RESCORE_FILE, stored[:, ::-1].copy())  # same shape, other values
+    with pytest.raises(InputError, match="sha256|modified"):
+        Index.load(tmp_path / "ix")
