@@ -5,9 +5,13 @@ through embed's own storage path (committed parts, then the merge that quantises
 one reader every stage uses, and searched exactly (cosine, brute force): recall@10 is the share of the float32
 top 10 (self excluded) that the stored dtype's top 10 finds, for float32 queries (what `search` embeds).
 
+Then, for int8 and binary, the index: ``build_index(..., rescore_with=<the float32 file>)`` (flat and hnsw), searched
+with the float32 queries (own row excluded) without re-scoring (``rescore=False``: the compact vectors alone) and
+with it (top k x 10 candidates re-ranked with the float vectors of ``vectors.npy``), plus the index's bytes per
+vector (FAISS file, float copy).
+
 Also measured, not stored by embedkit: int8 with the scale calibrated on the first part only (values above it
-clipped), with one scale for all dimensions, binary of centred vectors, and binary top-100 re-scored with the
-float vectors (what an index over binary vectors would do with float vectors at hand).
+clipped), with one scale for all dimensions, binary of centred vectors.
 
     PYTHONPATH=. python benchmarks/vector_dtypes.py FEATURES [--queries 1000]
 """
@@ -23,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedkit import vectors
+from embedkit.index import Index, build_index
+from embedkit.index.rescore import RESCORE_FILE
 from embedkit.store import PartWriter, open_features
 
 PART_ROWS = 1024  # several parts, so the int8 scale really comes from more than one
@@ -55,11 +61,40 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def rescored(candidates: np.ndarray, queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
-    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+def compact_codecs(
+    tmp: Path, queries: np.ndarray, query_rows: np.ndarray, truth: np.ndarray, floats: np.ndarray
+) -> str:
+    """Measured, not built: FAISS codes as small as the stored dtype (the index above holds decoded float32)."""
+    import faiss
+
+    unit = floats / np.linalg.norm(floats, axis=1, keepdims=True)
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    sims = np.einsum("qd,qcd->qc", q, unit[candidates])
-    return np.take_along_axis(candidates, np.argsort(-sims, axis=1)[:, :k], axis=1)
+    rows = []
+    for dtype, factory in (("int8", "SQ8"), ("binary", "SQ4"), ("binary", "packed bits")):
+        decoded, _, _ = open_features(tmp / f"{dtype}.parquet").load()
+        decoded = decoded / np.linalg.norm(decoded, axis=1, keepdims=True)
+        if factory == "packed bits":  # IndexBinaryFlat: Hamming distance between sign bits of query and row
+            index = faiss.IndexBinaryFlat(decoded.shape[1])
+            index.add(np.packbits(decoded > 0, axis=1))
+            search = lambda k, index=index: index.search(np.packbits(q > 0, axis=1), k)[1]  # noqa: E731
+        else:
+            index = faiss.index_factory(decoded.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            index.train(decoded)
+            index.add(decoded)
+            search = lambda k, index=index: index.search(q, k)[1]  # noqa: E731
+        nbytes = (
+            faiss.serialize_index_binary(index).size if factory == "packed bits" else faiss.serialize_index(index).size
+        )
+        found = search(101)
+        found = np.array([f[f != r][:100] for f, r in zip(found, query_rows)])
+        sims = np.einsum("qd,qcd->qc", q, unit[found])
+        rescored = np.take_along_axis(found, np.argsort(-sims, axis=1)[:, :10], axis=1)
+        rows.append(
+            f"| {dtype} as {factory} (flat; measured, not built) | {nbytes / len(floats):,.0f} | "
+            f"{recall(found[:, :10], truth):.3f} | {recall(rescored, truth):.3f} |"
+        )
+    head = "\n| FAISS codes | bytes/vector | recall@10 without | top 100 re-scored |\n|---|---:|---:|---:|\n"
+    return head + "\n".join(rows)
 
 
 def main() -> None:
@@ -90,10 +125,34 @@ def main() -> None:
             )
             r = recall(top_k(queries, decoded, query_rows, 10), truth)
             print(f"| {dtype} | {vectors.stored_bytes_per_vector(dim, dtype):g} | {on_disk / n:.1f} | {r:.3f} |")
-            if dtype == "binary":
-                candidates = top_k(queries, decoded, query_rows, 100)
-                r = recall(rescored(candidates, queries, matrix, 10), truth)
-                print(f"| binary top-100 re-scored with float32 (not stored; index follow-up) | | | {r:.3f} |")
+        print()
+        print("| index over | kind | FAISS bytes/vector | vectors.npy bytes/vector | recall@10 without | re-scored |")
+        print("|---|---|---:|---:|---:|---:|")
+        for dtype in ("int8", "binary"):
+            for kind in ("flat", "hnsw"):
+                directory = Path(tmp) / f"ix-{dtype}-{kind}"
+                build_index(
+                    Path(tmp) / f"{dtype}.parquet",
+                    directory,
+                    kind=kind,
+                    rescore_with=Path(tmp) / "float32.parquet",
+                    eval_queries=args.queries,
+                )
+                index = Index.load(directory)
+                own = np.array([index.position_of(int(r)) for r in query_rows])
+                ids = index.ids.column("id").to_numpy()
+                found = {
+                    flag: ids[index.search_vectors(queries, 10, exclude=own, rescore=flag).positions]
+                    for flag in (False, True)
+                }
+                faiss_bytes = (directory / "index.faiss").stat().st_size / n
+                npy_bytes = (directory / RESCORE_FILE).stat().st_size / n
+                print(
+                    f"| {dtype} | {index.kind} | {faiss_bytes:,.0f} | {npy_bytes:,.0f} | "
+                    f"{recall(found[False], truth):.3f} | {recall(found[True], truth):.3f} |"
+                )
+        print(compact_codecs(Path(tmp), queries, query_rows, truth, matrix))
+    print()
     # Alternatives to the stored int8 scale (max over the whole file, per dimension), measured for the choice.
     first = vectors.int8_scale(vectors.finite_max_abs(matrix[:PART_ROWS]))
     global_scale = np.full(dim, np.abs(matrix).max() / vectors.INT8_MAX, dtype=np.float32)

@@ -14,13 +14,15 @@ Every input row is written back, with ``dup_group`` (null for a row without dupl
 (``unique``, ``kept``, ``duplicate`` or ``no_embedding``: a row with a null or non-finite vector, compared by
 text only), ``keep`` (one row per group), ``dup_of`` (the id of the kept row) and ``dup_similarity`` (cosine to
 it). The output keeps the input's embedkit metadata, so it is still a features file for every later stage.
+
+The file is streamed twice (:mod:`embedkit.dedup_passes`, which states the memory bound): texts are never held
+whole, only the vectors the search needs and a few numbers per row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +30,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .artefact import writing_file
 from .errors import ConfigError, InputError, choice_error
-from .store import JOB_KEY, matrix_from_arrow, open_features
+from .store import open_features
 
 DEFAULT_THRESHOLD = 0.95
 KEEP_RULES = ("first", "longest")
@@ -91,21 +91,31 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def text_digests(texts: list[str | None]) -> np.ndarray:
+    """[n, 2] uint64: a 128-bit digest of each normalised text; zeros for a null or empty one (never a copy)."""
+    out = np.zeros((len(texts), 2), dtype=np.uint64)
+    for i, text in enumerate(texts):
+        key = normalise_text(text) if text else ""
+        if key:
+            digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            out[i] = np.frombuffer(digest, dtype=np.uint64)
+    return out
+
+
+def digest_edges(digests: np.ndarray) -> np.ndarray:
+    """Pairs (first row, later row) of rows with the same non-zero digest, as a [m, 2] int64 array."""
+    present = np.flatnonzero(digests.any(axis=1))
+    if not len(present):
+        return np.empty((0, 2), dtype=np.int64)
+    _, first, inverse = np.unique(digests[present], axis=0, return_index=True, return_inverse=True)
+    source = present[first[inverse.reshape(-1)]]
+    later = source != present
+    return np.stack([source[later], present[later]], axis=1).astype(np.int64)
+
+
 def text_edges(texts: list[str | None]) -> np.ndarray:
     """Pairs (first row, later row) of rows whose normalised texts are equal, as a [m, 2] int64 array."""
-    first: dict[bytes, int] = {}
-    edges = []
-    for i, text in enumerate(texts):
-        if text is None:
-            continue
-        key = normalise_text(text)
-        if not key:
-            continue
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        j = first.setdefault(digest, i)
-        if j != i:
-            edges.append((j, i))
-    return np.array(edges, dtype=np.int64).reshape(-1, 2)
+    return digest_edges(text_digests(texts))
 
 
 def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,30 +207,21 @@ def component_edges(n: int, edges: np.ndarray) -> np.ndarray:
 
 
 def duplicate_labels(
-    matrix: np.ndarray,
-    vector_rows: np.ndarray,
-    texts: list[str | None] | None,
-    n: int,
-    threshold: float,
-    search: str = "exact",
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Group label of each of ``n`` rows, whether each has a usable vector, how many vectors were searched and how
-    many rows are exact text copies of an earlier row.
+    unit: np.ndarray, vector_rows: np.ndarray, copies: np.ndarray, n: int, threshold: float, search: str = "exact"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Group label of each of ``n`` rows, whether each has a usable vector, and how many vectors were searched.
 
-    ``matrix`` holds the vectors of the rows ``vector_rows`` (the rows whose embedding is not null).
+    ``unit`` holds the unit vectors of the rows ``vector_rows`` (see :func:`unit_rows`); ``copies`` the exact
+    text copies (:func:`text_edges`).
     """
-    unit, usable = unit_rows(matrix)
-    rows = vector_rows[usable]
-    unit = unit[usable]
     representative, copy_edges = identical_vectors(unit)
     distinct = np.flatnonzero(representative == np.arange(len(unit)))
-    none = np.empty((0, 2), dtype=np.int64)
-    near = distinct[near_edges(unit[distinct], threshold, search)] if len(distinct) else none
-    copies = text_edges(texts) if texts is not None else np.empty((0, 2), dtype=np.int64)
+    searched = unit[distinct] if len(distinct) < len(unit) else unit  # a copy only when some rows repeat
+    near = distinct[near_edges(searched, threshold, search)] if len(distinct) else np.empty((0, 2), np.int64)
     has_vector = np.zeros(n, dtype=bool)
-    has_vector[rows] = True
-    labels = components(n, np.concatenate([rows[copy_edges], rows[near], copies]).astype(np.int64))
-    return labels, has_vector, len(distinct), len(copies)
+    has_vector[vector_rows] = True
+    edges = np.concatenate([vector_rows[copy_edges], vector_rows[near], copies]).astype(np.int64)
+    return components(n, edges), has_vector, len(distinct)
 
 
 def choose_kept(labels: np.ndarray, has_vector: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
@@ -297,17 +298,13 @@ def dedup_file(
             f"--keep-rule longest compares texts, and {feats.path} has no 'text' column; name one with "
             f"--text-column (string columns: {', '.join(feats.text_columns) or 'none'})"
         )
+    from .dedup_passes import annotate, examples, scan_file, write_output  # they build on this module
+
     with writing_file(output, overwrite=overwrite, wait=wait) as tmp:
-        table = feats.read_table(feats.schema.names)  # a features file or a sharded dataset
-        table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])  # a re-run replaces them
-        n = table.num_rows
-        vectors = table.column(column)
-        vector_rows = np.flatnonzero(pc.is_valid(vectors).to_numpy(zero_copy_only=False))
-        matrix = matrix_from_arrow(vectors.take(pa.array(vector_rows)), feats.vector_encoding(column))
-        texts = table.column(text_column).to_pylist() if text_column else None
-        labels, has_vector, searched, copies = duplicate_labels(matrix, vector_rows, texts, n, threshold, search)
-        lengths = np.array([len(t) if t else 0 for t in texts]) if keep_rule == "longest" and texts else None
-        kept = choose_kept(labels, has_vector, lengths)
+        scan = scan_file(feats, column, text_column)
+        n = feats.num_rows
+        labels, has_vector, searched = duplicate_labels(scan.unit, scan.rows, scan.copies, n, threshold, search)
+        kept = choose_kept(labels, has_vector, scan.lengths if keep_rule == "longest" else None)
         result = DedupResult(
             output=Path(output),
             rows=n,
@@ -316,78 +313,17 @@ def dedup_file(
             keep_rule=keep_rule,
             searched=searched,
             search=search,
-            exact_copies=copies,
+            exact_copies=len(scan.copies),
             text_column=text_column,
         )
-        table = _annotate(table, labels, kept, has_vector, matrix, vector_rows, texts, result)
-        meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in (JOB_KEY, DEDUP_KEY)}
+        columns, shown = annotate(labels, kept, has_vector, scan, result)
         settings = {"threshold": threshold, "column": column, "text_column": text_column, "keep_rule": keep_rule}
         settings["search"] = search
-        meta[DEDUP_KEY] = json.dumps({**settings, "groups": result.groups, "dropped": result.dropped}).encode()
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        record = json.dumps({**settings, "groups": result.groups, "dropped": result.dropped}).encode()
+        texts = write_output(feats, tmp, columns, record, text_column, shown)
+        examples(result, shown, texts, scan.ids, columns["dup_similarity"])
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _annotate(
-    table: pa.Table,
-    labels: np.ndarray,
-    kept: np.ndarray,
-    has_vector: np.ndarray,
-    matrix: np.ndarray,
-    vector_rows: np.ndarray,
-    texts: list[str | None] | None,
-    result: DedupResult,
-) -> pa.Table:
-    """``table`` with the dedup columns; fills the counts and examples of ``result``."""
-    n = len(labels)
-    rows = np.arange(n)
-    sizes = np.bincount(labels, minlength=labels.max() + 1 if n else 0)[labels] if n else np.zeros(0, dtype=np.int64)
-    grouped = sizes > 1
-    # Groups numbered 0.. in the order of their kept row, so the numbers read in file order.
-    group_of_kept = np.full(n, -1)
-    kept_rows = np.unique(kept[grouped])
-    group_of_kept[kept_rows] = np.arange(len(kept_rows))
-    dup_group = group_of_kept[kept]
-    status = np.where(~has_vector, "no_embedding", "unique").astype(object)
-    status[grouped & (kept == rows)] = "kept"
-    status[grouped & (kept != rows)] = "duplicate"
-    keep = kept == rows
-    unit, _ = unit_rows(matrix)
-    position = np.full(n, -1)
-    position[vector_rows] = np.arange(len(vector_rows))
-    paired = grouped & ~keep & has_vector & has_vector[kept]
-    similarity = np.full(n, np.nan, dtype=np.float32)
-    similarity[paired] = np.einsum("ij,ij->i", unit[position[paired]], unit[position[kept[paired]]])
-    ids = table.column("id") if "id" in table.column_names else pa.array(rows)
-    dup_of = pc.take(ids, pa.array(kept, mask=~(grouped & ~keep)))
-    table = table.append_column("dup_group", pa.array(dup_group, mask=~grouped, type=pa.int64()))
-    table = table.append_column("dup_status", pa.array(status.tolist(), type=pa.string()))
-    table = table.append_column("keep", pa.array(keep))
-    table = table.append_column("dup_of", dup_of)
-    table = table.append_column("dup_similarity", pa.array(similarity, mask=~paired))
-    result.groups = len(kept_rows)
-    result.dropped = int((~keep).sum())
-    result.no_embedding = int((~has_vector).sum())
-    for g, k in enumerate(kept_rows[:EXAMPLES]):
-        other = int(np.flatnonzero((kept == k) & (rows != k))[0])
-        cos = similarity[other]
-        result.examples.append(
-            {
-                "group": g,
-                "size": int(sizes[k]),
-                "kept": _show(texts, ids, int(k)),
-                "duplicate": _show(texts, ids, other) + ("" if math.isnan(cos) else f" (cosine {cos:.3f})"),
-            }
-        )
-    return table
-
-
-def _show(texts: list[str | None] | None, ids: pa.Array | pa.ChunkedArray, row: int, width: int = 60) -> str:
-    if texts is not None and texts[row]:
-        text = normalise_text(texts[row] or "")
-        return repr(text if len(text) <= width else text[: width - 1] + "…")
-    return f"id {ids[row].as_py()!r}"
 
 
 __all__ = [

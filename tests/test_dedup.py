@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedkit import dedup as dedup_module
+from embedkit import dedup_passes
 from embedkit.config import ExtractConfig
 from embedkit.dedup import dedup_file
 from embedkit.errors import ConfigError, InputError, OutputError
@@ -131,6 +132,59 @@ def test_groups_equal_brute_force_when_pairs_are_folded(tmp_path, monkeypatch):
     monkeypatch.setattr(dedup_module, "QUERY_BLOCK", 64)
     dedup_file(path, tmp_path / "out.parquet", threshold=0.9)
     assert found_groups(tmp_path / "out.parquet") == brute_force_groups(matrix, None, 0.9)
+
+
+def test_streamed_in_small_batches_the_output_is_the_same(tmp_path, monkeypatch):
+    # Row groups of 40 rows read 7 at a time: digests, vectors, ids and output columns must line up across batches.
+    matrix, texts = planted()
+    path = write_features(tmp_path / "f.parquet", matrix, texts)
+    whole = dedup_file(path, tmp_path / "whole.parquet", threshold=0.95, keep_rule="longest")
+    grouped = tmp_path / "grouped.parquet"
+    pq.write_table(pq.read_table(path), grouped, row_group_size=40)
+    assert pq.ParquetFile(grouped).metadata.num_row_groups == 8
+    monkeypatch.setattr(dedup_passes, "BATCH_ROWS", 7)
+    streamed = dedup_file(grouped, tmp_path / "streamed.parquet", threshold=0.95, keep_rule="longest")
+    assert pq.read_table(tmp_path / "streamed.parquet").equals(pq.read_table(tmp_path / "whole.parquet"))
+    assert streamed.summary_lines()[1:] == whole.summary_lines()[1:]  # the examples too (line 0 has the time)
+    assert found_groups(tmp_path / "streamed.parquet") == brute_force_groups(matrix, texts, 0.95)
+
+
+def _dedup_peaks(path: Path, output: Path) -> tuple[int, int, int]:
+    """Groups, Arrow's peak allocation and Python's (tracemalloc) of ``dedup_file`` run alone in a fresh process."""
+    script = (
+        "import sys, tracemalloc, pyarrow as pa; from embedkit import dedup_passes; "
+        "from embedkit.dedup import dedup_file; dedup_passes.BATCH_ROWS = 20; tracemalloc.start(); "
+        "r = dedup_file(sys.argv[1], sys.argv[2], keep_rule='longest'); "
+        "print(r.groups, pa.default_memory_pool().max_memory(), tracemalloc.get_traced_memory()[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(path), str(output)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    groups, arrow_peak, python_peak = map(int, out.stdout.split()[-3:])
+    return groups, arrow_peak, python_peak
+
+
+def test_memory_does_not_grow_with_the_texts(tmp_path):
+    # 128 KB texts in row groups of 20 rows; 4x the rows (19 MB -> 75 MB of text) must not raise the peaks: both
+    # passes hold one batch of texts at a time (reading the whole file held it at least twice, with the output).
+    length = 128 * 1024
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for rows in (150, 600):
+        letters = rng.integers(97, 123, size=rows * length, dtype=np.uint8).tobytes().decode()
+        texts = [letters[i * length : (i + 1) * length] for i in range(rows)]
+        texts[7] = texts[3]  # one exact copy
+        path = write_features(tmp_path / f"f{rows}.parquet", rng.normal(size=(rows, 64)).astype(np.float32), texts)
+        pq.write_table(pq.read_table(path), path, row_group_size=20)
+        del letters, texts
+        groups, *peaks[rows] = _dedup_peaks(path, tmp_path / f"out{rows}.parquet")
+        print(rows, [f"{p / 2**20:.1f} MB" for p in peaks[rows]])
+        assert groups == 1
+        assert pq.read_table(tmp_path / f"out{rows}.parquet", columns=["keep"])["keep"].to_pylist().count(False) == 1
+    total = 600 * length
+    for small, large, what in zip(peaks[150], peaks[600], ("Arrow", "Python")):
+        assert large < 1.5 * small + 2**20, f"{what} peak {small / 2**20:.1f} MB -> {large / 2**20:.1f} MB"
+    # Python's peak includes the modules dedup imports (scipy, faiss): only its growth says something.
+    assert peaks[600][0] < total / 2, f"Arrow peak {peaks[600][0] / 2**20:.1f} MB for {total / 2**20:.0f} MB of texts"
 
 
 def test_every_row_is_written_with_one_kept_per_group(tmp_path):

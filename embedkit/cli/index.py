@@ -50,6 +50,19 @@ def index():
     show_default=True,
     help="recall@10 that nprobe/efSearch are tuned to reach.",
 )
+@click.option(
+    "--rescore-with",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="For int8/binary FEATURES: float features of the same rows; search re-ranks candidates with them.",
+)
+@click.option(
+    "--rescore-factor",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="With --rescore-with: candidates fetched per hit (k x factor) before re-ranking.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
 @wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
@@ -65,6 +78,8 @@ def build(
     no_store_text,
     no_store,
     target_recall,
+    rescore_with,
+    rescore_factor,
     overwrite,
     wait,
     as_json,
@@ -86,6 +101,8 @@ def build(
         store=list(store),
         store_text=not (no_store or no_store_text),
         target_recall=target_recall,
+        rescore_with=rescore_with,
+        rescore_factor=rescore_factor,
         overwrite=overwrite,
         wait=wait,
         progress=not quiet,
@@ -101,13 +118,21 @@ def build(
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("features", type=click.Path())
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
+@click.option(
+    "--rescore-with",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Float features of the added rows (an index built with --rescore-with needs them).",
+)
 @wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def add(index_dir, features, column, wait, quiet):
+def add(index_dir, features, column, rescore_with, wait, quiet):
     """Add the rows of FEATURES (embedded with the index's settings) to INDEX_DIR without rebuilding."""
     from ..index import add_to_index
 
-    _, report = add_to_index(index_dir, features, column=column, wait=wait, progress=not quiet)
+    _, report = add_to_index(
+        index_dir, features, column=column, rescore_with=rescore_with, wait=wait, progress=not quiet
+    )
     for line in report.summary_lines():
         click.echo(line, err=True)
 
@@ -116,13 +141,21 @@ def add(index_dir, features, column, wait, quiet):
 @click.argument("index_dir", type=click.Path(file_okay=False))
 @click.argument("features", type=click.Path())
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
+@click.option(
+    "--rescore-with",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Float features of the added rows (an index built with --rescore-with needs them).",
+)
 @wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def upsert(index_dir, features, column, wait, quiet):
+def upsert(index_dir, features, column, rescore_with, wait, quiet):
     """Add the rows of FEATURES to INDEX_DIR; a row whose id is already there replaces the old one."""
     from ..index import add_to_index
 
-    _, report = add_to_index(index_dir, features, column=column, upsert=True, wait=wait, progress=not quiet)
+    _, report = add_to_index(
+        index_dir, features, column=column, upsert=True, rescore_with=rescore_with, wait=wait, progress=not quiet
+    )
     for line in report.summary_lines():
         click.echo(line, err=True)
 

@@ -2,13 +2,16 @@
 
 One module per job: ``plan`` (kind and factory string), ``faiss_ops`` (FAISS helpers, exact search),
 ``recall`` (evaluation, interval, tuning), ``rows`` (usable rows of a features file), ``files`` (directory
-format), ``build``, ``add``, ``search`` (the :class:`Index`) and ``queries`` (search a file of queries).
+format), ``build``, ``add``, ``search`` (the :class:`Index`), ``queries`` (search a file of queries) and
+``rescore`` (an index of int8 / binary vectors re-ranking its candidates with float vectors).
 
 An index directory is an embedkit artefact (:mod:`embedkit.artefact`) holding:
 
 * ``index.faiss``: the FAISS index (built from an ``index_factory`` string),
 * ``ids.parquet``: row ``i`` of the FAISS index is row ``i`` of this table (the features ``id`` plus any
   stored columns such as ``text``, for display),
+* ``vectors.npy`` (only with ``index build --rescore-with``): the float vectors of the FAISS rows, memory-mapped
+  by search to re-rank the candidates of the compact vectors (:mod:`embedkit.index.rescore`),
 * ``index.json``, the manifest, written last: extraction settings of the indexed column (so ``search`` embeds
   query text exactly the same way), metric, index kind, factory string, counts, tuned search parameters, build
   figures and the sha256 and size of every file, all checked before FAISS reads anything.

@@ -17,6 +17,8 @@ from ..store import Features, open_features
 from .compact import change_lines, maybe_compact, remeasure
 from .faiss_ops import _prepare
 from .files import ARTEFACT_KIND, DELETED_FORMAT, INDEX_FORMAT, META_FILE, _named, _now, _write_data
+from .rescore import RESCORE_FILE, add_rows
+from .rescore import write_generation as write_float_vectors
 from .rows import BATCH_ROWS, _check_ids, _progress, _Skipped, _skipped_lines, _usable_batches
 from .search import Index
 
@@ -56,6 +58,7 @@ def add_to_index(
     progress: bool = False,
     wait: bool = False,
     device: str = "auto",
+    rescore_with: str | Path | None = None,
 ) -> tuple[Index, AddReport]:
     """Add the rows of a features file to the index in ``directory`` (``embedkit index add`` / ``upsert``).
 
@@ -64,6 +67,7 @@ def add_to_index(
     generation and switched in. A failure or a kill leaves the previous index as it was. Returns the grown index
     and a report. Ids stay unique: a row whose id is already in the index is refused, unless ``upsert``, where it
     replaces the old row (the old vector is deleted, see :mod:`embedkit.index.live`; enough deletions compact).
+    An index that re-scores with float vectors needs the float features of the added rows (``rescore_with``).
 
     Raises:
         BusyError: another process is writing the index (unless ``wait``).
@@ -78,7 +82,7 @@ def add_to_index(
         directory, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=True, wait=wait
     ) as stage:
         index = Index.load(directory, device=device)
-        report = grow(index, feats, column, batch_rows, progress, upsert=upsert)
+        report = grow(index, feats, column, batch_rows, progress, upsert=upsert, rescore_with=rescore_with)
         report.compacted = maybe_compact(index)
         report.recall = remeasure(index)
         report.rows = index.size
@@ -96,7 +100,13 @@ def add_to_index(
 
 
 def grow(
-    index: Index, feats: Features, column: str | None, batch_rows: int, progress: bool, upsert: bool = False
+    index: Index,
+    feats: Features,
+    column: str | None,
+    batch_rows: int,
+    progress: bool,
+    upsert: bool = False,
+    rescore_with: str | Path | None = None,
 ) -> AddReport:
     """Add the usable rows of ``feats`` to this in-memory index (nothing is written)."""
     column = feats.embedding_column(column or index.meta["column"])
@@ -132,6 +142,8 @@ def grow(
             f"{feats.path}: its id/stored columns do not match the index's ({index.ids.schema}): {exc}"
         ) from exc
     old = [index.position_of(value) for value in replaced]
+    if index.float_vectors is not None or rescore_with is not None:
+        add_rows(index, new_ids, feats, column, rescore_with, batch_rows)
     for matrix, _ in _usable_batches(feats, column, (), batch_rows):
         index.faiss_index.add(_prepare(matrix, index.metric))
     index.ids = ids
@@ -166,4 +178,7 @@ def write_generation(
     if recall is not None:
         build["recall_now"] = recall
     _write_data(stage, index.faiss_index, index.ids, index.deleted)
+    if index.float_vectors is not None:
+        write_float_vectors(index, stage.path(RESCORE_FILE))
+        meta["rescore"] = index.meta["rescore"]
     index.meta = stage.seal(meta)

@@ -19,6 +19,8 @@ from .faiss_ops import _faiss, _ivf_of, _metric_type, _new_index, _pad, _pad_ids
 from .files import ARTEFACT_KIND, INDEX_FORMAT, META_FILE, _named, _now, _write_data
 from .plan import DEFAULT_MEMORY, METRICS, _train_rows, human_bytes, plan_index
 from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, _Copies, tune
+from .rescore import DEFAULT_FACTOR, RESCORE_FILE, build_entry, check_factor, open_source
+from .rescore import summary_lines as rescore_lines
 from .rows import BATCH_ROWS, _check_ids, _column_dim, _draw_samples, _progress, _skipped_lines, _usable_batches
 from .settings import choose_store, store_note
 
@@ -64,6 +66,8 @@ class BuildReport:
     recall_interval: tuple[float, float] | None = None  # 95% interval of recall_at_10 (``wilson_interval``)
     eval_duplicates: int = 0  # held-out queries left out of the evaluation: exact copies of indexed rows
     stored_columns: list[str] = field(default_factory=list)
+    vector_dtype: str = "float32"  # storage dtype of the indexed column
+    rescore: dict[str, Any] | None = None  # index.json's "rescore" entry when candidates are re-scored
 
     def summary_lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
@@ -90,6 +94,7 @@ class BuildReport:
                 f"recall@10 {self.recall_at_10:.3f}{interval}{reached} at {params} on {self.eval_queries} held-out "
                 f"queries (new to the index when tuned{dropped}), {self.queries_per_second:,.0f} queries/s"
             )
+        out += rescore_lines(self.rescore, self.vector_dtype)
         out += _skipped_lines(self.skipped_null_rows, self.skipped_nonfinite_rows, self.skipped_nonfinite_ids)
         return out + [f"note: {note}" for note in self.notes]
 
@@ -135,6 +140,8 @@ def build_index(
     progress: bool = False,
     seed: int = 0,
     wait: bool = False,
+    rescore_with: str | Path | None = None,
+    rescore_factor: int = DEFAULT_FACTOR,
 ) -> BuildReport:
     """Build a FAISS index of one embedding column of a features file into the directory ``output``.
 
@@ -154,6 +161,9 @@ def build_index(
         eval_queries: how many rows are drawn as held-out queries.
         batch_rows: rows per streamed batch (bounds memory).
         wait: wait for another process writing ``output`` instead of failing with BusyError.
+        rescore_with: for int8 / binary features, the float32 / float16 features of the same rows (same settings
+            otherwise): kept as ``vectors.npy``, every search re-ranks its top ``k x rescore_factor`` candidates by
+            them (:mod:`embedkit.index.rescore`).
 
     Returns:
         A BuildReport with build time, index size, recall@10 and queries/s.
@@ -170,6 +180,8 @@ def build_index(
     store, text_column = choose_store(feats, store, store_text)
     col_config = feats.column_config(column)
     dim = _column_dim(feats, column)
+    floats = open_source(rescore_with, feats, column, col_config.dtype) if rescore_with is not None else None
+    rescore_factor = check_factor(rescore_factor)
     output = _named(output)
 
     with artefact.writing_dir(
@@ -234,6 +246,13 @@ def build_index(
             index.add(samples.queries)  # in position order, as held_tables
         ids = pa.concat_tables(tables + held_tables)
         _check_ids(ids, feats.path)
+        rescoring = None
+        if floats is not None:
+            ntotal = int(index.ntotal)
+            evaluated = np.arange(ntotal - len(held), ntotal) if len(held) else samples.query_positions
+            rescoring = build_entry(
+                stage.path(RESCORE_FILE), index, ids, floats, column, metric, rescore_factor, evaluated, batch_rows
+            )
         nonfinite = samples.nonfinite.rows
         null_rows = feats.num_rows - samples.rows - nonfinite
         meta = {
@@ -269,6 +288,8 @@ def build_index(
                 "adds": [],
             },
         }
+        if rescoring is not None:
+            meta["rescore"] = rescoring
         index_bytes = _write_data(stage, index, ids)
         meta["build"]["seconds"] = round(time.perf_counter() - started, 3)
         stage.seal(meta)
@@ -295,4 +316,6 @@ def build_index(
         (interval[0], interval[1]) if interval else None,
         int(copies.found.sum()),
         store,
+        col_config.dtype,
+        rescoring,
     )

@@ -57,6 +57,8 @@ def compact(index: Index) -> int:
             _renumber_lists(ivf, index.deleted)
     if index.meta.get("params"):
         apply_params(index.faiss_index, index.meta["params"])
+    if index.float_vectors is not None:
+        index.float_vectors.keep(keep)
     index.ids = index.ids.filter(pa.array(keep))
     index.deleted = np.empty(0, np.int64)
     index._positions = None
@@ -89,7 +91,10 @@ def remeasure(index: Index, queries: int = REMEASURE_QUERIES, seed: int = 0) -> 
     rows = np.flatnonzero(live) if live is not None else np.arange(index.size)
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(rows, size=min(queries, len(rows)), replace=False)).astype(np.int64)
-    vectors = np.vstack([index._reconstruct(int(p)) for p in picked])
+    if index.float_vectors is not None:  # the queries a re-scoring index serves: float vectors
+        vectors = index.float_vectors.take(picked)
+    else:
+        vectors = np.vstack([index._reconstruct(int(p)) for p in picked])
     approx = index.search_vectors(vectors, k, exclude=picked).positions
     truth = index.search_vectors(vectors, k, exclude=picked, exact=True).positions
     hits = np.array([np.intersect1d(a[a >= 0], t[t >= 0]).size for a, t in zip(approx, truth)])

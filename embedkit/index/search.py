@@ -20,6 +20,8 @@ from .files import META_FILE, _manifest_bytes, _read_index
 from .filter import where_mask
 from .live import Selection, live_mask
 from .queries import check_output, search_all
+from .rescore import FloatVectors
+from .rescore import load as load_float_vectors
 from .result import SearchResult, _coerce_id, _exclude
 from .rows import BATCH_ROWS, _column_dim
 
@@ -58,8 +60,10 @@ class Index:
         device: str = "auto",
         trust_remote_code: bool = False,
         deleted: np.ndarray | None = None,
+        float_vectors: FloatVectors | None = None,
     ):
         self.directory = Path(directory)
+        self.float_vectors = float_vectors  # re-scores the candidates of an int8 / binary index (rescore.py)
         self.deleted = np.empty(0, np.int64) if deleted is None else deleted  # FAISS rows deleted, not compacted
         self.trust_remote_code = trust_remote_code  # the caller's decision; index.json's own is never used
         self.faiss_index = faiss_index
@@ -91,12 +95,13 @@ class Index:
             before = _manifest_bytes(directory)
             try:
                 index, ids, meta, deleted = _read_index(directory)
+                floats = load_float_vectors(directory, meta, int(index.ntotal), int(index.d))
             except InputError:
                 if attempt + 1 < LOAD_ATTEMPTS and _manifest_bytes(directory) != before:
                     continue
                 raise
             if _manifest_bytes(directory) == before:
-                return cls(directory, index, ids, meta, device, trust_remote_code, deleted)
+                return cls(directory, index, ids, meta, device, trust_remote_code, deleted, floats)
         raise InputError(f"{directory} was replaced {LOAD_ATTEMPTS} times while it was being read; try again")
 
     # -- facts
@@ -190,6 +195,7 @@ class Index:
         ef_search: int | None = None,
         exact: bool = False,
         where: str | None = None,
+        rescore: bool = True,
     ) -> SearchResult:
         """Nearest rows to query texts (embedded with the stored settings) or to query vectors.
 
@@ -199,12 +205,16 @@ class Index:
         Scores: cosine similarity (cosine), inner product (ip) or Euclidean distance (l2, lower is closer).
         ``k`` above the index size is clamped (noted in ``SearchResult.notes``). ``exact``: compare with every
         stored vector (see ``search_vectors``); ``nprobe`` / ``ef_search`` override the tuned values for this call.
+        ``rescore``: an index of int8 / binary vectors built with float vectors re-ranks its top ``k x factor``
+        candidates by them (:mod:`embedkit.index.rescore`); False ranks by the compact vectors alone.
         """
         if isinstance(queries, np.ndarray):
             vectors = queries
         else:
             vectors = self.embed(queries)
-        return self.search_vectors(vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact, where=where)
+        return self.search_vectors(
+            vectors, k, nprobe=nprobe, ef_search=ef_search, exact=exact, where=where, rescore=rescore
+        )
 
     def search_vectors(
         self,
@@ -216,12 +226,14 @@ class Index:
         exclude: np.ndarray | None = None,
         exact: bool = False,
         where: str | None = None,
+        rescore: bool = True,
     ) -> SearchResult:
         """Nearest rows to query vectors; ``exact`` compares every stored vector instead of the index's shortcut.
 
         Exact search reads the vectors the index stores (flat, hnsw, ivf keep them whole) in chunks and is
         linear in the index size: the true top-k, for checking an approximate result or for a small index.
         ConfigError for ivfpq, which keeps only compressed codes, and with nprobe / ef_search (nothing to tune).
+        With float vectors for re-scoring (and ``rescore``), exact search compares those instead.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
@@ -251,22 +263,31 @@ class Index:
         # A flat index compares every row anyway: restricted to some rows, FAISS's selector path checks them one by
         # one (no BLAS), 3x slower on 200 queries than reading the allowed rows back and comparing in one batch.
         fallback = fallback or (allowed is not None and self.kind == "flat")
+        floats = self.float_vectors if rescore else None
+        queries = _prepare(vectors, self.metric)
+        fetch = k  # candidates asked of the index: more when they are re-scored
         if exact or fallback:
             if exact and (nprobe is not None or ef_search is not None):
                 raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
-            scores, positions = _exact_search(
-                self.faiss_index, _prepare(vectors, self.metric), k + extra, self.metric, allowed
-            )
+            if floats is not None:  # the float vectors are the exact ones: nothing left to re-score
+                scores, positions = floats.exact(queries, k + extra, self.metric, allowed)
+                floats = None
+            else:
+                scores, positions = _exact_search(self.faiss_index, queries, k + extra, self.metric, allowed)
         else:
+            if floats is not None:
+                fetch = floats.candidates(k, (self.size if allowed is None else int(allowed.sum())) - extra)
             self._set_knobs(nprobe, ef_search)
             params = None if allowed is None else Selection(allowed).params(self.faiss_index)
             try:
-                scores, positions = self.faiss_index.search(_prepare(vectors, self.metric), k + extra, params=params)
+                scores, positions = self.faiss_index.search(queries, fetch + extra, params=params)
             finally:
                 if nprobe is not None or ef_search is not None:
                     apply_params(self.faiss_index, self.meta.get("params") or {})
         if exclude is not None:
-            scores, positions = _exclude(scores, positions, exclude, k)
+            scores, positions = _exclude(scores, positions, exclude, fetch)
+        if floats is not None:
+            scores, positions = floats.rerank(queries, positions, k, self.metric)
         if self.metric == "l2":
             scores = np.sqrt(np.maximum(scores, 0))
         return SearchResult(scores, positions, self.ids, notes)
@@ -274,7 +295,10 @@ class Index:
     def search_ids(self, ids: Sequence[Any], k: int = DEFAULT_K, **knobs) -> SearchResult:
         """More like this: neighbours of rows already in the index (the row itself left out)."""
         positions = np.array([self.position_of(i) for i in ids], dtype=np.int64)
-        vectors = np.vstack([self._reconstruct(p) for p in positions])
+        if self.float_vectors is not None:  # the row's own float vector, not its compact approximation
+            vectors = self.float_vectors.take(positions)
+        else:
+            vectors = np.vstack([self._reconstruct(p) for p in positions])
         return self.search_vectors(vectors, k, exclude=positions, **knobs)
 
     def search_features(
@@ -397,6 +421,7 @@ class Index:
         progress: bool = False,
         wait: bool = False,
         upsert: bool = False,
+        rescore_with: str | Path | None = None,
     ) -> int:
         """Add the rows of another features file embedded with the same settings; returns rows added.
 
@@ -415,9 +440,10 @@ class Index:
             wait=wait,
             device=self.device,
             upsert=upsert,
+            rescore_with=rescore_with,
         )
         self.faiss_index, self.ids, self.meta, self._positions = grown.faiss_index, grown.ids, grown.meta, None
-        self.deleted = grown.deleted
+        self.deleted, self.float_vectors = grown.deleted, grown.float_vectors
         return report.added
 
 
