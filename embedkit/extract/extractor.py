@@ -29,6 +29,7 @@ from .batching import (
 from .layers import run_to_layers
 from .model import LoadedModel, load_model
 from .pooling import combine_windows, pool
+from .runtime_backends import RUNTIME_BACKENDS, runner_for
 from .texts import CUT_STATUS, CheckedText, check_text
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,11 @@ class Extractor:
         for row, window in enumerate(windows):
             ids[row, : len(window)] = torch.tensor(window, dtype=torch.long)
             mask[row, : len(window)] = 1
+        if self.config.backend in RUNTIME_BACKENDS:  # OpenVINO / ONNX Runtime: the graph pools (runtime_backends.py)
+            runner = runner_for(
+                self.loaded.model, self.loaded.blocks, self.config.backend, tuple(self.config.pairs), self._extra_inputs
+            )
+            return [torch.from_numpy(v) for v in runner(ids.numpy(), mask.numpy())]
         device = self.loaded.device
         ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode(), self._autocast():
