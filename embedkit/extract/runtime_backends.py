@@ -168,14 +168,21 @@ _lock = threading.Lock()
 
 
 def runner_for(
-    model: nn.Module, blocks: nn.ModuleList, backend: str, pairs: tuple[tuple[int, str], ...], extra: dict[str, Any]
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    backend: str,
+    pairs: tuple[tuple[int, str], ...],
+    extra: dict[str, Any],
+    *,
+    threads: int,
 ) -> Runner:
-    """The runner of ``model`` for ``pairs`` on ``backend``: built (exported, or read from the cache) on first use."""
-    key = (backend, pairs, torch.get_num_threads())
+    """The runner of ``model`` for ``pairs`` on ``backend`` with ``threads`` CPU threads: built (exported, or read
+    from the cache) on first use, then kept as long as the model."""
+    key = (backend, pairs, threads)
     with _lock:
         runners = _runners.setdefault(model, {})
         if key not in runners:
-            runners[key] = Runner(backend, PooledLayers(model, blocks, pairs, **extra), torch.get_num_threads())
+            runners[key] = Runner(backend, PooledLayers(model, blocks, pairs, **extra), threads)
         return runners[key]
 
 
