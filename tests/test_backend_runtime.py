@@ -159,7 +159,9 @@ def test_runtime_backends_refuse_cuda(tiny_gpt2_shared):
 
 
 @needs("openvino")
-def test_cli_embed_backend_openvino_is_recorded_and_reused_by_search(tiny_gpt2_shared, write_csv, tmp_path):
+def test_cli_embed_backend_openvino_is_recorded_and_reused_by_search(
+    tiny_gpt2_shared, write_csv, tmp_path, monkeypatch
+):
     import pyarrow.parquet as pq
     from click.testing import CliRunner
 
@@ -171,3 +173,17 @@ def test_cli_embed_backend_openvino_is_recorded_and_reused_by_search(tiny_gpt2_s
     result = CliRunner().invoke(cli, [*args, "--backend", "openvino"])
     assert result.exit_code == 0, result.output
     assert '"backend": "openvino"' in json.dumps(json.loads(pq.read_schema(out).metadata[b"embedkit"]))
+    index = tmp_path / "idx"
+    result = CliRunner().invoke(cli, ["index", "build", str(out), "-o", str(index), "--metric", "cosine", "--quiet"])
+    assert result.exit_code == 0, result.output
+    # search re-embeds the query with the backend stored in the index: a text of the set finds itself first
+    from embedkit.extract import extractor
+
+    used = []
+    real = extractor.runner_for
+    monkeypatch.setattr(extractor, "runner_for", lambda *a, **k: (used.append(a[2]), real(*a, **k))[1])
+    result = CliRunner().invoke(cli, ["search", str(index), TEXTS[3], "-k", "1", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    (hit,) = json.loads(result.stdout)["hits"]
+    assert hit["score"] >= 0.99999, hit
+    assert used == ["openvino"]
