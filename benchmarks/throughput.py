@@ -6,6 +6,8 @@ Methods (all float32 on CPU unless named otherwise, mean pooling of the last lay
     embedkit-l{K}   the same, stopped after block K (``--also-layer``, default 6): costs about K/12
     embedkit-int8   backend="int8" (dynamic int8 linear layers; approximate, cosine to embedkit reported)
     embedkit-bf16   backend="bf16" (bf16 linear layers where the CPU has native bf16, else it says so and runs fp32)
+    embedkit-openvino, embedkit-ort-int8   backend="openvino" / "ort-int8": embedkit's batches, its ONNX export of the
+                    requested layers with pooling in the graph, run by OpenVINO fp32 / ONNX Runtime dynamic int8
     eager           PyTorch eager fp32 (AutoModel), fed the same length-sorted <= --batch-tokens batches as the peers
     ort, ort-int8   ONNX Runtime: fp32 graph-optimised, and its dynamic int8 quantisation (benchmarks/peers.py)
     openvino        OpenVINO fp32; openvino-bf16: its default precision (bf16 where the CPU has it natively)
@@ -51,7 +53,8 @@ from benchmarks import peers  # noqa: E402
 from benchmarks.corpus import load_fortunes  # noqa: E402
 
 DEFAULT_METHODS = ("embedkit", "embedkit-layer", "embedkit-int8", "st", "pipeline", "naive")
-ALL_METHODS = DEFAULT_METHODS + ("embedkit-bf16",) + peers.PEERS
+RUNTIME_METHODS = {"embedkit-openvino": "openvino", "embedkit-ort-int8": "ort-int8"}
+ALL_METHODS = DEFAULT_METHODS + ("embedkit-bf16", *RUNTIME_METHODS) + peers.PEERS
 BASELINES = ("pipeline", "naive")
 EXACT_MIN_COSINE = 0.99999
 APPROX_MIN_COSINE = 0.99
@@ -169,6 +172,10 @@ def make_methods(args, names: list[str]) -> dict:
     if "embedkit-bf16" in names:
         ex_b = Extractor(ExtractConfig(model=args.model, layers=(args.layer,), backend="bf16"), **common)
         methods["embedkit-bf16"] = (f"embedkit bf16 (layer {ex_b.config.layers[0]})", ex_b.embed)
+    for name, backend in RUNTIME_METHODS.items():
+        if name in names:
+            ex_r = Extractor(ExtractConfig(model=args.model, layers=(args.layer,), backend=backend), **common)
+            methods[name] = (f"embedkit {backend} (layer {ex_r.config.layers[0]})", ex_r.embed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     for peer in peers.PEERS:
         if peer not in names:
@@ -313,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if cos.min() < APPROX_MIN_COSINE:
             failures.append(f"int8 vs fp32: min cosine {cos.min():.4f} < {APPROX_MIN_COSINE}")
     reference = "eager" if "eager" in vectors else "embedkit"
-    for name in ("embedkit", "embedkit-int8", "embedkit-bf16") + peers.PEERS:
+    for name in ("embedkit", "embedkit-int8", "embedkit-bf16", *RUNTIME_METHODS) + peers.PEERS:
         if name in vectors and reference in vectors and name != reference:
             cos = row_cosines(vectors[name], vectors[reference])
             note = f"min cos to {reference} {cos.min():.6f} (mean {cos.mean():.6f})"

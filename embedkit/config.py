@@ -26,8 +26,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # How the forward pass runs. "torch" is exact (within float rounding of the reference); "int8" is dynamic int8
 # quantisation of the linear layers (CPU only): faster, approximate (cosine >= 0.99 to torch), so it is part of
 # the vector settings and travels in metadata. "bf16": bfloat16 linear layers on CPUs with native bf16 (cosine
-# >= 0.9999 to torch), the fp32 path elsewhere (extract/bf16.py).
-BACKENDS = ("torch", "int8", "bf16")
+# >= 0.9999 to torch), the fp32 path elsewhere (extract/bf16.py). "openvino" (exact) and "ort-int8" (approximate)
+# run an ONNX export of the model in OpenVINO / ONNX Runtime (extract/runtime_backends.py; optional extras).
+BACKENDS = ("torch", "int8", "bf16", "openvino", "ort-int8")
 
 
 def default_model() -> str:
@@ -111,7 +112,8 @@ class ExtractConfig:
         trust_remote_code: allow a model's own Python code to run (off unless asked). Only the person running
             the command decides: a value read from an artefact is ignored (see ``from_stored``).
         backend: ``torch`` (exact), ``int8`` (dynamic int8 linear layers on CPU; approximate, faster) or ``bf16``
-            (bf16 linear layers on CPUs with native bf16, else fp32; extract/bf16.py).
+            (bf16 linear layers on CPUs with native bf16, else fp32; extract/bf16.py), ``openvino`` (OpenVINO fp32,
+            exact) or ``ort-int8`` (ONNX Runtime dynamic int8; approximate): extract/runtime_backends.py.
         provenance: set by ``from_stored``: the artefact the settings came from, the model fingerprint it
             recorded (loading the model checks it is still that model) and whether it asked for remote code
             (ignored, and said so when the model is loaded). Not a setting: never compared nor written.

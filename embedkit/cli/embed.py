@@ -195,7 +195,9 @@ def make_config(
     show_default=True,
     help="torch: exact. int8: dynamic int8 linear layers on CPU, ~1.5x faster, "
     "approximate (cosine >= 0.99 to torch). bf16: bfloat16 linear layers on CPUs with native bf16, "
-    "fp32 elsewhere (said so). Recorded in the metadata.",
+    "fp32 elsewhere (said so). openvino: OpenVINO fp32, exact; ort-int8: ONNX Runtime dynamic int8, "
+    "approximate (both: an ONNX export cached per model and layers; extras [openvino], [onnx]). "
+    "Recorded in the metadata.",
 )
 @vector_options
 @input_options

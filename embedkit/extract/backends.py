@@ -281,4 +281,13 @@ def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
         from .bf16 import to_bf16
 
         model = to_bf16(model, device)
+    # --- hook: the runtime backends (#21), all of it in runtime_backends.py; the torch model stays as loaded (it is
+    # exported on first use), so its linear layers must not be packed for oneDNN, which no exporter knows.
+    from .runtime_backends import RUNTIME_BACKENDS, require
+
+    if backend in RUNTIME_BACKENDS:
+        if device.type != "cpu":
+            raise ConfigError(f"backend {backend!r} runs on CPU only; use --device cpu, or backend 'torch' on CUDA")
+        require(backend)
+        _kernels[model] = _Kernels(settled=True)
     return model

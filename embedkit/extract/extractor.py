@@ -29,6 +29,7 @@ from .batching import (
 from .layers import run_to_layers
 from .model import LoadedModel, load_model
 from .pooling import combine_windows, pool
+from .runtime_backends import RUNTIME_BACKENDS, runner_for
 from .texts import CUT_STATUS, CheckedText, check_text
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ class Extractor:
             if threads < 1:
                 raise ConfigError(f"threads must be at least 1, got {threads}")
             torch.set_num_threads(threads)
+        # The runtime backends compile once for this count (tiny jobs run torch on one thread: threads_for).
+        self._threads = torch.get_num_threads()
         self.loaded = load_model(config, device)
         self.loaded.model = prepare(self.loaded.model, config.backend, self.loaded.device)
         # A KV cache is only useful for generation; building one costs a copy of every key and value.
@@ -236,6 +239,16 @@ class Extractor:
         for row, window in enumerate(windows):
             ids[row, : len(window)] = torch.tensor(window, dtype=torch.long)
             mask[row, : len(window)] = 1
+        if self.config.backend in RUNTIME_BACKENDS:  # OpenVINO / ONNX Runtime: the graph pools (runtime_backends.py)
+            runner = runner_for(
+                self.loaded.model,
+                self.loaded.blocks,
+                self.config.backend,
+                tuple(self.config.pairs),
+                self._extra_inputs,
+                threads=self._threads,
+            )
+            return [torch.from_numpy(v) for v in runner(ids.numpy(), mask.numpy())]
         device = self.loaded.device
         ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode(), self._autocast():
