@@ -111,7 +111,10 @@ def make_config(
     "--output",
     required=True,
     type=click.Path(),
-    help="Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows); --engine ray always writes a dataset directory.",
+    help=(
+        "Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows); "
+        "--engine ray always writes a dataset directory."
+    ),
 )
 @click.option(
     "--layer",
