@@ -366,9 +366,13 @@ def test_ridge_records_its_chosen_penalty_and_reloads_safely(features, tmp_path)
     result = run("train", features, "-y", "label", "-o", tmp_path / "m", "--classifier", "ridge")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
-    assert f"ridge (alpha {metrics['chosen_alpha']:g}, chosen by leave-one-out over alpha 0.01..10000 x 13)" in (
-        result.output
+    error = metrics["chosen_alpha_loo_error"]  # the CV score of the chosen alpha, shown with it
+    assert error > 0
+    assert (
+        f"ridge (alpha {metrics['chosen_alpha']:g}, chosen by leave-one-out over alpha 0.01..10000 x 13 "
+        f"(squared error {error:.4f}))" in result.output
     )
+    assert f"(squared error {error:.4f})" in run("info", tmp_path / "m").output
     model = load_model(tmp_path / "m")  # RidgeClassifierCV loads with skops' default trust: no extra types
     assert model.predict_vectors(np.zeros((2, model.dim)))[0].shape == (2,)
     run("train", features, "-y", "label", "-o", tmp_path / "fixed", "--classifier", "ridge", "--alpha", 3)
@@ -457,16 +461,58 @@ def test_logreg_default_chooses_a_stronger_penalty_when_c1_overfits():
     assert search["chosen_C"] < 1.0  # stronger regularisation than the old fixed default
     assert estimator[-1].C == search["chosen_C"]
     assert ("scale" in estimator.named_steps) == search["chosen_standardize"]
-    tried = [a for v in search["cv_accuracy"].values() for a in v if a is not None]
-    assert search["chosen_cv_accuracy"] == max(tried)
+    tried = [loss for v in search["cv_log_loss"].values() for loss in v if loss is not None]
+    assert search["score"] == "log_loss" and search["chosen_cv_log_loss"] == min(tried)
+    key = "scaled" if search["chosen_standardize"] else "unscaled"
+    chosen_at = search["grid_C"].index(search["chosen_C"])
+    assert search["cv_accuracy"][key][chosen_at] == search["chosen_cv_accuracy"]  # both scores of every C tried
     # The path stops once more C only overfits: the large-C end of the scaled path is never fitted here.
-    assert search["cv_accuracy"]["scaled"][-1] is None
+    assert search["cv_accuracy"]["scaled"][-1] is None and search["cv_log_loss"]["scaled"][-1] is None
     from embedkit.classify import build_classifier, settled
 
     # Scored alike (5-fold CV of the whole pipeline), the chosen setting beats StandardScaler + C=1, the old default.
     chosen = _cv_accuracy(build_classifier("logreg", settled(ClassifierOptions(), search)), X, y)
     old_default = _cv_accuracy(build_classifier("logreg", ClassifierOptions(C=1.0, standardize=True)), X, y)
-    assert chosen > old_default + 0.05
+    assert round((chosen - old_default) * len(y)) >= 4  # at least 4 more of the 80 rows right (5%)
+
+
+def test_the_path_stops_one_step_past_the_lowest_log_loss():
+    from embedkit.classify import LOGREG_SEARCH_PATIENCE, search_logreg
+
+    X, y = _overfitting_set()
+    search = search_logreg(X, y, ClassifierOptions(), seed=0)
+    for losses in search["cv_log_loss"].values():
+        walked = [loss for loss in losses if loss is not None]
+        lowest = int(np.argmin(walked))
+        # Past its minimum (and once it has fallen below its start) a path goes LOGREG_SEARCH_PATIENCE steps on.
+        assert len(walked) == len(losses) or len(walked) == lowest + 1 + LOGREG_SEARCH_PATIENCE
+        assert all(later >= walked[lowest] for later in walked[lowest + 1 :])
+
+
+def test_the_search_runs_on_one_thread(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import embedkit.classify.fit as fit_module
+
+    seen: list[int] = []
+    walk = fit_module._path_scores
+
+    def recording(*args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info())  # BLAS and OpenMP pools alike
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_path_scores", recording)
+    X, y = _overfitting_set()
+    fit_module.search_logreg(X, y, ClassifierOptions(), seed=0)
+    assert seen and set(seen) == {1}
+
+
+def test_a_search_recorded_before_the_log_loss_still_shows():
+    from embedkit.classify import chosen_note
+
+    old = {"search": {"chosen_C": 0.1, "chosen_standardize": True, "folds": 5, "chosen_cv_accuracy": 0.5, "rows": 9}}
+    old["search"].update(grid_C=[0.01, 0.1], grid_standardize=[True, False])
+    assert chosen_note(old).startswith("C 0.1, standardised: 5-fold CV accuracy 0.5000 on 9 rows")
 
 
 def test_explicit_c_turns_the_search_off():
@@ -484,7 +530,7 @@ def test_train_cli_shows_and_stores_the_chosen_c(features, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     search = metrics["search"]
-    assert f"C {search['chosen_C']:g}" in result.output and "-fold CV accuracy" in result.output
+    assert f"C {search['chosen_C']:g}" in result.output and "-fold CV log-loss" in result.output
     manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
     assert manifest["search"]["chosen_C"] == search["chosen_C"]
     assert load_model(tmp_path / "m").estimator[-1].C == search["chosen_C"]

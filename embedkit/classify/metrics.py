@@ -56,16 +56,19 @@ def chosen_note(m: dict[str, Any]) -> str:
     if "search" in m:
         s = m["search"]
         scaling = "on/off" if len(s["grid_standardize"]) > 1 else ("on" if s["grid_standardize"][0] else "off")
+        # Models saved before the search ranked by log-loss recorded the accuracy only.
+        loss = f"log-loss {s['chosen_cv_log_loss']:.4f} (lowest), " if "chosen_cv_log_loss" in s else ""
         return (
             f"C {s['chosen_C']:g}, {'standardised' if s['chosen_standardize'] else 'unscaled'}: "
-            f"{s['folds']}-fold CV accuracy {s['chosen_cv_accuracy']:.4f} on {s['rows']} rows over "
+            f"{s['folds']}-fold CV {loss}accuracy {s['chosen_cv_accuracy']:.4f} on {s['rows']} rows over "
             f"C {s['grid_C'][0]:g}..{s['grid_C'][-1]:g} x {len(s['grid_C'])}, scaling {scaling}"
         )
     if "chosen_alpha" not in m:
         return ""
     grid = m.get("grid_alpha")
     over = f" over alpha {grid[0]:g}..{grid[-1]:g} x {len(grid)}" if grid else ""
-    return f"alpha {m['chosen_alpha']:g}, chosen by leave-one-out{over}"
+    error = f" (squared error {m['chosen_alpha_loo_error']:.4f})" if "chosen_alpha_loo_error" in m else ""
+    return f"alpha {m['chosen_alpha']:g}, chosen by leave-one-out{over}{error}"
 
 
 def fitted_on(m: dict[str, Any]) -> str:

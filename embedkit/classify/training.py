@@ -214,6 +214,8 @@ def _fit_and_evaluate(
     if hasattr(estimator[-1], "alpha_"):  # the penalty ridge chose, so a user can fix it with --alpha
         metrics["chosen_alpha"] = float(estimator[-1].alpha_)
         metrics["grid_alpha"] = list(RIDGE_ALPHAS)
+        # Its CV score: the mean leave-one-out squared error of the +-1 class targets (lower is better).
+        metrics["chosen_alpha_loo_error"] = -float(estimator[-1].best_score_)
     if len(evaluated):
         metrics.update(evaluate(data.y[evaluated], eval_pred[evaluated], classes))
     return estimator, metrics, evaluated, eval_pred, fold

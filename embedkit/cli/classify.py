@@ -45,7 +45,8 @@ from .embed import split_commas
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Inverse regularisation (logreg, linear-svm [1]). Unset, logreg chooses C over 1e-4..100 and the scaler "
-    "on/off by 5-fold CV on the training rows (shown in the summary and metrics.json); set, nothing is searched.",
+    "on/off by 3-fold CV log-loss on the training rows (shown in the summary and metrics.json); set, nothing is "
+    "searched.",
 )
 @click.option(
     "--alpha",
