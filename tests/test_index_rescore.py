@@ -225,3 +225,27 @@ def test_a_damaged_rescore_entry_or_file_is_refused_at_load(tmp_path):
     np.save(tmp_path / "ix" / RESCORE_FILE, stored[:, ::-1].copy())  # same shape, other values
     with pytest.raises(InputError, match="sha256|modified"):
         Index.load(tmp_path / "ix")
+
+
+def test_float_vectors_from_a_sharded_dataset(tmp_path):
+    """The float features may be a sharded dataset (embed -o DIR/): read shard by shard, same index."""
+    from embedkit.dataset import DatasetWriter, write_shard
+
+    x = clustered(900, dim=DIM)
+    compact, floats = pair(tmp_path, x, "binary")
+    table = pq.read_table(floats)
+    meta = json.loads(table.schema.metadata[b"embedkit"])
+    with DatasetWriter(tmp_path / "ds", {"test": 1}) as writer:
+        for i, start in enumerate(range(0, 900, 250)):
+            writer.record(write_shard(writer.staging, i, table.replace_schema_metadata(None).slice(start, 250)))
+        writer.finish(meta)
+    build_index(compact, tmp_path / "ix-file", kind="flat", rescore_with=floats)
+    build_index(compact, tmp_path / "ix-ds", kind="flat", rescore_with=tmp_path / "ds", batch_rows=100)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "ix-ds" / RESCORE_FILE), np.load(tmp_path / "ix-file" / RESCORE_FILE)
+    )
+    runner = CliRunner()
+    out = runner.invoke(
+        cli, ["index", "build", str(compact), "-o", str(tmp_path / "ix-cli"), "--rescore-with", str(tmp_path / "ds")]
+    )
+    assert out.exit_code == 0, out.output

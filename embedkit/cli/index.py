@@ -52,7 +52,7 @@ def index():
 )
 @click.option(
     "--rescore-with",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
     help="For int8/binary FEATURES: float features of the same rows; search re-ranks candidates with them.",
 )
@@ -120,7 +120,7 @@ def build(
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
 @click.option(
     "--rescore-with",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
     help="Float features of the added rows (an index built with --rescore-with needs them).",
 )
@@ -143,7 +143,7 @@ def add(index_dir, features, column, rescore_with, wait, quiet):
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
 @click.option(
     "--rescore-with",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     default=None,
     help="Float features of the added rows (an index built with --rescore-with needs them).",
 )

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..errors import ConfigError, IncompatibleError, InputError
 from ..store import Features, open_features
+from ..vectors import decode
 from .faiss_ops import _faiss, _metric_type, _pad, _pad_ids, _prepare, _usable_rows
 
 RESCORE_FILE = "vectors.npy"
@@ -212,7 +212,7 @@ def gather(
     float vector is null or not finite.
     """
     try:
-        source_ids = pq.read_table(floats.path, columns=["id"]).column("id")
+        source_ids = floats.read_table(["id"]).column("id")  # a features file or a sharded dataset
         wanted = ids.cast(source_ids.type) if ids.type != source_ids.type else ids
         where = pc.index_in(wanted, value_set=source_ids.combine_chunks())
     except (KeyError, pa.ArrowException) as exc:
@@ -229,16 +229,14 @@ def gather(
     order = np.argsort(source_rows, kind="stable")
     sorted_rows = source_rows[order]
     seen = 0
-    for batch in pq.ParquetFile(floats.path).iter_batches(batch_size=batch_rows, columns=[column]):
+    for batch in floats.iter_tables([column], batch_rows):
         lo, hi = np.searchsorted(sorted_rows, [seen, seen + batch.num_rows])
         if hi > lo:
-            array = batch.column(0)
+            array = batch.column(0).combine_chunks()
             picked = pa.array(sorted_rows[lo:hi] - seen)
             taken = array.take(picked)
             if taken.null_count:
                 raise InputError(f"{floats.path}: {taken.null_count} indexed row(s) have a null float vector there")
-            from ..vectors import decode
-
             matrix = decode(taken)
             if not _usable_rows(matrix).all():
                 raise InputError(f"{floats.path}: float vectors of indexed rows hold NaN or infinite values")
