@@ -32,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import artefact, vectors
 from .artefact import atomic_path, output_error, output_lock, write_text_atomic
 from .errors import IncompatibleError, InputError, OutputError
+from .sources import DATASET_MANIFEST
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "_embedkit-dataset.json"
+MANIFEST_NAME = DATASET_MANIFEST  # sources skips it when a dataset directory is read as text input
 JOURNAL_NAME = "_journal.json"  # in the staging directory only: the shards the driver recorded so far
 KIND: Literal["embedkit-dataset"] = "embedkit-dataset"
 FORMAT: Literal[1] = 1
@@ -211,6 +212,7 @@ class DatasetWriter:
         self.output = artefact.absolute(output)
         self.staging = staging_dir(self.output)
         self.complete = False  # --resume found this very job already finished
+        self._started = False
         self._done: dict[int, ShardInfo] = {}
         self._lock = ExitStack()
         self._lock.enter_context(output_lock(self.output, wait=wait))
@@ -230,7 +232,11 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        # A failed job keeps its staging directory for --resume; one that recorded no shard has nothing worth
+        # resuming, and left behind it would only make the next run refuse ("a partial run exists").
+        if exc_type is not None and self._started and not self._done and not self.complete:
+            self.abandon()
         self.close()
 
     def start(self, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
@@ -258,6 +264,7 @@ class DatasetWriter:
         except OSError as exc:
             raise output_error(self.staging, exc) from exc
         self._save_journal()
+        self._started = True
 
     def _check_output(self, *, resume: bool, overwrite: bool) -> None:
         out = self.output
@@ -364,6 +371,10 @@ class DatasetWriter:
     @property
     def rows_done(self) -> int:
         return sum(s.rows for s in self._done.values())
+
+    def output_rows(self) -> int:
+        """Rows of the finished output (after :attr:`complete` was found)."""
+        return read_manifest(self.output).rows
 
     # -- the end
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from .artefact import writing_file
 from .errors import ConfigError, InputError, choice_error
-from .store import JOB_KEY, _read_table, matrix_from_arrow, open_features
+from .store import JOB_KEY, matrix_from_arrow, open_features
 
 DEFAULT_THRESHOLD = 0.95
 KEEP_RULES = ("first", "longest")
@@ -298,7 +298,7 @@ def dedup_file(
             f"--text-column (string columns: {', '.join(feats.text_columns) or 'none'})"
         )
     with writing_file(output, overwrite=overwrite, wait=wait) as tmp:
-        table = _read_table(feats.path, feats.schema.names)
+        table = feats.read_table(feats.schema.names)  # a features file or a sharded dataset
         table = table.drop_columns([c for c in OUTPUT_COLUMNS if c in table.column_names])  # a re-run replaces them
         n = table.num_rows
         vectors = table.column(column)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -25,14 +26,15 @@ import pyarrow as pa
 from .artefact import sha256_file
 from .config import ExtractConfig
 from .engines import DEFAULT_PART_ROWS, Engine, JobEngine, LocalEngine
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .extract.texts import EMBEDDED_STATUSES, without_surrogates
 from .progress import per_second, progress_bar
 from .sources import Records, Source
 from .spec import InputSpec, Runtime
 from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
 
-if TYPE_CHECKING:  # torch loads only when something is embedded
+if TYPE_CHECKING:  # torch loads only when something is embedded (pydantic, for datasets, when one is written)
+    from .dataset import DatasetWriter
     from .extract import EncodeResult, Extractor
 
 log = logging.getLogger(__name__)
@@ -246,8 +248,12 @@ def embed(
     wait: bool = False,
     strict: bool = False,
     part_rows: int | None = None,
+    shard_rows: int | None = None,
 ) -> EmbedSummary:
     """Embed every row of ``input`` into the Parquet file ``output``; one output row per input row.
+
+    ``output`` ending in ``/`` (or ``shard_rows`` given) makes it a sharded dataset directory instead
+    (:mod:`embedkit.dataset`): one shard per part of ``shard_rows`` rows, which every stage reads as one file.
 
     The one embed driver: it reads the input, cuts it into parts of ``part_rows`` rows, turns each part the
     ``engine`` embedded (``LocalEngine`` in this process by default, or ``RayEngine``) into output rows with their
@@ -272,14 +278,24 @@ def embed(
             overwrite=overwrite,
             wait=wait,
             strict=strict,
-            part_rows=part_rows,
+            part_rows=shard_rows or part_rows,
         )
     engine = engine or LocalEngine()
-    part_rows = part_rows or engine.default_part_rows
+    sharded = shard_rows is not None or str(output).endswith(("/", os.sep))
+    if shard_rows is not None and part_rows is not None and shard_rows != part_rows:
+        raise ConfigError(f"shard rows ({shard_rows}) and part rows ({part_rows}) differ: give one of them")
+    part_rows = shard_rows or part_rows or engine.default_part_rows
     engine.check(runtime)  # contradictory options are the first thing to say
     source = spec.source()
     # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.
-    with PartWriter(Path(output), wait=wait) as writer:
+    writer: PartWriter | DatasetWriter
+    if sharded:
+        from .dataset import DatasetWriter
+
+        writer = DatasetWriter(Path(output), wait=wait)
+    else:
+        writer = PartWriter(Path(output), wait=wait)
+    with writer:
         extractor = engine.load(config, runtime)
         config, meta = extractor.config, build_metadata(extractor, spec)
         del extractor  # the Ray engine's is only a probe of the settings: its memory goes back now
@@ -289,7 +305,10 @@ def embed(
         if writer.complete:  # killed after the merge: the output is this job's, whole
             return _summarise(Path(output), writer.output_rows(), 0, time.perf_counter() - started, 0.0)
         resumed = writer.rows_done
-        done = {int(p["file"].removeprefix("part-").removesuffix(".parquet")) for p in writer.parts}
+        if isinstance(writer, PartWriter):
+            done = {int(p["file"].removeprefix("part-").removesuffix(".parquet")) for p in writer.parts}
+        else:  # shards are numbered by part, whatever order they finished in
+            done = set(writer.done())
         first = next(i for i in range(len(done) + 1) if i not in done)  # parts before it need not even be parsed
         pending: dict[int, Records] = {}  # parts handed to the engine and not yet back
 
@@ -318,14 +337,15 @@ def embed(
                     bar.update(int((~result.valid).sum()))  # rows that never reach the model still count as done
                     if strict:
                         _stop_at_bad_row(table, records)
-                    if engine.ordered:  # numbered in commit order, which is input order
+                    if engine.ordered and isinstance(writer, PartWriter):  # numbered in commit order = input order
                         writer.commit(table)
                     else:
                         writer.commit(table, index=index)
         if writer.rows_done == 0:
             writer.abandon()
             raise InputError(f"{spec.path} holds no data rows")
-        writer.parts.sort(key=lambda p: p["file"])  # an unordered engine committed them as they finished
+        if isinstance(writer, PartWriter):
+            writer.parts.sort(key=lambda p: p["file"])  # an unordered engine committed them as they finished
         writer.finish(meta)
         # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
         return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
@@ -359,12 +379,14 @@ def embed_file(
     strict: bool = False,
     progress: bool = True,
     part_rows: int = DEFAULT_PART_ROWS,
+    shard_rows: int | None = None,
     extractor: Extractor | None = None,
 ) -> EmbedSummary:
     """:func:`embed` with the input and run-time settings as keyword arguments, in this process.
 
     The text column is stored too (under its own name) unless ``keep_text`` is False. ``extractor`` reuses a
-    model already loaded with ``config``'s settings.
+    model already loaded with ``config``'s settings. ``shard_rows`` (or ``output`` ending in ``/``) writes a sharded
+    dataset directory (:mod:`embedkit.dataset`).
     """
     return embed(
         InputSpec(input, fmt, text_column, id_column, tuple(keep), keep_text),
@@ -376,12 +398,14 @@ def embed_file(
         overwrite=overwrite,
         wait=wait,
         strict=strict,
-        part_rows=part_rows,
+        part_rows=None if shard_rows else part_rows,
+        shard_rows=shard_rows,
     )
 
 
 def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
-    # Counted from the finished file, so rows committed by an earlier (resumed) run are included.
+    # Counted from the finished file (or dataset directory: pyarrow reads its shards and skips the "_" manifest), so
+    # rows committed by an earlier (resumed) run are included.
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 

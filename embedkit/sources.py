@@ -90,6 +90,11 @@ def _regular(path: Path) -> bool:
     )
 
 
+# The manifest of a sharded features dataset (embedkit.dataset.MANIFEST_NAME; not imported here, that module loads
+# pydantic): a dataset directory read as input is its shards, in order.
+DATASET_MANIFEST = "_embedkit-dataset.json"
+
+
 def resolve_files(spec: str | Path) -> list[Path]:
     """The files an input names: the file itself, a directory's known files, or a glob's matches."""
     path = Path(spec).expanduser()
@@ -97,7 +102,12 @@ def resolve_files(spec: str | Path) -> list[Path]:
         return [path]
     if path.is_dir():
         files = sorted(
-            p for p in path.iterdir() if not p.name.startswith(".") and p.suffix.lower() in EXTENSIONS and _regular(p)
+            p
+            for p in path.iterdir()
+            if not p.name.startswith(".")
+            and p.name != DATASET_MANIFEST
+            and p.suffix.lower() in EXTENSIONS
+            and _regular(p)
         )
         if not files:
             raise InputError(f"directory {spec} holds no readable files (extensions: {', '.join(sorted(EXTENSIONS))})")

@@ -279,12 +279,12 @@ def open_features(path: str | Path, *, trust_remote_code: bool = False) -> Featu
 
     ``trust_remote_code`` is the caller's decision for models loaded with these settings; the stored one is ignored.
     """
-    from .dataset import is_dataset
-
     path = Path(path)
-    if is_dataset(path):
-        return _open_dataset(path, trust_remote_code)
-    if path.is_dir():
+    if path.is_dir():  # only then: embedkit.dataset loads pydantic, which a single file does not need
+        from .dataset import is_dataset
+
+        if is_dataset(path):
+            return _open_dataset(path, trust_remote_code)
         raise InputError(f"{path} is a directory, not a features file or an embedkit dataset (no manifest)")
     meta = read_metadata(path)
     config = _stored_config(path, meta, trust_remote_code)
@@ -367,11 +367,11 @@ def library_versions(*packages: str) -> dict[str, str]:
 def is_features_file(path: str | Path) -> bool:
     """Whether ``path`` is a Parquet file written by ``embedkit embed`` (it carries embedkit metadata) or a sharded
     dataset directory (it holds a dataset manifest)."""
-    from .dataset import is_dataset
-
     path = Path(path)
-    if is_dataset(path):
-        return True
+    if path.is_dir():
+        from .dataset import is_dataset
+
+        return is_dataset(path)
     if not path.is_file() or path.suffix.lower() not in (".parquet", ".pq"):
         return False
     try:
@@ -483,7 +483,10 @@ class PartWriter:
         for stale in stale_temp_files(absolute(self.output)):
             stale.unlink(missing_ok=True)
         if self.output.is_dir():
-            raise OutputError(f"output {self.output} is a directory; give a .parquet file path")
+            raise OutputError(
+                f"output {self.output} is a directory; give a .parquet file path (or end it with / for a sharded "
+                "dataset)"
+            )
         if self.partial.is_symlink() or (self.partial.exists() and not self.partial.is_dir()):
             # Parts are written into it and it is deleted at the end: never through a link, never a user's file.
             raise OutputError(

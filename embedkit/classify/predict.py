@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 
 from .. import artefact
 from ..errors import ConfigError, IncompatibleError, InputError, OutputError
-from ..sources import parquet_batches
 from ..store import Features, is_features_file, matrix_from_arrow, open_features
 from ..vectors import float_array  # issue 22: compact vectors
 from .metrics import _jsonable
@@ -180,17 +179,15 @@ def _feature_batches(model: ClassifierModel, input, column, keep, batch_rows):
     feats.require_columns(["id", *keep])
     has_status = "status" in feats.schema.names
     wanted = list(dict.fromkeys(["id", *keep, *(["status"] if has_status else []), column]))
-    try:
-        for batch in parquet_batches(pq.ParquetFile(feats.path), batch_rows, wanted):
-            # issue 22: compact (int8/binary) stored vectors as float32; the int8 scale lives in the file's metadata
-            vectors = float_array(batch.column(column), feats.vector_encoding(column))
-            if has_status:
-                status = batch.column("status")
-            else:
-                status = pc.if_else(pc.is_valid(vectors), "ok", "null_embedding")
-            yield _prediction_table(model, pa.Table.from_batches([batch]).select(["id", *keep]), vectors, status)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{feats.path}: corrupt or unreadable Parquet: {exc}") from exc
+    # A features file or a sharded dataset directory, batch after batch (Features.iter_tables reports bad Parquet).
+    for batch in feats.iter_tables(wanted, batch_rows):
+        # issue 22: compact (int8/binary) stored vectors as float32; the int8 scale lives in the file's metadata
+        vectors = float_array(batch.column(column), feats.vector_encoding(column))
+        if has_status:
+            status = batch.column("status").combine_chunks()
+        else:
+            status = pc.if_else(pc.is_valid(vectors), "ok", "null_embedding")
+        yield _prediction_table(model, batch.select(["id", *keep]), vectors, status)
 
 
 def predict_file(

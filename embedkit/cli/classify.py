@@ -13,7 +13,7 @@ from .embed import split_commas
 
 
 @cli.command()
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features", type=click.Path())  # a file or a sharded dataset directory
 @click.option("--label-column", "-y", required=True, help="Column holding the classes.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--classifier", "-c", type=click.Choice(CLASSIFIERS), default=DEFAULT_CLASSIFIER, show_default=True)

@@ -10,7 +10,7 @@ from .embed import split_commas
 
 
 @cli.command()
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features", type=click.Path())  # a file or a sharded dataset directory
 @click.option(
     "-o",
     "--output",

@@ -11,7 +11,7 @@ from . import cli, wait_option
 
 
 @cli.command()
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features", type=click.Path())  # a file or a sharded dataset directory
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .parquet file.")
 @click.option(
     "--threshold",

@@ -111,7 +111,8 @@ def make_config(
     "--output",
     required=True,
     type=click.Path(),
-    help="Output .parquet file; with --engine ray a dataset directory (sharded, written by the workers).",
+    help="Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows); "
+    "--engine ray always writes a dataset directory (its workers write the shards).",
 )
 @click.option(
     "--layer",
@@ -154,6 +155,13 @@ def make_config(
     default=None,
     help="Rows per committed part: the most a kill can cost, and the window texts are length-sorted in "
     f"[default: {DEFAULT_PART_ROWS}, {RAY_PART_ROWS} with --engine ray].",
+)
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Write a sharded dataset directory (part-NNNNN.parquet + manifest) of this many rows per shard; every "
+    "stage reads it as one file [default with -o DIR/: --part-rows].",
 )
 @click.option(
     "--engine",
@@ -205,6 +213,7 @@ def embed(
     wait,
     strict,
     part_rows,
+    shard_rows,
     engine,
     ray_address,
     workers,
@@ -218,7 +227,8 @@ def embed(
     trust_remote_code,
     runtime,
 ):
-    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet."""
+    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet: one file,
+    or a sharded dataset directory."""
     from ..embed import embed as run_embed
 
     config = make_config(
@@ -244,6 +254,7 @@ def embed(
         wait=wait,
         strict=strict,
         part_rows=part_rows,
+        shard_rows=shard_rows,
     )
     click.echo(summary_text(summary), err=True)
 
@@ -254,10 +265,9 @@ def embed(
 def info(file, as_json):
     """Show rows, columns, dimensions, row statuses and extraction settings of a features FILE or sharded dataset
     directory, or the classes, settings and evaluation (per group too) of a classifier model directory."""
-    from ..dataset import is_dataset
-    from ..store import describe
+    from ..store import describe, is_features_file
 
-    if Path(file).is_dir() and not is_dataset(file):
+    if Path(file).is_dir() and not is_features_file(file):  # a directory: a classifier model or a sharded dataset
         from ..classify import describe_model, model_info_lines
 
         model = describe_model(file)

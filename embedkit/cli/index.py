@@ -19,7 +19,7 @@ def index():
 
 
 @index.command("build")
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features", type=click.Path())  # a file or a sharded dataset directory
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Index directory to create.")
 @click.option(
     "--kind",
@@ -99,7 +99,7 @@ def build(
 
 @index.command("add")
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features", type=click.Path())
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
 @wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -114,7 +114,7 @@ def add(index_dir, features, column, wait, quiet):
 
 @index.command("upsert")
 @click.argument("index_dir", type=click.Path(file_okay=False))
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features", type=click.Path())
 @click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
 @wait_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
