@@ -212,6 +212,7 @@ class DatasetWriter:
         self.output = artefact.absolute(output)
         self.staging = staging_dir(self.output)
         self.complete = False  # --resume found this very job already finished
+        self._started = False
         self._done: dict[int, ShardInfo] = {}
         self._lock = ExitStack()
         self._lock.enter_context(output_lock(self.output, wait=wait))
@@ -231,7 +232,11 @@ class DatasetWriter:
     def __enter__(self) -> DatasetWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        # A failed job keeps its staging directory for --resume; one that recorded no shard has nothing worth
+        # resuming, and left behind it would only make the next run refuse ("a partial run exists").
+        if exc_type is not None and self._started and not self._done and not self.complete:
+            self.abandon()
         self.close()
 
     def start(self, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
@@ -259,6 +264,7 @@ class DatasetWriter:
         except OSError as exc:
             raise output_error(self.staging, exc) from exc
         self._save_journal()
+        self._started = True
 
     def _check_output(self, *, resume: bool, overwrite: bool) -> None:
         out = self.output

@@ -218,3 +218,24 @@ def test_output_that_is_not_a_dataset_is_never_replaced(tmp_path):
     with pytest.raises(OutputError, match="not a directory"):
         DatasetWriter(tmp_path / "file.parquet", FP)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_job_without_any_shard_leaves_nothing_to_resume(tmp_path):
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(tmp_path / "ds", FP):
+            raise RuntimeError("failed before the first shard")
+    assert not (tmp_path / "ds.partial").exists()
+    DatasetWriter(tmp_path / "ds", FP).close()  # no "a partial run exists"
+
+
+def test_a_refused_resume_keeps_the_partial_run(features_file, tmp_path):
+    single = features_file(n=10)
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(tmp_path / "ds", FP) as writer:
+            writer.record(write_shard(writer.staging, 0, pq.read_table(single)))
+            raise RuntimeError("killed")
+    with pytest.raises(IncompatibleError):
+        with DatasetWriter(tmp_path / "ds") as writer:
+            writer.start({**FP, "part_rows": 3}, resume=True)
+    with DatasetWriter(tmp_path / "ds", FP, resume=True) as writer:
+        assert list(writer.done()) == [0]

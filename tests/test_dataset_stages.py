@@ -206,3 +206,16 @@ def test_python_api_reads_a_dataset_directory(dataset, single):
     from embedkit.estimator import HiddenStateEmbedder
 
     assert HiddenStateEmbedder.from_features(dataset).get_params()["model"] == open_features(single).config.model
+
+
+@pytest.mark.parametrize("dtype", ["int8", "binary"])
+def test_compact_vectors_in_a_dataset_read_back_as_in_a_single_file(corpus, tiny_gpt2_shared, tmp_path, dtype):
+    config = ExtractConfig(model=tiny_gpt2_shared, dtype=dtype)
+    kwargs = {"id_column": "doc", "device": "cpu", "progress": False}
+    embed_file(corpus, tmp_path / "one.parquet", config, part_rows=SHARD_ROWS, **kwargs)
+    embed_file(corpus, tmp_path / "ds", config, shard_rows=SHARD_ROWS, **kwargs)
+    one, ds = open_features(tmp_path / "one.parquet"), open_features(tmp_path / "ds")
+    # int8: one scale from every shard, as the single-file merge takes one from every part
+    assert ds.vector_encoding("embedding") == one.vector_encoding("embedding")
+    assert ds.schema.field("embedding").type == one.schema.field("embedding").type
+    np.testing.assert_array_equal(ds.load()[0], one.load()[0])

@@ -32,7 +32,7 @@ STORE = 80 * 1024**2  # object store per node: the shards' descriptors and info 
 def cluster():
     if ray.is_initialized():  # another test file's local instance: this file needs its own cluster
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": STORE})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
     cluster.add_node(num_cpus=1, object_store_memory=STORE)
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     cluster.wait_for_nodes()
@@ -70,7 +70,7 @@ def _run(engine, source, out, config, **options):
 
 def test_actors_on_two_nodes_write_the_local_engines_rows(cluster, tiny_gpt2_shared, tmp_path):
     source, config = _input(tmp_path), ExtractConfig(model=tiny_gpt2_shared)
-    engine = RayEngine(workers=3)  # 2 CPUs on the head, 1 on the worker node: the pool spans both
+    engine = RayEngine(workers=2)  # 1 CPU on the head, 1 on the worker node: the pool spans both
     summary = _run(engine, source, tmp_path / "out", config)
     assert summary.rows == 90 and summary.bad_rows == {"empty": 1}
     assert len(engine.shards_per_node) == 2, engine.shards_per_node  # both nodes wrote shards
@@ -93,7 +93,7 @@ def test_worker_node_killed_mid_job_then_resume_gives_the_clean_rows(cluster, ti
             killed.append(len(recorded))
 
     monkeypatch.setattr(dataset_module.DatasetWriter, "record", record_and_kill)
-    out, engine = tmp_path / "out", RayEngine(workers=4)  # one actor per CPU of the three nodes
+    out, engine = tmp_path / "out", RayEngine(workers=3)  # one actor per CPU of the three nodes
     try:
         summary = _run(engine, source, out, config)
         finished_through_retries = True

@@ -111,10 +111,8 @@ def make_config(
     "--output",
     required=True,
     type=click.Path(),
-    help=(
-        "Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows); "
-        "--engine ray always writes a dataset directory."
-    ),
+    help="Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows); "
+    "--engine ray always writes a dataset directory (its workers write the shards).",
 )
 @click.option(
     "--layer",

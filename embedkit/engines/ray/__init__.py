@@ -303,7 +303,9 @@ class RayEngine(JobEngine):
             for row in _rows(ray, results):
                 info = json.loads(row["info"])
                 if "error" in info:
-                    error_type = getattr(errors, info["error_type"], EmbedkitError)
+                    error_type = getattr(errors, str(info["error_type"]), None)
+                    if not (isinstance(error_type, type) and issubclass(error_type, EmbedkitError)):
+                        error_type = EmbedkitError
                     raise error_type(f"on a Ray worker: {info['error']}")
                 facts = info.pop("facts")
                 writer.record(info)
