@@ -77,6 +77,11 @@ def test_rescoring_restores_the_exact_top_k(tmp_path):
     ids = index.ids.column("id").to_numpy()
     rescored = ids[index.search_vectors(q, 5).positions]
     assert (rescored == truth(q, x, 5)).all()
+    # After a change the recall figure of a flat SQ8 index is measured (it is not exact by construction).
+    extra = clustered(50, dim=DIM, seed=5)
+    more, more_floats = pair(tmp_path, extra, "int8", name="more", ids=np.arange(600, 650))
+    _, added = add_to_index(tmp_path / "ix", more, rescore_with=more_floats)
+    assert added.recall is not None and added.recall["queries"] > 0 and added.recall["recall_at_10"] >= 0.9
 
 
 def test_add_delete_upsert_compact_keep_sq8(tmp_path):

@@ -89,7 +89,8 @@ def remeasure(index: Index, queries: int = REMEASURE_QUERIES, seed: int = 0) -> 
     """
     if index.kind == "ivfpq" or index.size < 2 or index.size * index.dim > REMEASURE_MAX_CELLS:
         return None  # no exact truth (ivfpq), nothing to measure, or a truth too costly to compute on every change
-    if index.kind == "flat":
+    codes = index.meta.get("codes")  # flat SQ8 codes are not exact: measured like an approximate index
+    if index.kind == "flat" and (not isinstance(codes, dict) or codes.get("type") == "float32"):
         return {"recall_at_10": 1.0, "recall_interval": [1.0, 1.0], "queries": 0, "basis": "exact search"}
     k = min(EVAL_K, index.size - 1)
     live = index.live()
