@@ -8,7 +8,7 @@ import shutil
 import click
 
 from ..config import DEVICES
-from ..index import DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
+from ..index import CODES, DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
 from . import cli, quiet_libraries, wait_option
 from .embed import split_commas
 
@@ -63,6 +63,13 @@ def index():
     show_default=True,
     help="With --rescore-with: candidates fetched per hit (k x factor) before re-ranking.",
 )
+@click.option(
+    "--codes",
+    type=click.Choice(CODES),
+    default=None,
+    help="How flat/hnsw/ivf hold the vectors: float32, or sq8 (8-bit scalar quantizer, 1 byte a dimension) "
+    "[default: sq8 for int8 FEATURES, float32 otherwise; binary FEATURES are held as float32].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
 @wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
@@ -80,6 +87,7 @@ def build(
     target_recall,
     rescore_with,
     rescore_factor,
+    codes,
     overwrite,
     wait,
     as_json,
@@ -103,6 +111,7 @@ def build(
         target_recall=target_recall,
         rescore_with=rescore_with,
         rescore_factor=rescore_factor,
+        codes=codes,
         overwrite=overwrite,
         wait=wait,
         progress=not quiet,

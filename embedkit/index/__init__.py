@@ -36,7 +36,7 @@ from .compact import COMPACT_FRACTION
 from .delete import DeleteReport, compact_index, delete_from_index, read_ids
 from .faiss_ops import apply_params
 from .files import ARTEFACT_KIND, IDS_FILE, INDEX_FILE, INDEX_FORMAT, META_FILE
-from .plan import DEFAULT_MEMORY, KINDS, METRICS, IndexPlan, human_bytes, ivf_lists, parse_memory, plan_index
+from .plan import CODES, DEFAULT_MEMORY, KINDS, METRICS, IndexPlan, human_bytes, ivf_lists, parse_memory, plan_index
 from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, recall_at_k, tune, wilson_interval
 from .result import SearchResult
 from .rows import BATCH_ROWS
@@ -54,6 +54,7 @@ __all__ = [
     "INDEX_FILE",
     "INDEX_FORMAT",
     "KINDS",
+    "CODES",
     "META_FILE",
     "METRICS",
     "COMPACT_FRACTION",

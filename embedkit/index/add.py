@@ -177,7 +177,9 @@ def write_generation(
     build.setdefault(log_key, []).append({**record, "at": _now()})
     if recall is not None:
         build["recall_now"] = recall
-    _write_data(stage, index.faiss_index, index.ids, index.deleted)
+    index_bytes = _write_data(stage, index.faiss_index, index.ids, index.deleted)
+    if isinstance(meta.get("codes"), dict):
+        meta["codes"]["bytes_per_vector"] = round(index_bytes / max(1, int(index.faiss_index.ntotal)), 1)
     if index.float_vectors is not None:
         write_float_vectors(index, stage.path(RESCORE_FILE))
         meta["rescore"] = index.meta["rescore"]

@@ -68,13 +68,16 @@ class BuildReport:
     stored_columns: list[str] = field(default_factory=list)
     vector_dtype: str = "float32"  # storage dtype of the indexed column
     rescore: dict[str, Any] | None = None  # index.json's "rescore" entry when candidates are re-scored
+    codes: str = "float32"  # how FAISS holds the vectors: float32, sq8 (8-bit scalar quantizer) or pq
+    bytes_per_vector: float = 0.0  # FAISS index file size / rows
 
     def summary_lines(self) -> list[str]:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "exact"
         out = [
             f"{self.rows:,} vectors (dim {self.dim}, {self.metric}) -> {self.directory}",
             f"kind {self.kind} ({self.factory}){': ' + self.reason if self.reason else ''}",
-            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)}"
+            f"build {self.build_seconds:.1f}s, index {human_bytes(self.index_bytes)} "
+            f"({self.codes} codes, {self.bytes_per_vector:,.0f} bytes/vector)"
             + (
                 f"; peak memory of this process {human_bytes(self.peak_rss_bytes)}"
                 if self.index_bytes >= PEAK_SHOWN_FROM_BYTES and self.peak_rss_bytes
@@ -142,6 +145,7 @@ def build_index(
     wait: bool = False,
     rescore_with: str | Path | None = None,
     rescore_factor: int = DEFAULT_FACTOR,
+    codes: str | None = None,
 ) -> BuildReport:
     """Build a FAISS index of one embedding column of a features file into the directory ``output``.
 
@@ -164,6 +168,9 @@ def build_index(
         rescore_with: for int8 / binary features, the float32 / float16 features of the same rows (same settings
             otherwise): kept as ``vectors.npy``, every search re-ranks its top ``k x rescore_factor`` candidates by
             them (:mod:`embedkit.index.rescore`).
+        codes: how a flat, hnsw or ivf index holds the vectors (``float32`` or ``sq8``, FAISS's 8-bit scalar
+            quantizer: a quarter of the RAM); None: sq8 for int8 features (they hold 8 bits a dimension anyway),
+            float32 otherwise. Binary features are held as float32 (no packed-bit index yet).
 
     Returns:
         A BuildReport with build time, index size, recall@10 and queries/s.
@@ -183,16 +190,18 @@ def build_index(
     floats = open_source(rescore_with, feats, column, col_config.dtype) if rescore_with is not None else None
     rescore_factor = check_factor(rescore_factor)
     output = _named(output)
+    if codes is None:
+        codes = "sq8" if col_config.dtype == "int8" else "float32"
 
     with artefact.writing_dir(
         output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite, wait=wait
     ) as stage:
-        plan = plan_index(kind, feats.num_rows, dim, memory)
+        plan = plan_index(kind, feats.num_rows, dim, memory, codes)
         samples = _draw_samples(
             feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed, batch_rows
         )
         if samples.rows != feats.num_rows:  # null or non-finite rows: plan for what will really be indexed
-            plan = plan_index(kind, samples.rows, dim, memory)
+            plan = plan_index(kind, samples.rows, dim, memory, codes)
         log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
         index = _new_index(plan, dim, metric, samples.train[: _train_rows(plan, samples.rows)])
         samples.train = np.empty((0, dim), np.float32)  # free the sample before the add pass (a [:0] view keeps it)
@@ -203,8 +212,10 @@ def build_index(
         # row of the index finds itself and the graph or list around it, and leave-one-out on such rows reported
         # 0.972 where new text queries measured 0.934 (issue #16). Queries identical to an indexed row are
         # dropped from the evaluation too: they are found trivially, and a new query rarely is such a copy.
-        # A flat index is exact by construction: nothing to tune or estimate, and its rows keep file order.
-        held = samples.query_positions if plan.kind != "flat" else samples.query_positions[:0]
+        # A flat float32 index is exact by construction: nothing to tune or estimate, and its rows keep file order.
+        # Flat SQ8 codes are not exact: their recall is measured like any approximate index's.
+        exact = plan.kind == "flat" and plan.codes == "float32"
+        held = samples.query_positions if not exact else samples.query_positions[:0]
         k_eval = min(EVAL_K, samples.rows - len(held))
         heap = _faiss().ResultHeap(len(held), k_eval, keep_max=metric != "l2") if k_eval > 0 and len(held) else None
         copies = _Copies(samples.queries)
@@ -238,7 +249,7 @@ def build_index(
                 evaluation = Evaluation(samples.queries[keep], None, heap.I[keep], k_eval)
                 params, (recall, *interval) = tune(index, evaluation, target_recall)
                 qps = evaluation.queries_per_second(index)
-        elif plan.kind == "flat" and len(samples.queries):
+        elif exact and len(samples.queries):
             recall, interval, n_eval = 1.0, [1.0, 1.0], len(samples.queries)
             k_qps = min(EVAL_K, samples.rows)
             qps = Evaluation(samples.queries, None, np.empty((0, k_qps)), k_qps).queries_per_second(index)
@@ -259,6 +270,7 @@ def build_index(
             "format": INDEX_FORMAT,
             "index_kind": plan.kind,
             "factory": plan.factory,
+            "codes": {"type": plan.codes},
             "metric": metric,
             "dim": dim,
             "rows": int(index.ntotal),
@@ -291,6 +303,7 @@ def build_index(
         if rescoring is not None:
             meta["rescore"] = rescoring
         index_bytes = _write_data(stage, index, ids)
+        meta["codes"]["bytes_per_vector"] = round(index_bytes / max(1, int(index.ntotal)), 1)
         meta["build"]["seconds"] = round(time.perf_counter() - started, 3)
         stage.seal(meta)
     return BuildReport(
@@ -318,4 +331,6 @@ def build_index(
         store,
         col_config.dtype,
         rescoring,
+        plan.codes,
+        meta["codes"]["bytes_per_vector"],
     )

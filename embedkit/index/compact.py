@@ -4,7 +4,8 @@ Deleted rows cost memory and, in an approximate index, search effort: HNSW still
 still scans them, skipping them only when they would be returned. Once they pass ``COMPACT_FRACTION`` of the
 FAISS rows (or on ``embedkit index compact``) they are removed: a flat index and the inverted lists of an IVF
 index remove them in place (IVF lists are then renumbered so FAISS row = id-map row still holds); an HNSW graph
-cannot lose nodes, so it is rebuilt from its own stored vectors.
+cannot lose nodes, so it is rebuilt from its own stored vectors (SQ8 codes: decoded, and encoded again by the same
+trained quantizer, which gives back the same codes).
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def compact(index: Index) -> int:
     if _hnsw_of(index.faiss_index) is not None:
         vectors = index.faiss_index.reconstruct_batch(np.flatnonzero(keep).astype(np.int64))
         rebuilt = faiss.index_factory(index.dim, index.meta["factory"], _metric_type(index.metric))
-        rebuilt.add(vectors)  # already prepared (normalised for cosine) when first added
+        if not rebuilt.is_trained:  # HNSW over SQ8 codes: reuse the trained quantizer, so each row keeps its code
+            storage = faiss.downcast_index(rebuilt.storage)
+            storage.sq = faiss.downcast_index(index.faiss_index.storage).sq
+            storage.is_trained = rebuilt.is_trained = True
+        rebuilt.add(vectors)  # already prepared (normalised for cosine) when first added; SQ8: decoded codes
         index.faiss_index = rebuilt
     else:
         ivf = _ivf_of(index.faiss_index)
@@ -84,7 +89,8 @@ def remeasure(index: Index, queries: int = REMEASURE_QUERIES, seed: int = 0) -> 
     """
     if index.kind == "ivfpq" or index.size < 2 or index.size * index.dim > REMEASURE_MAX_CELLS:
         return None  # no exact truth (ivfpq), nothing to measure, or a truth too costly to compute on every change
-    if index.kind == "flat":
+    codes = index.meta.get("codes")  # flat SQ8 codes are not exact: measured like an approximate index
+    if index.kind == "flat" and (not isinstance(codes, dict) or codes.get("type") == "float32"):
         return {"recall_at_10": 1.0, "recall_interval": [1.0, 1.0], "queries": 0, "basis": "exact search"}
     k = min(EVAL_K, index.size - 1)
     live = index.live()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -17,6 +18,14 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 
 METRICS = ("cosine", "ip", "l2")
+
+# How FAISS holds the vectors of a flat, hnsw or ivf index: float32 (4 bytes a dimension) or its 8-bit scalar
+# quantizer (1 byte a dimension, each dimension's range learnt by train). SQ8 is the default for int8 features:
+# they carry no more than 8 bits a dimension anyway (MiniLM fortunes: recall@10 0.988, 1.000 re-scored,
+# benchmarks/RESULTS.md). ivfpq keeps its own product-quantizer codes either way.
+CODES = ("float32", "sq8")
+
+SQ_TRAIN_ROWS = 65_536  # rows the scalar quantizer learns each dimension's min and max from
 
 DEFAULT_MEMORY = "4GB"
 
@@ -93,6 +102,7 @@ class IndexPlan:
     pq_bytes: int = 0
     estimated_bytes: int = 0
     reason: str = ""
+    codes: str = "float32"  # how the vectors are held (CODES); "pq" for ivfpq
 
 
 def ivf_lists(rows: int) -> int:
@@ -101,20 +111,30 @@ def ivf_lists(rows: int) -> int:
     return int(max(1, min(target, rows // IVF_MIN_ROWS_PER_LIST)))
 
 
+def _codes_for(kind: str, codes: str) -> str:
+    return "pq" if kind == "ivfpq" else codes
+
+
+def _suffix(codes: str) -> str:
+    """The storage part of a FAISS factory string."""
+    return "SQ8" if codes == "sq8" else "Flat"
+
+
 def _ivf_prefix(nlist: int) -> str:
     return f"IVF{nlist}_HNSW32" if nlist >= IVF_HNSW_QUANTIZER_LISTS else f"IVF{nlist}"
 
 
-def _estimate(kind: str, rows: int, dim: int, nlist: int = 0, pq_bytes: int = 0) -> int:
+def _estimate(kind: str, rows: int, dim: int, nlist: int = 0, pq_bytes: int = 0, codes: str = "float32") -> int:
     """Resident size of an index in bytes (vectors, graph links or codes, ids, centroids)."""
+    vector = dim if codes == "sq8" else dim * 4
     if kind == "flat":
-        return rows * dim * 4
+        return rows * vector
     if kind == "hnsw":
         # Level 0 keeps 2M links per vector, upper levels add ~1/M of that; plus level bookkeeping.
-        return rows * (dim * 4 + HNSW_M * 2 * 4 + HNSW_M * 4 // 2 + 12)
+        return rows * (vector + HNSW_M * 2 * 4 + HNSW_M * 4 // 2 + 12)
     centroids = nlist * dim * 4 + (nlist * HNSW_M * 2 * 4 if nlist >= IVF_HNSW_QUANTIZER_LISTS else 0)
     if kind == "ivf":
-        return rows * (dim * 4 + ID_BYTES) + centroids
+        return rows * (vector + ID_BYTES) + centroids
     opq = dim * dim * 4
     return rows * (pq_bytes + ID_BYTES) + centroids + opq + 256 * dim * 4
 
@@ -137,28 +157,34 @@ def _pq_bytes(rows: int, dim: int, nlist: int, budget: int | None) -> int:
     return candidates[0]
 
 
-def plan_index(kind: str, rows: int, dim: int, memory: str | int = DEFAULT_MEMORY) -> IndexPlan:
+def plan_index(kind: str, rows: int, dim: int, memory: str | int = DEFAULT_MEMORY, codes: str = "float32") -> IndexPlan:
     """Turn ``kind`` (possibly ``auto``) into a concrete plan for ``rows`` vectors of ``dim`` dimensions.
 
+    ``codes`` (CODES) is how a flat, hnsw or ivf index holds its vectors; ivfpq always holds PQ codes.
+
     Raises:
-        ConfigError: unknown kind, or no kind fits the memory budget.
+        ConfigError: unknown kind or codes, or no kind fits the memory budget.
     """
     if kind not in KINDS:
         raise choice_error("index kind", kind, KINDS)
+    if codes not in CODES:
+        raise choice_error("vector codes", codes, CODES)
     budget = parse_memory(memory)
     nlist = ivf_lists(rows)
     if kind == "auto":
-        return _auto_plan(rows, dim, budget, nlist)
-    if kind == "flat":
-        plan = IndexPlan("flat", "Flat", estimated_bytes=_estimate("flat", rows, dim), reason="asked for")
+        plan = _auto_plan(rows, dim, budget, nlist, codes)
+    elif kind == "flat":
+        factory = "Flat" if codes == "float32" else _suffix(codes)
+        plan = IndexPlan("flat", factory, estimated_bytes=_estimate("flat", rows, dim, codes=codes), reason="asked for")
     elif kind == "hnsw":
-        plan = IndexPlan("hnsw", f"HNSW{HNSW_M}", estimated_bytes=_estimate("hnsw", rows, dim), reason="asked for")
+        factory = f"HNSW{HNSW_M}" + ("" if codes == "float32" else f",{_suffix(codes)}")
+        plan = IndexPlan("hnsw", factory, estimated_bytes=_estimate("hnsw", rows, dim, codes=codes), reason="asked for")
     elif kind == "ivf":
         plan = IndexPlan(
             "ivf",
-            f"{_ivf_prefix(nlist)},Flat",
+            f"{_ivf_prefix(nlist)},{_suffix(codes)}",
             nlist,
-            estimated_bytes=_estimate("ivf", rows, dim, nlist),
+            estimated_bytes=_estimate("ivf", rows, dim, nlist, codes=codes),
             reason="asked for",
         )
     else:
@@ -166,7 +192,8 @@ def plan_index(kind: str, rows: int, dim: int, memory: str | int = DEFAULT_MEMOR
         plan = IndexPlan(
             "ivfpq", _pq_factory(rows, dim, nlist, m), nlist, m, _estimate("ivfpq", rows, dim, nlist, m), "asked for"
         )
-    if plan.estimated_bytes > budget:
+    plan = dataclasses.replace(plan, codes=_codes_for(plan.kind, codes))
+    if kind != "auto" and plan.estimated_bytes > budget:
         log.warning(
             "a %s index of %d x %d needs about %s, over the %s budget",
             plan.kind,
@@ -178,22 +205,32 @@ def plan_index(kind: str, rows: int, dim: int, memory: str | int = DEFAULT_MEMOR
     return plan
 
 
-def _auto_plan(rows: int, dim: int, budget: int, nlist: int) -> IndexPlan:
-    flat = _estimate("flat", rows, dim)
+def _auto_plan(rows: int, dim: int, budget: int, nlist: int, codes: str = "float32") -> IndexPlan:
+    flat = _estimate("flat", rows, dim, codes=codes)
     if rows < FLAT_MAX_ROWS and flat <= budget:
         return IndexPlan(
-            "flat", "Flat", estimated_bytes=flat, reason=f"under {FLAT_MAX_ROWS:,} rows exact search is fastest"
+            "flat",
+            "Flat" if codes == "float32" else _suffix(codes),
+            estimated_bytes=flat,
+            reason=f"under {FLAT_MAX_ROWS:,} rows exact search is fastest",
         )
-    hnsw = _estimate("hnsw", rows, dim)
+    hnsw = _estimate("hnsw", rows, dim, codes=codes)
     if hnsw <= budget and rows * dim <= HNSW_MAX_CELLS:
         return IndexPlan(
-            "hnsw", f"HNSW{HNSW_M}", estimated_bytes=hnsw, reason="fits the memory budget with graph links"
+            "hnsw",
+            f"HNSW{HNSW_M}" + ("" if codes == "float32" else f",{_suffix(codes)}"),
+            estimated_bytes=hnsw,
+            reason="fits the memory budget with graph links",
         )
-    ivf = _estimate("ivf", rows, dim, nlist)
+    ivf = _estimate("ivf", rows, dim, nlist, codes=codes)
     if ivf <= budget:
         why = "too large to build HNSW quickly" if hnsw <= budget else "HNSW does not fit the memory budget"
         return IndexPlan(
-            "ivf", f"{_ivf_prefix(nlist)},Flat", nlist, estimated_bytes=ivf, reason=f"{why}; full vectors fit"
+            "ivf",
+            f"{_ivf_prefix(nlist)},{_suffix(codes)}",
+            nlist,
+            estimated_bytes=ivf,
+            reason=f"{why}; {'full' if codes == 'float32' else codes} vectors fit",
         )
     m = _pq_bytes(rows, dim, nlist, budget)
     pq = _estimate("ivfpq", rows, dim, nlist, m)
@@ -213,8 +250,9 @@ def _auto_plan(rows: int, dim: int, budget: int, nlist: int) -> IndexPlan:
 
 
 def _train_rows(plan: IndexPlan, rows: int) -> int:
+    sq = SQ_TRAIN_ROWS if plan.codes == "sq8" else 0
     if plan.kind == "ivf":
-        return min(rows, plan.nlist * IVF_TRAIN_ROWS_PER_LIST)
+        return min(rows, max(plan.nlist * IVF_TRAIN_ROWS_PER_LIST, sq))
     if plan.kind == "ivfpq":
         return min(rows, max(plan.nlist * IVF_TRAIN_ROWS_PER_LIST, PQ_TRAIN_ROWS))
-    return 0
+    return min(rows, sq)
