@@ -1,6 +1,8 @@
-"""Cold start (#23): commands that need no model never import torch or transformers.
+"""Cold start (#23): commands that need no model never import torch or transformers; a one-query search imports
+neither pandas nor pyarrow.dataset; a model loads with the cyclic collector paused and a CLI process skips the
+final collection at exit.
 
-Each check runs the real CLI in a fresh interpreter and reads ``sys.modules`` after every command, so an import
+The import checks run the real CLI in a fresh interpreter and read ``sys.modules`` after every command, so an import
 chain that pulls torch in (a module-level import, a library that imports it for its own reasons) fails here
 whichever module it hides in. The last step runs a command that does load a model, to prove the probe sees it.
 """
