@@ -132,11 +132,13 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
 
 @functools.cache  # registered at most once per process
 def _skip_final_collection() -> None:
-    """At exit, freeze what is left so CPython's final garbage collection does not walk it all once more.
+    """At exit, freeze what is left so CPython's final garbage collections do not walk and free it object by object.
 
-    A command runs once per process; what it loaded (torch, a model, an index) lives until exit, where the final
-    collection walked ~500,000 objects to free nothing the exit does not free anyway: 0.2 s CPU of a one-query
-    `search` (#23). A program that calls the CLI in-process (CliRunner) keeps its collections until it exits.
+    A command runs once per process; what it loaded (torch, a model, an index) lives until exit, where CPython
+    collects again while it tears the modules down: ~0.7 s CPU in a process that imported torch, to free memory
+    the exit frees anyway (#23, benchmarks/RESULTS.md). embedkit's own clean-up (locks, temporary files) runs in
+    finally blocks and atexit handlers, not in finalizers of garbage. A program that calls the CLI in-process
+    (CliRunner) keeps its collections until it exits.
     """
     atexit.register(gc.freeze)
 
