@@ -6,7 +6,9 @@ one-line messages with the exit codes documented in ``embedkit.errors``.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import importlib
 import logging
 import os
@@ -109,6 +111,7 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    _skip_final_collection()
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # huggingface_hub prints through a stderr handler of its own; passing its records on to ours as well showed
@@ -125,6 +128,19 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
         before = hub_logging.get_verbosity()
         hub_logging.set_verbosity_error()
         ctx.call_on_close(lambda: hub_logging.set_verbosity(before))
+
+
+@functools.cache  # registered at most once per process
+def _skip_final_collection() -> None:
+    """At exit, freeze what is left so CPython's final garbage collections do not walk and free it object by object.
+
+    A command runs once per process; what it loaded (torch, a model, an index) lives until exit, where CPython
+    collects again while it tears the modules down: ~0.7 s CPU in a process that imported torch, to free memory
+    the exit frees anyway (#23, benchmarks/RESULTS.md). embedkit's own clean-up (locks, temporary files) runs in
+    finally blocks and atexit handlers, not in finalizers of garbage. A program that calls the CLI in-process
+    (CliRunner) keeps its collections until it exits.
+    """
+    atexit.register(gc.freeze)
 
 
 def wait_option(command):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import gc
 import hashlib
 import json
 import logging
@@ -257,6 +258,26 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a model loads, back as it was afterwards.
+
+    Loading allocates ~10^5 small objects that live as long as the model (the tokenizer's vocabulary and merges
+    pass through Python dicts and tuples, transformers builds ~1,200 weight-renaming rules). Each time such new
+    objects reach a quarter of those already tracked, CPython walks every tracked object, and after importing
+    torch and transformers that is ~400,000 of them: one such pass cost 0.2 s CPU of a one-query `search`
+    (#23, RESULTS.md). Loading makes no garbage cycles worth collecting, so skipping those passes frees nothing
+    later. Not around the imports: those are the same work as in any program that uses torch.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
     """Load ``config.model`` (hub id, local directory or cached id) for inference.
 
@@ -264,6 +285,14 @@ def load_model(config: ExtractConfig, device: str = "auto") -> LoadedModel:
     transformers' restricted (weights-only) unpickler and a warning. Remote code runs only when
     ``config.trust_remote_code`` is set.
     """
+    # Imported before the pause: importing is the same work in any program that uses transformers.
+    from transformers import AutoConfig, AutoModel, AutoTokenizer  # noqa: F401
+
+    with _collector_paused():
+        return _load_model(config, device)
+
+
+def _load_model(config: ExtractConfig, device: str) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     torch_device = resolve_device(device)

@@ -87,9 +87,14 @@ def _read_index(directory: Path) -> tuple[Any, pa.Table, dict[str, Any], np.ndar
         raise InputError(f"{index_path}: FAISS cannot read it: {exc}") from exc
     _check_against_faiss(directory / META_FILE, meta, index, index_name)
     try:
-        ids = pq.read_table(directory / ids_name)
+        # One file: ParquetFile reads it without pyarrow.dataset, whose import pulls in pandas (~0.2 s of a cold
+        # `search`, #23); read_table goes through the dataset API.
+        with pq.ParquetFile(directory / ids_name) as ids_file:
+            ids = ids_file.read()
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{directory}: the id map {ids_name} is unreadable: {exc}") from exc
+    if len(set(ids.column_names)) != len(ids.column_names):  # read_table refused these; ParquetFile reads them
+        raise InputError(f"{directory}: the id map {ids_name} is unreadable: it names a column twice")
     if "id" not in ids.column_names:
         raise InputError(f"{directory}: the id map {ids_name} has no 'id' column; rebuild the index")
     id_type = ids.schema.field("id").type

@@ -24,7 +24,8 @@ MAX_FILTER_EF_SEARCH = 4096  # widest HNSW search a filter may ask for (past it,
 def read_deleted(path, rows: int) -> np.ndarray:
     """Sorted, distinct positions of deleted rows; InputError when the file does not fit the index."""
     try:
-        table = pq.read_table(path)
+        with pq.ParquetFile(path) as deleted_file:  # not read_table: see files._read_index
+            table = deleted_file.read()
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: the list of deleted rows is unreadable: {exc}") from exc
     if table.column_names != ["position"] or not pa.types.is_integer(table.schema.field("position").type):

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
+from ..light_imports import arrow_positions
 
 
 @dataclass
@@ -27,7 +28,7 @@ class SearchResult:
     def hits(self, query: int = 0) -> list[dict[str, Any]]:
         """The hits of one query as dicts: rank, score, id and the stored columns."""
         keep = self.positions[query] >= 0
-        rows = self.ids.take(pa.array(self.positions[query][keep])).to_pylist()
+        rows = self.ids.take(arrow_positions(self.positions[query][keep])).to_pylist()
         return [
             {"rank": r + 1, "score": float(s), **row} for r, (s, row) in enumerate(zip(self.scores[query][keep], rows))
         ]
