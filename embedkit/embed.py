@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from .artefact import sha256_file
 from .config import ExtractConfig
-from .engines import DEFAULT_PART_ROWS, Engine, LocalEngine
+from .engines import DEFAULT_PART_ROWS, Engine, JobEngine, LocalEngine
 from .errors import ConfigError, InputError
 from .extract.texts import EMBEDDED_STATUSES, without_surrogates
 from .progress import per_second, progress_bar
@@ -242,7 +242,7 @@ def embed(
     config: ExtractConfig | None = None,
     runtime: Runtime | None = None,
     *,
-    engine: Engine | None = None,
+    engine: Engine | JobEngine | None = None,
     resume: bool = False,
     overwrite: bool = False,
     wait: bool = False,
@@ -268,11 +268,24 @@ def embed(
     started = time.perf_counter()
     spec = input if isinstance(input, InputSpec) else InputSpec(input)
     runtime = runtime or Runtime()
-    engine = engine or LocalEngine()
-    sharded = shard_rows is not None or str(output).endswith(("/", os.sep))
     if shard_rows is not None and part_rows is not None and shard_rows != part_rows:
         raise ConfigError(f"shard rows ({shard_rows}) and part rows ({part_rows}) differ: give one of them")
-    part_rows = shard_rows or part_rows or engine.default_part_rows
+    part_rows = shard_rows or part_rows
+    if isinstance(engine, JobEngine):  # the Ray engine: reads and writes on its workers, with this module's rows
+        return engine.run(
+            spec,
+            Path(output),
+            config,
+            runtime,
+            resume=resume,
+            overwrite=overwrite,
+            wait=wait,
+            strict=strict,
+            part_rows=part_rows,
+        )
+    engine = engine or LocalEngine()
+    sharded = shard_rows is not None or str(output).endswith(("/", os.sep))
+    part_rows = part_rows or engine.default_part_rows
     engine.check(runtime)  # contradictory options are the first thing to say
     source = spec.source()
     # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.

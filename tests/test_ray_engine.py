@@ -1,7 +1,8 @@
 """The Ray Data engine against a real local Ray instance (2 CPUs, shared by the session).
 
-Every Ray run starts fresh actors that import torch, so the file keeps to three runs: one through the CLI
-(compared in detail with the local engine) and the two halves of a failed-then-resumed run.
+Every Ray run starts fresh actors that import torch, so the file keeps to few runs: one through the CLI
+(compared in detail with the local engine) and the halves of a failed-then-resumed run. The multi-node cluster
+and a worker node killed mid-job are in test_ray_cluster.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import socket
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -19,11 +21,13 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip
 
 from conftest import sample_texts  # noqa: E402
 
-from embedkit import ExtractConfig, IncompatibleError, ModelLoadError, OutputError  # noqa: E402
+from embedkit import ExtractConfig, IncompatibleError, InputError  # noqa: E402
 from embedkit.cli import cli  # noqa: E402
-from embedkit.embed import embed_file  # noqa: E402
+from embedkit.embed import embed, embed_file  # noqa: E402
 from embedkit.engines import ray as ray_engine  # noqa: E402
-from embedkit.store import PartWriter, open_features  # noqa: E402
+from embedkit.engines.ray import RayEngine, worker  # noqa: E402
+from embedkit.spec import InputSpec, Runtime  # noqa: E402
+from embedkit.store import open_features  # noqa: E402
 
 LAYERS_POOLINGS = ["--layer", "1", "--layer", "-1", "--pooling", "mean,last"]
 
@@ -51,8 +55,7 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("ray")
     source = _csv_with_bad_rows(root / "in.csv")
     mp = pytest.MonkeyPatch()
-    mp.setattr(ray_engine, "RAY_PART_ROWS", 40)  # several parts, so both workers get some and order is tested
-    mp.setattr(ray_engine, "IN_FLIGHT_PER_WORKER", 1)  # 4 parts, 2 actors: parts are handed out as others return
+    mp.setattr(ray_engine, "RAY_PART_ROWS", 40)  # several shards, so both workers get some and order is tested
     try:
         result = CliRunner().invoke(
             cli,
@@ -60,7 +63,7 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
                 "embed",
                 str(source),
                 "-o",
-                str(root / "ray.parquet"),
+                str(root / "ray"),
                 "--model",
                 tiny_gpt2_shared,
                 "--keep",
@@ -80,12 +83,12 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
     assert result.exit_code == 0, result.output
     config = ExtractConfig(model=tiny_gpt2_shared, layers=(1, -1), pooling=("mean", "last"))
     embed_file(source, root / "local.parquet", config, keep=["label"], device="cpu", progress=False)
-    return root / "ray.parquet", root / "local.parquet", result.output
+    return root / "ray", root / "local.parquet", result.output
 
 
 def test_ray_output_equals_local_engine(ray_and_local):
     ray_out, local_out, summary = ray_and_local
-    a, b = pq.read_table(ray_out), pq.read_table(local_out)
+    a, b = read_dataset(ray_out), pq.read_table(local_out)
     assert "150 rows" in summary
     assert a.schema.remove_metadata() == b.schema.remove_metadata()
     assert a.column("id").to_pylist() == list(range(150))
@@ -100,7 +103,7 @@ def test_ray_output_equals_local_engine(ray_and_local):
 
 
 def test_ray_keeps_bad_rows_with_their_status(ray_and_local):
-    rows = pq.read_table(ray_and_local[0], columns=["id", "status", "error", "embedding_l2_mean"]).to_pylist()
+    rows = read_dataset(ray_and_local[0], columns=["id", "status", "error", "embedding_l2_mean"]).to_pylist()
     assert rows[7]["status"] == "empty" and rows[7]["embedding_l2_mean"] is None
     assert rows[149]["status"] == "malformed" and "fields" in rows[149]["error"]
     assert rows[20]["status"] == "ok" and rows[20]["embedding_l2_mean"] is not None
@@ -123,86 +126,130 @@ def test_ray_output_reads_downstream_and_in_info(ray_and_local):
     assert info["rows"] == 150 and info["status_counts"] == {"ok": 148, "empty": 1, "malformed": 1}
 
 
-def test_ray_resume_sends_only_missing_parts(tiny_gpt2_shared, tmp_path, monkeypatch, ray_cluster):
+def read_dataset(path, columns=None):
+    """A sharded dataset's rows in shard order, as one table."""
+    from embedkit.dataset import read_manifest
+
+    return pa.concat_tables([pq.read_table(path / s.file, columns=columns) for s in read_manifest(path).shards])
+
+
+def run_ray(source, out, config, **options):
+    spec = InputSpec(source, id_column=options.pop("id_column", None))
+    engine = RayEngine(workers=options.pop("workers", 1))
+    return embed(spec, out, config, Runtime(device="cpu", progress=False), engine=engine, part_rows=20, **options)
+
+
+def test_ray_resume_redoes_only_missing_shards(tiny_gpt2_shared, tmp_path, monkeypatch, ray_cluster):
+    from embedkit import dataset
+
     source = tmp_path / "in.jsonl"
     lines = [json.dumps({"doc": f"d{i}", "text": t}) for i, t in enumerate(sample_texts(100, seed=5))]
     source.write_text("\n".join(lines[:50] + ["{not json"] + lines[50:]) + "\n", encoding="utf-8")
-    out, config = tmp_path / "out.parquet", ExtractConfig(model=tiny_gpt2_shared)
-    run = dict(id_column="doc", device="cpu", progress=False, part_rows=20, workers=1)
+    out, config = tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared)
 
-    commit, calls = PartWriter.commit, []
+    record, calls = dataset.DatasetWriter.record, []
 
-    def commit_then_fail(self, table, index=None):
-        calls.append(index)
+    def record_then_crash(self, info):  # the driver dies after recording two shards
+        calls.append(info["index"])
         if len(calls) == 3:
-            raise OutputError("disk full (simulated)")
-        commit(self, table, index)
+            raise KeyboardInterrupt("driver killed (simulated)")
+        record(self, info)
 
-    monkeypatch.setattr(PartWriter, "commit", commit_then_fail)
-    with pytest.raises(OutputError, match="simulated"):
-        ray_engine.embed_file_ray(source, out, config, **run)
-    monkeypatch.setattr(PartWriter, "commit", commit)
-    partial = out.with_name(out.name + ".partial")
-    committed = sorted(p.name for p in partial.glob("part-*.parquet"))
-    assert len(committed) == 2 and not out.exists()
+    monkeypatch.setattr(dataset.DatasetWriter, "record", record_then_crash)
+    with pytest.raises(KeyboardInterrupt, match="simulated"):
+        run_ray(source, out, config, id_column="doc")
+    monkeypatch.setattr(dataset.DatasetWriter, "record", record)
+    recorded = set(calls[:2])
 
-    with pytest.raises(OutputError, match="--resume"):
-        ray_engine.embed_file_ray(source, out, config, **run)
-    with pytest.raises(IncompatibleError, match="engine"):  # the local engine cannot continue a Ray partial run
-        embed_file(source, out, config, id_column="doc", device="cpu", progress=False, resume=True, part_rows=20)
+    sent, real_embed = [], RayEngine._embed
 
-    sent, real_encode = [], ray_engine.RayEngine.encode
+    def spying_embed(self, ray, spec, files, config, runtime, writer, todo, *rest):
+        sent.extend(s.index for s in todo)
+        return real_embed(self, ray, spec, files, config, runtime, writer, todo, *rest)
 
-    def spying_encode(self, parts, progress=None):  # records which parts the driver hands to the cluster
-        return real_encode(self, ((sent.append(index), (index, texts))[1] for index, texts in parts), progress)
-
-    monkeypatch.setattr(ray_engine.RayEngine, "encode", spying_encode)
-    summary = ray_engine.embed_file_ray(source, out, config, resume=True, **run)
-    assert sorted(sent) == sorted(set(range(6)) - {int(name[5:11]) for name in committed})
+    monkeypatch.setattr(RayEngine, "_embed", spying_embed)
+    with pytest.raises(IncompatibleError):  # other settings cannot continue the partial run
+        run_ray(source, out, ExtractConfig(model=tiny_gpt2_shared, pooling=("last",)), id_column="doc", resume=True)
+    assert sent == []
+    summary = run_ray(source, out, config, id_column="doc", resume=True)
+    assert sorted(sent) == sorted(set(range(6)) - recorded)  # 101 rows in shards of 20
     assert summary.rows == 101 and summary.resumed_rows == 40 and summary.bad_rows == {"malformed": 1}
-    assert not partial.exists()
 
     embed_file(source, tmp_path / "local.parquet", config, id_column="doc", device="cpu", progress=False)
-    a, b = pq.read_table(out), pq.read_table(tmp_path / "local.parquet")
+    a, b = read_dataset(out), pq.read_table(tmp_path / "local.parquet")
     assert a.column("id").to_pylist() == b.column("id").to_pylist()
     assert a.column("status").to_pylist() == b.column("status").to_pylist()
     x, y = (np.array([v for v in t.column("embedding").to_pylist() if v is not None]) for t in (a, b))
     np.testing.assert_allclose(x, y, atol=1e-5)
 
 
-def test_driver_reads_the_input_only_as_the_actors_work(ray_cluster):
-    """One actor pool for the whole run; the driver reads at most ``limit`` parts ahead of the answers."""
-
-    class CountingWorker:  # a stand-in model actor (defined here: Ray ships it by value, tests/ is not importable)
-        def ready(self):
-            return True
-
-        def encode(self, index, texts):
-            return index, len(texts)
-
-    actors = [ray.remote(CountingWorker).options(num_cpus=0).remote() for _ in range(2)]
-    read = []
-
-    def parts():
-        for index in range(9):
-            read.append(index)
-            yield index, ["text"] * (index + 1)
-
-    answers = ray_engine.stream(ray, actors, parts(), limit=3)
-    got = [next(answers)]
-    assert len(read) == 3  # three handed out, one answered: nothing more read yet
-    for answer in answers:
-        assert len(read) <= len(got) + 3
-        got.append(answer)
-    assert sorted(got) == [(i, i + 1) for i in range(9)]
+def test_shards_are_fixed_row_ranges_of_one_file():
+    shards = ray_engine.plan([45, 0, 20], 20)
+    assert [(s.index, s.file, s.start, s.stop, s.first_row) for s in shards] == [
+        (0, 0, 0, 20, 0),
+        (1, 0, 20, 40, 20),
+        (2, 0, 40, 45, 40),
+        (3, 2, 0, 20, 45),
+    ]
 
 
-def test_worker_error_reaches_the_driver_typed(tmp_path):
+def test_rows_and_ids_across_files_equal_the_local_engine(tiny_gpt2_shared, tmp_path, ray_cluster):
+    """Two files (CSV then text) counted on the cluster; shards never span files; ids number the whole input."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    texts = sample_texts(30, seed=9)
+    (folder / "a.csv").write_text("text\n" + "\n".join(f'"{t}"' for t in texts[:13]) + "\n", encoding="utf-8")
+    (folder / "b.txt").write_text("\n".join(texts[13:]) + "\n\n", encoding="utf-8")  # an empty last line
+    config = ExtractConfig(model=tiny_gpt2_shared)
+    summary = run_ray(folder, tmp_path / "out", config, workers=2)
+    embed_file(folder, tmp_path / "local.parquet", config, device="cpu", progress=False)
+    a, b = read_dataset(tmp_path / "out"), pq.read_table(tmp_path / "local.parquet")
+    assert summary.rows == a.num_rows == b.num_rows == 31
+    for column in ("id", "text", "status", "n_tokens"):
+        assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
+
+
+def test_strict_stops_with_the_row_that_failed(tiny_gpt2_shared, write_csv, tmp_path, ray_cluster):
+    source = write_csv([{"text": "fine"}, {"text": ""}, {"text": "also fine"}])
+    with pytest.raises(InputError, match="row 1 .* is empty"):
+        run_ray(source, tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared), strict=True)
+
+
+def test_worker_error_reaches_the_driver_typed(tmp_path, write_csv):
+    source = write_csv([{"text": "a text"}])
     config = ExtractConfig(model=str(tmp_path / "no-such-model")).to_dict()
-    worker = ray_engine.EmbedWorker(config, "cpu", None, None)
-    assert not worker.ready()
-    with pytest.raises(ModelLoadError, match="on a Ray worker"):
-        ray_engine.unwrap(*worker.encode(0, ["a text"]))
+    spec = {
+        "path": str(source),
+        "format": None,
+        "text_column": "text",
+        "id_column": None,
+        "keep": [],
+        "keep_text": True,
+    }
+    actor = worker.ShardEmbedder(spec, [str(source)], config, "cpu", None, None, str(tmp_path), 10)
+    info = actor.embed_shard(ray_engine.plan([1], 10)[0])
+    assert info["error_type"] == "ModelLoadError" and not list(tmp_path.glob("part-*"))
+
+
+def test_single_file_output_is_refused_with_the_directory_to_use(tiny_gpt2_shared, write_csv, tmp_path):
+    source = write_csv([{"text": "hello"}])
+    out = tmp_path / "o.parquet"
+    result = CliRunner().invoke(
+        cli, ["embed", str(source), "-o", str(out), "--model", tiny_gpt2_shared, "--engine", "ray"]
+    )
+    assert result.exit_code == 2 and f"-o {tmp_path / 'o'}/" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("2:8", (2, 8)), (None, None)])
+def test_workers_take_a_count_or_a_range(value, expected):
+    assert ray_engine.parse_workers(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "3:2", "x", "1:"])
+def test_bad_workers_are_config_errors(value):
+    with pytest.raises(ray_engine.ConfigError):
+        ray_engine.parse_workers(value)
 
 
 def test_missing_ray_says_how_to_install(tiny_gpt2_shared, write_csv, tmp_path, monkeypatch):
@@ -220,7 +267,7 @@ def test_unreachable_address_fails_fast_and_leaves_nothing(tiny_gpt2_shared, wri
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    source, out = write_csv([{"text": "hello"}]), tmp_path / "o.parquet"
+    source, out = write_csv([{"text": "hello"}]), tmp_path / "o"
     result = CliRunner().invoke(
         cli,
         [
@@ -238,7 +285,7 @@ def test_unreachable_address_fails_fast_and_leaves_nothing(tiny_gpt2_shared, wri
     )
     assert result.exit_code == 2
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in result.output
-    assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]  # nothing written, no staging left
     result = CliRunner().invoke(
         cli,
         [
@@ -268,7 +315,7 @@ def test_unreachable_address_fails_fast_and_leaves_nothing(tiny_gpt2_shared, wri
 def test_contradictory_options_are_usage_errors(args, message, tiny_gpt2_shared, write_csv, tmp_path):
     source = write_csv([{"text": "hello"}])
     result = CliRunner().invoke(
-        cli, ["embed", str(source), "-o", str(tmp_path / "o.parquet"), "--model", tiny_gpt2_shared, *args]
+        cli, ["embed", str(source), "-o", str(tmp_path / "o"), "--model", tiny_gpt2_shared, *args]
     )
     assert result.exit_code == 2
     assert message in result.output

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..config import BACKENDS, DEVICES, LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
-from ..engines import DEFAULT_PART_ROWS, ENGINES, Engine, LocalEngine
+from ..engines import DEFAULT_PART_ROWS, ENGINES, Engine, JobEngine, LocalEngine
 from ..engines.ray import RAY_PART_ROWS
 from ..sources import FORMATS
 from ..summary import summary_text
@@ -111,7 +111,8 @@ def make_config(
     "--output",
     required=True,
     type=click.Path(),
-    help="Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows).",
+    help="Output .parquet file, or a directory ending in / for a sharded dataset (see --shard-rows); with "
+    "--engine ray always a dataset directory (written by the workers).",
 )
 @click.option(
     "--layer",
@@ -177,9 +178,10 @@ def make_config(
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
     default=None,
-    help="With --engine ray: model actors [default: as many as the cluster has room for].",
+    metavar="N|MIN:MAX",
+    help="With --engine ray: model actors, or MIN:MAX for a pool that grows with the work "
+    "[default: as many as the cluster has room for].",
 )
 @click.option(
     "--gpus-per-worker",
@@ -232,7 +234,7 @@ def embed(
     config = make_config(
         model, revision, layers, pooling, max_length, long_text, stride, normalize, dtype, trust_remote_code, backend
     )
-    chosen: Engine
+    chosen: Engine | JobEngine
     if engine == "ray":
         from ..engines.ray import RayEngine
 

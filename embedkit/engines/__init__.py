@@ -1,9 +1,11 @@
-"""Engines of the embed stage: what turns each part's texts into vectors for the one driver in ``embedkit.embed``.
+"""Engines of the embed stage: what turns texts into vectors for the one driver in ``embedkit.embed``.
 
-An engine does the model work and nothing else: the driver reads the input, cuts it into parts, builds the
-output rows (statuses included), commits, resumes and merges, whichever engine runs. ``local`` (the default)
-runs the model in this process; ``ray`` (:class:`embedkit.engines.ray.RayEngine`) on the actors of a Ray
-cluster. Ray is an optional dependency (``pip install 'embedkit[ray]'``), so nothing here imports it.
+``local`` (the default, :class:`LocalEngine`) does the model work and nothing else: the driver reads the
+input, cuts it into parts, builds the output rows (statuses included), commits, resumes and merges. ``ray``
+(:class:`embedkit.engines.ray.RayEngine`) is a :class:`JobEngine`: on a cluster the driver must carry no data,
+so the workers read, embed and write shards themselves, with the driver's own functions for reading
+(``Source``), rows and statuses (``embed.build_table``) and batching (``Extractor``). Ray is an optional
+dependency (``pip install 'embedkit[ray]'``), so nothing here imports it.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..config import ExtractConfig
+    from ..embed import EmbedSummary
     from ..extract import EncodeResult, Extractor
     from ..extract.extractor import ProgressFn
-    from ..spec import Runtime
+    from ..spec import InputSpec, Runtime
 
 ENGINES = ("local", "ray")
 # Rows per committed part. Also the window inside which texts are length-sorted: large enough that batches
@@ -76,4 +81,25 @@ class LocalEngine(Engine):
             yield index, self.extractor.encode(texts, progress=progress)
 
 
-__all__ = ["DEFAULT_PART_ROWS", "ENGINES", "Engine", "LocalEngine", "Part"]
+class JobEngine(ABC):
+    """An engine that runs the whole embed job where the data is: ``embed.embed`` hands it the job and returns
+    its summary. It reuses the driver's reading, row and batching functions, so the output rows are the same."""
+
+    @abstractmethod
+    def run(
+        self,
+        spec: InputSpec,
+        output: Path,
+        config: ExtractConfig | None,
+        runtime: Runtime,
+        *,
+        resume: bool,
+        overwrite: bool,
+        wait: bool,
+        strict: bool,
+        part_rows: int | None,
+    ) -> EmbedSummary:
+        """Embed every row of ``spec`` into ``output``, with ``embed.embed``'s meaning of every argument."""
+
+
+__all__ = ["DEFAULT_PART_ROWS", "ENGINES", "Engine", "JobEngine", "LocalEngine", "Part"]

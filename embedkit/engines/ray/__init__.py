@@ -1,0 +1,379 @@
+"""The Ray engine: the whole embed job as a Ray Data pipeline, the driver handling metadata only (``--engine ray``).
+
+How it runs (``RayEngine.run``, called by the one embed driver ``embedkit.embed.embed``):
+
+1. Plan (``plan.py``): the input's files are cut into shards of ``part_rows`` rows, a fixed row range of one
+   file each, numbered in input order. Row counts come from Parquet footers, or for line formats from one
+   counting task per file on the cluster, so the plan needs no data on the driver and is the same on every run.
+2. The driver opens the output dataset (``dataset.DatasetWriter``: its lock, its fingerprint, the shards already
+   done) and builds a Ray Dataset of the descriptors of the shards still to do.
+3. ``map_batches`` runs them on one persistent pool of :class:`~.worker.ShardEmbedder` actors (``--workers N``,
+   or ``MIN:MAX`` for an autoscaling pool; CPU or GPU actors): each loads the model once, then for each shard
+   reads its rows from the input with embedkit's reader, embeds them with the local engine's ``Extractor``,
+   builds the rows with ``embed.build_table`` (statuses of bad rows included) and writes the shard itself
+   (``dataset.write_shard``). Only each shard's info dict (index, file, rows, checksum) comes back, and the
+   driver records it; at the end it finishes the dataset with the metadata the first actor sent.
+
+Why not Ray's ``read_csv``/``read_json``/``read_parquet``: the pyarrow readers under them stop at the first
+malformed CSV or JSON line and number no rows, so they could keep neither embedkit's bad-row contract (a
+malformed row becomes an output row with a status) nor row-number ids, and the blocks they produce are re-cut
+by Ray Data (merged and split by size), so a block could not be a shard. The actors read with ``Source``
+instead, each from a shared filesystem: the same parsing, statuses and ids as the local engine.
+
+Failures: an actor that dies (node lost, OOM kill) is restarted and its shard retried (``MAX_RESTARTS``,
+``MAX_TASK_RETRIES``); a retried shard is written again under the same name, atomically. An embedkit error
+(model missing on a node, ``--strict``) is not retried, since it would happen again, and reaches the driver
+typed. Shards written before a failed run stay in the dataset's staging area, and ``--resume`` runs only the
+missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ... import errors
+from ...config import ExtractConfig
+from ...errors import ConfigError, EmbedkitError, InputError, OutputError
+from ...spec import InputSpec, Runtime
+from .. import JobEngine
+from .plan import Shard, input_identity, plan, row_counts, spec_to_dict
+from .worker import ShardEmbedder
+
+if TYPE_CHECKING:
+    from ...dataset import DatasetWriter
+    from ...embed import EmbedSummary
+
+log = logging.getLogger(__name__)
+
+# Rows per shard (one actor call, one output file). Smaller than the local engine's 4,096 so that inputs of a
+# few thousand rows still reach several workers and a failure loses little; on a GPU worker 1,024 short texts
+# still fill several token-budget batches.
+RAY_PART_ROWS = 1024
+# An actor that dies (not an exception: a lost node or an OOM kill) is restarted this many times, and the shard
+# it held is retried this many times, before the run fails. Ray Data's default is to retry forever, which turns
+# a shard that always kills its worker into a run that never ends.
+MAX_RESTARTS = 3
+MAX_TASK_RETRIES = 3
+CONNECT_TIMEOUT_S = 5.0
+# How long the job waits for the pool's first actors (MIN of MIN:MAX) to be placed and load the model.
+WAIT_FOR_ACTORS_S = 600
+INSTALL_HINT = "pip install 'embedkit[ray]'"
+
+Workers = int | tuple[int, int] | None
+
+
+def import_ray():
+    """The ``ray`` module, or a ConfigError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the data extra, not only the core)
+    except ImportError as exc:
+        raise ConfigError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT} ({exc})") from exc
+    return ray
+
+
+def parse_workers(value: str | int | tuple[int, int] | None) -> Workers:
+    """``--workers``: ``N`` actors, or ``MIN:MAX`` for a pool that grows with the work (ConfigError otherwise)."""
+    if value is None or isinstance(value, (int, tuple)):
+        workers = value
+    else:
+        low, sep, high = str(value).partition(":")
+        if not (low.strip().isdigit() and (not sep or high.strip().isdigit())):
+            raise ConfigError(f"--workers takes N or MIN:MAX, got {value!r}")
+        workers = (int(low), int(high)) if sep else int(low)
+    bounds = workers if isinstance(workers, tuple) else (workers, workers) if workers is not None else (1, 1)
+    if bounds[0] < 1 or bounds[1] < bounds[0]:
+        raise ConfigError(f"--workers must be at least 1 (and MIN <= MAX), got {value!r}")
+    return workers
+
+
+# ---------------------------------------------------------------------------------------------- cluster
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes: ``ray.init`` retries an unreachable address for a long time."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT, 'auto' or 'local'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; is `ray start --head` running "
+            "there, and is the port open from this machine?"
+        ) from exc
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[Any]:
+    """Use the Ray instance already initialised in this process, else connect/start one for the run.
+
+    ``address`` None starts a local instance (or joins ``$RAY_ADDRESS``); ``auto`` joins the cluster this
+    machine is part of; ``HOST:PORT`` / ``ray://HOST:PORT`` joins that head node. An instance this function
+    started or joined is shut down again at the end.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot connect to Ray at {address or '$RAY_ADDRESS'}: {exc}") from exc
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _pool(ray, workers: Workers, gpus_per_worker: float, cpus_per_worker: float) -> Any:
+    """The actor pool for ``map_batches``: ``workers``, else as many actors as the cluster has room for now."""
+    resources = ray.cluster_resources()
+    if gpus_per_worker:
+        room = int(resources.get("GPU", 0) // gpus_per_worker)
+        if room == 0 and workers is None:
+            raise ConfigError(
+                f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has no GPU ({resources.get('GPU', 0)})"
+            )
+    else:
+        room = int(resources.get("CPU", 0) // cpus_per_worker)
+    if workers is None:
+        workers = max(1, room)
+    elif (workers[0] if isinstance(workers, tuple) else workers) > room:
+        log.warning("%s workers asked for but the cluster has room for %d now; Ray waits for room", workers, room)
+    if isinstance(workers, tuple):
+        return ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1])
+    return ray.data.ActorPoolStrategy(size=workers)
+
+
+# ---------------------------------------------------------------------------------------------- engine
+
+
+class RayEngine(JobEngine):
+    """Runs the embed job as a Ray Data pipeline on a persistent actor pool; see the module's description.
+
+    Args:
+        address: Ray cluster to join (None: a local instance, or ``$RAY_ADDRESS``; ``auto``; ``HOST:PORT``).
+        workers: model actors: ``N``, or ``(MIN, MAX)`` for an autoscaling pool [default: as many as the cluster
+            has room for].
+        gpus_per_worker: GPUs each actor reserves (fractions share a GPU); 0 runs on CPUs.
+        cpus_per_worker: CPUs each actor reserves; also its torch threads unless the runtime names ``threads``.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: Workers | str = None,
+        gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0,
+    ) -> None:
+        if gpus_per_worker < 0 or cpus_per_worker <= 0:
+            raise ConfigError("--gpus-per-worker must be >= 0 and cpus per worker > 0")
+        self.address, self.workers = address, parse_workers(workers)
+        self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
+        #: Shards written by each node (Ray node id) in the last run: where the work went.
+        self.shards_per_node: dict[str, int] = {}
+
+    def check(self, runtime: Runtime, output: Path) -> None:
+        """Refuse contradictory options before anything is read or started (ConfigError)."""
+        if self.gpus_per_worker and runtime.device == "cpu":
+            raise ConfigError("--gpus-per-worker asks for GPUs but --device is cpu; use --device auto or cuda")
+        if runtime.device == "cuda" and not self.gpus_per_worker:
+            # Ray hides every GPU from an actor that reserves none, so the workers could never see one.
+            raise ConfigError("--device cuda with --engine ray needs --gpus-per-worker (e.g. 1)")
+        ray = import_ray()  # before any work: a missing extra is the first thing to say
+        if self.address not in (None, "auto", "local") and not ray.is_initialized():
+            _check_reachable(self.address)  # before the output is touched: nothing is left behind
+        if output.suffix.lower() in (".parquet", ".pq") or output.is_file():
+            # Merging on the driver would send every vector through it, which the engine exists to avoid.
+            raise ConfigError(
+                f"--engine ray writes a sharded dataset directory (each worker writes its own shards), not one file "
+                f"like {output}; give a directory, e.g. -o {output.with_suffix('')}/ (every stage reads it as it "
+                "reads one file)"
+            )
+
+    def run(
+        self,
+        spec: InputSpec,
+        output: Path,
+        config: ExtractConfig | None,
+        runtime: Runtime,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        wait: bool = False,
+        strict: bool = False,
+        part_rows: int | None = None,
+    ) -> EmbedSummary:
+        from ...dataset import DatasetWriter, read_manifest
+        from ...embed import model_files
+
+        started = time.perf_counter()
+        self.check(runtime, output)
+        config = config or ExtractConfig()
+        shard_rows = part_rows or RAY_PART_ROWS
+        source = spec.source()
+        fingerprint = {
+            "settings": config.vector_settings(),
+            "model_files": model_files(config.model),
+            "input": input_identity(source),
+            "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
+            "part_rows": shard_rows,
+            "engine": "ray",  # shards are fixed row ranges of one file each: another engine plans them otherwise
+        }
+        # The dataset's lock first: a second writer of the same output stops here before Ray starts.
+        with DatasetWriter(output, fingerprint, resume=resume, overwrite=overwrite, wait=wait) as writer:
+            if writer.complete:  # --resume of a job killed after its switch: the dataset is whole
+                return _summarise(output, read_manifest(output).rows, 0, time.perf_counter() - started, 0.0)
+            done = set(writer.done())
+            with writer.abandoned_on_failure(), ray_session(self.address) as ray:
+                shards = plan(row_counts(ray, spec, source), shard_rows)
+                if not shards:
+                    raise InputError(f"{spec.path} holds no data rows")
+                todo = [s for s in shards if s.index not in done]
+                resumed = sum(s.stop - s.start for s in shards if s.index in done)
+                t0 = time.perf_counter()
+                meta, tokens = self._embed(ray, spec, source.files, config, runtime, writer, todo, shard_rows, strict)
+                embed_seconds = time.perf_counter() - t0
+                if meta is None:  # every shard was done already: the metadata comes from the settings alone
+                    meta = _probe_metadata(config, spec)
+                writer.finish(meta)
+        return _summarise(output, resumed, tokens, time.perf_counter() - started, embed_seconds)
+
+    def _embed(
+        self,
+        ray,
+        spec: InputSpec,
+        files: list[Path],
+        config: ExtractConfig,
+        runtime: Runtime,
+        writer: DatasetWriter,
+        todo: list[Shard],
+        shard_rows: int,
+        strict: bool,
+    ) -> tuple[dict[str, Any] | None, int]:
+        """Run ``todo`` on the actor pool; records each written shard. The dataset metadata and tokens embedded."""
+        from ...progress import progress_bar
+
+        if not todo:
+            return None, 0
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # embedkit draws its own bar (or none with -q)
+        context.print_on_execution_start = False
+        # Start once the pool's (first MIN) actors have their models loaded: otherwise the first actor ready takes
+        # the first shards while the others still import torch, and a small job never leaves one node.
+        context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S
+        gpus = self.gpus_per_worker
+        threads = runtime.threads or (max(1, int(self.cpus_per_worker)) if not gpus else None)
+        actor_args = {
+            "spec": spec_to_dict(spec),
+            "files": [str(f) for f in files],
+            "config": config.to_dict(),
+            "device": runtime.device,
+            "batch_tokens": runtime.batch_tokens,
+            "threads": threads,
+            "staging": str(writer.staging),
+            "shard_rows": shard_rows,
+            "strict": strict,
+        }
+        # One block per shard: an actor call then gets exactly one descriptor, and shards spread over the pool.
+        shards = ray.data.from_items([s.to_dict() for s in todo], override_num_blocks=len(todo))
+        results = shards.map_batches(
+            ShardEmbedder,
+            fn_constructor_kwargs=actor_args,
+            batch_size=1,
+            compute=_pool(ray, self.workers, gpus, self.cpus_per_worker),
+            num_cpus=self.cpus_per_worker,
+            num_gpus=gpus or None,
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_TASK_RETRIES,
+        )
+        meta, tokens = None, 0
+        self.shards_per_node = {}
+        total = sum(s.stop - s.start for s in todo)
+        with progress_bar("embed", total, unit="text", enabled=runtime.progress) as bar:
+            for row in _rows(ray, results):
+                info = json.loads(row["info"])
+                if "error" in info:
+                    error_type = getattr(errors, info["error_type"], EmbedkitError)
+                    raise error_type(f"on a Ray worker: {info['error']}")
+                facts = info.pop("facts")
+                writer.record(info)
+                meta = meta or facts.get("meta")
+                tokens += facts["tokens"]
+                self.shards_per_node[facts["node"]] = self.shards_per_node.get(facts["node"], 0) + 1
+                bar.update(info["rows"])
+        return meta, tokens
+
+
+def _rows(ray, results) -> Iterator[dict[str, Any]]:
+    """The pipeline's output rows; a pool that never started is said as such, not as a Ray timeout."""
+    try:
+        yield from results.iter_rows()
+    except ray.exceptions.GetTimeoutError as exc:
+        raise ConfigError(
+            f"the Ray cluster did not start the model actors within {WAIT_FOR_ACTORS_S} s (too few CPUs/GPUs for "
+            f"--workers?): {exc}"
+        ) from exc
+    except ray.exceptions.RayError as exc:
+        # A node lost for good, retries spent: the shards written so far are kept for --resume.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise OutputError(
+            f"the Ray job failed ({type(exc).__name__}: {first_line[:300]}); the shards written so far are kept: "
+            "run the same command with --resume to finish the rest"
+        ) from exc
+
+
+def _probe_metadata(config: ExtractConfig, spec: InputSpec) -> dict[str, Any]:
+    """The dataset metadata from a model loaded here, on CPU: only when no actor ran (a resume of a run killed
+    after its last shard), since the actors send it otherwise and the driver loads no model."""
+    from ...embed import build_metadata
+    from ...extract import Extractor
+
+    return build_metadata(Extractor(config, device="cpu"), spec)
+
+
+def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
+    """The run's summary, counted from the finished dataset's small columns, one shard at a time."""
+    import pyarrow.compute as pc
+
+    from ...dataset import read_manifest
+    from ...embed import EmbedSummary
+    from ...extract.texts import EMBEDDED_STATUSES
+
+    summary = EmbedSummary(output=output, resumed_rows=resumed, tokens=tokens, seconds=seconds)
+    summary.embed_seconds = embed_seconds
+    statuses: dict[str, int] = {}
+    import pyarrow.parquet as pq
+
+    for shard in read_manifest(output).shards:
+        table = pq.read_table(output / shard.file, columns=["status", "truncated", "n_windows"])
+        summary.rows += table.num_rows
+        summary.truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
+        summary.chunked += int(pc.sum(pc.greater(table.column("n_windows"), 1)).as_py() or 0)
+        for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist():
+            statuses[str(r["values"])] = statuses.get(str(r["values"]), 0) + int(r["counts"])
+    summary.embedded = sum(statuses.get(s, 0) for s in EMBEDDED_STATUSES)
+    summary.bad_rows = {s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES}
+    summary.repaired, summary.cut = statuses.get("repaired", 0), statuses.get("cut", 0)
+    return summary
+
+
+__all__ = [
+    "MAX_RESTARTS",
+    "MAX_TASK_RETRIES",
+    "RAY_PART_ROWS",
+    "RayEngine",
+    "ShardEmbedder",
+    "import_ray",
+    "parse_workers",
+    "ray_session",
+]
