@@ -268,6 +268,9 @@ def embed(
     started = time.perf_counter()
     spec = input if isinstance(input, InputSpec) else InputSpec(input)
     runtime = runtime or Runtime()
+    if shard_rows is not None and part_rows is not None and shard_rows != part_rows:
+        raise ConfigError(f"shard rows ({shard_rows}) and part rows ({part_rows}) differ: give one of them")
+    part_rows = shard_rows or part_rows
     if isinstance(engine, JobEngine):  # the Ray engine: reads and writes on its workers, with this module's rows
         return engine.run(
             spec,
@@ -282,9 +285,7 @@ def embed(
         )
     engine = engine or LocalEngine()
     sharded = shard_rows is not None or str(output).endswith(("/", os.sep))
-    if shard_rows is not None and part_rows is not None and shard_rows != part_rows:
-        raise ConfigError(f"shard rows ({shard_rows}) and part rows ({part_rows}) differ: give one of them")
-    part_rows = shard_rows or part_rows or engine.default_part_rows
+    part_rows = part_rows or engine.default_part_rows
     engine.check(runtime)  # contradictory options are the first thing to say
     source = spec.source()
     # The output's lock first: a second writer of the same output stops here (BusyError) before loading a model.

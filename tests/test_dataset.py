@@ -239,3 +239,24 @@ def test_a_refused_resume_keeps_the_partial_run(features_file, tmp_path):
             writer.start({**FP, "part_rows": 3}, resume=True)
     with DatasetWriter(tmp_path / "ds", FP, resume=True) as writer:
         assert list(writer.done()) == [0]
+
+
+def test_finish_without_checksums_reads_no_shard_data_and_readers_still_check(features_file, tmp_path, monkeypatch):
+    from embedkit import artefact
+
+    single = features_file(n=14)
+    table = pq.read_table(single).replace_schema_metadata(None)
+    with DatasetWriter(tmp_path / "ds", FP) as writer:
+        for i, shard in enumerate(_shards(table, 7)):
+            writer.record(write_shard(writer.staging, i, shard))
+        hashed: list[Path] = []
+        real = artefact.sha256_file
+        monkeypatch.setattr(artefact, "sha256_file", lambda p: (hashed.append(p), real(p))[1])
+        writer.finish(read_metadata(single), verify_checksums=False)
+        assert [p for p in hashed if p.suffix == ".parquet"] == []
+    path = tmp_path / "ds" / "part-00001.parquet"
+    raw = bytearray(path.read_bytes())
+    raw[50] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="sha256"):
+        open_features(tmp_path / "ds").load()
