@@ -23,6 +23,7 @@ import importlib
 import inspect
 import json
 import logging
+import operator
 import sys
 import time
 import types
@@ -130,6 +131,14 @@ def _hint(func: Callable[..., Any], name: str) -> Any:
     return eval(annotation, func.__globals__) if isinstance(annotation, str) else annotation
 
 
+def _toml_value(hint: Any) -> Any:
+    """``InputSpec | str | Path`` -> ``str | Path``: a file gives the input as a path, a spec is the API's."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and InputSpec in args:
+        return functools.reduce(operator.or_, [a for a in args if a is not InputSpec])
+    return hint
+
+
 def _one_or_many(hint: Any) -> Any:
     """``tuple[X, ...]`` -> ``X | tuple[X, ...]``: ExtractConfig takes a single layer or pooling for a list."""
     args = typing.get_args(hint)
@@ -165,7 +174,7 @@ def stage_model(stage: str) -> type[BaseModel]:
             fields[name] = (option_hints[name], None)
         else:
             required = params[name].default is inspect.Parameter.empty and name not in _FROM_SOURCE
-            fields[name] = (_hint(func, name), ... if required else None)
+            fields[name] = (_toml_value(_hint(func, name)), ... if required else None)
     return create_model(f"{stage.title()}Table", __config__=_FORBID, **fields)
 
 
@@ -378,10 +387,9 @@ def _call_predict(p: Pipeline, options: dict[str, Any], progress: bool) -> list[
         p.output_dir / "model",
         input_path,
         p.output_dir / "predictions.parquet",
+        Runtime(progress=progress, **p.runtime),
         overwrite=True,
-        progress=progress,
         trust_remote_code=p.config.trust_remote_code,
-        **p.runtime,
         **options,
     ).summary_lines()
 
@@ -431,9 +439,8 @@ def _call_probe(p: Pipeline, options: dict[str, Any], progress: bool) -> list[st
         _label(p, options),
         p.output_dir / "probe",
         p.config,
+        Runtime(progress=progress, **p.runtime),
         overwrite=True,
-        progress=progress,
-        **p.runtime,
         **options,
     ).summary_lines()
 
@@ -482,7 +489,7 @@ _SPECS = {
 _FROM_SOURCE = ("label_column",)
 _NEEDS_LABEL = ("train", "probe")
 # trust_remote_code is filled from the command line only: a stage table must not be able to grant it.
-_RUNTIME_FILLED = ("options", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
+_RUNTIME_FILLED = ("options", "runtime", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
 
 
 @functools.cache
