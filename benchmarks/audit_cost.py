@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from embedkit import ExtractConfig, Extractor  # noqa: E402
+from embedkit import ExtractConfig, Extractor, Runtime  # noqa: E402
 from embedkit.audit import BUILTIN_TESTS, audit_model  # noqa: E402
 from embedkit.audit.run import FILE_PLOT, sentence_plan  # noqa: E402
 
@@ -56,9 +56,7 @@ def measure(name: str, model: str, work: Path, threads: int | None, title: str, 
         out,
         ExtractConfig(model=model),
         layers="all",
-        device="cpu",
-        threads=threads,
-        progress=False,
+        runtime=Runtime(device="cpu", threads=threads, progress=False),
         title=title,
         control=control,
     ).manifest["seconds"]
@@ -66,9 +64,7 @@ def measure(name: str, model: str, work: Path, threads: int | None, title: str, 
         out,
         ExtractConfig(model=model),
         layers="all",
-        device="cpu",
-        threads=threads,
-        progress=False,
+        runtime=Runtime(device="cpu", threads=threads, progress=False),
         title=title,
         control=control,
         overwrite=True,

@@ -6,8 +6,6 @@ The public API is re-exported here. Heavy modules (torch, scikit-learn, FAISS) l
 
 from __future__ import annotations
 
-import importlib
-
 from .config import DEFAULT_MODEL, POOLING_MODES, ExtractConfig
 from .errors import (
     BusyError,
@@ -18,6 +16,8 @@ from .errors import (
     ModelLoadError,
     OutputError,
 )
+from .lazy import lazy_exports
+from .spec import InputSpec, Runtime
 
 __version__ = "0.1.0"
 
@@ -40,12 +40,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
@@ -56,9 +51,11 @@ __all__ = [
     "EmbedkitError",
     "ExtractConfig",
     "IncompatibleError",
+    "InputSpec",
     "InputError",
     "ModelLoadError",
     "OutputError",
+    "Runtime",
     "__version__",
     *_LAZY,
 ]

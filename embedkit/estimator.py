@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .config import ExtractConfig, default_model
 from .errors import InputError
+from .spec import Runtime
 
 
 class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -49,6 +50,20 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         extractor_: the loaded :class:`~embedkit.Extractor` (dropped when pickled, reloaded on first use).
     """
 
+    model: str | None
+    layer: int
+    pooling: str
+    max_length: int | None
+    long_text: str
+    stride: int | None
+    normalize: bool
+    revision: str | None
+    trust_remote_code: bool
+    device: str
+    batch_tokens: int | None
+    backend: str
+    dtype: str
+
     def __init__(
         self,
         model=None,
@@ -65,19 +80,8 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         backend="torch",
         dtype="float32",
     ):
-        self.model = model
-        self.layer = layer
-        self.pooling = pooling
-        self.max_length = max_length
-        self.long_text = long_text
-        self.stride = stride
-        self.normalize = normalize
-        self.revision = revision
-        self.trust_remote_code = trust_remote_code
-        self.device = device
-        self.batch_tokens = batch_tokens
-        self.backend = backend
-        self.dtype = dtype
+        # scikit-learn's contract: every argument stored unchanged under its own name (get_params reads them back).
+        self.__dict__.update((name, value) for name, value in locals().items() if name != "self")
 
     @classmethod
     def from_features(
@@ -134,11 +138,9 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         Returns:
             self
         """
-        from .extract import Extractor
-
         if X is not None:
             _as_texts(X)
-        self.extractor_ = Extractor(self._config(), device=self.device, batch_tokens=self.batch_tokens)
+        self.extractor_ = Runtime(self.device, self.batch_tokens).extractor(self._config())
         self.config_ = self.extractor_.config
         self.n_features_out_ = self.extractor_.dim
         return self
@@ -160,9 +162,7 @@ class HiddenStateEmbedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _extractor(self):
         if getattr(self, "extractor_", None) is None:  # unpickled: load the model again, same settings
-            from .extract import Extractor
-
-            self.extractor_ = Extractor(self.config_, device=self.device, batch_tokens=self.batch_tokens)
+            self.extractor_ = Runtime(self.device, self.batch_tokens).extractor(self.config_)
         return self.extractor_
 
     @property

@@ -10,14 +10,22 @@ is recorded in every artefact and checked on reuse, which run-time choices (devi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from .config import ExtractConfig
+    from .extract import Extractor
     from .sources import Source
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments a caller set: None (and an empty ``keep``) is the keyword API's "not given"."""
+    return {k: v for k, v in values.items() if v is not None and not (k == "keep" and len(v) == 0)}
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,8 @@ class InputSpec:
     Args:
         path: file, directory or glob.
         format: csv, tsv, jsonl, parquet or txt [default: from the extension].
-        text_column: the column holding the text.
+        text_column: the column holding the text; None (predict, search) means the one the artefact was made
+            from.
         id_column: the column passed through as ``id`` [default: the row number].
         keep: other columns passed through unchanged.
         keep_text: store the text column too (under its own name), so results can show the text.
@@ -35,7 +44,7 @@ class InputSpec:
 
     path: str | Path
     format: str | None = None
-    text_column: str = "text"
+    text_column: str | None = "text"
     id_column: str | None = None
     keep: tuple[str, ...] = ()
     keep_text: bool = True
@@ -50,9 +59,20 @@ class InputSpec:
         from .sources import is_output_column
 
         # A text column named like one of embedkit's own (``status``) cannot be stored under its name: not kept.
-        keep_text = self.keep_text and self.text_column not in self.keep and not is_output_column(self.text_column)
-        text = (self.text_column,) if keep_text else ()
-        return (*text, *self.keep)
+        text = self.text_column
+        keep_text = self.keep_text and text is not None and text not in self.keep and not is_output_column(text)
+        return (*((text,) if keep_text and text is not None else ()), *self.keep)
+
+    @classmethod
+    def of(cls, input: InputSpec | str | Path, defaults: dict[str, Any] | None = None, **columns: Any) -> InputSpec:
+        """``input`` as a spec, for functions that take a spec or a path with column keywords (the older API).
+
+        A path gets ``defaults`` (the function's own, e.g. ``keep_text=False``), then the keywords the caller set;
+        a spec keeps its own values except where a keyword was set. A keyword left None is not set.
+        """
+        spec = input if isinstance(input, InputSpec) else cls(input, **(defaults or {}))
+        given = _given(columns)
+        return dataclasses.replace(spec, **given) if given else spec
 
     def source(self) -> Source:
         """Open the input: files and columns are checked now (InputError, ConfigError)."""
@@ -60,7 +80,7 @@ class InputSpec:
 
         return Source(
             self.path,
-            text_column=self.text_column,
+            text_column=self.text_column or "text",
             id_column=self.id_column,
             keep=self.stored_columns,
             fmt=self.format,
@@ -90,6 +110,19 @@ class Runtime:
             raise ConfigError(f"batch_tokens must be at least 1, got {self.batch_tokens}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+
+    @classmethod
+    def of(cls, runtime: Runtime | None = None, **settings: Any) -> Runtime:
+        """``runtime`` [default: ``Runtime()``] with the keyword arguments a caller set (None: not set) put over it,
+        for functions that take a runtime and the older keywords (``progress=False``)."""
+        given = _given(settings)
+        return dataclasses.replace(runtime or cls(), **given) if given else (runtime or cls())
+
+    def extractor(self, config: ExtractConfig | None = None) -> Extractor:
+        """Load ``config``'s model on this device, with this batch size and these threads."""
+        from .extract import Extractor
+
+        return Extractor(config, device=self.device, batch_tokens=self.batch_tokens, threads=self.threads)
 
 
 __all__ = ["InputSpec", "Runtime"]

@@ -212,7 +212,7 @@ def test_fallback_switch_without_exchange_is_recovered_after_a_kill_between_rena
     stranded = tmp_path / ".thing.old-abc123"
     os.rename(target, stranded)
     assert _read(target) == "old"  # a reader puts it back
-    monkeypatch.setattr(artefact, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(artefact.switch, "_exchange", lambda a, b: False)
     _write(target, "new", overwrite=True)
     assert _read(target) == "new"
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from embedkit import ConfigError, ExtractConfig, artefact
+from embedkit import ConfigError, ExtractConfig, Runtime, artefact
 from embedkit.audit import audit_model, group_metrics, group_separation
 from embedkit.audit.groups import between_group_spread, spread_permutation_p
 from embedkit.audit.run import COLUMNS, FILE_CSV, FILE_HTML, FILE_PLOT, FILE_TABLE, MANIFEST
@@ -442,8 +442,7 @@ def test_builtin_sets_run_through_the_api(tiny_gpt2_shared, tmp_path):
         layers=[-1],
         permutations=200,
         bootstrap=0,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
     )
     assert [r["test"] for r in result.rows] == [t.name for t in BUILTIN_TESTS]
     assert {r["layer"] for r in result.rows} == {2} and result.manifest["tests_source"] == "built-in"
@@ -466,8 +465,7 @@ def test_target_sets_of_different_token_lengths_are_flagged(tiny_gpt2_shared, tm
         tests=[short],
         permutations=100,
         bootstrap=0,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
     )
     (row,) = result.rows
     assert row["tokens_y"] - row["tokens_x"] > 3  # unknown strings fall apart into many byte-level pieces
@@ -509,8 +507,7 @@ def test_random_control_reruns_the_tests_on_the_same_architecture_with_random_we
         tests=tests,
         permutations=100,
         bootstrap=0,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
         control=True,
     )
     table = pq.read_table(tmp_path / "out" / FILE_TABLE).to_pylist()
@@ -525,8 +522,7 @@ def test_random_control_reruns_the_tests_on_the_same_architecture_with_random_we
         tests=tests,
         permutations=100,
         bootstrap=0,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
         control=True,
     )
     assert [r["control_effect_size"] for r in again.rows] == [r["control_effect_size"] for r in result.rows]  # seeded
@@ -668,8 +664,7 @@ def test_minilm_shows_the_classic_flowers_insects_association_on_bare_words(tmp_
         tests=[test],
         permutations=10_000,
         bootstrap=1_000,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
     )
     (row,) = result.rows
     assert row["p_value"] < 0.01 and row["effect_size"] > 0.8 and row["ci_low"] > 0, row

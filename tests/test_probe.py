@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from conftest import sample_texts
 
-from embedkit import ConfigError, ExtractConfig
+from embedkit import ConfigError, ExtractConfig, Runtime
 from embedkit.classify import train
 from embedkit.cli import cli
 from embedkit.embed import embed_file
@@ -78,8 +78,7 @@ def probed(tiny_gpt2_shared, tmp_path_factory):
         config,
         cv=3,
         save_features=work / "features.parquet",
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
     )
     return result, data, work
 
@@ -100,8 +99,7 @@ def test_one_forward_pass_collects_every_layer_and_pooling(tiny_gpt2_shared, wri
             tmp_path / "r",
             ExtractConfig(model=tiny_gpt2_shared, pooling=POOLINGS),
             cv=3,
-            device="cpu",
-            progress=False,
+            runtime=Runtime(device="cpu", progress=False),
         )
         probe_passes = len(calls)
         calls.clear()
@@ -225,8 +223,7 @@ def test_sample_is_stratified_and_seeded(tiny_gpt2_shared, write_csv, tmp_path):
         layers=[-1],
         cv=3,
         sample=21,
-        device="cpu",
-        progress=False,
+        runtime=Runtime(device="cpu", progress=False),
     )
     assert result.summary["rows"]["sampled"] == 21 and result.scores[0].rows == 21
     assert result.summary["class_counts"] == {"money": 20, "pets": 20, "sport": 20}

@@ -33,6 +33,7 @@ import numpy as np
 from .. import artefact
 from ..config import ExtractConfig
 from ..errors import ConfigError, InputError
+from ..spec import Runtime
 from .groups import DEFAULT_GROUP_PERMUTATIONS, group_separation
 from .testsets import BUILTIN_TESTS, AssociationTest, load_tests
 from .weat import DEFAULT_BOOTSTRAP, DEFAULT_PERMUTATIONS, EXACT_LIMIT, p_in_direction, weat
@@ -168,12 +169,10 @@ def audit_model(
     bootstrap: int = DEFAULT_BOOTSTRAP,
     exact_limit: int = EXACT_LIMIT,
     seed: int = 0,
-    device: str = "auto",
-    batch_tokens: int | None = None,
-    threads: int | None = None,
+    runtime: Runtime | None = None,
+    progress: bool | None = None,
     overwrite: bool = False,
     wait: bool = False,
-    progress: bool = True,
     title: str | None = None,
     control: bool = False,
 ) -> AuditResult:
@@ -188,6 +187,8 @@ def audit_model(
         bootstrap: resamples for the 95% interval of d.
         seed: seeds every permutation and bootstrap stream (one per test and pair, so results do not depend on
             which other tests ran).
+        runtime: device, batch size, threads and progress bar [default: ``Runtime()``]; ``progress``, where
+            set, is put over it.
         title: the heatmap's title [default: the model's name and "WEAT effect size per layer"].
         control: also run every test on a random-weights copy of the model (same architecture and tokenizer; a
             second forward pass) and report its d and p next to each result (``control_effect_size``,
@@ -199,13 +200,13 @@ def audit_model(
     """
     from tqdm.auto import tqdm
 
-    from ..extract import Extractor
     from ..plots import heatmap_png
     from ..probe import probe_config
     from ..store import library_versions
     from .report import weat_html
 
     started = time.perf_counter()
+    runtime = Runtime.of(runtime, progress=progress)
     if permutations < 1 or bootstrap < 0:
         raise ConfigError(f"permutations must be >= 1 and bootstrap >= 0, got {permutations} and {bootstrap}")
     if tests is None:
@@ -223,10 +224,12 @@ def audit_model(
     output_dir = Path(output_dir)
     with artefact.writing_dir(output_dir, kind=KIND, manifest_name=MANIFEST, overwrite=overwrite, wait=wait) as stage:
         t0 = time.perf_counter()
-        extractor = Extractor(probe_config(config, layers), device=device, batch_tokens=batch_tokens, threads=threads)
+        extractor = runtime.extractor(probe_config(config, layers))
         t_load = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with tqdm(total=len(sentences), unit="text", file=sys.stderr, disable=not progress, desc="audit") as bar:
+        with tqdm(
+            total=len(sentences), unit="text", file=sys.stderr, disable=not runtime.progress, desc="audit"
+        ) as bar:
             encoded = extractor.encode(sentences, progress=lambda done, _tokens: bar.update(done))
         bad = np.flatnonzero(~encoded.valid)
         if bad.size:
@@ -238,7 +241,11 @@ def audit_model(
 
             t0 = time.perf_counter()
             with tqdm(
-                total=len(sentences), unit="text", file=sys.stderr, disable=not progress, desc="random-weights control"
+                total=len(sentences),
+                unit="text",
+                file=sys.stderr,
+                disable=not runtime.progress,
+                desc="random-weights control",
             ) as bar:
                 control_vectors = (
                     random_twin(extractor, seed)

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import ExtractConfig
 from ..errors import IncompatibleError, InputError
+from ..spec import Runtime
 from .files import MANIFEST, MODEL_FILE, TRUSTED_EXTRA_TYPES, _check_estimator, _open_model_dir
 from .metrics import _jsonable
+
+if TYPE_CHECKING:  # torch loads only when text is embedded
+    from ..extract import Extractor
 
 
 @dataclass
@@ -72,11 +76,9 @@ class ClassifierModel:
         labels = self.estimator.classes_[np.argmax(proba, axis=1)] if proba is not None else self.estimator.predict(X)
         return labels, proba
 
-    def extractor(self, **runtime):
-        """An Extractor with the training vectors' settings (runtime knobs: device, batch_tokens, threads)."""
-        from ..extract import Extractor
-
-        extractor = Extractor(self.config, **runtime)
+    def extractor(self, runtime: Runtime | None = None) -> Extractor:
+        """An Extractor with the training vectors' settings, run on ``runtime``'s device, batch size and threads."""
+        extractor = (runtime or Runtime()).extractor(self.config)
         if extractor.config.vector_settings() != self.config.vector_settings():
             raise IncompatibleError(
                 f"the model in {self.config.model} now resolves to other settings than at training time: "

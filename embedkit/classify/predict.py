@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 
 from .. import artefact
 from ..errors import ConfigError, IncompatibleError, InputError, OutputError
+from ..sources import Source
+from ..spec import InputSpec, Runtime
 from ..store import Features, is_features_file, matrix_from_arrow, open_features
 from ..vectors import float_array  # issue 22: compact vectors
 from .metrics import _jsonable
@@ -146,25 +148,28 @@ def _prediction_table(
     return table
 
 
-def _text_batches(model: ClassifierModel, input, text_column, id_column, keep, fmt, runtime, batch_rows, progress):
+def _text_batches(model: ClassifierModel, spec: InputSpec, runtime: Runtime, batch_rows: int):
     from ..embed import build_table
-    from ..sources import Source
 
-    text_column = text_column or model.text_column
+    text_column = spec.text_column or model.text_column
+    keep = list(spec.keep)
     try:
-        source = Source(input, text_column=text_column, id_column=id_column or model.id_column, keep=keep, fmt=fmt)
+        source = Source(
+            spec.path, text_column=text_column, id_column=spec.id_column or model.id_column, keep=keep, fmt=spec.format
+        )
     except InputError:
         # The id column recorded at training time is a default, not a requirement: new input without it is
         # numbered by row. Any other problem (the text column missing) is raised again without it.
-        if id_column is not None or model.id_column is None:
+        if spec.id_column is not None or model.id_column is None:
             raise
-        source = Source(input, text_column=text_column, keep=keep, fmt=fmt)
-        log.info("%s has no column %r (the model's id column): rows are numbered instead", input, model.id_column)
-    extractor = model.extractor(**runtime)
+        source = Source(spec.path, text_column=text_column, keep=keep, fmt=spec.format)
+        log.info("%s has no column %r (the model's id column): rows are numbered instead", spec.path, model.id_column)
+    extractor = model.extractor(runtime)
     column = extractor.columns[0]
     from tqdm.auto import tqdm
 
-    with tqdm(total=source.total_rows(), unit="text", file=sys.stderr, disable=not progress, desc="predict") as bar:
+    bar = tqdm(total=source.total_rows(), unit="text", file=sys.stderr, disable=not runtime.progress, desc="predict")
+    with bar:
         for records in source.batches(batch_rows):
             texts = [None if e is not None else t for t, e in zip(records.texts, records.parse_errors)]
             table = build_table(records, extractor.encode(texts), extractor)
@@ -192,20 +197,18 @@ def _feature_batches(model: ClassifierModel, input, column, keep, batch_rows):
 
 def predict_file(
     model_dir: str | Path,
-    input: str | Path,
+    input: InputSpec | str | Path,
     output: str | Path,
+    runtime: Runtime | None = None,
     *,
     text_column: str | None = None,
     id_column: str | None = None,
     keep: tuple[str, ...] | list[str] = (),
     column: str | None = None,
     fmt: str | None = None,
-    device: str = "auto",
-    batch_tokens: int | None = None,
-    threads: int | None = None,
     overwrite: bool = False,
     wait: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     batch_rows: int = 4096,
     trust_remote_code: bool = False,
 ) -> PredictSummary:
@@ -218,6 +221,9 @@ def predict_file(
     for older models, and row numbers when the input lacks the recorded id column). Rows that cannot be embedded
     are kept with a null prediction and their status. The output format follows the extension of ``output``
     (.parquet, .csv, .jsonl).
+
+    ``input`` may be an :class:`~embedkit.spec.InputSpec` (its ``text_column`` None: the model's) and ``runtime``
+    a :class:`~embedkit.spec.Runtime`; the column keywords and ``progress``, where set, are put over them.
 
     The output is written under its lock (``wait``: wait for another writer instead of a BusyError) to a file
     beside it, renamed onto ``output`` only once complete: an existing output stays whole until then.
@@ -233,17 +239,25 @@ def predict_file(
         raise OutputError(f"output {output} is a directory; give a file path")
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} exists; pass --overwrite to replace it")
+    spec = InputSpec.of(
+        input,
+        {"text_column": None, "keep_text": False},
+        text_column=text_column,
+        id_column=id_column,
+        keep=keep,
+        format=fmt,
+    )
+    runtime = Runtime.of(runtime, progress=progress)
     model = load_model(model_dir, trust_remote_code=trust_remote_code)
-    keep = list(keep)
+    keep = list(spec.keep)
     clash = [c for c in keep if c in ("id", "status", "prediction") or c.startswith("proba_")]
     if clash:
         raise ConfigError(f"--keep column(s) {', '.join(clash)} clash with predict's own output columns")
-    features_input = is_features_file(input)
+    features_input = is_features_file(spec.path)
     if features_input:
-        batches = _feature_batches(model, input, column, keep, batch_rows)
+        batches = _feature_batches(model, spec.path, column, keep, batch_rows)
     else:
-        runtime = {"device": device, "batch_tokens": batch_tokens, "threads": threads}
-        batches = _text_batches(model, input, text_column, id_column, keep, fmt, runtime, batch_rows, progress)
+        batches = _text_batches(model, spec, runtime, batch_rows)
     summary = PredictSummary(output=output, input_kind="features" if features_input else "text")
     bad: Counter = Counter()
     with artefact.writing_file(output, overwrite=overwrite, wait=wait) as tmp:
@@ -258,7 +272,7 @@ def predict_file(
         finally:
             writer.close()
         if summary.rows == 0:
-            raise InputError(f"{input} holds no data rows")
+            raise InputError(f"{spec.path} holds no data rows")
     summary.bad_rows = {str(k): v for k, v in bad.items()}
     summary.seconds = time.perf_counter() - started
     return summary

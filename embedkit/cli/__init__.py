@@ -153,6 +153,15 @@ def wait_option(command):
     )(command)
 
 
+def trust_artefact_option(command):
+    """``--trust-remote-code`` on commands whose model is named by an artefact (predict, search)."""
+    return click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        help="Allow the model named by the artefact to run its own Python code (a stored setting never does).",
+    )(command)
+
+
 def split_commas(_ctx, _param, values):
     """Let repeatable options also take comma-separated lists: --pooling mean,last == --pooling mean --pooling last."""
     return tuple(v.strip() for value in values for v in str(value).split(",") if v.strip())
@@ -164,69 +173,112 @@ def _apply(f, options):
     return f
 
 
-def input_options(f):
+TEXT_HELP = "Column holding the text."
+ID_HELP = "Column passed through as `id` [default: the row number]."
+FORMAT_HELP = "Input format [default: from the extension]."
+
+
+def input_options(
+    f=None,
+    *,
+    path: str = "input",
+    text_default: str | None = "text",
+    text_help: str = TEXT_HELP,
+    id_help: str = ID_HELP,
+    keep: bool = True,
+    keep_text: bool | None = None,
+    format_help: str | None = FORMAT_HELP,
+):
     """The input's columns and format; the command receives them as ``spec``, an :class:`~embedkit.spec.InputSpec`
-    of its ``input`` argument (predict, search, probe and serve can adopt the same group)."""
+    of its ``path`` parameter (an argument or option the command declares; ``spec`` is None when it is not given).
+
+    Commands differ in what they offer, not in what an option means: ``text_default`` None (predict, search) is
+    the column the artefact was made from; ``keep`` False leaves out --keep; ``keep_text`` None offers
+    --keep-text/--no-keep-text, a bool fixes it; ``format_help`` None leaves out --format.
+    """
+    if f is None:
+        return functools.partial(
+            input_options,
+            path=path,
+            text_default=text_default,
+            text_help=text_help,
+            id_help=id_help,
+            keep=keep,
+            keep_text=keep_text,
+            format_help=format_help,
+        )
 
     @functools.wraps(f)
-    def command(*args, text_column, id_column, keep, keep_text, fmt, **kwargs):
+    def command(*args, text_column, id_column, **kwargs):
         from ..spec import InputSpec
 
-        kwargs["spec"] = InputSpec(kwargs.pop("input"), fmt, text_column, id_column, keep, keep_text)
+        where = kwargs.pop(path)
+        kept = tuple(kwargs.pop("keep", ()))
+        with_text = kwargs.pop("keep_text", True if keep_text is None else keep_text)
+        fmt = kwargs.pop("fmt", None)
+        kwargs["spec"] = None if where is None else InputSpec(where, fmt, text_column, id_column, kept, with_text)
         return f(*args, **kwargs)
 
     from ..sources import FORMATS
 
-    return _apply(
-        command,
-        [
-            click.option("--text-column", default="text", show_default=True, help="Column holding the text."),
-            click.option("--id-column", default=None, help="Column passed through as `id` [default: the row number]."),
+    options = [
+        click.option("--text-column", default=text_default, show_default=text_default is not None, help=text_help),
+        click.option("--id-column", default=None, help=id_help),
+    ]
+    if keep:
+        options.append(
             click.option(
                 "--keep",
                 multiple=True,
                 callback=split_commas,
                 help="Columns passed through unchanged (repeat or comma-separate).",
-            ),
+            )
+        )
+    if keep_text is None:
+        options.append(
             click.option(
                 "--keep-text/--no-keep-text",
                 default=True,
                 show_default=True,
                 help="Store the text column too, so results (index hits, clusters) can show the text.",
-            ),
-            click.option(
-                "--format",
-                "fmt",
-                type=click.Choice(FORMATS),
-                default=None,
-                help="Input format [default: from the extension].",
-            ),
-        ],
-    )
+            )
+        )
+    if format_help is not None:
+        options.append(click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help=format_help))
+    return _apply(command, options)
 
 
-def runtime_options(f):
+RUNTIME_OPTIONS = ("device", "batch_tokens", "threads", "quiet")
+
+
+def runtime_options(f=None, *, only: tuple[str, ...] = RUNTIME_OPTIONS):
     """Where and how the model runs; the command receives them as ``runtime``, a :class:`~embedkit.spec.Runtime`.
 
-    Library output (transformers' warnings and bars) is silenced unless ``-v`` was given.
+    ``only`` names the options a command offers (search runs no batches: device and quiet); the others keep
+    Runtime's defaults. Library output (transformers' warnings and bars) is silenced unless ``-v`` was given.
     """
+    if f is None:
+        return functools.partial(runtime_options, only=only)
 
     @functools.wraps(f)
-    def command(*args, device, batch_tokens, threads, quiet, **kwargs):
+    def command(*args, **kwargs):
         from ..spec import Runtime
 
+        settings = {name: kwargs.pop(name) for name in ("device", "batch_tokens", "threads") if name in only}
+        quiet = kwargs.pop("quiet") if "quiet" in only else False
         verbose = bool((click.get_current_context().find_root().obj or {}).get("verbose"))
         quiet_libraries(quiet or not verbose)
-        kwargs["runtime"] = Runtime(device, batch_tokens, threads, progress=not quiet, verbose=verbose)
+        kwargs["runtime"] = Runtime(**settings, progress=not quiet, verbose=verbose)
         return f(*args, **kwargs)
 
     from ..config import DEVICES
 
-    return _apply(command, runtime_option_list(DEVICES))
+    options = dict(zip(RUNTIME_OPTIONS, runtime_option_list(DEVICES)))
+    return _apply(command, [options[name] for name in RUNTIME_OPTIONS if name in only])
 
 
 def runtime_option_list(devices):
-    """The run-time options as click decorators (also part of ``extraction_options`` for probe)."""
+    """The run-time options as click decorators, in ``RUNTIME_OPTIONS`` order."""
     return [
         click.option("--device", type=click.Choice(devices), default="auto", show_default=True),
         click.option(
@@ -236,8 +288,13 @@ def runtime_option_list(devices):
             help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA].",
         ),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        quiet_option,
     ]
+
+
+def quiet_option(command):
+    """``--quiet``/``-q``: no progress bar (the commands that draw one)."""
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(command)
 
 
 def quiet_libraries(quiet: bool) -> None:
@@ -269,4 +326,13 @@ def quiet_libraries(quiet: bool) -> None:
         ctx.find_root().call_on_close(restore)
 
 
-__all__ = ["cli", "input_options", "quiet_libraries", "runtime_options", "split_commas", "wait_option"]
+__all__ = [
+    "cli",
+    "input_options",
+    "quiet_libraries",
+    "quiet_option",
+    "runtime_options",
+    "split_commas",
+    "trust_artefact_option",
+    "wait_option",
+]

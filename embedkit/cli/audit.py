@@ -6,9 +6,8 @@ import click
 
 from ..audit.groups import DEFAULT_GROUP_PERMUTATIONS
 from ..audit.weat import DEFAULT_BOOTSTRAP, DEFAULT_PERMUTATIONS
-from ..config import DEVICES
 from ..summary import summary_text
-from . import cli, quiet_libraries, wait_option
+from . import cli, runtime_options, wait_option
 from .embed import make_config, split_commas
 
 
@@ -85,12 +84,9 @@ from .embed import make_config, split_commas
     help="With --features: folds of the linear probe that predicts the group.",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@runtime_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing audit report.")
 @wait_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def audit(
     output,
     model,
@@ -107,12 +103,9 @@ def audit(
     columns,
     cv,
     trust_remote_code,
-    device,
-    batch_tokens,
-    threads,
+    runtime,
     overwrite,
     wait,
-    quiet,
 ):
     """Measure social bias in a model's features, layer by layer (WEAT on sentence templates), or group separation.
 
@@ -155,7 +148,6 @@ def audit(
     else:
         if group_column or columns:
             raise click.UsageError("--group-column and --column need --features")
-        quiet_libraries(quiet)
         config = make_config(model, revision, (), pooling, None, "truncate", None, trust_remote_code=trust_remote_code)
         result = audit_model(
             output,
@@ -165,12 +157,9 @@ def audit(
             permutations=permutations or DEFAULT_PERMUTATIONS,
             bootstrap=bootstrap,
             seed=seed,
-            device=device,
-            batch_tokens=batch_tokens,
-            threads=threads,
+            runtime=runtime,
             overwrite=overwrite,
             wait=wait,
-            progress=not quiet,
             control=random_control,
         )
     click.echo(summary_text(result))

@@ -5,11 +5,8 @@ from __future__ import annotations
 import click
 
 from ..classify import CLASS_WEIGHTS, CLASSIFIERS, DEFAULT_CLASSIFIER, DEFAULT_TEST_SIZE, KNN_METRICS, KNN_WEIGHTS
-from ..config import DEVICES
-from ..sources import FORMATS
 from ..summary import summary_text
-from . import cli, quiet_libraries, wait_option
-from .embed import split_commas
+from . import cli, input_options, runtime_options, trust_artefact_option, wait_option
 
 
 @cli.command()
@@ -148,58 +145,22 @@ def train(
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file: .parquet, .csv or .jsonl."
 )
-@click.option(
-    "--text-column",
-    default=None,
-    help="Column holding the text (raw-text input) [default: the one the model's training text came from].",
-)
-@click.option(
-    "--id-column",
-    default=None,
-    help="Column passed through as `id` (raw-text input) [default: the training data's id column if the input "
+@input_options(
+    text_default=None,
+    text_help="Column holding the text (raw-text input) [default: the one the model's training text came from].",
+    id_help="Column passed through as `id` (raw-text input) [default: the training data's id column if the input "
     "has it, else the row number].",
-)
-@click.option(
-    "--keep", multiple=True, callback=split_commas, help="Columns passed through unchanged (repeat or comma-separate)."
+    keep_text=False,
+    format_help="Raw-text input format [default: from the extension].",
 )
 @click.option(
     "--column", default=None, help="Embedding column to use (features input) [default: the one matching the model]."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default=None,
-    help="Raw-text input format [default: from the extension].",
-)
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--batch-tokens", type=click.IntRange(min=1), default=None, help="Padded tokens per forward pass.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    help="Allow the model named by the artefact to run its own Python code (a stored setting never does).",
-)
+@runtime_options
+@trust_artefact_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @wait_option
-def predict(
-    model_dir,
-    input,
-    output,
-    text_column,
-    id_column,
-    keep,
-    column,
-    fmt,
-    device,
-    batch_tokens,
-    threads,
-    trust_remote_code,
-    overwrite,
-    quiet,
-    wait,
-):
+def predict(model_dir, spec, output, column, runtime, trust_remote_code, overwrite, wait):
     """Classify INPUT with the model in MODEL_DIR.
 
     INPUT is raw text (CSV, TSV, JSONL, Parquet or TXT; embedded with the model's stored settings) or a features
@@ -207,22 +168,14 @@ def predict(
     """
     from ..classify import predict_file
 
-    quiet_libraries(quiet)
     summary = predict_file(
         model_dir,
-        input,
+        spec,
         output,
-        wait=wait,
-        text_column=text_column,
-        id_column=id_column,
-        keep=keep,
+        runtime,
         column=column,
-        fmt=fmt,
-        device=device,
-        batch_tokens=batch_tokens,
-        threads=threads,
         overwrite=overwrite,
-        progress=not quiet,
+        wait=wait,
         trust_remote_code=trust_remote_code,
     )
     click.echo(summary_text(summary), err=True)

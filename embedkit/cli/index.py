@@ -7,9 +7,8 @@ import shutil
 
 import click
 
-from ..config import DEVICES
 from ..index import CODES, DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
-from . import cli, quiet_libraries, wait_option
+from . import cli, input_options, quiet_option, runtime_options, trust_artefact_option, wait_option
 from .embed import split_commas
 
 
@@ -73,7 +72,7 @@ def index():
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
 @wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def build(
     features,
     output,
@@ -123,18 +122,27 @@ def build(
             click.echo(line, err=True)
 
 
+def _grow_options(command):
+    """INDEX_DIR, FEATURES and the options of the commands that add rows to an index (add, upsert)."""
+    for option in (
+        quiet_option,
+        wait_option,
+        click.option(
+            "--rescore-with",
+            type=click.Path(),
+            default=None,
+            help="Float features of the added rows (an index built with --rescore-with needs them).",
+        ),
+        click.option("--column", default=None, help="Embedding column [default: the one the index was built from]."),
+        click.argument("features", type=click.Path()),
+        click.argument("index_dir", type=click.Path(file_okay=False)),
+    ):
+        command = option(command)
+    return command
+
+
 @index.command("add")
-@click.argument("index_dir", type=click.Path(file_okay=False))
-@click.argument("features", type=click.Path())
-@click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
-@click.option(
-    "--rescore-with",
-    type=click.Path(),
-    default=None,
-    help="Float features of the added rows (an index built with --rescore-with needs them).",
-)
-@wait_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_grow_options
 def add(index_dir, features, column, rescore_with, wait, quiet):
     """Add the rows of FEATURES (embedded with the index's settings) to INDEX_DIR without rebuilding."""
     from ..index import add_to_index
@@ -147,17 +155,7 @@ def add(index_dir, features, column, rescore_with, wait, quiet):
 
 
 @index.command("upsert")
-@click.argument("index_dir", type=click.Path(file_okay=False))
-@click.argument("features", type=click.Path())
-@click.option("--column", default=None, help="Embedding column [default: the one the index was built from].")
-@click.option(
-    "--rescore-with",
-    type=click.Path(),
-    default=None,
-    help="Float features of the added rows (an index built with --rescore-with needs them).",
-)
-@wait_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_grow_options
 def upsert(index_dir, features, column, rescore_with, wait, quiet):
     """Add the rows of FEATURES to INDEX_DIR; a row whose id is already there replaces the old one."""
     from ..index import add_to_index
@@ -212,15 +210,14 @@ def compact(index_dir, wait):
     help="File of queries (CSV/TSV/JSONL/Parquet/TXT, or a features Parquet); needs -o.",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Parquet for --queries hits.")
-@click.option(
-    "--text-column",
-    default=None,
-    help="Query text column of --queries [default: the text column the index was built from, else text].",
-)
-@click.option(
-    "--id-column",
-    default=None,
-    help="Column of --queries copied to the hits as query_id [default: the index's input id column, if present].",
+@input_options(
+    path="queries",
+    text_default=None,
+    text_help="Query text column of --queries [default: the text column the index was built from, else text].",
+    id_help="Column of --queries copied to the hits as query_id [default: the index's input id column, if present].",
+    keep=False,
+    keep_text=False,
+    format_help=None,
 )
 @click.option("--id", "by_id", default=None, help="More like this: search with the row of this id.")
 @click.option("--nprobe", type=int, default=None, help="IVF lists to visit [default: tuned at build].")
@@ -231,59 +228,50 @@ def compact(index_dir, wait):
     default=None,
     help="Only rows whose stored columns match this SQL condition, e.g. \"section = 'games' AND year >= 2020\".",
 )
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    help="Allow the model named by the artefact to run its own Python code (a stored setting never does).",
-)
+@runtime_options(only=("device", "quiet"))
+@trust_artefact_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o file.")
 @wait_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def search(
     index_dir,
     query,
     k,
     as_json,
-    queries,
+    spec,
     output,
-    text_column,
-    id_column,
     by_id,
     nprobe,
     ef_search,
     exact,
     where,
-    device,
     trust_remote_code,
     overwrite,
     wait,
-    quiet,
+    runtime,
 ):
     """Find the rows of INDEX_DIR most like QUERY (text embedded exactly as the index was), or like --id."""
     from ..errors import ConfigError
     from ..index import Index
 
-    given = [name for name, value in (("QUERY", query), ("--queries", queries), ("--id", by_id)) if value is not None]
+    given = [name for name, value in (("QUERY", query), ("--queries", spec), ("--id", by_id)) if value is not None]
     if len(given) != 1:
         raise ConfigError(
             "give exactly one of QUERY, --queries FILE or --id X" + (f" (got {', '.join(given)})" if given else "")
         )
-    if queries is not None and output is None:
+    if spec is not None and output is None:
         raise ConfigError("--queries needs -o OUT.parquet for the hits")
-    quiet_libraries(quiet)
-    idx = Index.load(index_dir, device=device, trust_remote_code=trust_remote_code)
+    idx = Index.load(index_dir, device=runtime.device, trust_remote_code=trust_remote_code)
     knobs = {"nprobe": nprobe, "ef_search": ef_search, "exact": exact, "where": where}
-    if queries is not None:
+    if spec is not None:
         summary = idx.search_file(
-            queries,
+            spec.path,
             output,
             k,
-            text_column=text_column,
-            id_column=id_column,
+            text_column=spec.text_column,
+            id_column=spec.id_column,
             overwrite=overwrite,
             wait=wait,
-            progress=not quiet,
+            progress=runtime.progress,
             **knobs,
         )
         for note in summary["notes"]:

@@ -6,15 +6,15 @@ import click
 
 from ..probe import ALL_LAYERS, DEFAULT_CV, DEFAULT_METRIC, DEFAULT_POOLINGS, METRICS
 from ..summary import summary_text
-from . import cli, quiet_libraries, wait_option
-from .embed import extraction_options, make_config, split_commas
+from . import cli, input_options, runtime_options, split_commas, wait_option
+from .embed import make_config, vector_options
 
 
 @cli.command()
 @click.argument("input", metavar="INPUT")
 @click.option("--label-column", "-y", required=True, help="Column holding the classes.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report directory to write.")
-@click.option("--id-column", default=None, help="Column used as `id` in saved features [default: the row number].")
+@input_options(id_help="Column used as `id` in saved features [default: the row number].", keep=False, keep_text=True)
 @click.option(
     "--layers",
     "-l",
@@ -58,12 +58,12 @@ from .embed import extraction_options, make_config, split_commas
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report (and --save-features file).")
 @wait_option
-@extraction_options
+@vector_options
+@runtime_options
 def probe(
-    input,
+    spec,
     label_column,
     output,
-    id_column,
     layers,
     pooling,
     cv,
@@ -74,18 +74,8 @@ def probe(
     save_features,
     overwrite,
     wait,
-    model,
-    revision,
-    max_length,
-    long_text,
-    stride,
-    trust_remote_code,
-    device,
-    batch_tokens,
-    threads,
-    text_column,
-    fmt,
-    quiet,
+    runtime,
+    **vector,
 ):
     """Find the layer and pooling whose features suit a labelled task best, from ONE forward pass over INPUT.
 
@@ -95,30 +85,21 @@ def probe(
     """
     from ..probe import probe_file
 
-    quiet_libraries(quiet)
-    config = make_config(
-        model, revision, (), pooling, max_length, long_text, stride, trust_remote_code=trust_remote_code
-    )
+    config = make_config(layers=(), pooling=pooling, **vector)  # --layers: probe_file's own choice of layers
     result = probe_file(
-        input,
+        spec,
         label_column,
         output,
         config,
+        runtime,
         layers=layers,
-        text_column=text_column,
-        id_column=id_column,
-        fmt=fmt,
         cv=cv,
         sample=sample,
         seed=seed,
         nmi=nmi,
         metric=metric,
         save_features=save_features,
-        device=device,
-        batch_tokens=batch_tokens,
-        threads=threads,
         overwrite=overwrite,
-        progress=not quiet,
         wait=wait,
     )
     click.echo(summary_text(result))

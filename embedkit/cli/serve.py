@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..config import DEVICES, LONG_TEXT_MODES, POOLING_MODES
-from . import cli, quiet_libraries
+from ..config import LONG_TEXT_MODES, POOLING_MODES
+from . import cli, quiet_libraries, runtime_options
 
 
 @cli.command()
@@ -62,14 +62,7 @@ from . import cli, quiet_libraries
     help="Require 'Authorization: Bearer KEY' on every route but /healthz [env: EMBEDKIT_API_KEY].",
 )
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code to run (never taken from an artefact).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-@click.option(
-    "--batch-tokens",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Padded tokens per forward pass [default: 512 on CPU, 65536 on CUDA].",
-)
+@runtime_options(only=("device", "batch_tokens", "threads"))
 @click.option(
     "--batch-wait-ms",
     type=click.FloatRange(min=0),
@@ -102,9 +95,7 @@ def serve(
     port,
     api_key,
     trust_remote_code,
-    device,
-    threads,
-    batch_tokens,
+    runtime,
     batch_wait_ms,
     max_queue,
     max_inputs,
@@ -141,12 +132,12 @@ def serve(
         port=port,
         api_key=api_key,
         trust_remote_code=trust_remote_code,
-        device=device,
-        threads=threads,
+        device=runtime.device,
+        threads=runtime.threads,
         limits=Limits(
             max_inputs=max_inputs, max_chars=max_chars, max_body_bytes=max_body_bytes, max_k=max_k, max_queue=max_queue
         ),
-        batching=Batching(wait_ms=batch_wait_ms, batch_tokens=batch_tokens),
+        batching=Batching(wait_ms=batch_wait_ms, batch_tokens=runtime.batch_tokens),
     )
     warning = settings.exposure_warning()
     if warning:

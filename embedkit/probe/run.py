@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -19,7 +20,7 @@ from ..classify import DEFAULT_CLASSIFIER, check_classes
 from ..config import ExtractConfig
 from ..errors import ConfigError, choice_error
 from ..plots import probe_plot
-from ..sources import Source
+from ..spec import InputSpec, Runtime
 from ..store import INFO_COLUMNS, library_versions, open_features
 from .commands import embed_command, train_command
 from .files import (
@@ -87,13 +88,14 @@ class ProbeResult:
 
 
 def probe_file(
-    input: str | Path,
+    input: InputSpec | str | Path,
     label_column: str,
     output_dir: str | Path,
     config: ExtractConfig | None = None,
+    runtime: Runtime | None = None,
     *,
     layers: str | Sequence[int] = ALL_LAYERS,
-    text_column: str = "text",
+    text_column: str | None = None,
     id_column: str | None = None,
     fmt: str | None = None,
     cv: int = DEFAULT_CV,
@@ -102,20 +104,22 @@ def probe_file(
     nmi: bool = False,
     metric: str = DEFAULT_METRIC,
     save_features: str | Path | None = None,
-    device: str = "auto",
-    batch_tokens: int | None = None,
-    threads: int | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     wait: bool = False,
 ) -> ProbeResult:
     """Score every (layer, pooling) pair of ``config`` on the labelled texts of ``input``; write a report.
 
     Args:
-        input: raw labelled text (CSV, TSV, JSONL, Parquet; file, directory or glob).
+        input: raw labelled text (CSV, TSV, JSONL, Parquet; file, directory or glob), or an
+            :class:`~embedkit.spec.InputSpec` naming it and its text and id columns (its ``keep`` is not used: the
+            label column is what the probe keeps). ``text_column``, ``id_column`` and ``fmt``, where set, are put
+            over it.
         label_column: column holding the classes.
         output_dir: report directory (created; an existing report is replaced only with ``overwrite``).
         config: extraction settings (model, poolings, max_length, ...); its ``layers`` are replaced by ``layers``.
+        runtime: device, batch size, threads and progress bar [default: ``Runtime()``]; ``progress``, where
+            set, is put over it.
         layers: ``"all"`` (0 = embeddings through the last block) or indices such as ``(0, 3, 6, -1)``.
         cv: stratified folds of the probe (the same splits as ``embedkit train --cv`` with ``seed``).
         sample: probe a seeded stratified sample of this many usable rows (None = every row).
@@ -135,9 +139,12 @@ def probe_file(
         OutputError: the report directory or ``save_features`` cannot be written or already exists.
         BusyError: another process is writing the report directory or ``save_features`` (without ``wait``).
     """
-    from ..embed import embed_file
+    from ..embed import embed
 
     started = time.perf_counter()
+    spec = InputSpec.of(input, text_column=text_column, id_column=id_column, format=fmt)
+    spec = dataclasses.replace(spec, text_column=spec.text_column or "text", keep=(label_column,), keep_text=True)
+    runtime = Runtime.of(runtime, progress=progress)
     config = config or ExtractConfig(pooling=DEFAULT_POOLINGS)
     if cv < 2:
         raise ConfigError(f"--cv needs at least 2 folds, got {cv}")
@@ -147,9 +154,9 @@ def probe_file(
         raise choice_error("probe metric", metric, METRICS)
     if metric == "nmi" and not nmi:
         raise ConfigError("--metric nmi needs --nmi")
-    if label_column == text_column:
+    if label_column == spec.text_column:
         raise ConfigError(f"the label column and the text column are both {label_column!r}")
-    if label_column == id_column:
+    if label_column == spec.id_column:
         raise ConfigError(f"the label column and the id column are both {label_column!r}")
     if label_column in ("id", *INFO_COLUMNS) or label_column.startswith("embedding"):
         raise ConfigError(f"label column {label_column!r} has the name of a column embedkit writes itself; rename it")
@@ -176,7 +183,7 @@ def probe_file(
             features_target = outputs.enter_context(
                 artefact.writing_file(save_features, overwrite=overwrite, wait=wait)
             )
-        source = Source(input, text_column=text_column, id_column=id_column, keep=(label_column,), fmt=fmt)
+        source = dataclasses.replace(spec, keep_text=False).source()
         scan = scan_labels(source, label_column)
         rows: dict[str, Any] = {"input": scan.rows, "skipped": dict(scan.skipped)}
         check_classes(scan.class_counts, label_column, cv=cv, test_size=0)
@@ -191,24 +198,14 @@ def probe_file(
         scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=stage.directory))
         try:
             features = scratch / FILE_FEATURES
-            run: dict[str, Any] = dict(id_column=id_column, keep=(label_column,), fmt=fmt, text_column=text_column)
-            embed_input: str | Path = input
+            embed_spec = spec
             if chosen is not None:
-                embed_input = scratch / "sample.parquet"
-                write_sample(source, label_column, {scan.usable[i] for i in chosen}, embed_input)
-                run = dict(id_column="id", keep=(label_column,), fmt="parquet", text_column=SAMPLE_TEXT)
-            embedded = embed_file(
-                embed_input,
-                features,
-                full_config,
-                device=device,
-                batch_tokens=batch_tokens,
-                threads=threads,
-                progress=progress,
-                **run,
-            )
+                sample_file = scratch / "sample.parquet"
+                write_sample(source, label_column, {scan.usable[i] for i in chosen}, sample_file)
+                embed_spec = InputSpec(sample_file, "parquet", SAMPLE_TEXT, "id", (label_column,))
+            embedded = embed(embed_spec, features, full_config, runtime)
             t0 = time.perf_counter()
-            scores, _ = score_features(features, label_column, cv=cv, seed=seed, nmi=nmi, progress=progress)
+            scores, _ = score_features(features, label_column, cv=cv, seed=seed, nmi=nmi, progress=runtime.progress)
             score_seconds = time.perf_counter() - t0
             resolved = open_features(features).config
             if features_target is not None:
@@ -223,18 +220,18 @@ def probe_file(
         best = best_pair(scores, metric)
         classes = sorted(scan.class_counts, key=str)
         embed_cmd = embed_command(
-            input,
+            spec.path,
             config,
             best.layer,
             best.pooling,
             label_column=label_column,
-            text_column=text_column,
-            id_column=id_column,
-            fmt=fmt,
+            text_column=spec.text_column or "text",
+            id_column=spec.id_column,
+            fmt=spec.format,
         )
         summary: dict[str, Any] = {
             "kind": "embedkit-probe",
-            "input": str(input),
+            "input": str(spec.path),
             "model": config.model,
             "label_column": label_column,
             "classes": classes,

@@ -47,25 +47,28 @@ def _one_thread(name: str) -> ThreadPoolExecutor:
 
 
 @dataclass
-class ServedIndex:
+class _Served:
+    """An artefact a request names, with the embedder of its settings and the one thread that runs its work."""
+
     name: str
-    index: Any  # embedkit.index.Index
     embedder: Embedder
     executor: ThreadPoolExecutor = field(init=False)
+    job = "work"  # the thread's name: embedkit-{job}-{name}
 
     def __post_init__(self) -> None:
-        self.executor = _one_thread(f"embedkit-search-{self.name}")
+        self.executor = _one_thread(f"embedkit-{self.job}-{self.name}")
 
 
 @dataclass
-class ServedClassifier:
-    name: str
-    model: Any  # embedkit.classify.ClassifierModel
-    embedder: Embedder
-    executor: ThreadPoolExecutor = field(init=False)
+class ServedIndex(_Served):
+    index: Any  # embedkit.index.Index
+    job = "search"
 
-    def __post_init__(self) -> None:
-        self.executor = _one_thread(f"embedkit-predict-{self.name}")
+
+@dataclass
+class ServedClassifier(_Served):
+    model: Any  # embedkit.classify.ClassifierModel
+    job = "predict"
 
 
 @dataclass
@@ -139,17 +142,10 @@ class _Loader:
         self.by_key: dict[str, Embedder] = {}
 
     def embedder(self, config: ExtractConfig, label: str) -> Embedder:
-        from ..extract import Extractor
-
         config = config.replace(trust_remote_code=self.settings.trust_remote_code)
         key = _key(config)
         if key not in self.by_key:
-            extractor = Extractor(
-                config,
-                device=self.settings.device,
-                threads=self.settings.threads,
-                batch_tokens=self.settings.batching.batch_tokens,
-            )
+            extractor = self.settings.runtime.extractor(config)
             if len(extractor.columns) != 1:
                 raise ConfigError(f"{label}: a served model needs one layer and one pooling, got {extractor.columns}")
             # One forward pass now: safetensors weights are memory-mapped and only paged in when first used, so
@@ -193,7 +189,7 @@ def load_services(settings: ServeSettings, metrics: Metrics) -> Services:
         embedder = loader.embedder(index.config, f"index {artefact.name}")
         index.use_extractor(embedder.extractor)  # refuses an extractor that would not embed like the index
         models[artefact.name] = embedder
-        indexes[artefact.name] = ServedIndex(artefact.name, index, embedder)
+        indexes[artefact.name] = ServedIndex(artefact.name, embedder, index=index)
     for artefact in settings.classifiers:
         model = load_model(artefact.path)
         embedder = loader.embedder(model.config, f"classifier {artefact.name}")
@@ -208,7 +204,7 @@ def load_services(settings: ServeSettings, metrics: Metrics) -> Services:
                 f"classifier {artefact.name} expects {model.dim}-d vectors; its model makes {embedder.dim}-d"
             )
         models[artefact.name] = embedder
-        classifiers[artefact.name] = ServedClassifier(artefact.name, model, embedder)
+        classifiers[artefact.name] = ServedClassifier(artefact.name, embedder, model=model)
     if settings.model is not None or not models:
         name = settings.model or default_model()
         config = ExtractConfig(

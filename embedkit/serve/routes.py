@@ -49,26 +49,23 @@ def _texts(value: str | list[str], limits: Limits, param: str) -> list[str]:
     """One text or a list, checked against the limits before any model work."""
     texts = [value] if isinstance(value, str) else value
     if not texts:
-        raise APIError(422, f"{param} is an empty list: give at least one text", "empty_input", param=param)
+        raise _unprocessable(param, f"{param} is an empty list: give at least one text", "empty_input")
     if len(texts) > limits.max_inputs:
-        raise APIError(
-            422,
-            f"{param} holds {len(texts)} items; at most {limits.max_inputs} per request",
-            "too_many_inputs",
-            param=param,
-        )
+        message = f"{param} holds {len(texts)} items; at most {limits.max_inputs} per request"
+        raise _unprocessable(param, message, "too_many_inputs")
     for i, text in enumerate(texts):
         where = f"{param}[{i}]" if not isinstance(value, str) else param
         if len(text) > limits.max_chars:
-            raise APIError(
-                422,
-                f"{where} has {len(text):,} characters; at most {limits.max_chars:,}",
-                "input_too_long",
-                param=where,
-            )
+            message = f"{where} has {len(text):,} characters; at most {limits.max_chars:,}"
+            raise _unprocessable(where, message, "input_too_long")
         if not text.strip():
-            raise APIError(422, f"{where} is empty or whitespace only", "empty_input", param=where)
+            raise _unprocessable(where, f"{where} is empty or whitespace only", "empty_input")
     return texts
+
+
+def _unprocessable(param: str, message: str, code: str) -> APIError:
+    """A 422 naming the request field at fault (OpenAI's error shape: message, code, param)."""
+    return APIError(422, message, code, param=param)
 
 
 def _token_arrays(value: list, limits: Limits, vocab: int) -> list[list[int]]:
@@ -82,7 +79,7 @@ def _token_arrays(value: list, limits: Limits, vocab: int) -> list[list[int]]:
         )
     for i, ids in enumerate(arrays):
         if not ids:
-            raise APIError(422, f"input[{i}] is an empty token array", "empty_input", param=f"input[{i}]")
+            raise _unprocessable(f"input[{i}]", f"input[{i}] is an empty token array", "empty_input")
         if len(ids) > limits.max_chars:
             raise APIError(
                 422,
@@ -133,7 +130,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request) -> JSONResponse:
     if isinstance(value, list) and value and not isinstance(value[0], str):
         embedded = await embedder.batcher.embed_tokens(_token_arrays(value, limits, embedder.extractor.vocab_size))
     elif isinstance(value, list) and not value:
-        raise APIError(422, "input is an empty list: give at least one text", "empty_input", param="input")
+        raise _unprocessable("input", "input is an empty list: give at least one text", "empty_input")
     else:
         embedded = await embedder.batcher.embed_texts(_texts(cast("str | list[str]", value), limits, "input"))
     vectors = embedded.vectors if body.dimensions is None else _truncate(embedded.vectors, body.dimensions)
@@ -162,7 +159,7 @@ async def search(body: SearchRequest, request: Request) -> JSONResponse:
     services, limits = _state(request)
     queries = _texts(body.query, limits, "query")
     if not 1 <= body.k <= limits.max_k:
-        raise APIError(422, f"k must be between 1 and {limits.max_k}, got {body.k}", "invalid_value", param="k")
+        raise _unprocessable("k", f"k must be between 1 and {limits.max_k}, got {body.k}", "invalid_value")
     name, served = _pick(services.indexes, body.index, "index", "--index DIR")
     embedded = await served.embedder.batcher.embed_texts(queries)
     search = functools.partial(served.index.search_vectors, where=body.where)  # --where, filtered inside FAISS

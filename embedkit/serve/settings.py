@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..spec import Runtime
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -116,6 +117,11 @@ class ServeSettings:
             raise ConfigError("--api-key is empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range 0..65535")
+
+    @property
+    def runtime(self) -> Runtime:
+        """Where and how the served models run (a server draws no progress bars)."""
+        return Runtime(self.device, self.batching.batch_tokens, self.threads, progress=False)
 
     def exposure_warning(self) -> str | None:
         """A warning when the server listens beyond this machine with no key guarding it."""
