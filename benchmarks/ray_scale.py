@@ -69,10 +69,10 @@ def child(args: argparse.Namespace) -> None:
     finish_io: dict[str, int] = dict.fromkeys(IO_KEYS, 0)
     original_finish = DatasetWriter.finish
 
-    def measured_finish(self, meta):
+    def measured_finish(self, meta, **kwargs):
         before = proc_io()
         try:
-            return original_finish(self, meta)
+            return original_finish(self, meta, **kwargs)
         finally:
             after = proc_io()
             finish_io.update({k: after[k] - before[k] for k in IO_KEYS})
