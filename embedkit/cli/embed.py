@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..config import BACKENDS, DEVICES, LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
+from ..config import BACKENDS, LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, default_model
 from ..engines import DEFAULT_PART_ROWS, ENGINES, Engine, JobEngine, LocalEngine
 from ..engines.ray import RAY_PART_ROWS
-from ..sources import FORMATS
 from ..summary import summary_text
-from . import _apply, cli, input_options, runtime_option_list, runtime_options, split_commas, wait_option
+from . import _apply, cli, input_options, runtime_options, split_commas, wait_option
 
 
 def split_layers(ctx, param, values):
@@ -58,22 +57,6 @@ def vector_options(f):
             click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code to run."),
         ],
     )
-
-
-def extraction_options(f):
-    """Vector, run-time and text-column options as separate arguments (probe); ``embed`` takes the option groups."""
-    text = [
-        click.option("--text-column", default="text", show_default=True),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(FORMATS),
-            default=None,
-            help="Input format [default: from the extension].",
-        ),
-    ]
-    runtime = runtime_option_list(DEVICES)
-    return vector_options(_apply(f, [*runtime[:3], *text, runtime[3]]))
 
 
 def make_config(
