@@ -15,13 +15,12 @@ underscore so that pyarrow, pandas, polars and Hugging Face ``datasets`` read th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 import stat
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,8 +29,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import artefact, vectors
-from .artefact import atomic_path, output_error, output_lock, write_text_atomic
+from .artefact import atomic_path, output_error, write_text_atomic
 from .errors import IncompatibleError, InputError, OutputError
+from .output_job import OutputJob
 from .sources import DATASET_MANIFEST
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def write_shard(staging: Path, index: int, table: pa.Table) -> dict[str, Any]:
     }
 
 
-class DatasetWriter:
+class DatasetWriter(OutputJob):
     """The driver side of a sharded dataset: the output's lock, the journal of finished shards, the final switch.
 
     The lock (:func:`~embedkit.artefact.output_lock` of ``output``) is taken in the constructor and held until
@@ -215,23 +215,9 @@ class DatasetWriter:
         self.complete = False  # --resume found this very job already finished
         self._started = False
         self._done: dict[int, ShardInfo] = {}
-        self._lock = ExitStack()
-        self._lock.enter_context(output_lock(self.output, wait=wait))
-        if fingerprint is not None:
-            try:
-                self.start(fingerprint, resume=resume, overwrite=overwrite)
-            except BaseException:
-                self.close()
-                raise
+        super().__init__(self.output, fingerprint, resume=resume, overwrite=overwrite, wait=wait)
 
     # -- lifecycle
-
-    def close(self) -> None:
-        """Release the output's lock (idempotent). The staging directory stays for a resume."""
-        self._lock.close()
-
-    def __enter__(self) -> DatasetWriter:
-        return self
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
         # A failed job keeps its staging directory for --resume; one that recorded no shard has nothing worth
@@ -242,28 +228,14 @@ class DatasetWriter:
 
     def start(self, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
         """Check the output and set up (or resume) the staging directory of the job ``fingerprint`` names."""
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # tuples as lists, as the journal stores them
-        self.job = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
+        self._name_job(fingerprint)
         self._check_output(resume=resume, overwrite=overwrite)
         if self.complete:
             return
-        if self.staging.is_symlink() or (self.staging.exists() and not self.staging.is_dir()):
-            raise OutputError(f"{self.staging} is not a directory embedkit made (a symlink or a file); move it away")
-        if self.staging.exists():
-            if resume:
-                self._resume()
-            elif overwrite:
-                shutil.rmtree(self.staging)
-            else:
-                raise OutputError(
-                    f"a partial run exists at {self.staging}: pass --resume to continue it or --overwrite to start over"
-                )
+        self._open_partial(self.staging, resume=resume, overwrite=overwrite, on_resume=self._resume)
         if self.complete:
             return
-        try:
-            self.staging.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise output_error(self.staging, exc) from exc
+        self._make_partial(self.staging)
         self._save_journal()
         self._started = True
 

@@ -9,7 +9,6 @@ sees a half-written output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import re
 import shutil
 import stat
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,13 @@ from .artefact import (
     absolute,
     atomic_path,
     check_writable_dir,  # noqa: F401  (re-exported: classify, cluster, index, probe import it here)
-    output_error,
-    output_lock,
     parse_json,
     stale_temp_files,
     write_text_atomic,
 )
 from .config import ExtractConfig
 from .errors import IncompatibleError, InputError, OutputError
+from .output_job import OutputJob
 from .sources import parquet_batches, utf8_path
 
 log = logging.getLogger(__name__)
@@ -415,7 +413,7 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     return changes
 
 
-class PartWriter:
+class PartWriter(OutputJob):
     """Writes committed parts for ``output`` and merges them into it at the end, holding the output's lock.
 
     Two writers of one output never both run: the constructor takes :func:`~embedkit.artefact.output_lock` of
@@ -454,29 +452,11 @@ class PartWriter:
         self.parts: list[dict[str, Any]] = []
         # Set when --resume finds this very job already merged into the output (a kill after the merge).
         self.complete = False
-        self._lock = ExitStack()
-        self._lock.enter_context(output_lock(self.output, wait=wait))
-        if fingerprint is not None:
-            try:
-                self.start(fingerprint, resume=resume, overwrite=overwrite)
-            except BaseException:
-                self.close()
-                raise
-
-    def close(self) -> None:
-        """Release the output's lock (idempotent). Committed parts stay for a --resume."""
-        self._lock.close()
-
-    def __enter__(self) -> PartWriter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        super().__init__(self.output, fingerprint, resume=resume, overwrite=overwrite, wait=wait)
 
     def start(self, fingerprint: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> None:
         """Check the output and set up (or resume) the partial run of the job ``fingerprint`` names."""
-        self.fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc. for comparison
-        self.job = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()
+        self._name_job(fingerprint)
         # The partial directory is renamed here before it is deleted; a kill mid-delete leaves only this.
         shutil.rmtree(self._trash, ignore_errors=True)
         # Temp files of a merge that a kill interrupted (atomic_path's naming); garbage whatever this run does.
@@ -487,29 +467,13 @@ class PartWriter:
                 f"output {self.output} is a directory; give a .parquet file path (or end it with / for a sharded "
                 "dataset)"
             )
-        if self.partial.is_symlink() or (self.partial.exists() and not self.partial.is_dir()):
-            # Parts are written into it and it is deleted at the end: never through a link, never a user's file.
-            raise OutputError(
-                f"{self.partial} is not a directory embedkit made (a symlink or a file); move it away and run again"
-            )
-        if self.partial.exists():
-            if resume:
-                self._load_manifest()
-            elif overwrite:
-                shutil.rmtree(self.partial)
-            else:
-                raise OutputError(
-                    f"a partial run exists at {self.partial}: pass --resume to continue it or --overwrite to start over"
-                )
+        self._open_partial(self.partial, resume=resume, overwrite=overwrite, on_resume=self._load_manifest)
         if self.output.exists() and not overwrite and not self.partial.exists():
             if resume and self._output_job() == self.job:
                 self.complete = True
                 return
             raise OutputError(f"output {self.output} exists; pass --overwrite to replace it")
-        try:
-            self.partial.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise output_error(self.partial, exc) from exc
+        self._make_partial(self.partial)
         if not self.parts:
             self._save_manifest()
 
