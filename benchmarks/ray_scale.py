@@ -50,8 +50,8 @@ def child(args: argparse.Namespace) -> None:
     from embedkit.dataset import DatasetWriter
     from embedkit.embed import embed
     from embedkit.engines import LocalEngine
+    from embedkit.parts import PartWriter
     from embedkit.spec import InputSpec, Runtime
-    from embedkit.store import PartWriter
 
     # When each part/shard is recorded: the steady rate, once Ray and the models have started, is measured between
     # the first and the last record (the same for both engines).

@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from embedkit import vectors
 from embedkit.index import Index, build_index
 from embedkit.index.rescore import RESCORE_FILE
-from embedkit.store import PartWriter, open_features
+from embedkit.parts import PartWriter
+from embedkit.store import open_features
 
 PART_ROWS = 1024  # several parts, so the int8 scale really comes from more than one
 

@@ -28,10 +28,11 @@ from .config import ExtractConfig
 from .engines import DEFAULT_PART_ROWS, Engine, JobEngine, LocalEngine
 from .errors import ConfigError, InputError
 from .extract.texts import EMBEDDED_STATUSES, without_surrogates
+from .parts import PartWriter
 from .progress import per_second, progress_bar
 from .sources import Records, Source
 from .spec import InputSpec, Runtime
-from .store import FORMAT_VERSION, INFO_COLUMNS, PartWriter, library_versions, vectors_to_arrow
+from .store import FORMAT_VERSION, INFO_COLUMNS, library_versions, vectors_to_arrow
 
 if TYPE_CHECKING:  # torch loads only when something is embedded (pydantic, for datasets, when one is written)
     from .dataset import DatasetWriter

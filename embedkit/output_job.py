@@ -1,6 +1,6 @@
 """The part every resumable writer of one output shares: the output's lock, the job's name, the partial directory.
 
-A features file (:class:`~embedkit.store.PartWriter`) and a sharded dataset (:class:`~embedkit.dataset.
+A features file (:class:`~embedkit.parts.PartWriter`) and a sharded dataset (:class:`~embedkit.dataset.
 DatasetWriter`) are both written by one job at a time, into a partial directory beside the output that a
 ``--resume`` of the same job continues. What differs (how parts are recorded and put together) stays with them.
 """

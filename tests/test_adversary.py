@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import sample_texts
 
 from embedkit.cli import cli
-from embedkit.store import PartWriter
+from embedkit.parts import PartWriter
 
 PART_ROWS = 20
 
@@ -203,10 +203,30 @@ def test_a_pipeline_cannot_name_its_way_out_of_embedkit_out(tmp_path, monkeypatc
 
 
 def test_every_artefact_kind_registers_its_manifest_name():
-    from embedkit import classify, cluster, index, probe
+    from embedkit import classify, cluster, dataset, index, probe
     from embedkit.artefact import MANIFEST_NAMES
 
-    assert sorted(MANIFEST_NAMES) == sorted([index.META_FILE, classify.MANIFEST, cluster.MANIFEST, probe.MANIFEST])
+    kinds = [index.META_FILE, classify.MANIFEST, cluster.MANIFEST, probe.MANIFEST, dataset.MANIFEST_NAME]
+    assert sorted(MANIFEST_NAMES) == sorted(kinds)
+
+
+def test_no_output_is_written_inside_a_sharded_dataset(features_file, tmp_path):
+    """A dataset directory is sealed like the other artefacts: its shards are checked against its manifest."""
+    from embedkit.dataset import DatasetWriter, write_shard
+    from embedkit.store import open_features
+
+    features = features_file(n=12, labels=("a", "b"))
+    table = open_features(features).read_table(["id", "label", "embedding"])
+    ds = tmp_path / "ds"
+    with DatasetWriter(ds, {"job": 1}) as writer:
+        writer.record(write_shard(writer.staging, 0, table))
+        writer.finish({})
+    before = {p.name: p.read_bytes() for p in ds.iterdir()}
+    args = ["cluster", str(features), "--k", "2", "-o", str(ds / "clusters")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 5, result.output
+    assert "inside the embedkit artefact" in result.output
+    assert {p.name: p.read_bytes() for p in ds.iterdir()} == before
 
 
 @pytest.fixture

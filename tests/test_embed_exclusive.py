@@ -24,12 +24,12 @@ from embedkit.cli import cli
 ROWS = 60
 SLOW_FINISH = """
 import sys, time
-import embedkit.store as store
-real_finish = store.PartWriter.finish
+import embedkit.parts as parts
+real_finish = parts.PartWriter.finish
 def slow_finish(self, meta):
     time.sleep(float(sys.argv[1]))  # a slow merge, under the lock: the other run surely overlaps this one
     return real_finish(self, meta)
-store.PartWriter.finish = slow_finish
+parts.PartWriter.finish = slow_finish
 from embedkit.cli import cli
 cli(sys.argv[2:], prog_name="embedkit")
 """

@@ -21,7 +21,7 @@ from conftest import sample_texts
 from embedkit import ExtractConfig, InputError
 from embedkit.cli import cli
 from embedkit.embed import embed_file
-from embedkit.store import PartWriter
+from embedkit.parts import PartWriter
 
 PART_ROWS = 40
 

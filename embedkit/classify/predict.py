@@ -82,7 +82,7 @@ def matching_column(model: ClassifierModel, feats: Features, column: str | None 
 class _OutputWriter:
     """Streams prediction tables to Parquet, CSV or JSONL into the temp file ``artefact.writing_file`` renames.
 
-    Not ``store.PartWriter``: that one writes resumable Parquet parts under a ``.partial`` directory and merges
+    Not ``parts.PartWriter``: that one writes resumable Parquet parts under a ``.partial`` directory and merges
     them, for features; predictions are one pass, in three formats, into one temp file renamed at the end.
     """
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artefact import write_text_atomic
 from ..cache import cache_key
 from ..config import local_model_dir
 from ..errors import ConfigError, EmbedkitError
 from ..sources import resolve_files
-from ..store import write_text_atomic
 from .load import load_pipeline
 from .stages import _SPECS, NEEDS, STAGES, _call_embed, input_spec, stage_outputs
 from .state import STATE_FILE, _digest, _files_digest, _load_state
