@@ -138,18 +138,8 @@ def verify_shard(directory: Path, shard: ShardInfo, *, checksum: bool = True) ->
     """The path of ``shard`` once its size, sha256 (unless not ``checksum``) and row count match the record;
     InputError otherwise."""
     path = directory / shard.file
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        raise InputError(f"{directory}: shard {shard.file} is missing; the dataset is incomplete") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} is not a regular file (a symlink?); refusing to read it")
-    if info.st_size != shard.bytes:
-        raise InputError(
-            f"{path} is {info.st_size} bytes where the manifest records {shard.bytes}: truncated or replaced"
-        )
-    if checksum and artefact.sha256_file(path) != shard.sha256:
-        raise InputError(f"{path} does not match its sha256 in the manifest: it was modified; refusing to read it")
+    entry = {"bytes": shard.bytes, "sha256": shard.sha256}
+    artefact.verify_file(path, entry, MANIFEST_NAME, what="dataset", checksum=checksum)
     try:
         rows = pq.read_metadata(path).num_rows
     except (OSError, pa.ArrowException) as exc:

@@ -80,20 +80,25 @@ def open_dir(directory: str | Path, *, manifest_name: str, what: str) -> Artefac
     return Artefact(directory, manifest)
 
 
-def verify_file(path: Path, entry: dict[str, Any], manifest_name: str) -> None:
+def verify_file(
+    path: Path, entry: dict[str, Any], manifest_name: str, *, what: str = "artefact", checksum: bool = True
+) -> None:
+    """InputError unless ``path`` is a regular file of the size and (with ``checksum``) the sha256 ``entry``
+    records. ``what`` names the whole in the messages (an artefact, a dataset)."""
+    verb = "load" if what == "artefact" else "read"
     try:
         info = path.lstat()
     except FileNotFoundError:
-        raise InputError(f"{path.parent}: {path.name} is missing; the artefact is incomplete") from None
+        raise InputError(f"{path.parent}: {path.name} is missing; the {what} is incomplete") from None
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{path} is not a regular file (a symlink?); refusing to read it")
     if info.st_size != entry["bytes"]:
         raise InputError(
             f"{path} is {info.st_size} bytes where {manifest_name} records {entry['bytes']}: truncated or replaced; "
-            "refusing to load it"
+            f"refusing to {verb} it"
         )
-    if sha256_file(path) != entry["sha256"]:
-        raise InputError(f"{path} does not match the sha256 in {manifest_name}: it was modified; refusing to load it")
+    if checksum and sha256_file(path) != entry["sha256"]:
+        raise InputError(f"{path} does not match the sha256 in {manifest_name}: it was modified; refusing to {verb} it")
 
 
 def _is_count(value: object) -> bool:
