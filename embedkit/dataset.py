@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -137,16 +137,20 @@ def is_dataset(path: str | Path) -> bool:
 def verify_shard(directory: Path, shard: ShardInfo, *, checksum: bool = True) -> Path:
     """The path of ``shard`` once its size, sha256 (unless not ``checksum``) and row count match the record;
     InputError otherwise."""
+    return _verified_footer(directory, shard, checksum)[0]
+
+
+def _verified_footer(directory: Path, shard: ShardInfo, checksum: bool) -> tuple[Path, pq.FileMetaData]:
     path = directory / shard.file
     entry = {"bytes": shard.bytes, "sha256": shard.sha256}
     artefact.verify_file(path, entry, MANIFEST_NAME, what="dataset", checksum=checksum)
     try:
-        rows = pq.read_metadata(path).num_rows
+        footer = pq.read_metadata(path)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file: {exc}") from exc
-    if rows != shard.rows:
-        raise InputError(f"{path} holds {rows} rows where the manifest records {shard.rows}")
-    return path
+    if footer.num_rows != shard.rows:
+        raise InputError(f"{path} holds {footer.num_rows} rows where the manifest records {shard.rows}")
+    return path, footer
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -172,6 +176,30 @@ def write_shard(staging: Path, index: int, table: pa.Table) -> dict[str, Any]:
         "bytes": target.stat().st_size,
         "sha256": artefact.sha256_file(target),
     }
+
+
+ShardMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
+
+
+def _map_here(fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in items]
+
+
+def inspect_shard(
+    staging: Path, info: dict[str, Any], columns: list[str], checksum: bool
+) -> tuple[pa.Schema, dict[str, Any]]:
+    """A finished shard's check (:func:`verify_shard`), its schema and its int8 maxima (``columns``, if any).
+
+    A plain function of plain arguments: ``DatasetWriter.finish`` may run it on a Ray worker.
+    """
+    path, footer = _verified_footer(Path(staging), ShardInfo.model_validate(info), checksum)
+    return footer.schema.to_arrow_schema().remove_metadata(), vectors.file_maxima(path, columns)
+
+
+def rewrite_shard(staging: Path, index: int, encoder: vectors.MergeEncoder, schema: pa.Schema) -> dict[str, Any]:
+    """Shard ``index`` rewritten with ``encoder`` applied and cast to ``schema`` (atomically); its new record."""
+    table = encoder.apply(pq.read_table(Path(staging) / shard_name(index))).cast(schema)
+    return write_shard(Path(staging), index, table)
 
 
 class DatasetWriter(OutputJob):
@@ -341,17 +369,20 @@ class DatasetWriter(OutputJob):
 
     # -- the end
 
-    def finish(self, meta: dict[str, Any], *, verify_checksums: bool = True) -> int:
+    def finish(self, meta: dict[str, Any], *, verify_checksums: bool = True, map_shards: ShardMap | None = None) -> int:
         """Verify every shard, write the manifest and switch the staging directory in as ``output``. Returns rows.
 
         ``verify_checksums=False`` checks each shard's size and row count only, trusting the sha256 its writer
-        computed right after writing it: the driver then reads no shard's data (a cluster job whose driver must
-        not read the whole output). Readers still check every sha256 before they read a shard.
+        computed right after writing it (readers still check every sha256 before they read a shard).
+        ``map_shards(fn, argument_tuples)`` runs the per-shard work (the checks, int8 maxima, rewrites) where the
+        shards are: the Ray engine passes one that runs them as Ray tasks, so the driver reads no shard's data;
+        the default runs them here, one after the other.
 
         Shards must be numbered 0..n-1 without a gap (a gap is a missing shard: rows would be lost). Shards whose
         schema differs from the others' (a column all null in one shard) are rewritten with the unified schema,
-        and int8 vectors are quantised here with one scale from every shard, as the single-file merge does.
+        and int8 vectors are quantised with one scale from every shard, as the single-file merge does.
         """
+        run = map_shards or _map_here
         indices = sorted(self._done)
         missing = sorted(set(range(indices[-1] + 1)) - set(indices)) if indices else [0]
         if missing:
@@ -359,14 +390,16 @@ class DatasetWriter(OutputJob):
                 f"cannot finish {self.output}: shard(s) {', '.join(map(str, missing[:10]))} were never recorded"
             )
         shards = [self._done[i] for i in indices]
-        paths = [verify_shard(self.staging, s, checksum=verify_checksums) for s in shards]
-        encoder, meta = vectors.merge_encoder(paths, meta)
-        schemas = [pq.read_schema(p).remove_metadata() for p in paths]
+        columns = vectors.int8_columns(meta)
+        checked = run(inspect_shard, [(self.staging, s.model_dump(), columns, verify_checksums) for s in shards])
+        schemas = [schema for schema, _ in checked]
+        dims = vectors.vector_dims(schemas[0], columns)
+        encoder, meta = vectors.merge_encoder_from([maxima for _, maxima in checked], dims, meta)
         unified = encoder.schema(pa.unify_schemas(schemas, promote_options="permissive"))
-        for i, (path, schema) in enumerate(zip(paths, schemas)):
-            if encoder.scales or not schema.equals(unified):
-                table = encoder.apply(pq.read_table(path)).cast(unified)
-                shards[i] = ShardInfo.model_validate(write_shard(self.staging, shards[i].index, table))
+        redo = [i for i, schema in enumerate(schemas) if encoder.scales or not schema.equals(unified)]
+        rewritten = run(rewrite_shard, [(self.staging, shards[i].index, encoder, unified) for i in redo])
+        for i, info in zip(redo, rewritten):
+            shards[i] = ShardInfo.model_validate(info)
         manifest = DatasetManifest(
             kind=KIND, format=FORMAT, rows=sum(s.rows for s in shards), job=self.job, features=meta, shards=shards
         )

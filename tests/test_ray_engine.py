@@ -319,3 +319,32 @@ def test_contradictory_options_are_usage_errors(args, message, tiny_gpt2_shared,
     )
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_int8_gets_one_scale_from_every_shard_without_the_driver_reading_them(
+    tiny_gpt2_shared, tmp_path, monkeypatch, ray_cluster
+):
+    """int8 shards are written as float32 and quantised at the end with one scale for the dataset; that pass runs
+    as Ray tasks, as does counting the summary, so the driver reads no shard (the local engine's merge reads every
+    part)."""
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(sample_texts(50, seed=4)) + "\n", encoding="utf-8")
+    config = ExtractConfig(model=tiny_gpt2_shared, dtype="int8")
+    read_here: list[str] = []
+    real_read_table = pq.read_table
+
+    def spying_read_table(source, *args, **kwargs):
+        if str(source).startswith(str(tmp_path / "out")):  # its staging directory out.partial, or out itself
+            read_here.append(str(source))
+        return real_read_table(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", spying_read_table)
+    run_ray(source, tmp_path / "out", config, workers=2)
+    monkeypatch.undo()
+    assert read_here == []
+    embed_file(source, tmp_path / "local.parquet", config, device="cpu", progress=False)
+    ours, local = open_features(tmp_path / "out"), open_features(tmp_path / "local.parquet")
+    assert ours.schema.field("embedding").type.value_type == pa.int8()
+    scale = np.array(ours.vector_encoding("embedding")["scale"])
+    np.testing.assert_allclose(scale, local.vector_encoding("embedding")["scale"], rtol=1e-5)
+    np.testing.assert_allclose(ours.load()[0], local.load()[0], atol=float(scale.max()) * 1.01)

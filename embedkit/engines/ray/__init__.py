@@ -44,6 +44,7 @@ from ...errors import ConfigError, EmbedkitError, InputError, OutputError
 from ...spec import InputSpec, Runtime
 from .. import JobEngine
 from .plan import Shard, input_identity, plan, row_counts, spec_to_dict
+from .tasks import ShardMap, ray_map, shard_counts
 from .worker import ShardEmbedder
 
 if TYPE_CHECKING:
@@ -245,10 +246,13 @@ class RayEngine(JobEngine):
                 embed_seconds = time.perf_counter() - t0
                 if meta is None:  # every shard was done already: the metadata comes from the settings alone
                     meta = _probe_metadata(config, spec)
-                # The workers hashed their shards as they wrote them; the driver checks sizes and rows only, so it
-                # reads none of the output (readers still check every sha256 before first use).
-                writer.finish(meta, verify_checksums=False)
-        return _summarise(output, resumed, tokens, time.perf_counter() - started, embed_seconds)
+                # The workers hashed their shards as they wrote them, and the checks (sizes, rows) and any rewrite
+                # (int8's one scale) run as Ray tasks: the driver reads none of the output (readers still check
+                # every sha256 before first use).
+                on_workers = ray_map(ray, self.cpus_per_worker)
+                writer.finish(meta, verify_checksums=False, map_shards=on_workers)
+                seconds = time.perf_counter() - started
+                return _summarise(output, resumed, tokens, seconds, embed_seconds, on_workers)
 
     def _embed(
         self,
@@ -345,10 +349,10 @@ def _probe_metadata(config: ExtractConfig, spec: InputSpec) -> dict[str, Any]:
     return build_metadata(Extractor(config, device="cpu"), spec)
 
 
-def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
-    """The run's summary, counted from the finished dataset's small columns, one shard at a time."""
-    import pyarrow.compute as pc
-
+def _summarise(
+    output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float, map_shards: ShardMap | None = None
+) -> EmbedSummary:
+    """The run's summary, counted from the finished dataset's small columns (by Ray tasks when ``map_shards``)."""
     from ...dataset import read_manifest
     from ...embed import EmbedSummary
     from ...extract.texts import EMBEDDED_STATUSES
@@ -356,15 +360,13 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     summary = EmbedSummary(output=output, resumed_rows=resumed, tokens=tokens, seconds=seconds)
     summary.embed_seconds = embed_seconds
     statuses: dict[str, int] = {}
-    import pyarrow.parquet as pq
-
-    for shard in read_manifest(output).shards:
-        table = pq.read_table(output / shard.file, columns=["status", "truncated", "n_windows"])
-        summary.rows += table.num_rows
-        summary.truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
-        summary.chunked += int(pc.sum(pc.greater(table.column("n_windows"), 1)).as_py() or 0)
-        for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist():
-            statuses[str(r["values"])] = statuses.get(str(r["values"]), 0) + int(r["counts"])
+    run = map_shards or (lambda fn, items: [fn(*args) for args in items])
+    for counts in run(shard_counts, [(output / shard.file,) for shard in read_manifest(output).shards]):
+        summary.rows += counts["rows"]
+        summary.truncated += counts["truncated"]
+        summary.chunked += counts["chunked"]
+        for status, n in counts["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
     summary.embedded = sum(statuses.get(s, 0) for s in EMBEDDED_STATUSES)
     summary.bad_rows = {s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES}
     summary.repaired, summary.cut = statuses.get("repaired", 0), statuses.get("cut", 0)
