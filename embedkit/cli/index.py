@@ -7,6 +7,7 @@ import shutil
 
 import click
 
+from ..engines import ENGINES
 from ..index import CODES, DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
 from . import cli, input_options, quiet_option, runtime_options, trust_artefact_option, wait_option
 from .embed import split_commas
@@ -69,6 +70,26 @@ def index():
     help="How flat/hnsw/ivf hold the vectors: float32, or sq8 (8-bit scalar quantizer, 1 byte a dimension) "
     "[default: sq8 for int8 FEATURES, float32 otherwise; binary FEATURES are held as float32].",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="ray: Ray tasks add the shards of a sharded dataset FEATURES in parallel and this process merges them "
+    "into the index the local build makes (flat, ivf, ivfpq; an hnsw graph cannot be merged and is built here).",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) "
+    "[default: $RAY_ADDRESS, else a local instance].",
+)
+@click.option(
+    "--workers",
+    default=None,
+    metavar="N",
+    help="With --engine ray: shard groups added at once [default: the cluster's CPUs].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an index already in the directory.")
 @wait_option
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
@@ -87,17 +108,28 @@ def build(
     rescore_with,
     rescore_factor,
     codes,
+    engine,
+    ray_address,
+    workers,
     overwrite,
     wait,
     as_json,
     quiet,
 ):
-    """Build a similarity index of FEATURES (a Parquet from `embedkit embed`) into a directory."""
+    """Build a similarity index of FEATURES (a Parquet from `embedkit embed`, or a sharded dataset directory) into a
+    directory."""
     from ..errors import ConfigError
     from ..index import build_index
 
     if no_store and store:
         raise ConfigError("--no-store keeps only ids; it cannot be combined with --store")
+    adds = None
+    if engine == "ray":
+        from ..index.ray_build import RayAdds
+
+        adds = RayAdds(ray_address, workers)
+    elif ray_address or workers:
+        raise click.UsageError("--ray-address and --workers need --engine ray")
     report = build_index(
         features,
         output,
@@ -114,6 +146,7 @@ def build(
         overwrite=overwrite,
         wait=wait,
         progress=not quiet,
+        engine=adds,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

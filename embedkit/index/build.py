@@ -13,15 +13,16 @@ import numpy as np
 import pyarrow as pa
 
 from .. import artefact
-from ..errors import ConfigError, choice_error
-from ..store import Features, open_features
-from .faiss_ops import _faiss, _ivf_of, _metric_type, _new_index, _pad, _pad_ids, _prepare
+from ..errors import ConfigError, InputError, choice_error
+from ..store import open_features
+from .adds import Adds, LocalAdds
+from .faiss_ops import _faiss, _new_index, _pad, _pad_ids
 from .files import ARTEFACT_KIND, INDEX_FORMAT, META_FILE, _named, _now, _write_data
 from .plan import DEFAULT_MEMORY, METRICS, _train_rows, human_bytes, plan_index
-from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, _Copies, tune
+from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, tune
 from .rescore import DEFAULT_FACTOR, RESCORE_FILE, build_entry, check_factor, open_source
 from .rescore import summary_lines as rescore_lines
-from .rows import BATCH_ROWS, _check_ids, _column_dim, _draw_samples, _progress, _skipped_lines, _usable_batches
+from .rows import BATCH_ROWS, _check_ids, _column_dim, _draw_samples, _progress, _skipped_lines
 from .settings import choose_store, store_note
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 # The peak is the whole process's (Python, pyarrow, FAISS, any model loaded before): beside a small index it
 # reads as the index's own size, so the summary shows it only once the index itself is this large.
 PEAK_SHOWN_FROM_BYTES = 64 * 2**20
+
+HNSW_SERIAL_NOTE = (
+    "an HNSW graph cannot be merged from parts built apart: it was built in this process (--kind ivf or flat "
+    "builds on the Ray workers)"
+)
 
 
 def _peak_rss_bytes() -> int:
@@ -107,25 +113,6 @@ class BuildReport:
         return d
 
 
-def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batch_rows: int) -> None:
-    """Size each inverted list of an IVF-flat index to its final length before the vectors are added.
-
-    FAISS appends to its lists by growing each std::vector, which doubles its capacity: an IVF-flat index of
-    0.9 GB of vectors measured 1.5 GB of RSS after its adds, and 1,000,000 x 768 (2.9 GB) peaked near 9 GB.
-    Counting the list of every row first (one more read of the file and one coarse-quantizer search per row)
-    lets each list allocate once. Resizing to the count and back to 0 keeps that capacity: std::vector does
-    not shrink. A count that differs from the add's own assignment only costs a reallocation, never a result.
-    """
-    ivf = _ivf_of(index)
-    counts = np.zeros(ivf.nlist, dtype=np.int64)
-    for matrix, _ in _usable_batches(features, column, (), batch_rows):
-        _, lists = ivf.quantizer.search(_prepare(matrix, metric), 1)
-        counts += np.bincount(lists[:, 0][lists[:, 0] >= 0], minlength=ivf.nlist)
-    for list_no in np.flatnonzero(counts):
-        ivf.invlists.resize(int(list_no), int(counts[list_no]))
-        ivf.invlists.resize(int(list_no), 0)
-
-
 def build_index(
     features: str | Path,
     output: str | Path,
@@ -146,6 +133,7 @@ def build_index(
     rescore_with: str | Path | None = None,
     rescore_factor: int = DEFAULT_FACTOR,
     codes: str | None = None,
+    engine: Adds | None = None,
 ) -> BuildReport:
     """Build a FAISS index of one embedding column of a features file into the directory ``output``.
 
@@ -171,6 +159,9 @@ def build_index(
         codes: how a flat, hnsw or ivf index holds the vectors (``float32`` or ``sq8``, FAISS's 8-bit scalar
             quantizer: a quarter of the RAM); None: sq8 for int8 features (they hold 8 bits a dimension anyway),
             float32 otherwise. Binary features are held as float32 (no packed-bit index yet).
+        engine: who adds the vectors: None in this process; :class:`~embedkit.index.ray_build.RayAdds` adds the
+            shards of a sharded dataset on Ray workers and merges them here into the same index. An HNSW graph
+            cannot be merged from parts: it is built in this process, with a note.
 
     Returns:
         A BuildReport with build time, index size, recall@10 and queries/s.
@@ -192,6 +183,9 @@ def build_index(
     output = _named(output)
     if codes is None:
         codes = "sq8" if col_config.dtype == "int8" else "float32"
+    if engine is not None:
+        engine.check(feats)
+    notes = store_note(feats, store, store_text)
 
     with artefact.writing_dir(
         output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite, wait=wait
@@ -205,8 +199,6 @@ def build_index(
         log.info("building %s (%s) for %d x %d: %s", plan.kind, plan.factory, samples.rows, dim, plan.reason)
         index = _new_index(plan, dim, metric, samples.train[: _train_rows(plan, samples.rows)])
         samples.train = np.empty((0, dim), np.float32)  # free the sample before the add pass (a [:0] view keeps it)
-        if plan.kind == "ivf":
-            _reserve_ivf_lists(index, feats, column, metric, batch_rows)
 
         # The held-out queries stay out of the index until it is tuned, then are added last: a query that is a
         # row of the index finds itself and the graph or list around it, and leave-one-out on such rows reported
@@ -218,23 +210,23 @@ def build_index(
         held = samples.query_positions if not exact else samples.query_positions[:0]
         k_eval = min(EVAL_K, samples.rows - len(held))
         heap = _faiss().ResultHeap(len(held), k_eval, keep_max=metric != "l2") if k_eval > 0 and len(held) else None
-        copies = _Copies(samples.queries)
-        tables, held_tables, seen = [], [], 0
+        adds = LocalAdds() if engine is None or plan.kind == "hnsw" else engine
+        if engine is not None and adds is not engine:
+            notes.append(HNSW_SERIAL_NOTE)
         with _progress(feats.num_rows, progress, "indexing") as bar:
-            for matrix, table in _usable_batches(feats, column, store, batch_rows):
-                x = _prepare(matrix, metric)
-                out = np.isin(np.arange(seen, seen + len(x)), held)
-                seen += len(x)
-                if out.any():
-                    held_tables.append(table.filter(pa.array(out)))
-                    x, table = x[~out], table.filter(pa.array(~out))
-                if heap is not None and len(x):
-                    d, i = _faiss().knn(samples.queries, x, min(k_eval, len(x)), metric=_metric_type(metric))
-                    heap.add_result(_pad(d, k_eval, metric), _pad_ids(i + index.ntotal, k_eval))
-                    copies.check(x)
-                index.add(x)
-                tables.append(table)
-                bar.update(len(x) + int(out.sum()))
+            index, added = adds.add(
+                index, plan, feats, column, store, metric, held, samples.queries, k_eval, batch_rows, bar
+            )
+        if added.positions != samples.rows:
+            raise InputError(
+                f"{features}: {added.positions} usable rows were indexed where the first pass counted {samples.rows}; "
+                "did the features change during the build?"
+            )
+        found = added.found  # held-out queries with an exact copy among the indexed rows
+        if heap is not None:
+            for d, i in added.knn:
+                heap.add_result(_pad(d, k_eval, metric), _pad_ids(i, k_eval))
+        tables, held_tables = added.tables, added.held_tables
 
         params: dict[str, Any] = {}
         recall: float | None = None
@@ -243,7 +235,7 @@ def build_index(
         n_eval = len(held)
         if heap is not None:
             heap.finalize()
-            keep = ~copies.found
+            keep = ~found
             n_eval = int(keep.sum())
             if n_eval:
                 evaluation = Evaluation(samples.queries[keep], None, heap.I[keep], k_eval)
@@ -294,7 +286,7 @@ def build_index(
                 "recall_at_10": recall,
                 "recall_interval": interval,
                 "eval_queries": n_eval,
-                "eval_duplicates": int(copies.found.sum()),
+                "eval_duplicates": int(found.sum()),
                 "queries_per_second": qps,
                 "created_at": _now(),
                 "adds": [],
@@ -323,11 +315,11 @@ def build_index(
         target_recall,
         n_eval,
         plan.reason,
-        store_note(feats, store, store_text),
+        notes,
         nonfinite,
         samples.nonfinite.examples,
         (interval[0], interval[1]) if interval else None,
-        int(copies.found.sum()),
+        int(found.sum()),
         store,
         col_config.dtype,
         rescoring,

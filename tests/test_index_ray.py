@@ -1,0 +1,170 @@
+"""``index build --engine ray``: shard groups added by Ray tasks and merged on the driver give the local build's index.
+
+Everything runs on a real two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a worker
+node of one CPU each, separate raylets and object stores, one shared filesystem), so the tasks of one build run
+on both nodes. The CLI test joins it with ``--ray-address``, a subprocess as a user would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="--engine ray needs the ray extra: pip install -e '.[dev]'")
+from ray.cluster_utils import Cluster  # noqa: E402
+from test_dataset_index import META, _table, clustered, write_both  # noqa: E402
+
+from embedkit import ConfigError, InputError  # noqa: E402
+from embedkit.dataset import DatasetWriter, read_manifest, write_shard  # noqa: E402
+from embedkit.index import Index, build_index  # noqa: E402
+from embedkit.index import build as build_module  # noqa: E402
+from embedkit.index.ray_build import RayAdds  # noqa: E402
+from embedkit.store import vectors_to_arrow  # noqa: E402
+
+STORE = 80 * 1024**2
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = {"eval_queries": 200, "batch_rows": 256}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray.is_initialized():  # another test file's local instance: this file needs its own cluster
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
+    cluster.add_node(num_cpus=1, object_store_memory=STORE)
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in ("index.faiss", "ids.parquet")}
+
+
+def _same_build(a: Path, b: Path) -> None:
+    """Same FAISS index and id map byte for byte, and the same manifest but for the build's clock readings."""
+    assert _files(a) == _files(b)
+    ma, mb = (json.loads((d / "index.json").read_text()) for d in (a, b))
+    for m in (ma, mb):
+        for key in ("seconds", "created_at", "queries_per_second"):
+            m["build"].pop(key)
+        m.pop("created_at", None)
+    assert ma == mb
+
+
+@pytest.mark.parametrize("kind,metric", [("flat", "cosine"), ("ivf", "l2"), ("ivfpq", "cosine")])
+def test_ray_build_is_the_local_build(cluster, tmp_path, kind, metric):
+    x = clustered(4000)
+    _, dataset = write_both(tmp_path, x, shard_rows=500)
+    engine = RayAdds(workers=2)
+    ray_report = build_index(dataset, tmp_path / "ray", kind=kind, metric=metric, engine=engine, **BUILD)
+    local_report = build_index(dataset, tmp_path / "local", kind=kind, metric=metric, **BUILD)
+    assert len(engine.groups_per_node) == 2, engine.groups_per_node  # both nodes added shards
+    assert sum(engine.groups_per_node.values()) == 8
+    _same_build(tmp_path / "ray", tmp_path / "local")
+    assert (ray_report.rows, ray_report.params, ray_report.recall_at_10) == (
+        local_report.rows,
+        local_report.params,
+        local_report.recall_at_10,
+    )
+    assert ray_report.notes == []
+    queries = x[::97] + 0.01
+    a, b = Index.load(tmp_path / "ray"), Index.load(tmp_path / "local")
+    ra, rb = a.search(queries, k=10), b.search(queries, k=10)
+    np.testing.assert_array_equal(ra.positions, rb.positions)
+    np.testing.assert_array_equal(ra.scores, rb.scores)
+
+
+def test_ids_stay_with_their_vectors_across_null_and_nonfinite_rows(cluster, tmp_path):
+    x = clustered(3000, seed=3)
+    table = _table(x)
+    valid = np.ones(len(x), bool)
+    valid[[5, 700, 701, 2999]] = False  # rows without an embedding, in two shards
+    bad = x.copy()
+    bad[1200, 0] = np.finfo(np.float32).max  # its squared norm overflows: no search could rank it
+    table = table.set_column(2, "embedding", vectors_to_arrow(bad, valid, "float32"))
+    with DatasetWriter(tmp_path / "ds", {"test": 2}) as writer:
+        for i, start in enumerate(range(0, len(x), 400)):
+            writer.record(write_shard(writer.staging, i, table.slice(start, 400)))
+        writer.finish(META)
+    report = build_index(tmp_path / "ds", tmp_path / "ray", kind="flat", engine=RayAdds(workers=2), **BUILD)
+    build_index(tmp_path / "ds", tmp_path / "local", kind="flat", **BUILD)
+    _same_build(tmp_path / "ray", tmp_path / "local")
+    assert (report.rows, report.skipped_null_rows, report.skipped_nonfinite_rows) == (2995, 4, 1)
+    index = Index.load(tmp_path / "ray")
+    rows = [i for i in range(len(x)) if valid[i] and i != 1200]
+    result = index.search(x[rows[::50]], k=1)  # each row finds itself: its id is the one stored beside it
+    found = [hit["id"] for q in range(len(rows[::50])) for hit in result.hits(q)]
+    assert found == rows[::50]
+
+
+def test_hnsw_is_built_in_the_driver_with_a_note(cluster, tmp_path):
+    _, dataset = write_both(tmp_path, clustered(2000), shard_rows=512)
+    engine = RayAdds(workers=2)
+    report = build_index(dataset, tmp_path / "ray", kind="hnsw", engine=engine, **BUILD)
+    build_index(dataset, tmp_path / "local", kind="hnsw", **BUILD)
+    assert report.notes == [build_module.HNSW_SERIAL_NOTE] and engine.groups_per_node == {}
+    _same_build(tmp_path / "ray", tmp_path / "local")
+
+
+def test_one_features_file_is_refused_before_anything_is_written(cluster, tmp_path):
+    single, _ = write_both(tmp_path, clustered(600), shard_rows=300)
+    with pytest.raises(ConfigError, match="sharded dataset directory"):
+        build_index(single, tmp_path / "ix", kind="flat", engine=RayAdds())
+    assert not (tmp_path / "ix").exists()
+    with pytest.raises(ConfigError, match="--workers N"):
+        RayAdds(workers="1:4")
+
+
+def test_a_shard_corrupted_after_sampling_is_caught_by_its_worker(cluster, tmp_path, monkeypatch):
+    """The driver reads every shard for its sample; a shard changed after that is caught by the worker reading it,
+    whose InputError reaches the caller as itself (not a Ray traceback), and no index is left behind."""
+    _, dataset = write_both(tmp_path, clustered(2000), shard_rows=500)
+    shard = dataset / read_manifest(dataset).shards[2].file
+    draw = build_module._draw_samples
+
+    def draw_then_corrupt(*args, **kwargs):
+        samples = draw(*args, **kwargs)
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size: only the sha256 tells
+        shard.write_bytes(bytes(data))
+        return samples
+
+    monkeypatch.setattr(build_module, "_draw_samples", draw_then_corrupt)
+    with pytest.raises(InputError, match="part-00002.parquet"):
+        build_index(dataset, tmp_path / "ix", kind="ivf", engine=RayAdds(workers=2), **BUILD)
+    assert not (tmp_path / "ix").exists()
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "embedkit", *args], capture_output=True, text=True, env=environment, timeout=120
+    )
+
+
+def test_cli_joins_the_cluster_and_refuses_a_corrupt_shard_cleanly(cluster, tmp_path):
+    _, dataset = write_both(tmp_path, clustered(2000), shard_rows=500)
+    out = _cli("index", "build", str(dataset), "-o", str(tmp_path / "ix"), "--kind", "ivf", "--engine", "ray",
+               "--workers", "2", "--ray-address", cluster.address, "-q")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(Index.load(tmp_path / "ix")) == 2000
+
+    shard = dataset / read_manifest(dataset).shards[1].file
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    out = _cli("index", "build", str(dataset), "-o", str(tmp_path / "ix2"), "--engine", "ray",
+               "--ray-address", cluster.address, "-q")  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert "part-00001.parquet" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("index", "build", str(dataset), "-o", str(tmp_path / "ix3"), "--workers", "2")
+    assert out.returncode == 2 and "--engine ray" in out.stderr
