@@ -58,6 +58,7 @@ class EmbedSummary:
     repaired: int = 0
     cut: int = 0  # rows too long to read whole: embedded from their start (status cut)
     duplicate_ids: int = 0  # rows whose id was already used; all are kept, but ids no longer name one row
+    backend: str = ""  # how backend auto or bf16 chose its engine (Extractor.backend_note); "" for the others
 
     def summary_lines(self) -> list[str]:
         bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
@@ -81,7 +82,7 @@ class EmbedSummary:
             parts.append(f"{self.resumed_rows} resumed from an earlier run")
         rate = self.tokens / self.embed_seconds if self.embed_seconds else 0.0
         parts.append(f"{self.seconds:.1f}s, {rate:,.0f} tokens/s")
-        return ["; ".join(parts)]
+        return ["; ".join(parts)] + ([f"backend {self.backend}"] if self.backend else [])
 
 
 def build_metadata(extractor: Extractor, spec: InputSpec) -> dict[str, Any]:
@@ -298,8 +299,9 @@ def embed(
     else:
         writer = PartWriter(Path(output), wait=wait)
     with writer:
-        extractor = engine.load(config, runtime)
+        extractor = engine.load(config, runtime, _job_tokens(source))
         config, meta = extractor.config, build_metadata(extractor, spec)
+        backend_note = extractor.backend_note
         del extractor  # the Ray engine's is only a probe of the settings: its memory goes back now
         writer.start(
             {**fingerprint(source, config, part_rows), **engine.fingerprint}, resume=resume, overwrite=overwrite
@@ -350,7 +352,19 @@ def embed(
             writer.parts.sort(key=lambda p: p["file"])  # an unordered engine committed them as they finished
         writer.finish(meta)
         # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
-        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+        summary = _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+        summary.backend = backend_note
+        return summary
+
+
+def _job_tokens(source: Source) -> int | None:
+    """The input's tokens, roughly, from its size (backends auto and bf16 measure their engines for large jobs)."""
+    from .extract.backend_choice import estimate_tokens
+
+    try:
+        return estimate_tokens(sum(p.stat().st_size for p in source.files))
+    except OSError:
+        return None
 
 
 def _stop_at_bad_row(table: pa.Table, records: Records) -> None:

@@ -51,6 +51,15 @@ def native_bf16() -> bool:
     return any(flag in cpu_flags() for flag in NATIVE_FLAGS)
 
 
+def warn_not_native() -> None:
+    """Say that backend bf16 runs the fp32 path on this CPU, and why."""
+    log.warning(
+        "backend 'bf16': this CPU has no native bfloat16 (no %s in /proc/cpuinfo), where bf16 would be slower "
+        "than fp32; running the fp32 path instead (the vectors differ from bf16 ones by rounding only)",
+        " or ".join(NATIVE_FLAGS),
+    )
+
+
 class BF16Linear(nn.Module):
     """A linear layer whose product runs in bfloat16 (weights cast once) and whose output is the input's dtype.
 
@@ -105,11 +114,7 @@ def to_bf16(model: nn.Module, device: torch.device, cast: str = "linears", force
     if device.type != "cpu":
         return model  # CUDA: the extractor's autocast already runs bf16 (or fp16) products
     if not (force or native_bf16()):
-        log.warning(
-            "backend 'bf16': this CPU has no native bfloat16 (no %s in /proc/cpuinfo), where bf16 would be slower "
-            "than fp32; running the fp32 path instead (the vectors differ from bf16 ones by rounding only)",
-            " or ".join(NATIVE_FLAGS),
-        )
+        warn_not_native()
         return model
     if cast == "model":
         return model.to(torch.bfloat16)
