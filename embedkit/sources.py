@@ -1,11 +1,16 @@
 """Reading records from CSV, TSV, JSONL, Parquet and plain-text files, streamed in bounded batches.
 
-An input is a file, a directory (every file with a known extension, sorted) or a glob. Rows are never
-dropped: a record that cannot be parsed (a broken JSONL line, a CSV row with the wrong number of fields)
+An input is a file, a directory (every file with a known extension, sorted) or a glob, as a local path or a
+URI of any filesystem pyarrow or fsspec reaches (``embedkit.input_files`` resolves it; every reader here opens
+files through it, so every stage that reads text reads URIs too). Rows are never dropped: a record that cannot be parsed (a broken JSONL line, a CSV row with the wrong number of fields)
 comes out as a row with ``parse_error`` set, so the store can record it with a status.
 
 Text is decoded with ``surrogateescape`` so invalid UTF-8 reaches the extractor intact, where it is repaired
 and recorded instead of aborting the whole file.
+
+The line formats are read from binary streams, line by line, keeping each row's byte offset: ``Source.count``
+records where every N-th row starts and ``Source.read_range`` reads a row range from there, which is how the
+Ray engine's read tasks each read one shard of a large file without parsing the rows before it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +39,10 @@ from .input_files import (
     raw_lines,
     resolve_files,
 )
+from .records import Batcher as _Batcher
+from .records import Records as Records  # re-exported: the embed driver and engines take batches from here
+from .records import append_row as _append
+from .records import empty_chunk as _empty_chunk
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
 TXT_COLUMN = "text"
@@ -44,20 +52,6 @@ Mark = tuple[int, int]
 
 # A CSV cell may hold a whole book; the csv module's default 128 KiB field limit would abort the file.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-
-
-@dataclass
-class Records:
-    """One batch of input rows, column-wise. ``keep`` values are lists or Arrow arrays (types kept)."""
-
-    row_numbers: list[int]
-    texts: list[object]
-    ids: list[object] | pa.Array | None
-    keep: dict[str, list[object] | pa.Array] = field(default_factory=dict)
-    parse_errors: list[str | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.texts)
 
 
 def detect_format(path: InputFile, fmt: str | None = None) -> str:
@@ -422,65 +416,3 @@ def _csv_header(f, kind: str, path: InputFile) -> tuple[list[str] | None, int]:
     except csv.Error as exc:
         raise InputError(f"{path}: not valid {kind.upper()}: {exc}") from exc
     return header, consumed[0]
-
-
-def _empty_chunk(source: Source) -> dict:
-    return {"text": [], "id": [] if source.id_column else None, "keep": {c: [] for c in source.keep}, "parse_error": []}
-
-
-def _append(chunk: dict, row: dict) -> None:
-    chunk["text"].append(row["text"])
-    if chunk["id"] is not None:
-        chunk["id"].append(row["id"])
-    for c, v in row["keep"].items():
-        chunk["keep"][c].append(v)
-    chunk["parse_error"].append(row["parse_error"])
-
-
-def _take(values, start: int, stop: int):
-    return values.slice(start, stop - start) if isinstance(values, pa.Array) else values[start:stop]
-
-
-def _concat(parts: list):
-    if all(isinstance(p, pa.Array) for p in parts):
-        return pa.concat_arrays([p.cast(parts[0].type) for p in parts])
-    # A batch across a Parquet file and a line-format one: Python values throughout (iterating an Arrow array would
-    # give Arrow scalars, which the text column would store as their JSON text, quotes included).
-    return [v for p in parts for v in (p.to_pylist() if isinstance(p, pa.Array) else p)]
-
-
-class _Batcher:
-    """Re-cuts reader chunks (per file, any size) into batches of exactly ``rows`` rows across files."""
-
-    def __init__(self, rows: int, source: Source) -> None:
-        self.rows, self.source = rows, source
-        self.parts: list[tuple[dict, int, int, int]] = []  # (chunk, first row number, start, stop)
-        self.size = 0
-
-    def add(self, chunk: dict, first_row: int, start: int) -> Iterator[Records]:
-        n = len(chunk["text"])
-        while start < n:
-            stop = min(n, start + self.rows - self.size)
-            self.parts.append((chunk, first_row, start, stop))
-            self.size += stop - start
-            start = stop
-            if self.size == self.rows:
-                yield self._emit()
-
-    def flush(self) -> Iterator[Records]:
-        if self.size:
-            yield self._emit()
-
-    def _emit(self) -> Records:
-        parts, self.parts, self.size = self.parts, [], 0
-
-        def gather(get):
-            return _concat([_take(get(c), a, b) for c, _, a, b in parts])
-
-        return Records(
-            row_numbers=[first + i for _, first, a, b in parts for i in range(a, b)],
-            texts=gather(lambda c: c["text"]),
-            ids=gather(lambda c: c["id"]) if self.source.id_column else None,
-            keep={k: gather(lambda c, k=k: c["keep"][k]) for k in self.source.keep},
-            parse_errors=gather(lambda c: c["parse_error"]),
-        )

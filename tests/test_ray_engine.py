@@ -304,6 +304,14 @@ def test_worker_error_reaches_the_driver_typed(tmp_path, write_csv):
     assert info["error_type"] == "ModelLoadError" and not list(tmp_path.glob("part-*"))
 
 
+def test_an_input_in_process_memory_is_refused_before_ray_starts(tiny_gpt2_shared, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fsspec.filesystem("memory").pipe("/embedkit-ray-refused/in.txt", b"a text\n")
+    with pytest.raises(ray_engine.ConfigError, match="Ray workers cannot read"):
+        run_ray("memory:///embedkit-ray-refused/in.txt", tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared))
+    assert not (tmp_path / "out").exists()
+
+
 def test_single_file_output_is_refused_with_the_directory_to_use(tiny_gpt2_shared, write_csv, tmp_path):
     source = write_csv([{"text": "hello"}])
     out = tmp_path / "o.parquet"

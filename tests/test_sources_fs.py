@@ -157,3 +157,13 @@ def test_cli_reads_a_file_uri_and_refuses_a_uri_output(tiny_gpt2_shared, tmp_pat
         cli, ["embed", str(source), "-o", "s3://bucket/out.parquet", "--model", tiny_gpt2_shared, "-q"]
     )
     assert result.exit_code != 0 and "local" in result.output
+
+
+def test_search_queries_from_a_uri_read_through_the_same_resolution(memory_dir):
+    """``search --queries`` opens its file with ``index.settings.open_queries``: a URI works there too."""
+    from embedkit.index.settings import open_queries
+
+    fs, root = memory_dir
+    fs.pipe(f"{root}/q.jsonl", b'{"q": "first"}\n{"q": "second"}\n')
+    source = open_queries({"input_columns": {"text": "q"}}, f"memory://{root}/q.jsonl", None, None)
+    assert [t for r in source.batches() for t in r.texts] == ["first", "second"]
