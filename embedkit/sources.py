@@ -2,8 +2,9 @@
 
 An input is a file, a directory (every file with a known extension, sorted) or a glob, as a local path or a
 URI of any filesystem pyarrow or fsspec reaches (``embedkit.input_files`` resolves it; every reader here opens
-files through it, so every stage that reads text reads URIs too). Rows are never dropped: a record that cannot be parsed (a broken JSONL line, a CSV row with the wrong number of fields)
-comes out as a row with ``parse_error`` set, so the store can record it with a status.
+files through it, so every stage that reads text reads URIs too). Rows are never dropped: a record that
+cannot be parsed (a broken JSONL line, a CSV row with the wrong number of fields) comes out as a row with
+``parse_error`` set, so the store can record it with a status.
 
 Text is decoded with ``surrogateescape`` so invalid UTF-8 reaches the extractor intact, where it is repaired
 and recorded instead of aborting the whole file.
@@ -19,6 +20,7 @@ import codecs
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,13 +230,7 @@ class Source:
                 index = {name: i for i, name in enumerate(header)}
                 offset, line_no = at if at is not None else (header_end, 2)
                 consumed = [offset]
-
-                def lines():
-                    for position, raw in raw_lines(f, offset):
-                        consumed[0] = position + len(raw)
-                        yield raw.decode("utf-8", errors="surrogateescape")
-
-                reader = csv.reader(lines(), delimiter="\t" if kind == "tsv" else ",")
+                reader = csv.reader(_csv_lines(f, offset, consumed), delimiter="\t" if kind == "tsv" else ",")
                 chunk, mark = _empty_chunk(self), (offset, line_no)
                 while True:
                     here = (consumed[0], line_no)
@@ -400,19 +396,33 @@ def _jsonl_lines(path: InputFile, at: Mark | None = None) -> Iterator[tuple[int,
             line_no += 1
 
 
+def _csv_lines(f, offset: int, consumed: list[int]) -> Iterator[str]:
+    """Decoded lines for ``csv.reader`` from byte ``offset`` on, cut where a text file opened with ``newline=""``
+    cuts them (at LF, CRLF and a bare CR); ``consumed[0]`` is the byte offset after the last one given out."""
+    for position, raw in raw_lines(f, offset):
+        end = position + len(raw)
+        if position == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw, position = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+        text = raw.decode("utf-8", errors="surrogateescape")
+        if "\r" not in text.rstrip("\r\n"):
+            consumed[0] = end
+            yield text
+            continue
+        for piece in _BARE_CR.split(text):  # classic Mac line ends: each piece keeps its CR
+            if piece:
+                position += len(piece.encode("utf-8", errors="surrogateescape"))
+                consumed[0] = position
+                yield piece
+
+
+_BARE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
 def _csv_header(f, kind: str, path: InputFile) -> tuple[list[str] | None, int]:
     """A CSV/TSV file's header row (None for an empty file) and the byte offset just after it."""
     consumed = [0]
-
-    def lines():
-        for position, raw in raw_lines(f):
-            consumed[0] = position + len(raw)
-            if position == 0 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            yield raw.decode("utf-8", errors="surrogateescape")
-
     try:
-        header = next(csv.reader(lines(), delimiter="\t" if kind == "tsv" else ","), None)
+        header = next(csv.reader(_csv_lines(f, 0, consumed), delimiter="\t" if kind == "tsv" else ","), None)
     except csv.Error as exc:
         raise InputError(f"{path}: not valid {kind.upper()}: {exc}") from exc
     return header, consumed[0]

@@ -167,3 +167,16 @@ def test_search_queries_from_a_uri_read_through_the_same_resolution(memory_dir):
     fs.pipe(f"{root}/q.jsonl", b'{"q": "first"}\n{"q": "second"}\n')
     source = open_queries({"input_columns": {"text": "q"}}, f"memory://{root}/q.jsonl", None, None)
     assert [t for r in source.batches() for t in r.texts] == ["first", "second"]
+
+
+def test_classic_mac_line_ends_read_as_before_and_from_marks(tmp_path):
+    """CSV with bare CR line ends (old spreadsheet exports): rows as a text file opened with newline="" gives them,
+    and read_range from the marks, which then fall inside one LF-delimited line, gives the same rows."""
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"text,n\r" + b"".join(f'"row\r{i}",{i}\r'.encode() for i in range(7)) + b"tail,7\r\n")
+    source = Source(path, keep=["n"])
+    rows = _rows(source)
+    assert [r[1] for r in rows] == [f"row\r{i}" for i in range(7)] + ["tail"]
+    n, marks = source.count(0, 3)
+    got = [t for k, mark in enumerate(marks) for t in source.read_range(0, 3 * k, min(n, 3 * k + 3), mark).texts]
+    assert n == 8 and got == [r[1] for r in rows]
