@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from .artefact import sha256_file
 from .config import ExtractConfig
 from .engines import DEFAULT_PART_ROWS, Engine, JobEngine, LocalEngine
 from .errors import ConfigError, InputError
 from .extract.texts import EMBEDDED_STATUSES, without_surrogates
+from .input_files import file_digest, file_size, refuse_uri_output
 from .parts import PartWriter
 from .progress import per_second, progress_bar
 from .sources import Records, Source
@@ -138,7 +138,7 @@ def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[s
     return {
         "settings": config.vector_settings(),
         "model_files": model_files(config.model),
-        "input": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in source.files],
+        "input": [file_digest(p) for p in source.files],
         "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
         "part_rows": part_rows,
     }
@@ -268,6 +268,7 @@ def embed(
     at once, or with ``wait`` waits for it. ``overwrite`` keeps the old output until the new one is merged.
     """
     started = time.perf_counter()
+    refuse_uri_output(output)
     spec = input if isinstance(input, InputSpec) else InputSpec(input)
     runtime = runtime or Runtime()
     if shard_rows is not None and part_rows is not None and shard_rows != part_rows:
@@ -362,7 +363,7 @@ def _job_tokens(source: Source) -> int | None:
     from .extract.backend_choice import estimate_tokens
 
     try:
-        return estimate_tokens(sum(p.stat().st_size for p in source.files))
+        return estimate_tokens(sum(file_size(p) for p in source.files))
     except OSError:
         return None
 

@@ -2,29 +2,41 @@
 
 How it runs (``RayEngine.run``, called by the one embed driver ``embedkit.embed.embed``):
 
-1. Plan (``plan.py``): the input's files are cut into shards of ``part_rows`` rows, a fixed row range of one
-   file each, numbered in input order. Row counts come from Parquet footers, or for line formats from one
-   counting task per file on the cluster, so the plan needs no data on the driver and is the same on every run.
+1. Plan (``plan.py``): the input's files (local paths, or URIs of any filesystem pyarrow or fsspec reaches:
+   ``embedkit.input_files``) are cut into shards of ``part_rows`` rows, a fixed row range of one file each,
+   numbered in input order. Row counts come from Parquet footers, or for line formats from one counting task
+   per file on the cluster, which also records where each shard starts; the plan needs no data on the driver and
+   is the same on every run.
 2. The driver opens the output dataset (``dataset.DatasetWriter``: its lock, its fingerprint, the shards already
-   done) and builds a Ray Dataset of the descriptors of the shards still to do.
-3. ``map_batches`` runs them on one persistent pool of :class:`~.worker.ShardEmbedder` actors (``--workers N``,
-   or ``MIN:MAX`` for an autoscaling pool; CPU or GPU actors): each loads the model once, then for each shard
-   reads its rows from the input with embedkit's reader, embeds them with the local engine's ``Extractor``,
-   builds the rows with ``embed.build_table`` (statuses of bad rows included) and writes the shard itself
+   done) and builds the pipeline ``read_datasource(ShardDatasource) -> map_batches(ShardEmbedder)``.
+3. Read (``read.py``): Ray Data runs one read task per shard still to do on the cluster's workers; each reads
+   its shard's rows with embedkit's ``Source`` (from the byte offset the plan recorded) and yields them as one
+   block. The streaming executor runs the reads ahead of and alongside the model work: reading overlaps
+   embedding, and no row passes through the driver.
+4. Embed (``worker.py``): ``map_batches`` runs the blocks on one persistent pool of ``ShardEmbedder`` actors
+   (``--workers N``, or ``MIN:MAX`` for an autoscaling pool; CPU or GPU actors): each loads the model once, then
+   for each block checks the shard arrived whole, embeds it with the local engine's ``Extractor``, builds the
+   rows with ``embed.build_table`` (statuses of bad rows included) and writes the shard itself
    (``dataset.write_shard``). Only each shard's info dict (index, file, rows, checksum) comes back, and the
    driver records it; at the end it finishes the dataset with the metadata the first actor sent.
+
+One block is one shard, and one actor call: ``batch_size=None`` hands an actor each block as it is (no
+re-bundling), and the pipeline's ``target_max_block_size`` is unset so that the read does not cut a large shard
+into several blocks by size. The block carries its shard index and planned row count, and the actor refuses a
+shard with rows missing, so a shard can never be silently split or merged.
 
 Why not Ray's ``read_csv``/``read_json``/``read_parquet``: the pyarrow readers under them stop at the first
 malformed CSV or JSON line and number no rows, so they could keep neither embedkit's bad-row contract (a
 malformed row becomes an output row with a status) nor row-number ids, and the blocks they produce are re-cut
-by Ray Data (merged and split by size), so a block could not be a shard. The actors read with ``Source``
-instead, each from a shared filesystem: the same parsing, statuses and ids as the local engine.
+by Ray Data (merged and split by size), so a block could not be a shard. The read tasks use ``Source`` instead,
+through Ray Data's own reader interface (``Datasource``): the same parsing, statuses and ids as the local
+engine, on the workers.
 
 Failures: an actor that dies (node lost, OOM kill) is restarted and its shard retried (``MAX_RESTARTS``,
 ``MAX_TASK_RETRIES``); a retried shard is written again under the same name, atomically. An embedkit error
-(model missing on a node, ``--strict``) is not retried, since it would happen again, and reaches the driver
-typed. Shards written before a failed run stay in the dataset's staging area, and ``--resume`` runs only the
-missing ones.
+(model missing on a node, ``--strict``, an input file changed since the plan) is not retried, since it would
+happen again, and reaches the driver typed. Shards written before a failed run stay in the dataset's staging
+area, and ``--resume`` runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -41,9 +53,10 @@ from typing import TYPE_CHECKING, Any
 from ... import errors
 from ...config import ExtractConfig
 from ...errors import ConfigError, EmbedkitError, InputError, OutputError
+from ...input_files import InputFile, RemoteFile, uri_scheme
 from ...spec import InputSpec, Runtime
 from .. import JobEngine
-from .plan import Shard, input_identity, plan, row_counts, spec_to_dict
+from .plan import Shard, file_sizes, input_identity, plan, row_counts, spec_to_dict
 from .tasks import ShardMap, ray_map, shard_counts
 from .worker import ShardEmbedder
 
@@ -65,6 +78,12 @@ MAX_TASK_RETRIES = 3
 CONNECT_TIMEOUT_S = 5.0
 # How long the job waits for the pool's first actors (MIN of MIN:MAX) to be placed and load the model.
 WAIT_FOR_ACTORS_S = 600
+# Read tasks reserve no CPU: the default pool gives every CPU to a model actor, and a read task waiting for a CPU
+# would then wait for ever. Reading is light next to the model; READS_PER_ACTOR bounds how many run at once.
+READ_CPUS = 0
+READS_PER_ACTOR = 2
+# Filesystems that live inside one process: the Ray workers, other processes, cannot see their files.
+PROCESS_LOCAL_SCHEMES = ("memory",)
 INSTALL_HINT = "pip install 'embedkit[ray]'"
 
 Workers = int | tuple[int, int] | None
@@ -222,6 +241,7 @@ class RayEngine(JobEngine):
         config = config or ExtractConfig()
         shard_rows = part_rows or RAY_PART_ROWS
         source = spec.source()
+        _check_workers_can_read(source.files)
         fingerprint = {
             "settings": config.vector_settings(),
             "model_files": model_files(config.model),
@@ -236,7 +256,8 @@ class RayEngine(JobEngine):
                 return _summarise(output, read_manifest(output).rows, 0, time.perf_counter() - started, 0.0)
             done = set(writer.done())
             with writer.abandoned_on_failure(), ray_session(self.address) as ray:
-                shards = plan(row_counts(ray, spec, source), shard_rows)
+                counts, marks = row_counts(ray, spec, source, shard_rows)
+                shards = plan(counts, shard_rows, marks, file_sizes(source))
                 if not shards:
                     raise InputError(f"{spec.path} holds no data rows")
                 todo = [s for s in shards if s.index not in done]
@@ -258,7 +279,7 @@ class RayEngine(JobEngine):
         self,
         ray,
         spec: InputSpec,
-        files: list[Path],
+        files: list[InputFile],
         config: ExtractConfig,
         runtime: Runtime,
         writer: DatasetWriter,
@@ -281,22 +302,35 @@ class RayEngine(JobEngine):
         threads = runtime.threads or (max(1, int(self.cpus_per_worker)) if not gpus else None)
         actor_args = {
             "spec": spec_to_dict(spec),
-            "files": [str(f) for f in files],
             "config": config.to_dict(),
             "device": runtime.device,
             "batch_tokens": runtime.batch_tokens,
             "threads": threads,
             "staging": str(writer.staging),
-            "shard_rows": shard_rows,
             "strict": strict,
         }
-        # One block per shard: an actor call then gets exactly one descriptor, and shards spread over the pool.
-        shards = ray.data.from_items([s.to_dict() for s in todo], override_num_blocks=len(todo))
-        results = shards.map_batches(
+        from .read import ShardDatasource
+
+        pool = _pool(ray, self.workers, gpus, self.cpus_per_worker)
+        blocks = ray.data.read_datasource(
+            ShardDatasource(spec_to_dict(spec), files, todo),
+            num_cpus=READ_CPUS,
+            concurrency=max(1, int(pool.max_size or 1) * READS_PER_ACTOR),
+            override_num_blocks=len(todo),
+        )
+        # One block per read task, however large the shard: with a target block size the read would cut a shard
+        # of long texts into several blocks. Set on this pipeline's own copy of the context, not the process's.
+        blocks.context.target_max_block_size = None
+        # Each block as it is, one whole shard per call. map_batches refuses batch_size=None with GPUs (a check for
+        # batches that would be whole blocks of unknown size); a shard's size is bounded by --part-rows, and
+        # map_batches_internal is the same call without that check.
+        map_batches = blocks.map_batches_internal if gpus and hasattr(blocks, "map_batches_internal") else None
+        results = (map_batches or blocks.map_batches)(
             ShardEmbedder,
             fn_constructor_kwargs=actor_args,
-            batch_size=1,
-            compute=_pool(ray, self.workers, gpus, self.cpus_per_worker),
+            batch_size=None,
+            batch_format="pyarrow",
+            compute=pool,
             num_cpus=self.cpus_per_worker,
             num_gpus=gpus or None,
             max_restarts=MAX_RESTARTS,
@@ -320,6 +354,16 @@ class RayEngine(JobEngine):
                 self.shards_per_node[facts["node"]] = self.shards_per_node.get(facts["node"], 0) + 1
                 bar.update(info["rows"])
         return meta, tokens
+
+
+def _check_workers_can_read(files: list[InputFile]) -> None:
+    """ConfigError for an input on a filesystem that lives in this process only (fsspec's ``memory://``)."""
+    for file in files:
+        if isinstance(file, RemoteFile) and uri_scheme(file.root) in PROCESS_LOCAL_SCHEMES:
+            raise ConfigError(
+                f"{file.uri} is on a filesystem inside this process, which the Ray workers cannot read; use "
+                "--engine local, or put the input on storage every node reaches"
+            )
 
 
 def _rows(ray, results) -> Iterator[dict[str, Any]]:
