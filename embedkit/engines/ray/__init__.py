@@ -45,6 +45,7 @@ import json
 import logging
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -325,17 +326,21 @@ class RayEngine(JobEngine):
         # batches that would be whole blocks of unknown size); a shard's size is bounded by --part-rows, and
         # map_batches_internal is the same call without that check.
         map_batches = blocks.map_batches_internal if gpus and hasattr(blocks, "map_batches_internal") else None
-        results = (map_batches or blocks.map_batches)(
-            ShardEmbedder,
-            fn_constructor_kwargs=actor_args,
-            batch_size=None,
-            batch_format="pyarrow",
-            compute=pool,
-            num_cpus=self.cpus_per_worker,
-            num_gpus=gpus or None,
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_TASK_RETRIES,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 names no parameter for an actor's restarts and retries: they only pass as ray_remote_args,
+            # which warns of its removal in 2.64. Without them Ray retries a shard that kills its actor forever.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            results = (map_batches or blocks.map_batches)(
+                ShardEmbedder,
+                fn_constructor_kwargs=actor_args,
+                batch_size=None,
+                batch_format="pyarrow",
+                compute=pool,
+                num_cpus=self.cpus_per_worker,
+                num_gpus=gpus or None,
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_TASK_RETRIES,
+            )
         meta, tokens = None, 0
         self.shards_per_node = {}
         total = sum(s.stop - s.start for s in todo)
