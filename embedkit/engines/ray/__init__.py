@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +55,7 @@ from ...errors import ConfigError, EmbedkitError, InputError, OutputError
 from ...input_files import InputFile, RemoteFile, uri_scheme
 from ...spec import InputSpec, Runtime
 from .. import JobEngine
+from .cluster import INSTALL_HINT, Workers, _check_reachable, _pool, import_ray, ray_session
 from .plan import Shard, file_sizes, input_identity, plan, row_counts, spec_to_dict
 from .tasks import ShardMap, ray_map, shard_counts
 from .worker import ShardEmbedder
@@ -76,7 +75,6 @@ RAY_PART_ROWS = 1024
 # a shard that always kills its worker into a run that never ends.
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
-CONNECT_TIMEOUT_S = 5.0
 # How long the job waits for the pool's first actors (MIN of MIN:MAX) to be placed and load the model.
 WAIT_FOR_ACTORS_S = 600
 # Read tasks reserve no CPU: the default pool gives every CPU to a model actor, and a read task waiting for a CPU
@@ -85,19 +83,6 @@ READ_CPUS = 0
 READS_PER_ACTOR = 2
 # Filesystems that live inside one process: the Ray workers, other processes, cannot see their files.
 PROCESS_LOCAL_SCHEMES = ("memory",)
-INSTALL_HINT = "pip install 'embedkit[ray]'"
-
-Workers = int | tuple[int, int] | None
-
-
-def import_ray():
-    """The ``ray`` module, or a ConfigError saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the data extra, not only the core)
-    except ImportError as exc:
-        raise ConfigError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT} ({exc})") from exc
-    return ray
 
 
 def parse_workers(value: str | int | tuple[int, int] | None) -> Workers:
@@ -113,66 +98,6 @@ def parse_workers(value: str | int | tuple[int, int] | None) -> Workers:
     if bounds[0] < 1 or bounds[1] < bounds[0]:
         raise ConfigError(f"--workers must be at least 1 (and MIN <= MAX), got {value!r}")
     return workers
-
-
-# ---------------------------------------------------------------------------------------------- cluster
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes: ``ray.init`` retries an unreachable address for a long time."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT, 'auto' or 'local'")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; is `ray start --head` running "
-            "there, and is the port open from this machine?"
-        ) from exc
-
-
-@contextmanager
-def ray_session(address: str | None = None) -> Iterator[Any]:
-    """Use the Ray instance already initialised in this process, else connect/start one for the run.
-
-    ``address`` None starts a local instance (or joins ``$RAY_ADDRESS``); ``auto`` joins the cluster this
-    machine is part of; ``HOST:PORT`` / ``ray://HOST:PORT`` joins that head node. An instance this function
-    started or joined is shut down again at the end.
-    """
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    except ConnectionError as exc:
-        raise ConfigError(f"cannot connect to Ray at {address or '$RAY_ADDRESS'}: {exc}") from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _pool(ray, workers: Workers, gpus_per_worker: float, cpus_per_worker: float) -> Any:
-    """The actor pool for ``map_batches``: ``workers``, else as many actors as the cluster has room for now."""
-    resources = ray.cluster_resources()
-    if gpus_per_worker:
-        room = int(resources.get("GPU", 0) // gpus_per_worker)
-        if room == 0 and workers is None:
-            raise ConfigError(
-                f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has no GPU ({resources.get('GPU', 0)})"
-            )
-    else:
-        room = int(resources.get("CPU", 0) // cpus_per_worker)
-    if workers is None:
-        workers = max(1, room)
-    elif (workers[0] if isinstance(workers, tuple) else workers) > room:
-        log.warning("%s workers asked for but the cluster has room for %d now; Ray waits for room", workers, room)
-    if isinstance(workers, tuple):
-        return ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1])
-    return ray.data.ActorPoolStrategy(size=workers)
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -316,7 +241,7 @@ class RayEngine(JobEngine):
         blocks = ray.data.read_datasource(
             ShardDatasource(spec_to_dict(spec), files, todo),
             num_cpus=READ_CPUS,
-            concurrency=max(1, int(pool.max_size or 1) * READS_PER_ACTOR),
+            concurrency=max(1, min(len(todo), int(pool.max_size or 1) * READS_PER_ACTOR)),
             override_num_blocks=len(todo),
         )
         # One block per read task, however large the shard: with a target block size the read would cut a shard
@@ -423,6 +348,7 @@ def _summarise(
 
 
 __all__ = [
+    "INSTALL_HINT",
     "MAX_RESTARTS",
     "MAX_TASK_RETRIES",
     "RAY_PART_ROWS",
