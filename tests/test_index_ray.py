@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray", reason="--engine ray needs the ray extra: pip install -e '.[dev]'")
@@ -104,6 +105,27 @@ def test_ids_stay_with_their_vectors_across_null_and_nonfinite_rows(cluster, tmp
     result = index.search(x[rows[::50]], k=1)  # each row finds itself: its id is the one stored beside it
     found = [hit["id"] for q in range(len(rows[::50])) for hit in result.hits(q)]
     assert found == rows[::50]
+
+
+def test_rescore_vectors_are_the_local_builds(cluster, tmp_path):
+    """int8 shards re-scored with float features: vectors.npy and its recall entry are the local build's."""
+    from test_index_rescore import pair
+
+    from embedkit.store import read_metadata
+
+    x = clustered(2400, dim=32, seed=5)
+    int8_file, floats = pair(tmp_path, x, "int8")
+    table = pq.read_table(int8_file)
+    with DatasetWriter(tmp_path / "ds", {"test": 3}) as writer:
+        for i, start in enumerate(range(0, len(x), 600)):
+            writer.record(write_shard(writer.staging, i, table.slice(start, 600).replace_schema_metadata(None)))
+        writer.finish(read_metadata(int8_file))
+    options = {"kind": "ivf", "rescore_with": floats, **BUILD}
+    report = build_index(tmp_path / "ds", tmp_path / "ray", engine=RayAdds(workers=2), **options)
+    build_index(tmp_path / "ds", tmp_path / "local", **options)
+    _same_build(tmp_path / "ray", tmp_path / "local")
+    assert (tmp_path / "ray" / "vectors.npy").read_bytes() == (tmp_path / "local" / "vectors.npy").read_bytes()
+    assert report.rescore is not None and report.codes == "sq8"
 
 
 def test_hnsw_is_built_in_the_driver_with_a_note(cluster, tmp_path):
