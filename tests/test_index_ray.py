@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray", reason="--engine ray needs the ray extra: pip install -e '.[dev]'")
@@ -25,7 +26,7 @@ from embedkit.dataset import DatasetWriter, read_manifest, write_shard  # noqa: 
 from embedkit.index import Index, build_index  # noqa: E402
 from embedkit.index import build as build_module  # noqa: E402
 from embedkit.index.ray_build import RayAdds  # noqa: E402
-from embedkit.store import vectors_to_arrow  # noqa: E402
+from embedkit.store import ShardedFeatures, vectors_to_arrow  # noqa: E402
 
 STORE = 80 * 1024**2
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,27 @@ def test_ids_stay_with_their_vectors_across_null_and_nonfinite_rows(cluster, tmp
     assert found == rows[::50]
 
 
+def test_rescore_vectors_are_the_local_builds(cluster, tmp_path):
+    """int8 shards re-scored with float features: vectors.npy and its recall entry are the local build's."""
+    from test_index_rescore import pair
+
+    from embedkit.store import read_metadata
+
+    x = clustered(2400, dim=32, seed=5)
+    int8_file, floats = pair(tmp_path, x, "int8")
+    table = pq.read_table(int8_file)
+    with DatasetWriter(tmp_path / "ds", {"test": 3}) as writer:
+        for i, start in enumerate(range(0, len(x), 600)):
+            writer.record(write_shard(writer.staging, i, table.slice(start, 600).replace_schema_metadata(None)))
+        writer.finish(read_metadata(int8_file))
+    options = {"kind": "ivf", "rescore_with": floats, **BUILD}
+    report = build_index(tmp_path / "ds", tmp_path / "ray", engine=RayAdds(workers=2), **options)
+    build_index(tmp_path / "ds", tmp_path / "local", **options)
+    _same_build(tmp_path / "ray", tmp_path / "local")
+    assert (tmp_path / "ray" / "vectors.npy").read_bytes() == (tmp_path / "local" / "vectors.npy").read_bytes()
+    assert report.rescore is not None and report.codes == "sq8"
+
+
 def test_hnsw_is_built_in_the_driver_with_a_note(cluster, tmp_path):
     _, dataset = write_both(tmp_path, clustered(2000), shard_rows=512)
     engine = RayAdds(workers=2)
@@ -124,21 +146,29 @@ def test_one_features_file_is_refused_before_anything_is_written(cluster, tmp_pa
         RayAdds(workers="1:4")
 
 
-def test_a_shard_corrupted_after_sampling_is_caught_by_its_worker(cluster, tmp_path, monkeypatch):
-    """The driver reads every shard for its sample; a shard changed after that is caught by the worker reading it,
-    whose InputError reaches the caller as itself (not a Ray traceback), and no index is left behind."""
+def test_the_driver_reads_no_shard(cluster, tmp_path, monkeypatch):
+    """Sampling and adding both read on the workers: a driver whose shard reader fails still builds the index."""
+    _, dataset = write_both(tmp_path, clustered(2000), shard_rows=500)
+
+    def no_reading(self, *args, **kwargs):
+        raise AssertionError("the driver read a shard")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardedFeatures, "iter_tables", no_reading)
+        patch.setattr(ShardedFeatures, "read_table", no_reading)
+        build_index(dataset, tmp_path / "ray", kind="ivf", engine=RayAdds(workers=2), **BUILD)
+    build_index(dataset, tmp_path / "local", kind="ivf", **BUILD)
+    _same_build(tmp_path / "ray", tmp_path / "local")
+
+
+def test_a_corrupt_shard_is_caught_by_its_worker(cluster, tmp_path):
+    """The worker reading a shard checks its sha256 first; its InputError reaches the caller as itself (not a Ray
+    traceback), and no index is left behind."""
     _, dataset = write_both(tmp_path, clustered(2000), shard_rows=500)
     shard = dataset / read_manifest(dataset).shards[2].file
-    draw = build_module._draw_samples
-
-    def draw_then_corrupt(*args, **kwargs):
-        samples = draw(*args, **kwargs)
-        data = bytearray(shard.read_bytes())
-        data[len(data) // 2] ^= 0xFF  # same size: only the sha256 tells
-        shard.write_bytes(bytes(data))
-        return samples
-
-    monkeypatch.setattr(build_module, "_draw_samples", draw_then_corrupt)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 tells
+    shard.write_bytes(bytes(data))
     with pytest.raises(InputError, match="part-00002.parquet"):
         build_index(dataset, tmp_path / "ix", kind="ivf", engine=RayAdds(workers=2), **BUILD)
     assert not (tmp_path / "ix").exists()

@@ -2,8 +2,8 @@
 
 One module per job: ``plan`` (kind and factory string), ``faiss_ops`` (FAISS helpers, exact search),
 ``recall`` (evaluation, interval, tuning), ``rows`` (usable rows of a features file), ``files`` (directory
-format), ``build``, ``adds`` (build's add pass), ``ray_build`` (that pass on Ray workers, merged), ``add``,
-``search`` (the :class:`Index`), ``queries`` (search a file of queries) and
+format), ``build``, ``adds`` (build's add pass), ``ray_build`` (the reading passes on Ray workers, merged), ``add``,
+``search`` (the :class:`Index`), ``nearest`` (its vector search), ``queries`` (search a file of queries) and
 ``rescore`` (an index of int8 / binary vectors re-ranking its candidates with float vectors).
 
 An index directory is an embedkit artefact (:mod:`embedkit.artefact`) holding:

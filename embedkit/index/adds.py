@@ -6,6 +6,7 @@ shard group, and merges the parts."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,7 +17,7 @@ from ..store import Features
 from .faiss_ops import _faiss, _ivf_of, _metric_type, _prepare
 from .plan import IndexPlan
 from .recall import _Copies
-from .rows import _usable_batches
+from .rows import _draw_samples, _Samples, _usable_batches
 
 
 def _reserve_ivf_lists(index, features: Features, column: str, metric: str, batch_rows: int) -> None:
@@ -102,9 +103,29 @@ def add_rows(
 
 
 class Adds(Protocol):
-    """Who runs the add pass of a build: :class:`LocalAdds`, or the Ray workers (:mod:`.ray_build`)."""
+    """Who reads the vectors of a build (its sampling and add passes): :class:`LocalAdds`, or the Ray workers
+    (:mod:`.ray_build`)."""
 
-    def check(self, features: Features) -> None: ...
+    def check(self, features: Features) -> None:
+        """Refuse what cannot run before anything is written (ConfigError)."""
+        ...
+
+    def running(self) -> AbstractContextManager[Any]:
+        """Held for the whole build (the Ray session)."""
+        ...
+
+    def draw_samples(
+        self,
+        features: Features,
+        column: str,
+        train_rows: int,
+        eval_queries: int,
+        metric: str,
+        seed: int,
+        batch_rows: int,
+    ) -> _Samples:
+        """The sampling pass (:func:`~embedkit.index.rows._draw_samples`)."""
+        ...
 
     def add(
         self,
@@ -126,10 +147,25 @@ class Adds(Protocol):
 
 
 class LocalAdds:
-    """The add pass in this process, streaming the features batch by batch."""
+    """The sampling and add passes in this process, streaming the features batch by batch."""
 
     def check(self, features: Features) -> None:
         pass
+
+    def running(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def draw_samples(
+        self,
+        features: Features,
+        column: str,
+        train_rows: int,
+        eval_queries: int,
+        metric: str,
+        seed: int,
+        batch_rows: int,
+    ) -> _Samples:
+        return _draw_samples(features, column, train_rows, eval_queries, metric, seed, batch_rows)
 
     def add(
         self,

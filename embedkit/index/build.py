@@ -22,7 +22,7 @@ from .plan import DEFAULT_MEMORY, METRICS, _train_rows, human_bytes, plan_index
 from .recall import DEFAULT_TARGET_RECALL, EVAL_K, EVAL_QUERIES, Evaluation, tune
 from .rescore import DEFAULT_FACTOR, RESCORE_FILE, build_entry, check_factor, open_source
 from .rescore import summary_lines as rescore_lines
-from .rows import BATCH_ROWS, _check_ids, _column_dim, _draw_samples, _progress, _skipped_lines
+from .rows import BATCH_ROWS, _check_ids, _column_dim, _progress, _skipped_lines
 from .settings import choose_store, store_note
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 PEAK_SHOWN_FROM_BYTES = 64 * 2**20
 
 HNSW_SERIAL_NOTE = (
-    "an HNSW graph cannot be merged from parts built apart: it was built in this process (--kind ivf or flat "
-    "builds on the Ray workers)"
+    "an HNSW graph cannot be merged from parts built apart: its rows were added in this process (--kind ivf or "
+    "flat adds them on the Ray workers)"
 )
 
 
@@ -187,11 +187,15 @@ def build_index(
         engine.check(feats)
     notes = store_note(feats, store, store_text)
 
-    with artefact.writing_dir(
-        output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite, wait=wait
-    ) as stage:
+    reader = engine or LocalAdds()
+    with (
+        artefact.writing_dir(
+            output, kind=ARTEFACT_KIND, manifest_name=META_FILE, overwrite=overwrite, wait=wait
+        ) as stage,
+        reader.running(),
+    ):
         plan = plan_index(kind, feats.num_rows, dim, memory, codes)
-        samples = _draw_samples(
+        samples = reader.draw_samples(
             feats, column, _train_rows(plan, feats.num_rows), eval_queries, metric, seed, batch_rows
         )
         if samples.rows != feats.num_rows:  # null or non-finite rows: plan for what will really be indexed
@@ -210,8 +214,8 @@ def build_index(
         held = samples.query_positions if not exact else samples.query_positions[:0]
         k_eval = min(EVAL_K, samples.rows - len(held))
         heap = _faiss().ResultHeap(len(held), k_eval, keep_max=metric != "l2") if k_eval > 0 and len(held) else None
-        adds = LocalAdds() if engine is None or plan.kind == "hnsw" else engine
-        if engine is not None and adds is not engine:
+        adds = LocalAdds() if plan.kind == "hnsw" else reader
+        if adds is not reader and engine is not None:
             notes.append(HNSW_SERIAL_NOTE)
         with _progress(feats.num_rows, progress, "indexing") as bar:
             index, added = adds.add(

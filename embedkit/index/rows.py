@@ -74,8 +74,19 @@ def _draw_samples(
     features: Features, column: str, train_rows: int, eval_queries: int, metric: str, seed: int, batch_rows: int
 ) -> _Samples:
     """First pass: count rows with an embedding, draw a training sample and disjoint held-out queries."""
+    query_set, train_set = sample_positions(features.num_rows, train_rows, eval_queries, seed)
+    nonfinite = _Skipped()
+    picked = pick_rows(_usable_batches(features, column, (), batch_rows, nonfinite), 0, query_set, train_set)
+    return gather_samples(features, column, metric, [picked], nonfinite)
+
+
+def sample_positions(total: int, train_rows: int, eval_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (among the usable rows) of the held-out queries and of the training sample, sorted.
+
+    Drawn from the row count alone, so whoever reads the rows (this process, or Ray workers each reading some
+    shards) picks the same ones.
+    """
     rng = np.random.default_rng(seed)
-    total = features.num_rows
     n_queries = min(eval_queries, max(1, int(total * EVAL_MAX_FRACTION)), max(0, total - 1))
     picks = rng.permutation(total)
     query_set = np.sort(picks[:n_queries])
@@ -83,22 +94,48 @@ def _draw_samples(
         train_set = np.sort(picks[n_queries : n_queries + train_rows])
     else:  # too few rows to keep them apart: train on a sample of all rows
         train_set = np.sort(rng.permutation(total)[:train_rows])
-    train, queries, query_pos, seen, nonfinite = [], [], [], 0, _Skipped()
-    for matrix, _ in _usable_batches(features, column, (), batch_rows, nonfinite):
+    return query_set, train_set
+
+
+@dataclass
+class _Picked:
+    """The sampled rows among some usable rows: training rows, query rows and the queries' positions."""
+
+    train: list[np.ndarray]
+    queries: list[np.ndarray]
+    query_positions: list[np.ndarray]
+    rows: int  # usable rows passed
+
+
+def pick_rows(batches, first: int, query_set: np.ndarray, train_set: np.ndarray) -> _Picked:
+    """The rows of ``batches`` (usable rows, the first at position ``first``) at the sampled positions."""
+    picked, seen = _Picked([], [], [], 0), first
+    for matrix, _ in batches:
         positions = np.arange(seen, seen + len(matrix))
         in_q = np.isin(positions, query_set)
-        queries.append(matrix[in_q])
-        query_pos.append(positions[in_q])
-        if train_rows:
-            in_t = np.isin(positions, train_set)
-            train.append(matrix[in_t])
+        picked.queries.append(matrix[in_q])
+        picked.query_positions.append(positions[in_q])
+        if len(train_set):
+            picked.train.append(matrix[np.isin(positions, train_set)])
         seen += len(matrix)
+    picked.rows = seen - first
+    return picked
+
+
+def gather_samples(features: Features, column: str, metric: str, parts: list[_Picked], nonfinite: _Skipped) -> _Samples:
+    """The samples from the picks of every part of the features, in order."""
+    seen = sum(p.rows for p in parts)
     if seen == 0:
         why = f"{nonfinite.rows} hold NaN, infinite or overflowing values" if nonfinite.rows else "all are null"
+        total = features.num_rows
         raise InputError(f"{features.path}: no row has a usable embedding in {column!r} ({total} rows: {why})")
     dim = _column_dim(features, column)
     stack = lambda parts: _prepare(np.concatenate(parts) if parts else np.empty((0, dim), np.float32), metric)  # noqa: E731
-    return _Samples(stack(train), stack(queries), np.concatenate(query_pos).astype(np.int64), seen, nonfinite)
+    train = stack([t for p in parts for t in p.train])
+    queries = stack([q for p in parts for q in p.queries])
+    positions = [q for p in parts for q in p.query_positions]
+    positions_array = np.concatenate(positions).astype(np.int64) if positions else np.empty(0, np.int64)
+    return _Samples(train, queries, positions_array, seen, nonfinite)
 
 
 def _progress(total: int, enabled: bool, desc: str):

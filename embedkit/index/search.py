@@ -13,16 +13,17 @@ import pyarrow.parquet as pq
 
 from .. import artefact
 from ..config import ExtractConfig
-from ..errors import ConfigError, IncompatibleError, InputError
+from ..errors import IncompatibleError, InputError
 from ..store import Features, open_features
-from .faiss_ops import _exact_search, _ivf_of, _prepare, _usable_rows, apply_params
+from .faiss_ops import _ivf_of, apply_params
 from .files import META_FILE, _manifest_bytes, _read_index
 from .filter import where_mask
-from .live import Selection, live_mask
+from .live import live_mask
+from .nearest import nearest
 from .queries import check_output, search_all
 from .rescore import FloatVectors
 from .rescore import load as load_float_vectors
-from .result import SearchResult, _coerce_id, _exclude
+from .result import SearchResult, _coerce_id
 from .rows import BATCH_ROWS, _column_dim
 
 log = logging.getLogger(__name__)
@@ -235,62 +236,18 @@ class Index:
         ConfigError for ivfpq, which keeps only compressed codes, and with nprobe / ef_search (nothing to tune).
         With float vectors for re-scoring (and ``rescore``), exact search compares those instead.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim == 1:
-            vectors = vectors[None, :]
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise IncompatibleError(f"query vectors have shape {vectors.shape}; this index holds {self.dim}-d vectors")
-        if not _usable_rows(vectors).all():
-            raise InputError("query vectors hold NaN, infinite or overflowing values")
-        allowed = self.live()
-        extra = 0 if exclude is None else 1
-        fallback = False
-        if where is not None:
-            matching = self.matching(where)
-            allowed = matching if allowed is None else allowed & matching
-            if not allowed.any():  # nothing matches: an empty answer, not an error
-                note = f"no row matches --where {where!r}"
-                empty = np.empty((len(vectors), 0))
-                return SearchResult(empty.astype(np.float32), empty.astype(np.int64), self.ids, [note])
-            k, notes = self._clamp(k, extra=extra, available=int(allowed.sum()) - extra, filtered=True)
-            # Few matching rows: comparing with each of them is cheap and exact, where an approximate search
-            # would have to wade through mostly excluded rows (HNSW may stop before it finds k of them).
-            fallback = int(allowed.sum()) <= _exact_filter_rows(self.size) and self.kind != "ivfpq"
-            if self.kind == "ivfpq" and int(allowed.sum()) <= _exact_filter_rows(self.size) and nprobe is None:
-                nprobe = _ivf_of(self.faiss_index).nlist  # no stored vectors: visit every list instead
-        else:
-            k, notes = self._clamp(k, extra=extra)
-        # A flat index compares every row anyway: restricted to some rows, FAISS's selector path checks them one by
-        # one (no BLAS), 3x slower on 200 queries than reading the allowed rows back and comparing in one batch.
-        fallback = fallback or (allowed is not None and self.kind == "flat")
-        floats = self.float_vectors if rescore else None
-        queries = _prepare(vectors, self.metric)
-        fetch = k  # candidates asked of the index: more when they are re-scored
-        if exact or fallback:
-            if exact and (nprobe is not None or ef_search is not None):
-                raise ConfigError("exact search visits every vector: nprobe / ef-search do not apply")
-            if floats is not None:  # the float vectors are the exact ones: nothing left to re-score
-                scores, positions = floats.exact(queries, k + extra, self.metric, allowed)
-                floats = None
-            else:
-                scores, positions = _exact_search(self.faiss_index, queries, k + extra, self.metric, allowed)
-        else:
-            if floats is not None:
-                fetch = floats.candidates(k, (self.size if allowed is None else int(allowed.sum())) - extra)
-            self._set_knobs(nprobe, ef_search)
-            params = None if allowed is None else Selection(allowed).params(self.faiss_index)
-            try:
-                scores, positions = self.faiss_index.search(queries, fetch + extra, params=params)
-            finally:
-                if nprobe is not None or ef_search is not None:
-                    apply_params(self.faiss_index, self.meta.get("params") or {})
-        if exclude is not None:
-            scores, positions = _exclude(scores, positions, exclude, fetch)
-        if floats is not None:
-            scores, positions = floats.rerank(queries, positions, k, self.metric)
-        if self.metric == "l2":
-            scores = np.sqrt(np.maximum(scores, 0))
-        return SearchResult(scores, positions, self.ids, notes)
+        return nearest(
+            self,
+            vectors,
+            k,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            exclude=exclude,
+            exact=exact,
+            where=where,
+            rescore=rescore,
+            exact_filter_rows=_exact_filter_rows(self.size),
+        )
 
     def search_ids(self, ids: Sequence[Any], k: int = DEFAULT_K, **knobs) -> SearchResult:
         """More like this: neighbours of rows already in the index (the row itself left out)."""
@@ -344,35 +301,6 @@ class Index:
             hits, counts, notes = search_all(self, queries, k, text_column, id_column, batch_rows, progress, knobs)
             pq.write_table(hits, tmp)
         return {**counts, "hits": hits.num_rows, "output": str(output), "notes": sorted(notes)}
-
-    def _clamp(
-        self, k: int, extra: int = 0, available: int | None = None, filtered: bool = False
-    ) -> tuple[int, list[str]]:
-        if k < 1:
-            raise ConfigError(f"k must be at least 1, got {k}")
-        available = self.size - extra if available is None else available
-        if available < 1 and not filtered:
-            raise InputError(f"the index holds {self.size} row(s): nothing to return")
-        available = max(available, 1)
-        if k > available:
-            what = "rows matching --where" if filtered else "rows the index can return"
-            note = f"k={k} is more than the {available} {what}; returning {available}"
-            log.info(note)  # returned as a note for the caller to show; a warning too would say it twice
-            return available, [note]
-        return k, []
-
-    def _set_knobs(self, nprobe: int | None, ef_search: int | None) -> None:
-        knobs = {}
-        if nprobe is not None:
-            if nprobe < 1:
-                raise ConfigError(f"nprobe must be at least 1, got {nprobe}")
-            knobs["nprobe"] = nprobe
-        if ef_search is not None:
-            if ef_search < 1:
-                raise ConfigError(f"efSearch must be at least 1, got {ef_search}")
-            knobs["efSearch"] = ef_search
-        if knobs:
-            apply_params(self.faiss_index, knobs)
 
     def matching(self, where: str) -> np.ndarray:
         """Mask of the FAISS rows whose stored columns satisfy ``where`` (the last condition's mask is kept)."""
