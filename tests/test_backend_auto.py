@@ -259,3 +259,11 @@ def test_an_engine_can_be_forced_among_the_candidates_only(tiny_gpt2_shared, cac
     monkeypatch.setattr(bf16, "cpu_flags", lambda: frozenset({"avx2"}))
     with pytest.raises(ConfigError, match="cannot run on engine 'openvino-bf16' here; it may run on: torch"):
         make(tiny_gpt2_shared, backend="bf16", engine="openvino-bf16")
+
+
+def test_backends_with_the_same_vectors_compare_as_one():
+    torch_config = ExtractConfig(model="m", backend="torch")
+    assert ExtractConfig(model="m", backend="openvino").vector_settings() == torch_config.vector_settings()
+    for approximate in ("int8", "ort-int8", "bf16"):
+        assert ExtractConfig(model="m", backend=approximate).vector_settings() != torch_config.vector_settings()
+    assert ExtractConfig(model="m", backend="openvino").to_dict()["backend"] == "openvino"  # recorded as it ran
