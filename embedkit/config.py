@@ -31,6 +31,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # "auto": torch or openvino, whichever measured faster on this machine (cached; extract/backend_choice.py); never
 # recorded: the backend it ran on is.
 BACKENDS = ("torch", "int8", "bf16", "openvino", "ort-int8", "auto")
+# Backends whose vectors equal another's (the same fp32 arithmetic in another runtime, cosine >= 0.99999): when
+# vectors are compared they count as that one, so features that auto ran on OpenVINO on one machine and on torch on
+# another go in one index or classifier. Each is still recorded under its own name and re-embeds queries with it.
+SAME_VECTORS = {"openvino": "torch"}
 
 
 def default_model() -> str:
@@ -261,9 +265,11 @@ class ExtractConfig:
         return None
 
     def vector_settings(self) -> dict[str, Any]:
-        """What must match for two sets of vectors to be comparable (everything but trust_remote_code)."""
+        """What must match for two sets of vectors to be comparable (everything but trust_remote_code; backends
+        that make the same vectors count as one, SAME_VECTORS)."""
         d = self.to_dict()
         d.pop("trust_remote_code")
+        d["backend"] = SAME_VECTORS.get(self.backend, self.backend)
         return d
 
 

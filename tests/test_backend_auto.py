@@ -59,8 +59,9 @@ def answer(monkeypatch, rates: dict[str, float]) -> None:
     monkeypatch.setattr(backend_choice, "measure", lambda extractor, engines: {e: rates[e] for e in engines})
 
 
-def make(model: str, backend: str = "auto", job_tokens: int | None = None, **config) -> Extractor:
-    return Extractor(ExtractConfig(model=model, backend=backend, **config), device="cpu", job_tokens=job_tokens)
+def make(model: str, backend: str = "auto", job_tokens: int | None = None, engine=None, **config) -> Extractor:
+    config = ExtractConfig(model=model, backend=backend, **config)
+    return Extractor(config, device="cpu", job_tokens=job_tokens, engine=engine)
 
 
 def stored_entries(tmp_path) -> dict:
@@ -97,20 +98,22 @@ def test_a_small_job_neither_measures_nor_exports(tiny_gpt2_shared, cache, expor
 
 @needs_openvino
 def test_a_large_job_measures_once_records_the_choice_and_keeps_the_vectors(
-    tiny_gpt2_shared, cache, monkeypatch, tmp_path
+    tiny_gpt2_shared, cache, monkeypatch, tmp_path, caplog
 ):
     monkeypatch.setattr(backend_choice, "MEASURE_AFTER_TOKENS", 1000)
     reference = make(tiny_gpt2_shared, backend="torch", layers=(1, -1)).embed(TEXTS)
-    ex = make(tiny_gpt2_shared, job_tokens=5000, layers=(1, -1))
+    with caplog.at_level("INFO"):
+        ex = make(tiny_gpt2_shared, job_tokens=5000, layers=(1, -1))
     assert cache == [("torch", "openvino")]
     assert ex.config.backend == ex.engine in ("torch", "openvino")  # recorded: the engine it ran on, never "auto"
     (entry,) = stored_entries(tmp_path).values()
     assert entry["choice"] == ex.engine and entry["covers"]["kind"] == "auto"
-    assert set(entry["measured"]) == {"torch", "openvino"} and all(r > 0 for r in entry["measured"].values())
+    assert set(entry["measured"]) == {"torch", "openvino"}, caplog.text  # an engine that failed is named there
+    assert all(r > 0 for r in entry["measured"].values())
     assert "measured" in ex.backend_note
     got = ex.embed(TEXTS)
     for column, want in reference.items():
-        assert cosines(got[column], want).min() >= 0.99999, column
+        assert cosines(got[column], want).min() >= 0.99999, (column, ex.backend_note)
     again = make(tiny_gpt2_shared, job_tokens=5000, layers=(1, -1))  # the next process: the cached answer
     assert cache == [("torch", "openvino")] and again.engine == ex.engine
     assert "measured earlier" in again.backend_note
@@ -246,3 +249,21 @@ def test_embed_auto_records_the_backend_and_says_the_choice(tiny_gpt2_shared, ca
     reference = make(tiny_gpt2_shared, backend="torch").embed(TEXTS)
     stored = np.stack(pq.read_table(out).column("embedding").to_pylist())
     assert cosines(stored, reference).min() >= 0.99999
+
+
+def test_an_engine_can_be_forced_among_the_candidates_only(tiny_gpt2_shared, cache, monkeypatch, native):
+    from embedkit import ConfigError
+
+    ex = make(tiny_gpt2_shared, backend="bf16", engine="torch-bf16")
+    assert ex.engine == "torch-bf16" and cache == []
+    monkeypatch.setattr(bf16, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ConfigError, match="cannot run on engine 'openvino-bf16' here; it may run on: torch"):
+        make(tiny_gpt2_shared, backend="bf16", engine="openvino-bf16")
+
+
+def test_backends_with_the_same_vectors_compare_as_one():
+    torch_config = ExtractConfig(model="m", backend="torch")
+    assert ExtractConfig(model="m", backend="openvino").vector_settings() == torch_config.vector_settings()
+    for approximate in ("int8", "ort-int8", "bf16"):
+        assert ExtractConfig(model="m", backend=approximate).vector_settings() != torch_config.vector_settings()
+    assert ExtractConfig(model="m", backend="openvino").to_dict()["backend"] == "openvino"  # recorded as it ran

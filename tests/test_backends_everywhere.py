@@ -176,7 +176,8 @@ def ray_session():
     if ray.is_initialized():  # another test module's session: use it, leave it running
         yield ray
         return
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    # address="local": a fresh instance, never another test session's cluster running on the same machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -201,3 +202,27 @@ def test_ray_engine_embeds_with_the_backend_asked_for_and_records_it(ray_session
     stored, _, _ = open_features(out).load("embedding")
     reference = Extractor(ExtractConfig(model=tiny_gpt2_shared), device="cpu").embed(TEXTS)
     assert cosines(stored, reference).min() >= TOLERANCE["openvino"]
+
+
+def test_torch_and_openvino_features_go_in_one_index(made, tiny_gpt2_shared, tmp_path):
+    """auto may run OpenVINO on one machine and torch on another: their vectors are the same, so they mix."""
+    if made["backend"] != "openvino":
+        pytest.skip("ort-int8 vectors are approximate: they must not mix with torch's")
+    import shutil
+
+    from embedkit.embed import embed_file
+    from embedkit.index import Index
+    from embedkit.index.add import add_to_index
+
+    src = tmp_path / "more.csv"
+    with src.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["doc_id", "text"], *([f"t{i}", t] for i, t in enumerate(TEXTS[:6]))])
+    more = tmp_path / "more.parquet"
+    embed_file(src, more, ExtractConfig(model=tiny_gpt2_shared), id_column="doc_id", device="cpu", progress=False)
+    index_dir = tmp_path / "index"
+    shutil.copytree(made["index"], index_dir)
+    add_to_index(index_dir, more)
+    index = Index.load(index_dir)
+    assert index.config.backend == "openvino"  # queries are still embedded as the index was built
+    hits = index.search([TEXTS[2]], k=2).hits(0)
+    assert {h["id"] for h in hits} == {made["ids"][2], "t2"}

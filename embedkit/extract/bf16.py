@@ -13,6 +13,8 @@ On a CPU without native bf16, torch still runs bf16 products, emulated and slowe
 says so and runs the fp32 path. The vectors stay within bf16's tolerance of fp32 either way, so the backend name
 recorded in metadata makes later stages re-embed queries with the same setting on any machine.
 On CUDA the extractor already runs under bf16/fp16 autocast (extractor.py), so there is nothing to convert.
+Where OpenVINO is installed, the bf16 backend may instead run OpenVINO at bf16 inference precision: which of the two
+runs is chosen by a cached measurement (backend_choice.py), and this module's conversion only when torch's wins.
 """
 
 from __future__ import annotations

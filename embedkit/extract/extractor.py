@@ -124,6 +124,8 @@ class Extractor:
             driver does). Backends ``auto`` and ``bf16`` choose their engine by a cached measurement, measured
             only for a job of at least ``backend_choice.MEASURE_AFTER_TOKENS``; ``engine`` and ``backend_note``
             say what runs, and ``config.backend`` what is recorded (auto's choice: ``torch`` or ``openvino``).
+        engine: run on this engine of the backend's candidates without choosing (benchmarks and tests compare
+            them); ConfigError when the backend cannot run on it here.
 
     Example:
         >>> ex = Extractor(ExtractConfig(model="gpt2-dir", layers=(6,), pooling=("mean",)))
@@ -139,6 +141,7 @@ class Extractor:
         batch_tokens: int | None = None,
         threads: int | None = None,
         job_tokens: int | None = None,
+        engine: str | None = None,
     ) -> None:
         config = config or ExtractConfig()
         if threads is not None:
@@ -151,6 +154,13 @@ class Extractor:
         # The engine that computes the vectors (backend_choice.py): a backend's only one, or, for auto and bf16, a
         # choice made below; until then the model is prepared as torch (fused, not converted, not packed).
         engines = backend_choice.candidates(config.backend, self.loaded.device)
+        if engine is not None:
+            if engine not in engines:
+                raise ConfigError(
+                    f"backend {config.backend!r} cannot run on engine {engine!r} here; it may run on: "
+                    f"{', '.join(engines)}"
+                )
+            engines = (engine,)
         self.engine = engines[0] if len(engines) == 1 else "torch"
         self.backend_note = ""
         self._converted: set[str] = {self.engine} if len(engines) == 1 else set()
