@@ -226,3 +226,23 @@ def test_torch_and_openvino_features_go_in_one_index(made, tiny_gpt2_shared, tmp
     assert index.config.backend == "openvino"  # queries are still embedded as the index was built
     hits = index.search([TEXTS[2]], k=2).hits(0)
     assert {h["id"] for h in hits} == {made["ids"][2], "t2"}
+
+
+@pytest.mark.parametrize("made", [p for p in BACKENDS if p.values == ("openvino",)], indirect=True)
+def test_openvino_features_are_searched_without_openvino_installed(made, monkeypatch, caplog):
+    """OpenVINO makes torch's fp32 vectors, so an index whose features auto ran on OpenVINO still answers queries on
+    a machine without it (re-embedding on torch, with a warning); a backend named by the user is left alone (it
+    fails with the extra to install)."""
+    from embedkit.extract import backend_choice
+    from embedkit.index import Index
+
+    real = backend_choice._installed
+    monkeypatch.setattr(backend_choice, "_installed", lambda name: name != "openvino" and real(name))
+    index = Index.load(made["index"])
+    with caplog.at_level("WARNING"):
+        result = index.search([TEXTS[3]], k=1)
+    assert result.hits(0)[0]["id"] == made["ids"][3]
+    assert result.hits(0)[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert index.extractor.engine == "torch" and "not installed here" in caplog.text
+    asked = ExtractConfig(model="m", backend="openvino")  # no provenance: from the command line, not an artefact
+    assert backend_choice.runnable_here(asked) is asked

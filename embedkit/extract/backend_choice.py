@@ -35,6 +35,7 @@ from .batching import plan_batches
 from .bf16 import native_bf16
 
 if TYPE_CHECKING:
+    from ..config import ExtractConfig
     from .extractor import Extractor
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,33 @@ MARGIN = 1.03
 
 def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
+
+
+def runnable_here(config: ExtractConfig) -> ExtractConfig:
+    """``config``, or for stored settings (an artefact's: ``provenance`` set) whose backend's runtime is not
+    installed here but whose vectors another backend makes too (``SAME_VECTORS``: features auto ran on OpenVINO),
+    the same settings on that backend. Queries against such features then work on a machine without OpenVINO, with
+    the same vectors; a backend the user names on the command line still fails with the extra to install.
+    """
+    from ..config import SAME_VECTORS
+    from .runtime_backends import RUNTIME_BACKENDS
+
+    twin = SAME_VECTORS.get(config.backend)
+    if twin is None or config.provenance is None:
+        return config
+    packages, extra = RUNTIME_BACKENDS[config.backend]
+    if all(_installed(name) for name in packages):
+        return config
+    log.warning(
+        "the stored backend %r needs %s, which is not installed here; re-embedding with %r, which makes the same "
+        "vectors (pip install 'embedkit[%s]' to use %s)",
+        config.backend,
+        " and ".join(packages),
+        twin,
+        extra,
+        config.backend,
+    )
+    return config.replace(backend=twin)
 
 
 def candidates(backend: str, device: torch.device) -> tuple[str, ...]:

@@ -143,7 +143,7 @@ class Extractor:
         job_tokens: int | None = None,
         engine: str | None = None,
     ) -> None:
-        config = config or ExtractConfig()
+        config = backend_choice.runnable_here(config or ExtractConfig())
         if threads is not None:
             if threads < 1:
                 raise ConfigError(f"threads must be at least 1, got {threads}")
