@@ -7,7 +7,10 @@ reports its own peak RSS (``ru_maxrss``), its ``/proc/self/io`` counters and its
 2. bytes the driver process read and wrote (``rchar``/``wchar``: every read/write call, page cache or not;
    ``read_bytes``/``write_bytes``: what reached the disk) against input + output bytes (target < 5%);
 3. 2 single-thread actors against 1 on the same input (target >= 1.7x);
-4. the Ray engine with 1 single-thread actor against the local engine with 1 thread (target overhead <= 15%).
+4. the Ray engine with 1 single-thread actor against the local engine with 1 thread (target overhead <= 15%);
+5. reading on the workers: the read tasks' time in all (time the model actors no longer spend reading) and how
+   much of the reading ran while the actors were embedding (Ray Data's operator stats: the read operator's span
+   against the model operator's).
 
 1 and 2 measure the driver, whatever the model costs, so they use a narrow GPT-2 (same tokenizer, 2 blocks,
 64 wide; built on first use) to reach 10x rows in seconds; 3 and 4 measure the model work and use
@@ -78,6 +81,17 @@ def child(args: argparse.Namespace) -> None:
             finish_io.update({k: after[k] - before[k] for k in IO_KEYS})
 
     DatasetWriter.finish = measured_finish  # type: ignore[method-assign]
+    reading: dict[str, float] = {}
+    if args.engine == "ray":
+        import embedkit.engines.ray as ray_engine
+
+        original_rows = ray_engine._rows
+
+        def rows_then_stats(ray, results):
+            yield from original_rows(ray, results)
+            reading.update(read_overlap(results))
+
+        ray_engine._rows = rows_then_stats  # type: ignore[assignment]
     io0, t0 = proc_io(), time.perf_counter()
     config = ExtractConfig(model=args.model, max_length=args.max_length)
     runtime = Runtime(device="cpu", threads=args.threads, progress=False)
@@ -107,11 +121,38 @@ def child(args: argparse.Namespace) -> None:
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "io": {k: io1[k] - io0[k] for k in IO_KEYS},
                 "finish_io": finish_io,
+                "reading": reading,
                 "input_bytes": Path(args.input).stat().st_size,
                 "output_bytes": out_bytes,
             }
         )
     )
+
+
+def read_overlap(results) -> dict[str, float]:
+    """From Ray Data's stats of the pipeline: the read tasks' summed wall time and the share of the reading span
+    (first read start to last read end) that fell inside the model actors' span (first to last embed)."""
+    spans: dict[str, tuple[float, float, float]] = {}
+    pending = [results._get_stats_summary()]  # private, but the only structured form of Ray Data's stats
+    while pending:
+        summary = pending.pop()
+        pending.extend(summary.parents)
+        for op in summary.operators_stats:
+            if op.earliest_start_time is not None and op.latest_end_time is not None:
+                total = op.wall_time.sum if op.wall_time is not None else float("nan")
+                spans[op.operator_name] = (op.earliest_start_time, op.latest_end_time, total)
+    read = next((v for k, v in spans.items() if "EmbedkitShards" in k), None)
+    embed = next((v for k, v in spans.items() if "ShardEmbedder" in k), None)
+    if read is None or embed is None:
+        return {}
+    inside = max(0.0, min(read[1], embed[1]) - max(read[0], embed[0]))
+    return {
+        "read_task_seconds": read[2],
+        "read_span_s": read[1] - read[0],
+        "embed_task_seconds": embed[2],
+        "embed_span_s": embed[1] - embed[0],
+        "overlap": inside / (read[1] - read[0]) if read[1] > read[0] else float("nan"),
+    }
 
 
 def run(script_args: list[str], **options) -> dict:
@@ -225,6 +266,14 @@ def main() -> None:
             f"{name:<28} {r['seconds']:>7.1f} s  {r['rows'] / r['seconds']:>6.2f} rows/s overall, "
             f"{r['steady_rows_per_s']:>6.2f} rows/s steady (first to last shard)"
         )
+    for name, r in [*((f"driver {k}", v) for k, v in driver.items()), *speed_runs.items()]:
+        g = r.get("reading") or {}
+        if g:
+            print(
+                f"reading ({name}): read tasks {g['read_task_seconds']:.1f} s in all over a {g['read_span_s']:.1f} s "
+                f"span, {g['overlap']:.0%} of it inside the {g['embed_span_s']:.1f} s the actors embedded "
+                f"({g['embed_task_seconds']:.1f} s of actor calls)"
+            )
     runs = [speed_runs[k] for k in ("local, 1 thread", "ray, 1 actor x 1 thread", "ray, 2 actors x 1 thread")]
     for label, key, better in (("wall time", "seconds", min), ("steady rate", "steady_rows_per_s", max)):
         local, r1, r2 = (r[key] for r in runs)

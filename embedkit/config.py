@@ -28,7 +28,13 @@ DEVICES = ("auto", "cpu", "cuda")
 # the vector settings and travels in metadata. "bf16": bfloat16 linear layers on CPUs with native bf16 (cosine
 # >= 0.9999 to torch), the fp32 path elsewhere (extract/bf16.py). "openvino" (exact) and "ort-int8" (approximate)
 # run an ONNX export of the model in OpenVINO / ONNX Runtime (extract/runtime_backends.py; optional extras).
-BACKENDS = ("torch", "int8", "bf16", "openvino", "ort-int8")
+# "auto": torch or openvino, whichever measured faster on this machine (cached; extract/backend_choice.py); never
+# recorded: the backend it ran on is.
+BACKENDS = ("torch", "int8", "bf16", "openvino", "ort-int8", "auto")
+# Backends whose vectors equal another's (the same fp32 arithmetic in another runtime, cosine >= 0.99999): when
+# vectors are compared they count as that one, so features that auto ran on OpenVINO on one machine and on torch on
+# another go in one index or classifier. Each is still recorded under its own name and re-embeds queries with it.
+SAME_VECTORS = {"openvino": "torch"}
 
 
 def default_model() -> str:
@@ -113,7 +119,9 @@ class ExtractConfig:
             the command decides: a value read from an artefact is ignored (see ``from_stored``).
         backend: ``torch`` (exact), ``int8`` (dynamic int8 linear layers on CPU; approximate, faster) or ``bf16``
             (bf16 linear layers on CPUs with native bf16, else fp32; extract/bf16.py), ``openvino`` (OpenVINO fp32,
-            exact) or ``ort-int8`` (ONNX Runtime dynamic int8; approximate): extract/runtime_backends.py.
+            exact) or ``ort-int8`` (ONNX Runtime dynamic int8; approximate): extract/runtime_backends.py. ``auto``:
+            ``torch`` or ``openvino``, whichever measured faster here (extract/backend_choice.py); the one it ran on
+            is what an extractor's config (and so the metadata) records.
         provenance: set by ``from_stored``: the artefact the settings came from, the model fingerprint it
             recorded (loading the model checks it is still that model) and whether it asked for remote code
             (ignored, and said so when the model is loaded). Not a setting: never compared nor written.
@@ -257,9 +265,11 @@ class ExtractConfig:
         return None
 
     def vector_settings(self) -> dict[str, Any]:
-        """What must match for two sets of vectors to be comparable (everything but trust_remote_code)."""
+        """What must match for two sets of vectors to be comparable (everything but trust_remote_code; backends
+        that make the same vectors count as one, SAME_VECTORS)."""
         d = self.to_dict()
         d.pop("trust_remote_code")
+        d["backend"] = SAME_VECTORS.get(self.backend, self.backend)
         return d
 
 

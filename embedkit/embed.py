@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from .artefact import sha256_file
 from .config import ExtractConfig
 from .engines import DEFAULT_PART_ROWS, Engine, JobEngine, LocalEngine
 from .errors import ConfigError, InputError
 from .extract.texts import EMBEDDED_STATUSES, without_surrogates
+from .input_files import file_digest, file_size, refuse_uri_output
 from .parts import PartWriter
 from .progress import per_second, progress_bar
 from .sources import Records, Source
@@ -58,6 +58,7 @@ class EmbedSummary:
     repaired: int = 0
     cut: int = 0  # rows too long to read whole: embedded from their start (status cut)
     duplicate_ids: int = 0  # rows whose id was already used; all are kept, but ids no longer name one row
+    backend: str = ""  # how backend auto or bf16 chose its engine (Extractor.backend_note); "" for the others
 
     def summary_lines(self) -> list[str]:
         bad = ", ".join(f"{n} {s}" for s, n in sorted(self.bad_rows.items()))
@@ -81,7 +82,7 @@ class EmbedSummary:
             parts.append(f"{self.resumed_rows} resumed from an earlier run")
         rate = self.tokens / self.embed_seconds if self.embed_seconds else 0.0
         parts.append(f"{self.seconds:.1f}s, {rate:,.0f} tokens/s")
-        return ["; ".join(parts)]
+        return ["; ".join(parts)] + ([f"backend {self.backend}"] if self.backend else [])
 
 
 def build_metadata(extractor: Extractor, spec: InputSpec) -> dict[str, Any]:
@@ -137,7 +138,7 @@ def fingerprint(source: Source, config: ExtractConfig, part_rows: int) -> dict[s
     return {
         "settings": config.vector_settings(),
         "model_files": model_files(config.model),
-        "input": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in source.files],
+        "input": [file_digest(p) for p in source.files],
         "columns": {"text": source.text_column, "id": source.id_column, "keep": source.keep},
         "part_rows": part_rows,
     }
@@ -267,6 +268,7 @@ def embed(
     at once, or with ``wait`` waits for it. ``overwrite`` keeps the old output until the new one is merged.
     """
     started = time.perf_counter()
+    refuse_uri_output(output)
     spec = input if isinstance(input, InputSpec) else InputSpec(input)
     runtime = runtime or Runtime()
     if shard_rows is not None and part_rows is not None and shard_rows != part_rows:
@@ -298,8 +300,9 @@ def embed(
     else:
         writer = PartWriter(Path(output), wait=wait)
     with writer:
-        extractor = engine.load(config, runtime)
+        extractor = engine.load(config, runtime, _job_tokens(source))
         config, meta = extractor.config, build_metadata(extractor, spec)
+        backend_note = extractor.backend_note
         del extractor  # the Ray engine's is only a probe of the settings: its memory goes back now
         writer.start(
             {**fingerprint(source, config, part_rows), **engine.fingerprint}, resume=resume, overwrite=overwrite
@@ -350,7 +353,19 @@ def embed(
             writer.parts.sort(key=lambda p: p["file"])  # an unordered engine committed them as they finished
         writer.finish(meta)
         # Counted under the lock: a writer waiting for it (--wait) may replace the output the moment it is free.
-        return _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+        summary = _summarise(Path(output), resumed, tokens, time.perf_counter() - started, time.perf_counter() - t0)
+        summary.backend = backend_note
+        return summary
+
+
+def _job_tokens(source: Source) -> int | None:
+    """The input's tokens, roughly, from its size (backends auto and bf16 measure their engines for large jobs)."""
+    from .extract.backend_choice import estimate_tokens
+
+    try:
+        return estimate_tokens(sum(file_size(p) for p in source.files))
+    except OSError:
+        return None
 
 
 def _stop_at_bad_row(table: pa.Table, records: Records) -> None:

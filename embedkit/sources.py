@@ -1,128 +1,62 @@
 """Reading records from CSV, TSV, JSONL, Parquet and plain-text files, streamed in bounded batches.
 
-An input is a file, a directory (every file with a known extension, sorted) or a glob. Rows are never
-dropped: a record that cannot be parsed (a broken JSONL line, a CSV row with the wrong number of fields)
-comes out as a row with ``parse_error`` set, so the store can record it with a status.
+An input is a file, a directory (every file with a known extension, sorted) or a glob, as a local path or a
+URI of any filesystem pyarrow or fsspec reaches (``embedkit.input_files`` resolves it; every reader here opens
+files through it, so every stage that reads text reads URIs too). Rows are never dropped: a record that
+cannot be parsed (a broken JSONL line, a CSV row with the wrong number of fields) comes out as a row with
+``parse_error`` set, so the store can record it with a status.
 
 Text is decoded with ``surrogateescape`` so invalid UTF-8 reaches the extractor intact, where it is repaired
 and recorded instead of aborting the whole file.
+
+The line formats are read from binary streams, line by line, keeping each row's byte offset: ``Source.count``
+records where every N-th row starts and ``Source.read_range`` reads a row range from there, which is how the
+Ray engine's read tasks each read one shard of a large file without parsing the rows before it.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import glob
 import json
 import os
-import stat
+import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ConfigError, InputError, choice_error
+from .input_files import (
+    DATASET_MANIFEST as DATASET_MANIFEST,  # re-exported: dataset.py names the manifest it skips through here
+)
+from .input_files import (
+    EXTENSIONS,
+    InputFile,
+    RemoteFile,
+    file_size,
+    open_binary,
+    raw_lines,
+    resolve_files,
+)
+from .records import Batcher as _Batcher
+from .records import Records as Records  # re-exported: the embed driver and engines take batches from here
+from .records import append_row as _append
+from .records import empty_chunk as _empty_chunk
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "txt")
-EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".txt": "txt",
-    ".text": "txt",
-}
 TXT_COLUMN = "text"
+# Where a line-format reader can start again without parsing what comes before: the byte offset of a row's first
+# line and the line counter there (for messages such as "line 12: malformed JSON"). None for Parquet (row groups).
+Mark = tuple[int, int]
 
 # A CSV cell may hold a whole book; the csv module's default 128 KiB field limit would abort the file.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-@dataclass
-class Records:
-    """One batch of input rows, column-wise. ``keep`` values are lists or Arrow arrays (types kept)."""
-
-    row_numbers: list[int]
-    texts: list[object]
-    ids: list[object] | pa.Array | None
-    keep: dict[str, list[object] | pa.Array] = field(default_factory=dict)
-    parse_errors: list[str | None] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-
-def _kind_of(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def _regular(path: Path) -> bool:
-    """True for a regular file (through symlinks); False for a directory; InputError for anything else.
-
-    An input is read more than once (columns are checked, then rows streamed, and --resume fingerprints its
-    bytes), which a pipe or a device cannot give: /dev/zero would never end, a FIFO would be drained by the first
-    read. Refused by name instead of being reported as missing or silently skipped in a directory.
-    """
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return stat.S_ISREG(mode)
-    raise InputError(
-        f"input {path} is {_kind_of(mode)}; embedkit reads regular files (it reads them more than once, and "
-        "--resume checks their content), so save the data to a file first"
-    )
-
-
-# The manifest of a sharded features dataset (embedkit.dataset.MANIFEST_NAME; not imported here, that module loads
-# pydantic): a dataset directory read as input is its shards, in order.
-DATASET_MANIFEST = "_embedkit-dataset.json"
-
-
-def resolve_files(spec: str | Path) -> list[Path]:
-    """The files an input names: the file itself, a directory's known files, or a glob's matches."""
-    path = Path(spec).expanduser()
-    if _regular(path):
-        return [path]
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if not p.name.startswith(".")
-            and p.name != DATASET_MANIFEST
-            and p.suffix.lower() in EXTENSIONS
-            and _regular(p)
-        )
-        if not files:
-            raise InputError(f"directory {spec} holds no readable files (extensions: {', '.join(sorted(EXTENSIONS))})")
-        return files
-    if any(ch in str(spec) for ch in "*?["):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if _regular(Path(p)))
-        if not files:
-            raise InputError(f"no file matches {spec}")
-        return files
-    if path.is_symlink():
-        raise InputError(f"input {spec} is a symbolic link to a missing file")
-    raise InputError(f"input {spec} does not exist")
-
-
-def detect_format(path: Path, fmt: str | None = None) -> str:
+def detect_format(path: InputFile, fmt: str | None = None) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
             raise choice_error("input format", fmt, FORMATS)
@@ -136,7 +70,7 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
         ) from None
 
 
-def _missing(columns: list[str], wanted: list[str], where: Path) -> None:
+def _missing(columns: list[str], wanted: list[str], where: InputFile) -> None:
     absent = [c for c in wanted if c not in columns]
     if absent:
         raise InputError(
@@ -183,8 +117,8 @@ class Source:
         # Once each: the text column is usually also stored (kept), and a missing column is named once.
         return list(dict.fromkeys([self.text_column, *([self.id_column] if self.id_column else []), *self.keep]))
 
-    def _check_columns(self, path: Path, kind: str) -> None:
-        if path.stat().st_size == 0:
+    def _check_columns(self, path: InputFile, kind: str) -> None:
+        if file_size(path) == 0:
             raise InputError(f"{path} is empty")
         if kind == "txt":
             extra = [c for c in self._wanted() if c != TXT_COLUMN]
@@ -193,16 +127,16 @@ class Source:
             return
         _missing(self._columns_of(path, kind), self._wanted(), path)
 
-    def _columns_of(self, path: Path, kind: str) -> list[str]:
+    def _columns_of(self, path: InputFile, kind: str) -> list[str]:
         if kind == "parquet":
             return _parquet_file(path).schema_arrow.names
         if kind in ("csv", "tsv"):
-            with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-                header = next(csv.reader(f, delimiter="\t" if kind == "tsv" else ","), None)
+            with open_binary(path) as f:
+                header = _csv_header(f, kind, path)[0]
             if not header:
                 raise InputError(f"{path} has no header row")
             return header
-        for _number, line in _jsonl_lines(path):
+        for _number, line, _offset in _jsonl_lines(path):
             try:
                 obj = json.loads(line)
             except (ValueError, RecursionError):  # nested past the parser's limit is malformed too
@@ -217,19 +151,21 @@ class Source:
             return sum(_parquet_file(p).metadata.num_rows for p in self.files)
         return None
 
+    def _reader(self, kind: str):
+        return {
+            "csv": self._read_csv,
+            "tsv": self._read_csv,
+            "jsonl": self._read_jsonl,
+            "txt": self._read_txt,
+            "parquet": self._read_parquet,
+        }[kind]
+
     def batches(self, rows: int = 4096, skip: int = 0) -> Iterator[Records]:
         """Stream ``Records`` of at most ``rows`` rows, skipping the first ``skip`` rows (for --resume)."""
         row_number = 0
         pending = _Batcher(rows, self)
         for path, kind in zip(self.files, self.formats):
-            reader = {
-                "csv": self._read_csv,
-                "tsv": self._read_csv,
-                "jsonl": self._read_jsonl,
-                "txt": self._read_txt,
-                "parquet": self._read_parquet,
-            }[kind]
-            for chunk in reader(path, kind, rows):
+            for chunk, _mark in self._reader(kind)(path, kind, rows):
                 n = len(chunk["text"])
                 if row_number + n <= skip:
                     row_number += n
@@ -239,7 +175,43 @@ class Source:
                 row_number += n
         yield from pending.flush()
 
-    # Each reader yields dict chunks: text, id, keep columns, parse_error (lists or Arrow arrays).
+    def count(self, index: int, every: int) -> tuple[int, list[Mark | None]]:
+        """Rows of file ``index`` as this reader sees them, and where rows ``0, every, 2*every, ...`` start (the
+        marks :meth:`read_range` starts from). Parquet counts from its footer, the line formats by reading."""
+        path, kind = self.files[index], self.formats[index]
+        if kind == "parquet":
+            n = _parquet_file(path).metadata.num_rows
+            return n, [None] * -(-n // every)
+        rows, marks = 0, []
+        for chunk, mark in self._reader(kind)(path, kind, every):
+            rows += len(chunk["text"])
+            marks.append(mark)
+        return rows, marks
+
+    def read_range(self, index: int, start: int, stop: int, mark: Mark | None = None) -> Records:
+        """Rows ``[start, stop)`` of file ``index`` (numbered so), from ``mark`` (:meth:`count`'s mark of row
+        ``start``) without parsing the rows before it; fewer rows if the file has fewer."""
+        path, kind = self.files[index], self.formats[index]
+        rows, row_number = stop - start, start
+        if kind == "parquet":
+            chunks: Iterator[tuple[dict, Mark | None]] = iter([(self._parquet_range(path, start, stop), None)])
+        elif mark is not None:
+            chunks = self._reader(kind)(path, kind, rows, mark)
+        else:  # no mark: the rows before are parsed and dropped
+            chunks, row_number = self._reader(kind)(path, kind, rows), 0
+        pending = _Batcher(rows, self)
+        for chunk, _ in chunks:
+            n = len(chunk["text"])
+            if row_number + n > start:
+                for records in pending.add(chunk, row_number, max(0, start - row_number)):
+                    return records
+            row_number += n
+        empty = Records([], [], [] if self.id_column else None, {c: [] for c in self.keep}, [])
+        return next(pending.flush(), empty)
+
+    # Each reader yields (chunk, mark) pairs: a chunk is a dict (text, id, keep columns, parse_error; lists or
+    # Arrow arrays) of at most ``rows`` rows, exactly ``rows`` but for the last; ``mark`` is where its first
+    # row starts (None for Parquet). ``at`` starts a line reader at a mark instead of the file's first row.
 
     def _row_dict(self, get, error):
         return {
@@ -249,33 +221,46 @@ class Source:
             "parse_error": error,
         }
 
-    def _read_csv(self, path: Path, kind: str, rows: int):
+    def _read_csv(self, path: InputFile, kind: str, rows: int, at: Mark | None = None):
         try:
-            with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-                reader = csv.reader(f, delimiter="\t" if kind == "tsv" else ",")
-                header = next(reader)
+            with open_binary(path) as f:
+                header, header_end = _csv_header(f, kind, path)
+                if header is None:
+                    return
                 index = {name: i for i, name in enumerate(header)}
-                chunk = _empty_chunk(self)
-                for line_no, row in enumerate(reader, start=2):
+                offset, line_no = at if at is not None else (header_end, 2)
+                consumed = [offset]
+                reader = csv.reader(_csv_lines(f, offset, consumed), delimiter="\t" if kind == "tsv" else ",")
+                chunk, mark = _empty_chunk(self), (offset, line_no)
+                while True:
+                    here = (consumed[0], line_no)
+                    row = next(reader, None)
+                    if row is None:
+                        break
+                    line_no += 1
                     if not row:  # a blank line is not a record
                         continue
+                    if not chunk["text"]:
+                        mark = here
                     error = None
                     if len(row) != len(header):
-                        error = f"line {line_no}: {len(row)} fields where the header has {len(header)}"
+                        error = f"line {here[1]}: {len(row)} fields where the header has {len(header)}"
                     # _row_dict calls the lambda before returning, in this iteration: the late binding B023
                     # warns about cannot happen.
                     _append(chunk, self._row_dict(lambda c: row[index[c]] if index[c] < len(row) else None, error))  # noqa: B023
                     if len(chunk["text"]) >= rows:
-                        yield chunk
+                        yield chunk, mark
                         chunk = _empty_chunk(self)
                 if chunk["text"]:
-                    yield chunk
+                    yield chunk, mark
         except csv.Error as exc:
             raise InputError(f"{path}: not valid {kind.upper()}: {exc}") from exc
 
-    def _read_jsonl(self, path: Path, kind: str, rows: int):
-        chunk = _empty_chunk(self)
-        for line_no, line in _jsonl_lines(path):
+    def _read_jsonl(self, path: InputFile, kind: str, rows: int, at: Mark | None = None):
+        chunk, mark = _empty_chunk(self), at
+        for line_no, line, offset in _jsonl_lines(path, at):
+            if not chunk["text"]:
+                mark = (offset, line_no)
             obj, error = None, None
             try:
                 obj = json.loads(line)
@@ -288,39 +273,61 @@ class Source:
             record = obj if error is None and isinstance(obj, dict) else {}  # a dict exactly when there is no error
             _append(chunk, self._row_dict(record.get, error))
             if len(chunk["text"]) >= rows:
-                yield chunk
+                yield chunk, mark
                 chunk = _empty_chunk(self)
         if chunk["text"]:
-            yield chunk
+            yield chunk, mark
 
-    def _read_txt(self, path: Path, kind: str, rows: int):
-        chunk = _empty_chunk(self)
-        with path.open("rb") as f:
-            for number, raw in enumerate(f):
+    def _read_txt(self, path: InputFile, kind: str, rows: int, at: Mark | None = None):
+        offset, number = at if at is not None else (0, 0)
+        chunk, mark = _empty_chunk(self), (offset, number)
+        with open_binary(path) as f:
+            for position, raw in raw_lines(f, offset):
+                if not chunk["text"]:
+                    mark = (position, number)
                 if number == 0 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8) :]  # a byte-order mark is not part of the first text
+                number += 1
                 line = raw.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
                 # The one column is "text": --keep text and --id-column text pass the line itself through.
                 _append(chunk, self._row_dict(lambda _column: line, None))  # noqa: B023 (called at once, as above)
                 if len(chunk["text"]) >= rows:
-                    yield chunk
+                    yield chunk, mark
                     chunk = _empty_chunk(self)
         if chunk["text"]:
-            yield chunk
+            yield chunk, mark
 
-    def _read_parquet(self, path: Path, kind: str, rows: int):
+    def _parquet_chunk(self, batch: pa.RecordBatch | pa.Table) -> dict:
+        return {
+            "text": _text_values(_array(batch.column(self.text_column))),
+            "id": _array(batch.column(self.id_column)) if self.id_column else None,
+            "keep": {c: _array(batch.column(c)) for c in self.keep},
+            "parse_error": [None] * batch.num_rows,
+        }
+
+    def _read_parquet(self, path: InputFile, kind: str, rows: int, at: Mark | None = None):
         columns = list(dict.fromkeys(self._wanted()))
         try:
             for batch in parquet_batches(_parquet_file(path), rows, columns):
-                n = batch.num_rows
-                yield {
-                    "text": _text_values(batch.column(self.text_column)),
-                    "id": batch.column(self.id_column) if self.id_column else None,
-                    "keep": {c: batch.column(c) for c in self.keep},
-                    "parse_error": [None] * n,
-                }
+                yield self._parquet_chunk(batch), None
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{path}: corrupt or unreadable Parquet: {exc}") from exc
+
+    def _parquet_range(self, path: InputFile, start: int, stop: int) -> dict:
+        """Rows ``[start, stop)`` of a Parquet file, reading only the row groups that hold them."""
+        pf = _parquet_file(path)
+        groups, first, at = [], None, 0
+        for group in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(group).num_rows
+            if at < stop and at + n > start:
+                groups.append(group)
+                first = at if first is None else first
+            at += n
+        try:
+            table = pf.read_row_groups(groups, columns=list(dict.fromkeys(self._wanted())))
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{path}: corrupt or unreadable Parquet: {exc}") from exc
+        return self._parquet_chunk(table.slice(start - (first or 0), stop - start))
 
 
 def parquet_batches(pf: pq.ParquetFile, batch_rows: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -357,83 +364,65 @@ def utf8_path(path: Path) -> bool:
     return True
 
 
-def _parquet_file(path: Path) -> pq.ParquetFile:
+def _array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _parquet_file(path: InputFile) -> pq.ParquetFile:
     try:
+        if isinstance(path, RemoteFile):
+            return pq.ParquetFile(path.open())
         # A name that is not UTF-8 is opened by Python, which takes any bytes, and handed to Arrow as a file.
         return pq.ParquetFile(path if utf8_path(path) else path.open("rb"))
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file (corrupt or truncated?): {exc}") from exc
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open("rb") as f:
-        head = f.read(64).lstrip()
-        if head.startswith(b"["):
-            raise InputError(f"{path} is a JSON array; embedkit reads JSON Lines (one object per line)")
-        f.seek(0)
-        for line_no, raw in enumerate(f, start=1):
+def _jsonl_lines(path: InputFile, at: Mark | None = None) -> Iterator[tuple[int, str, int]]:
+    """``(line number, text, byte offset)`` of each non-blank line, from ``at`` or the file's start."""
+    offset, line_no = at if at is not None else (0, 1)
+    with open_binary(path) as f:
+        if at is None:
+            head = f.read(64).lstrip()
+            if head.startswith(b"["):
+                raise InputError(f"{path} is a JSON array; embedkit reads JSON Lines (one object per line)")
+            f.seek(0)
+        for position, raw in raw_lines(f, offset):
             line = raw.decode("utf-8", errors="surrogateescape").strip()
             if line.startswith("\ufeff"):
                 line = line[1:]
             if line:
-                yield line_no, line
+                yield line_no, line, position
+            line_no += 1
 
 
-def _empty_chunk(source: Source) -> dict:
-    return {"text": [], "id": [] if source.id_column else None, "keep": {c: [] for c in source.keep}, "parse_error": []}
+def _csv_lines(f, offset: int, consumed: list[int]) -> Iterator[str]:
+    """Decoded lines for ``csv.reader`` from byte ``offset`` on, cut where a text file opened with ``newline=""``
+    cuts them (at LF, CRLF and a bare CR); ``consumed[0]`` is the byte offset after the last one given out."""
+    for position, raw in raw_lines(f, offset):
+        end = position + len(raw)
+        if position == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw, position = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
+        text = raw.decode("utf-8", errors="surrogateescape")
+        if "\r" not in text.rstrip("\r\n"):
+            consumed[0] = end
+            yield text
+            continue
+        for piece in _BARE_CR.split(text):  # classic Mac line ends: each piece keeps its CR
+            if piece:
+                position += len(piece.encode("utf-8", errors="surrogateescape"))
+                consumed[0] = position
+                yield piece
 
 
-def _append(chunk: dict, row: dict) -> None:
-    chunk["text"].append(row["text"])
-    if chunk["id"] is not None:
-        chunk["id"].append(row["id"])
-    for c, v in row["keep"].items():
-        chunk["keep"][c].append(v)
-    chunk["parse_error"].append(row["parse_error"])
+_BARE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
-def _take(values, start: int, stop: int):
-    return values.slice(start, stop - start) if isinstance(values, pa.Array) else values[start:stop]
-
-
-def _concat(parts: list):
-    if isinstance(parts[0], pa.Array):
-        return pa.concat_arrays([p.cast(parts[0].type) for p in parts])
-    return [v for p in parts for v in p]
-
-
-class _Batcher:
-    """Re-cuts reader chunks (per file, any size) into batches of exactly ``rows`` rows across files."""
-
-    def __init__(self, rows: int, source: Source) -> None:
-        self.rows, self.source = rows, source
-        self.parts: list[tuple[dict, int, int, int]] = []  # (chunk, first row number, start, stop)
-        self.size = 0
-
-    def add(self, chunk: dict, first_row: int, start: int) -> Iterator[Records]:
-        n = len(chunk["text"])
-        while start < n:
-            stop = min(n, start + self.rows - self.size)
-            self.parts.append((chunk, first_row, start, stop))
-            self.size += stop - start
-            start = stop
-            if self.size == self.rows:
-                yield self._emit()
-
-    def flush(self) -> Iterator[Records]:
-        if self.size:
-            yield self._emit()
-
-    def _emit(self) -> Records:
-        parts, self.parts, self.size = self.parts, [], 0
-
-        def gather(get):
-            return _concat([_take(get(c), a, b) for c, _, a, b in parts])
-
-        return Records(
-            row_numbers=[first + i for _, first, a, b in parts for i in range(a, b)],
-            texts=gather(lambda c: c["text"]),
-            ids=gather(lambda c: c["id"]) if self.source.id_column else None,
-            keep={k: gather(lambda c, k=k: c["keep"][k]) for k in self.source.keep},
-            parse_errors=gather(lambda c: c["parse_error"]),
-        )
+def _csv_header(f, kind: str, path: InputFile) -> tuple[list[str] | None, int]:
+    """A CSV/TSV file's header row (None for an empty file) and the byte offset just after it."""
+    consumed = [0]
+    try:
+        header = next(csv.reader(_csv_lines(f, 0, consumed), delimiter="\t" if kind == "tsv" else ","), None)
+    except csv.Error as exc:
+        raise InputError(f"{path}: not valid {kind.upper()}: {exc}") from exc
+    return header, consumed[0]

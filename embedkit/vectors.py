@@ -155,34 +155,70 @@ class MergeEncoder:
         return table
 
 
-def merge_encoder(files: Sequence[Path], meta: dict[str, Any]) -> tuple[MergeEncoder, dict[str, Any]]:
-    """The encoder for merging ``files`` (committed parts) and ``meta`` with the columns' encodings recorded.
+def _stored_dtype(meta: dict[str, Any]) -> str:
+    return (meta.get("config") or {}).get("dtype", "float32")
 
-    For int8 this is the first of two passes: the per-dimension maxima of every embedding column over all parts.
-    """
-    config = meta.get("config") or {}
-    dtype = config.get("dtype", "float32")
+
+def _embedding_columns(meta: dict[str, Any]) -> list[str]:
     recorded = meta.get("columns") or []
     # Since the one embed driver, "columns" records the input's names too, the vectors under "embeddings".
-    columns = list(recorded.get("embeddings") or []) if isinstance(recorded, dict) else list(recorded)
+    return list(recorded.get("embeddings") or []) if isinstance(recorded, dict) else list(recorded)
+
+
+def int8_columns(meta: dict[str, Any]) -> list[str]:
+    """The embedding columns that the merge quantises to int8 (none unless the config's dtype is int8)."""
+    return _embedding_columns(meta) if _stored_dtype(meta) == "int8" else []
+
+
+def file_maxima(file: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-dimension max |x| of each float vector column of one committed part/shard (absent: all rows null)."""
+    if not columns:
+        return {}
+    table = pq.read_table(file, columns=list(columns))
+    maxima = {}
+    for name in columns:
+        column = table.column(name).drop_null()
+        if len(column):
+            maxima[name] = finite_max_abs(decode(column))
+    return maxima
+
+
+def merge_encoder_from(
+    maxima: Sequence[dict[str, np.ndarray]], dims: dict[str, int], meta: dict[str, Any]
+) -> tuple[MergeEncoder, dict[str, Any]]:
+    """The encoder and ``meta`` with the encodings recorded, from each part's :func:`file_maxima` (any order).
+
+    Split from :func:`merge_encoder` so that the maxima can be computed where the parts are (Ray workers) and
+    only these few numbers per part reach the process that decides the scale.
+    """
+    dtype, columns = _stored_dtype(meta), _embedding_columns(meta)
     if dtype not in ("int8", "binary") or not columns:
         return MergeEncoder({}), meta
     entries: dict[str, dict[str, Any]] = {name: {"dtype": dtype} for name in columns}
     scales: dict[str, np.ndarray] = {}
     if dtype == "int8":
-        maxima: dict[str, np.ndarray] = {}
-        for f in files:
-            table = pq.read_table(f, columns=columns)
-            for name in columns:
-                column = table.column(name).drop_null()
-                if len(column):
-                    part_max = finite_max_abs(decode(column))
-                    maxima[name] = np.maximum(maxima[name], part_max) if name in maxima else part_max
         for name in columns:
-            dim = pq.read_schema(files[0]).field(name).type.list_size if files else 0
-            scales[name] = int8_scale(maxima.get(name, np.zeros(dim)))
+            found = [m[name] for m in maxima if name in m]
+            overall = np.maximum.reduce(found) if found else np.zeros(dims.get(name, 0), dtype=np.float32)
+            scales[name] = int8_scale(overall)
             entries[name]["scale"] = [float(s) for s in scales[name]]
     return MergeEncoder(scales), {**meta, META_KEY: entries}
+
+
+def vector_dims(schema: pa.Schema, columns: Sequence[str]) -> dict[str, int]:
+    """The list size of each of ``columns`` in ``schema`` (the vector dimension)."""
+    return {name: schema.field(name).type.list_size for name in columns if name in schema.names}
+
+
+def merge_encoder(files: Sequence[Path], meta: dict[str, Any]) -> tuple[MergeEncoder, dict[str, Any]]:
+    """The encoder for merging ``files`` (committed parts) and ``meta`` with the columns' encodings recorded.
+
+    For int8 this is the first of two passes: the per-dimension maxima of every embedding column over all parts.
+    """
+    columns = int8_columns(meta)
+    maxima = [file_maxima(f, columns) for f in files] if columns else []
+    dims = vector_dims(pq.read_schema(files[0]), columns) if files and columns else {}
+    return merge_encoder_from(maxima, dims, meta)
 
 
 def stored_bytes_per_vector(dim: int, dtype: str) -> float:
@@ -197,7 +233,11 @@ __all__ = [
     "decode",
     "float_array",
     "int8_scale",
+    "file_maxima",
+    "int8_columns",
     "merge_encoder",
+    "merge_encoder_from",
+    "vector_dims",
     "part_array",
     "quantize_int8",
     "sign_bits",

@@ -18,9 +18,10 @@ from click.testing import CliRunner
 
 from embedkit import ConfigError, ExtractConfig, Runtime, artefact
 from embedkit.audit import audit_model, group_metrics, group_separation
+from embedkit.audit.builtin_tests import BUILTIN_TESTS, builtin_test
 from embedkit.audit.groups import between_group_spread, spread_permutation_p
 from embedkit.audit.run import COLUMNS, FILE_CSV, FILE_HTML, FILE_PLOT, FILE_TABLE, MANIFEST
-from embedkit.audit.testsets import BARE, BUILTIN_TESTS, SLOT, AssociationTest, builtin_test, load_tests
+from embedkit.audit.testsets import BARE, SLOT, AssociationTest, load_tests
 from embedkit.audit.weat import associations, effect_size, permutation_p, weat
 from embedkit.cli import cli
 

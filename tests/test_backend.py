@@ -59,9 +59,11 @@ def test_int8_keeps_order_and_layers(extractor_factory):
 
 
 def test_unknown_backend_names_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown backend 'onnx-gpu'; valid: torch, int8, bf16, openvino, ort-int8"):
+    with pytest.raises(
+        ConfigError, match="unknown backend 'onnx-gpu'; valid: torch, int8, bf16, openvino, ort-int8, auto"
+    ):
         ExtractConfig(model="x", backend="onnx-gpu")
-    assert BACKENDS == ("torch", "int8", "bf16", "openvino", "ort-int8")
+    assert BACKENDS == ("torch", "int8", "bf16", "openvino", "ort-int8", "auto")
 
 
 def test_int8_refuses_cuda(tiny_gpt2_shared):

@@ -260,3 +260,70 @@ def test_finish_without_checksums_reads_no_shard_data_and_readers_still_check(fe
     path.write_bytes(bytes(raw))
     with pytest.raises(InputError, match="sha256"):
         open_features(tmp_path / "ds").load()
+
+
+def _int8_shards(out: Path) -> tuple[DatasetWriter, dict]:
+    """A dataset writer holding 3 float32 shards of an int8-mode job (the third with a column all null)."""
+    rng = np.random.default_rng(0)
+    writer = DatasetWriter(out, FP)
+    for i in range(3):
+        vectors = rng.normal(size=(5, 4)).astype(np.float32) * (i + 1)
+        note = pa.nulls(5) if i == 2 else pa.array([f"n{j}" for j in range(5)])
+        table = pa.table(
+            {
+                "id": pa.array(range(5 * i, 5 * i + 5)),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 4),
+                "note": note,
+            }
+        )
+        writer.record(write_shard(writer.staging, i, table))
+    return writer, {"config": {"dtype": "int8"}, "columns": {"embeddings": ["embedding"]}}
+
+
+def _in_other_processes(fn, items):
+    """A map_shards that runs the per-shard work in fresh processes (spawned: none of this test's patches)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*items)))
+
+
+def test_finish_can_run_its_shard_work_elsewhere_and_reads_no_shard_here(tmp_path, monkeypatch):
+    """What the Ray engine relies on: with map_shards, the checks, int8 maxima and rewrites happen in the workers,
+    and the result is the same dataset as finishing in this process."""
+    writer, meta = _int8_shards(tmp_path / "here")
+    with writer:
+        writer.finish(meta)
+    here = read_manifest(tmp_path / "here")
+
+    writer, meta = _int8_shards(tmp_path / "there")
+    with writer:
+        staging = str(writer.staging)
+
+        def refuse(name):
+            real = getattr(pq, name)
+
+            def guarded(source, *args, **kwargs):
+                assert not str(source).startswith(staging), f"the driver read {source} with pq.{name}"
+                return real(source, *args, **kwargs)
+
+            monkeypatch.setattr(pq, name, guarded)
+
+        for name in ("read_table", "read_metadata", "read_schema", "ParquetFile"):
+            refuse(name)
+        writer.finish(meta, map_shards=_in_other_processes)
+        monkeypatch.undo()
+    there = read_manifest(tmp_path / "there")
+    assert there.features == here.features and there.features["vectors"]["embedding"]["scale"]
+    assert [s.sha256 for s in there.shards] == [s.sha256 for s in here.shards]
+    table = pa.concat_tables([pq.read_table(tmp_path / "there" / s.file) for s in there.shards])
+    assert table.schema.field("embedding").type.value_type == pa.int8()
+    assert table.column("note").to_pylist()[-5:] == [None] * 5
+
+
+def test_finish_elsewhere_reports_a_corrupt_shard(tmp_path):
+    writer, meta = _int8_shards(tmp_path / "ds")
+    with writer:
+        (writer.staging / "part-00001.parquet").write_bytes(b"PAR1 not really")
+        with pytest.raises(InputError, match="part-00001"):
+            writer.finish(meta, verify_checksums=False, map_shards=_in_other_processes)

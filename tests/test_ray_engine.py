@@ -21,11 +21,12 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip
 
 from conftest import sample_texts  # noqa: E402
 
-from embedkit import ExtractConfig, IncompatibleError, InputError  # noqa: E402
+from embedkit import ExtractConfig, IncompatibleError, InputError, OutputError  # noqa: E402
 from embedkit.cli import cli  # noqa: E402
 from embedkit.embed import embed, embed_file  # noqa: E402
 from embedkit.engines import ray as ray_engine  # noqa: E402
-from embedkit.engines.ray import RayEngine, worker  # noqa: E402
+from embedkit.engines.ray import RayEngine, read, worker  # noqa: E402
+from embedkit.engines.ray.plan import spec_to_dict  # noqa: E402
 from embedkit.spec import InputSpec, Runtime  # noqa: E402
 from embedkit.store import open_features  # noqa: E402
 
@@ -61,7 +62,7 @@ def ray_and_local(tiny_gpt2_shared, tmp_path_factory, ray_cluster):
             cli,
             [
                 "embed",
-                str(source),
+                source.as_uri(),  # a file:// URI: read as the path it names
                 "-o",
                 str(root / "ray"),
                 "--model",
@@ -193,20 +194,91 @@ def test_shards_are_fixed_row_ranges_of_one_file():
     ]
 
 
-def test_rows_and_ids_across_files_equal_the_local_engine(tiny_gpt2_shared, tmp_path, ray_cluster):
-    """Two files (CSV then text) counted on the cluster; shards never span files; ids number the whole input."""
+def test_uri_input_of_every_format_equals_the_local_engine(tiny_gpt2_shared, tmp_path, ray_cluster):
+    """A directory named by an fsspec URI (``local://``: fsspec's, not pyarrow's, so the read tasks go through
+    PyFileSystem(FSSpecHandler)) holding CSV, JSONL with a malformed line, Parquet and text: shards never span
+    files, ids number the whole input, and rows, statuses and ids are the local engine's on the plain path."""
     folder = tmp_path / "in"
     folder.mkdir()
-    texts = sample_texts(30, seed=9)
+    texts = sample_texts(60, seed=9)
     (folder / "a.csv").write_text("text\n" + "\n".join(f'"{t}"' for t in texts[:13]) + "\n", encoding="utf-8")
-    (folder / "b.txt").write_text("\n".join(texts[13:]) + "\n\n", encoding="utf-8")  # an empty last line
+    jsonl = [json.dumps({"text": t}) for t in texts[13:30]]
+    jsonl[4] = '{"text": "broken'
+    (folder / "b.jsonl").write_text("\n".join(jsonl) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"text": texts[30:45]}), folder / "c.parquet", row_group_size=4)
+    (folder / "d.txt").write_text("\n".join(texts[45:]) + "\n\n", encoding="utf-8")  # an empty last line
     config = ExtractConfig(model=tiny_gpt2_shared)
-    summary = run_ray(folder, tmp_path / "out", config, workers=2)
+    summary = run_ray(f"local://{folder}", tmp_path / "out", config, workers=2)
     embed_file(folder, tmp_path / "local.parquet", config, device="cpu", progress=False)
     a, b = read_dataset(tmp_path / "out"), pq.read_table(tmp_path / "local.parquet")
-    assert summary.rows == a.num_rows == b.num_rows == 31
-    for column in ("id", "text", "status", "n_tokens"):
+    assert summary.rows == a.num_rows == b.num_rows == 61
+    assert summary.bad_rows == {"malformed": 1, "empty": 1}
+    for column in ("id", "text", "status", "error", "n_tokens"):
         assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
+    # The shards written are the plan's: fixed row ranges of one file each, 20 rows at most.
+    from embedkit.dataset import read_manifest
+
+    assert [s.rows for s in read_manifest(tmp_path / "out").shards] == [13, 17, 15, 16]
+
+
+def test_shards_stay_whole_when_ray_data_would_cut_blocks(tiny_gpt2_shared, tmp_path, ray_cluster):
+    """Ray Data cuts read output over 1.5 x target_max_block_size into several blocks: with a 1 KiB target every
+    shard here would be cut, unless the engine keeps one block per shard. The written shards must equal the plan."""
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(t * 20 for t in sample_texts(50, seed=4)) + "\n", encoding="utf-8")
+    context = ray.data.DataContext.get_current()
+    before, context.target_max_block_size = context.target_max_block_size, 1024
+    try:
+        summary = run_ray(source, tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared, max_length=16))
+    finally:
+        context.target_max_block_size = before
+    from embedkit.dataset import read_manifest
+
+    assert summary.rows == 50
+    assert [s.rows for s in read_manifest(tmp_path / "out").shards] == [20, 20, 10]
+    assert read_dataset(tmp_path / "out").column("id").to_pylist() == list(range(50))
+
+
+def test_an_actor_refuses_a_shard_in_pieces_and_splits_merged_ones(tmp_path, write_csv):
+    """What a model actor does with a block that is not one whole shard (Ray Data re-bundling blocks)."""
+    source = write_csv([{"text": f"row {i}"} for i in range(7)])
+    spec = InputSpec(source)
+    first, second = ray_engine.plan([7], 4)
+    records = spec.source().read_range(0, 0, 7)
+    whole = [read.shard_block(first, _slice(records, 0, 4)), read.shard_block(second, _slice(records, 4, 7))]
+    merged = pa.concat_tables(whole)
+    assert [(i, r.texts) for i, r in read.shards_of(merged)] == [
+        (0, ["row 0", "row 1", "row 2", "row 3"]),
+        (1, ["row 4", "row 5", "row 6"]),
+    ]
+    assert [r.row_numbers for _, r in read.shards_of(merged)] == [[0, 1, 2, 3], [4, 5, 6]]
+    [(index, error)] = read.shards_of(whole[0].slice(0, 3))
+    assert index == 0 and isinstance(error, OutputError) and "3 of its 4 rows" in str(error)
+    actor = worker.ShardEmbedder.__new__(worker.ShardEmbedder)  # no model: the refusal comes before it
+    actor.error, actor.staging = None, tmp_path
+    info = json.loads(actor(whole[0].slice(1, 3))["info"][0])
+    assert info["error_type"] == "OutputError" and not list(tmp_path.glob("part-*"))
+
+
+def test_a_read_error_reaches_the_driver_typed(tmp_path, write_csv):
+    """A read task that meets an embedkit error (here: the file lost rows since the plan) sends it in the block."""
+    source = write_csv([{"text": f"row {i}"} for i in range(3)])
+    shard = ray_engine.plan([5], 5)[0]  # the plan said 5 rows; the file has 3
+    [block] = read.read_shard(spec_to_dict(InputSpec(source)), source, shard)
+    [(index, error)] = read.shards_of(block)
+    assert index == 0 and isinstance(error, InputError) and "changed during the job" in str(error)
+
+
+def _slice(records, start, stop):
+    from embedkit.sources import Records
+
+    return Records(
+        records.row_numbers[start:stop],
+        records.texts[start:stop],
+        None,
+        {k: v[start:stop] for k, v in records.keep.items()},
+        records.parse_errors[start:stop],
+    )
 
 
 def test_strict_stops_with_the_row_that_failed(tiny_gpt2_shared, write_csv, tmp_path, ray_cluster):
@@ -226,9 +298,18 @@ def test_worker_error_reaches_the_driver_typed(tmp_path, write_csv):
         "keep": [],
         "keep_text": True,
     }
-    actor = worker.ShardEmbedder(spec, [str(source)], config, "cpu", None, None, str(tmp_path), 10)
-    info = actor.embed_shard(ray_engine.plan([1], 10)[0])
+    actor = worker.ShardEmbedder(spec, config, "cpu", None, None, str(tmp_path))
+    [block] = read.read_shard(spec, source, ray_engine.plan([1], 10)[0])
+    info = json.loads(actor(block)["info"][0])
     assert info["error_type"] == "ModelLoadError" and not list(tmp_path.glob("part-*"))
+
+
+def test_an_input_in_process_memory_is_refused_before_ray_starts(tiny_gpt2_shared, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fsspec.filesystem("memory").pipe("/embedkit-ray-refused/in.txt", b"a text\n")
+    with pytest.raises(ray_engine.ConfigError, match="Ray workers cannot read"):
+        run_ray("memory:///embedkit-ray-refused/in.txt", tmp_path / "out", ExtractConfig(model=tiny_gpt2_shared))
+    assert not (tmp_path / "out").exists()
 
 
 def test_single_file_output_is_refused_with_the_directory_to_use(tiny_gpt2_shared, write_csv, tmp_path):
@@ -319,3 +400,32 @@ def test_contradictory_options_are_usage_errors(args, message, tiny_gpt2_shared,
     )
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_int8_gets_one_scale_from_every_shard_without_the_driver_reading_them(
+    tiny_gpt2_shared, tmp_path, monkeypatch, ray_cluster
+):
+    """int8 shards are written as float32 and quantised at the end with one scale for the dataset; that pass runs
+    as Ray tasks, as does counting the summary, so the driver reads no shard (the local engine's merge reads every
+    part)."""
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(sample_texts(50, seed=4)) + "\n", encoding="utf-8")
+    config = ExtractConfig(model=tiny_gpt2_shared, dtype="int8")
+    read_here: list[str] = []
+    real_read_table = pq.read_table
+
+    def spying_read_table(source, *args, **kwargs):
+        if str(source).startswith(str(tmp_path / "out")):  # its staging directory out.partial, or out itself
+            read_here.append(str(source))
+        return real_read_table(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", spying_read_table)
+    run_ray(source, tmp_path / "out", config, workers=2)
+    monkeypatch.undo()
+    assert read_here == []
+    embed_file(source, tmp_path / "local.parquet", config, device="cpu", progress=False)
+    ours, local = open_features(tmp_path / "out"), open_features(tmp_path / "local.parquet")
+    assert ours.schema.field("embedding").type.value_type == pa.int8()
+    scale = np.array(ours.vector_encoding("embedding")["scale"])
+    np.testing.assert_allclose(scale, local.vector_encoding("embedding")["scale"], rtol=1e-5)
+    np.testing.assert_allclose(ours.load()[0], local.load()[0], atol=float(scale.max()) * 1.01)

@@ -7,9 +7,10 @@ separation in a features file). Its figures are drawn by :mod:`embedkit.plots`.
 
 from __future__ import annotations
 
+from .builtin_tests import BUILTIN_TESTS
 from .groups import GroupMetrics, GroupSeparation, group_metrics, group_separation
 from .run import AuditResult, audit_features, audit_model
-from .testsets import BUILTIN_TESTS, AssociationTest, load_tests
+from .testsets import AssociationTest, load_tests
 from .weat import WeatResult, weat
 
 __all__ = [

@@ -181,7 +181,8 @@ def make_config(
     "approximate (cosine >= 0.99 to torch). bf16: bfloat16 linear layers on CPUs with native bf16, "
     "fp32 elsewhere (said so). openvino: OpenVINO fp32, exact; ort-int8: ONNX Runtime dynamic int8, "
     "approximate (both: an ONNX export cached per model and layers; extras [openvino], [onnx]). "
-    "Recorded in the metadata.",
+    "auto: torch or openvino, whichever measured faster on this machine (measured once, on a large input; "
+    "cached). Recorded in the metadata (auto: the one it ran on).",
 )
 @vector_options
 @input_options

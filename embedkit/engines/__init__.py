@@ -44,8 +44,11 @@ class Engine(ABC):
         """Refuse contradictory run-time options before anything is read or loaded (ConfigError)."""
 
     @abstractmethod
-    def load(self, config: ExtractConfig | None, runtime: Runtime) -> Extractor:
-        """Load the model here, checking the settings; the returned extractor's config and facts go in the output."""
+    def load(self, config: ExtractConfig | None, runtime: Runtime, job_tokens: int | None = None) -> Extractor:
+        """Load the model here, checking the settings; the returned extractor's config and facts go in the output.
+
+        ``job_tokens``: the job's size, roughly, if known (backends auto and bf16 measure only for large jobs).
+        """
 
     @abstractmethod
     def encode(
@@ -64,12 +67,16 @@ class LocalEngine(Engine):
     def __init__(self, extractor: Extractor | None = None) -> None:
         self.extractor = extractor
 
-    def load(self, config: ExtractConfig | None, runtime: Runtime) -> Extractor:
+    def load(self, config: ExtractConfig | None, runtime: Runtime, job_tokens: int | None = None) -> Extractor:
         if self.extractor is None:
             from ..extract import Extractor
 
             self.extractor = Extractor(
-                config, device=runtime.device, batch_tokens=runtime.batch_tokens, threads=runtime.threads
+                config,
+                device=runtime.device,
+                batch_tokens=runtime.batch_tokens,
+                threads=runtime.threads,
+                job_tokens=job_tokens,
             )
         return self.extractor
 

@@ -218,6 +218,18 @@ def speed_up(model: nn.Module, device: torch.device, tokens: int) -> bool:
     if state.tokens < PACK_AFTER_TOKENS:
         return False
     state.settled = True
+    return pick_kernels(model, device)
+
+
+def pick_kernels(model: nn.Module, device: torch.device) -> bool:
+    """Make the CPU kernel choice for ``model`` now (cached, kernel_choice.py) and pack it if oneDNN wins.
+
+    ``speed_up`` calls this once a model's jobs add up to PACK_AFTER_TOKENS; backend_choice.py calls it before
+    timing the torch engine, so that engine is timed as a large job would run it.
+    """
+    _kernels.setdefault(model, _Kernels()).settled = True
+    if device.type != "cpu":
+        return False
     first = next((m for m in model.modules() if _packable(m)), None)
     if first is None or not _onednn_usable():
         return False
@@ -262,32 +274,48 @@ def threads_for(device: torch.device, tokens: int) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def prepare(model: nn.Module, backend: str, device: torch.device) -> nn.Module:
-    """Apply the exact speed-ups, then the backend's own conversion; returns the model to run.
+def prepare(model: nn.Module, backend: str, device: torch.device, engine: str | None = None) -> nn.Module:
+    """Apply the exact speed-ups, then the conversion of the engine ``backend`` runs on; returns the model to run.
 
-    The CPU kernel choice of the "torch" backend comes later, from ``speed_up``, once a job is large enough.
+    ``engine`` [default: the backend's first candidate, backend_choice.candidates] is how the backend runs here:
+    ``auto`` and ``bf16`` choose theirs by measurement (backend_choice.py) and are prepared as ``torch`` until then.
+    The CPU kernel choice of the torch engine comes later, from ``speed_up``, once a job is large enough.
     """
+    from .backend_choice import candidates
+
     if backend not in BACKENDS:
         raise choice_error("backend", backend, BACKENDS)
     fused = fuse_activations(model)
     log.debug("fused %d tanh-GELU activations", fused)
-    if backend == "int8":
+    engines = candidates(backend, device)
+    if backend == "bf16" and engines == ("torch",) and device.type == "cpu":
+        from .bf16 import warn_not_native
+
+        warn_not_native()
+    return convert(model, engine or engines[0], device)
+
+
+def convert(model: nn.Module, engine: str, device: torch.device) -> nn.Module:
+    """Turn a loaded (fused) model into what ``engine`` runs; returns it. Engines: backend_choice.ENGINES."""
+    if engine == "int8":
         if device.type != "cpu":
             raise ConfigError("backend 'int8' runs on CPU only; use --device cpu, or backend 'torch' on CUDA")
         model = quantize_int8(model)
         _kernels[model] = _Kernels(settled=True)  # its linear layers are int8 kernels already
-    # --- hook: backend "bf16" (#21), all of it in bf16.py; it keeps fp32 (and the kernel choice) without native bf16
-    if backend == "bf16":
+    # --- hook: backend "bf16" (#21), all of it in bf16.py; backend_choice.py picks this engine or OpenVINO's bf16
+    if engine == "torch-bf16":
         from .bf16 import to_bf16
 
-        model = to_bf16(model, device)
+        model = to_bf16(model, device, force=True)
+        _kernels[model] = _Kernels(settled=True)  # bf16 linears: nothing left to pack
     # --- hook: the runtime backends (#21), all of it in runtime_backends.py; the torch model stays as loaded (it is
     # exported on first use), so its linear layers must not be packed for oneDNN, which no exporter knows.
-    from .runtime_backends import RUNTIME_BACKENDS, require
+    from .runtime_backends import RUNTIME_ENGINES, require
 
-    if backend in RUNTIME_BACKENDS:
+    if engine in RUNTIME_ENGINES:
         if device.type != "cpu":
+            backend = "bf16" if engine == "openvino-bf16" else engine
             raise ConfigError(f"backend {backend!r} runs on CPU only; use --device cpu, or backend 'torch' on CUDA")
-        require(backend)
+        require(RUNTIME_ENGINES[engine])
         _kernels[model] = _Kernels(settled=True)
     return model

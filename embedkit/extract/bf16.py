@@ -13,6 +13,8 @@ On a CPU without native bf16, torch still runs bf16 products, emulated and slowe
 says so and runs the fp32 path. The vectors stay within bf16's tolerance of fp32 either way, so the backend name
 recorded in metadata makes later stages re-embed queries with the same setting on any machine.
 On CUDA the extractor already runs under bf16/fp16 autocast (extractor.py), so there is nothing to convert.
+Where OpenVINO is installed, the bf16 backend may instead run OpenVINO at bf16 inference precision: which of the two
+runs is chosen by a cached measurement (backend_choice.py), and this module's conversion only when torch's wins.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def cpu_flags() -> frozenset[str]:
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware."""
     return any(flag in cpu_flags() for flag in NATIVE_FLAGS)
+
+
+def warn_not_native() -> None:
+    """Say that backend bf16 runs the fp32 path on this CPU, and why."""
+    log.warning(
+        "backend 'bf16': this CPU has no native bfloat16 (no %s in /proc/cpuinfo), where bf16 would be slower "
+        "than fp32; running the fp32 path instead (the vectors differ from bf16 ones by rounding only)",
+        " or ".join(NATIVE_FLAGS),
+    )
 
 
 class BF16Linear(nn.Module):
@@ -105,11 +116,7 @@ def to_bf16(model: nn.Module, device: torch.device, cast: str = "linears", force
     if device.type != "cpu":
         return model  # CUDA: the extractor's autocast already runs bf16 (or fp16) products
     if not (force or native_bf16()):
-        log.warning(
-            "backend 'bf16': this CPU has no native bfloat16 (no %s in /proc/cpuinfo), where bf16 would be slower "
-            "than fp32; running the fp32 path instead (the vectors differ from bf16 ones by rounding only)",
-            " or ".join(NATIVE_FLAGS),
-        )
+        warn_not_native()
         return model
     if cast == "model":
         return model.to(torch.bfloat16)

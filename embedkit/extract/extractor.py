@@ -15,7 +15,8 @@ import torch
 
 from ..config import ExtractConfig, Provenance
 from ..errors import ConfigError, IncompatibleError, InputError
-from .backends import prepare, speed_up, threads_for
+from . import backend_choice
+from .backends import convert, pick_kernels, prepare, speed_up, threads_for
 from .batching import (
     MAX_CHUNK_WINDOWS,
     MIN_PIECE_CHARS,
@@ -29,7 +30,7 @@ from .batching import (
 from .layers import run_to_layers
 from .model import LoadedModel, load_model
 from .pooling import combine_windows, pool
-from .runtime_backends import RUNTIME_BACKENDS, runner_for
+from .runtime_backends import RUNTIME_ENGINES, export_ready, forget, runner_for
 from .texts import CUT_STATUS, CheckedText, check_text
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,12 @@ class Extractor:
             bf16 (or fp16) autocast; pooling is always done in float32.
         batch_tokens: padded tokens per forward pass.
         threads: CPU threads for torch (None keeps torch's default).
+        job_tokens: about how many tokens this extractor is about to embed, when the caller knows (the embed
+            driver does). Backends ``auto`` and ``bf16`` choose their engine by a cached measurement, measured
+            only for a job of at least ``backend_choice.MEASURE_AFTER_TOKENS``; ``engine`` and ``backend_note``
+            say what runs, and ``config.backend`` what is recorded (auto's choice: ``torch`` or ``openvino``).
+        engine: run on this engine of the backend's candidates without choosing (benchmarks and tests compare
+            them); ConfigError when the backend cannot run on it here.
 
     Example:
         >>> ex = Extractor(ExtractConfig(model="gpt2-dir", layers=(6,), pooling=("mean",)))
@@ -133,6 +140,8 @@ class Extractor:
         device: str = "auto",
         batch_tokens: int | None = None,
         threads: int | None = None,
+        job_tokens: int | None = None,
+        engine: str | None = None,
     ) -> None:
         config = config or ExtractConfig()
         if threads is not None:
@@ -142,7 +151,20 @@ class Extractor:
         # The runtime backends compile once for this count (tiny jobs run torch on one thread: threads_for).
         self._threads = torch.get_num_threads()
         self.loaded = load_model(config, device)
-        self.loaded.model = prepare(self.loaded.model, config.backend, self.loaded.device)
+        # The engine that computes the vectors (backend_choice.py): a backend's only one, or, for auto and bf16, a
+        # choice made below; until then the model is prepared as torch (fused, not converted, not packed).
+        engines = backend_choice.candidates(config.backend, self.loaded.device)
+        if engine is not None:
+            if engine not in engines:
+                raise ConfigError(
+                    f"backend {config.backend!r} cannot run on engine {engine!r} here; it may run on: "
+                    f"{', '.join(engines)}"
+                )
+            engines = (engine,)
+        self.engine = engines[0] if len(engines) == 1 else "torch"
+        self.backend_note = ""
+        self._converted: set[str] = {self.engine} if len(engines) == 1 else set()
+        self.loaded.model = prepare(self.loaded.model, config.backend, self.loaded.device, self.engine)
         # A KV cache is only useful for generation; building one costs a copy of every key and value.
         self._extra_inputs = {"use_cache": False} if _accepts(self.loaded.model, "use_cache") else {}
         try:
@@ -170,6 +192,37 @@ class Extractor:
         # GPT-2 has no pad token. Any id works for padding on the right since the attention mask hides it
         # and causal attention never looks right; the caller's tokenizer is never changed.
         self._pad_id = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
+        if len(engines) > 1:
+            choice = backend_choice.choose(self, config.backend, engines, job_tokens)
+            self.use_engine(choice.engine)
+            if choice.engine not in RUNTIME_ENGINES:
+                forget(self.loaded.model)  # runtime graphs compiled only to be timed: their memory goes back now
+            self.backend_note = choice.note
+            log.info("backend %s runs on %s", config.backend, choice.note)
+        self.config = self.config.replace(backend=backend_choice.recorded(config.backend, self.engine))
+
+    def use_engine(self, engine: str, *, measuring: bool = False) -> None:
+        """Run on ``engine`` from now on (one of the backend's candidates), converting the model on its first use.
+
+        ``measuring``: the torch engine picks its CPU kernels now, to be timed as a large job would run it.
+        """
+        if engine not in self._converted:
+            if engine == "torch":
+                if measuring:
+                    pick_kernels(self.loaded.model, self.loaded.device)
+            else:
+                self.loaded.model = convert(self.loaded.model, engine, self.loaded.device)
+            self._converted.add(engine)
+        self.engine = engine
+
+    def export_ready(self, engine: str) -> bool:
+        """Whether runtime ``engine`` can run this model without an ONNX export first (runtime_backends.py)."""
+        pairs = tuple(self.config.pairs)
+        return export_ready(self.loaded.model, self.loaded.blocks, engine, pairs, self._extra_inputs)
+
+    def run_batch(self, windows: list[list[int]]) -> list[torch.Tensor]:
+        """The pooled vectors of one batch of token windows (special tokens included), on the current engine."""
+        return self._forward(windows)
 
     @functools.cached_property
     def piece_chars(self) -> int:
@@ -239,11 +292,11 @@ class Extractor:
         for row, window in enumerate(windows):
             ids[row, : len(window)] = torch.tensor(window, dtype=torch.long)
             mask[row, : len(window)] = 1
-        if self.config.backend in RUNTIME_BACKENDS:  # OpenVINO / ONNX Runtime: the graph pools (runtime_backends.py)
+        if self.engine in RUNTIME_ENGINES:  # OpenVINO / ONNX Runtime: the graph pools (runtime_backends.py)
             runner = runner_for(
                 self.loaded.model,
                 self.loaded.blocks,
-                self.config.backend,
+                self.engine,
                 tuple(self.config.pairs),
                 self._extra_inputs,
                 threads=self._threads,

@@ -190,6 +190,13 @@ def _evict(root: Path, keep: Path) -> None:
                 log.debug("could not evict %s: %s", old, exc)
 
 
+def export_dir(graph: PooledLayers, runtime: dict[str, str]) -> Path:
+    """Where ``graph``'s export for ``runtime`` is cached (it may not exist yet; ``cached_export`` checks it)."""
+    layers = tuple(sorted({layer for layer, _ in graph.pairs}))
+    digest, _ = export_key(graph.model, layers, graph.pairs, runtime)
+    return cache_dir() / "runtime-export" / digest[:32]
+
+
 def cached_export(
     graph: PooledLayers, runtime: dict[str, str], finish: Callable[[Path, Staging], None] | None = None
 ) -> Path:
@@ -229,4 +236,4 @@ def cached_export(
     return directory
 
 
-__all__ = ["PooledLayers", "cached_export", "export", "export_key", "probe_inputs", "weights_digest"]
+__all__ = ["PooledLayers", "cached_export", "export", "export_dir", "export_key", "probe_inputs", "weights_digest"]

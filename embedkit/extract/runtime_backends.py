@@ -9,6 +9,9 @@ long-text windows, status rows and metadata, so ``--backend openvino`` changes o
 - ``ort-int8``: the export quantised by ONNX Runtime's dynamic quantisation (int8 weights, one scale per tensor,
   activations quantised per batch), run by ONNX Runtime with all graph optimisations. Approximate, like
   ``int8``: a text's vector moves slightly with its batch mates.
+- ``openvino-bf16`` (an engine of backend ``bf16``, not a backend of its own; backend_choice.py picks it where it
+  measures faster than torch's bf16 linear layers): the same export compiled at bf16 inference precision, for CPUs
+  with native bf16. It shares the fp32 export's cache entry: the precision is a compile-time setting.
 
 A runtime's package is an optional extra (``pip install 'embedkit[openvino]'`` or ``'embedkit[onnx]'``); a missing
 one is a ConfigError when the backend is chosen, and the default backend never imports either. Before a loaded
@@ -33,7 +36,7 @@ from torch import nn
 
 from ..artefact import Staging
 from ..errors import ConfigError, ModelLoadError
-from .onnx_export import PooledLayers, cached_export, probe_inputs
+from .onnx_export import PooledLayers, cached_export, export_dir, probe_inputs
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,11 @@ RUNTIME_BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "openvino": (("openvino", "onnx"), "openvino"),  # onnx: torch's ONNX exporter writes the model through it
     "ort-int8": (("onnxruntime", "onnx"), "onnx"),
 }
-# Minimum cosine, per row and pair, between the runtime's and torch's vectors on the probe batch.
-PROBE_MIN_COSINE = {"openvino": 0.9999, "ort-int8": 0.99}
+# The engines that run a runtime graph: engine -> the backend whose runtime package it needs.
+RUNTIME_ENGINES = {"openvino": "openvino", "openvino-bf16": "openvino", "ort-int8": "ort-int8"}
+# Minimum cosine, per row and pair, between the runtime's and torch's (fp32) vectors on the probe batch. bf16's
+# bar is the bf16 backend's own (0.9999 on GPT-2 small) less a margin for the tiny random models of the tests.
+PROBE_MIN_COSINE = {"openvino": 0.9999, "openvino-bf16": 0.999, "ort-int8": 0.99}
 
 
 def require(backend: str) -> None:
@@ -60,14 +66,18 @@ def require(backend: str) -> None:
 Forward = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
 
 
-def _openvino(directory: Path, threads: int) -> tuple[Forward, dict[str, str]]:
+def _openvino(directory: Path, threads: int, precision: str = "f32") -> tuple[Forward, dict[str, str]]:
     import openvino as ov
 
     core = ov.Core()
     compiled = core.compile_model(
         str(directory / "model.onnx"),
         "CPU",
-        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY"},
+        {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": str(threads),
+            "PERFORMANCE_HINT": "LATENCY",
+        },
     )
     request = compiled.create_infer_request()
     lock = threading.Lock()  # one infer request: its output buffers are reused by the next call
@@ -78,6 +88,10 @@ def _openvino(directory: Path, threads: int) -> tuple[Forward, dict[str, str]]:
             return [np.array(result[out], dtype=np.float32) for out in compiled.outputs]
 
     return forward, {}
+
+
+def _openvino_bf16(directory: Path, threads: int) -> tuple[Forward, dict[str, str]]:
+    return _openvino(directory, threads, "bf16")
 
 
 def _ort_quantise(onnx_path: Path, stage: Staging) -> None:
@@ -110,11 +124,14 @@ def _ort_int8(directory: Path, threads: int) -> tuple[Forward, dict[str, str]]:
 
 
 def runtime_identity(backend: str) -> dict[str, str]:
-    """What the export key records of the runtime: its name, version and how the graph is turned into its model."""
-    if backend == "openvino":
+    """What the export key records of the runtime: its name, version and how the graph is turned into its model.
+
+    OpenVINO's precision is not part of it: fp32 and bf16 compile the same file (INFERENCE_PRECISION_HINT).
+    """
+    if RUNTIME_ENGINES.get(backend, backend) == "openvino":
         import openvino as ov
 
-        return {"name": "openvino", "version": ov.__version__, "precision": "f32"}
+        return {"name": "openvino", "version": ov.__version__}
     import onnxruntime as ort
 
     return {"name": "onnxruntime", "version": ort.__version__, "quantisation": "dynamic, QInt8 weights per tensor"}
@@ -128,14 +145,24 @@ def _min_cosine(got: list[np.ndarray], want: list[np.ndarray]) -> float:
     return worst
 
 
+_LOADERS: dict[str, Callable[[Path, int], tuple[Forward, dict[str, str]]]] = {
+    "openvino": _openvino,
+    "openvino-bf16": _openvino_bf16,
+    "ort-int8": _ort_int8,
+}
+
+
 class Runner:
-    """One loaded runtime graph for a model and its (layer, pooling) pairs: ``runner(ids, mask)`` -> pooled vectors."""
+    """One loaded runtime graph for a model and its (layer, pooling) pairs: ``runner(ids, mask)`` -> pooled vectors.
+
+    ``backend`` is an engine of RUNTIME_ENGINES (a runtime backend's own name, or ``openvino-bf16``).
+    """
 
     def __init__(self, backend: str, graph: PooledLayers, threads: int):
-        require(backend)
+        require(RUNTIME_ENGINES[backend])
         self.backend = backend
-        load = _openvino if backend == "openvino" else _ort_int8
-        finish = None if backend == "openvino" else _ort_quantise
+        load = _LOADERS[backend]
+        finish = _ort_quantise if backend == "ort-int8" else None
         runtime = runtime_identity(backend)
         ids, mask = probe_inputs()
         with torch.inference_mode():
@@ -186,4 +213,37 @@ def runner_for(
         return runners[key]
 
 
-__all__ = ["PROBE_MIN_COSINE", "RUNTIME_BACKENDS", "Runner", "require", "runner_for", "runtime_identity"]
+def export_ready(
+    model: nn.Module, blocks: nn.ModuleList, engine: str, pairs: tuple[tuple[int, str], ...], extra: dict[str, Any]
+) -> bool:
+    """Whether ``engine`` can run ``model`` without exporting it first: a runner exists, or a cache entry does.
+
+    A cheap look (the entry's files are checked when it is loaded), for jobs too small to repay an export.
+    """
+    with _lock:
+        if any(key[0] == engine and key[1] == pairs for key in _runners.get(model, {})):
+            return True
+    try:
+        return export_dir(PooledLayers(model, blocks, pairs, **extra), runtime_identity(engine)).is_dir()
+    except Exception as exc:  # noqa: BLE001  (a runtime that cannot even say its version: not ready)
+        log.debug("no %s export ready: %s", engine, exc)
+        return False
+
+
+def forget(model: nn.Module) -> None:
+    """Drop the runners built for ``model`` (a compiled graph holds a copy of the weights)."""
+    with _lock:
+        _runners.pop(model, None)
+
+
+__all__ = [
+    "PROBE_MIN_COSINE",
+    "RUNTIME_BACKENDS",
+    "RUNTIME_ENGINES",
+    "Runner",
+    "export_ready",
+    "forget",
+    "require",
+    "runner_for",
+    "runtime_identity",
+]

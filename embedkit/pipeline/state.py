@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..artefact import parse_json, sha256_file
+from ..artefact import parse_json
 from ..errors import InputError
+from ..input_files import InputFile, file_digest
 
 STATE_FILE = "pipeline-state.json"
 
@@ -20,8 +21,8 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def _files_digest(paths: list[Path]) -> list[str]:
-    return [sha256_file(p) for p in paths]
+def _files_digest(paths: list[Path] | list[InputFile]) -> list[str]:
+    return [file_digest(p)["sha256"] for p in paths]
 
 
 def _load_state(path: Path) -> dict[str, Any]:

@@ -2,48 +2,62 @@
 
 How it runs (``RayEngine.run``, called by the one embed driver ``embedkit.embed.embed``):
 
-1. Plan (``plan.py``): the input's files are cut into shards of ``part_rows`` rows, a fixed row range of one
-   file each, numbered in input order. Row counts come from Parquet footers, or for line formats from one
-   counting task per file on the cluster, so the plan needs no data on the driver and is the same on every run.
+1. Plan (``plan.py``): the input's files (local paths, or URIs of any filesystem pyarrow or fsspec reaches:
+   ``embedkit.input_files``) are cut into shards of ``part_rows`` rows, a fixed row range of one file each,
+   numbered in input order. Row counts come from Parquet footers, or for line formats from one counting task
+   per file on the cluster, which also records where each shard starts; the plan needs no data on the driver and
+   is the same on every run.
 2. The driver opens the output dataset (``dataset.DatasetWriter``: its lock, its fingerprint, the shards already
-   done) and builds a Ray Dataset of the descriptors of the shards still to do.
-3. ``map_batches`` runs them on one persistent pool of :class:`~.worker.ShardEmbedder` actors (``--workers N``,
-   or ``MIN:MAX`` for an autoscaling pool; CPU or GPU actors): each loads the model once, then for each shard
-   reads its rows from the input with embedkit's reader, embeds them with the local engine's ``Extractor``,
-   builds the rows with ``embed.build_table`` (statuses of bad rows included) and writes the shard itself
+   done) and builds the pipeline ``read_datasource(ShardDatasource) -> map_batches(ShardEmbedder)``.
+3. Read (``read.py``): Ray Data runs one read task per shard still to do on the cluster's workers; each reads
+   its shard's rows with embedkit's ``Source`` (from the byte offset the plan recorded) and yields them as one
+   block. The streaming executor runs the reads ahead of and alongside the model work: reading overlaps
+   embedding, and no row passes through the driver.
+4. Embed (``worker.py``): ``map_batches`` runs the blocks on one persistent pool of ``ShardEmbedder`` actors
+   (``--workers N``, or ``MIN:MAX`` for an autoscaling pool; CPU or GPU actors): each loads the model once, then
+   for each block checks the shard arrived whole, embeds it with the local engine's ``Extractor``, builds the
+   rows with ``embed.build_table`` (statuses of bad rows included) and writes the shard itself
    (``dataset.write_shard``). Only each shard's info dict (index, file, rows, checksum) comes back, and the
    driver records it; at the end it finishes the dataset with the metadata the first actor sent.
+
+One block is one shard, and one actor call: ``batch_size=None`` hands an actor each block as it is (no
+re-bundling), and the pipeline's ``target_max_block_size`` is unset so that the read does not cut a large shard
+into several blocks by size. The block carries its shard index and planned row count, and the actor refuses a
+shard with rows missing, so a shard can never be silently split or merged.
 
 Why not Ray's ``read_csv``/``read_json``/``read_parquet``: the pyarrow readers under them stop at the first
 malformed CSV or JSON line and number no rows, so they could keep neither embedkit's bad-row contract (a
 malformed row becomes an output row with a status) nor row-number ids, and the blocks they produce are re-cut
-by Ray Data (merged and split by size), so a block could not be a shard. The actors read with ``Source``
-instead, each from a shared filesystem: the same parsing, statuses and ids as the local engine.
+by Ray Data (merged and split by size), so a block could not be a shard. The read tasks use ``Source`` instead,
+through Ray Data's own reader interface (``Datasource``): the same parsing, statuses and ids as the local
+engine, on the workers.
 
 Failures: an actor that dies (node lost, OOM kill) is restarted and its shard retried (``MAX_RESTARTS``,
 ``MAX_TASK_RETRIES``); a retried shard is written again under the same name, atomically. An embedkit error
-(model missing on a node, ``--strict``) is not retried, since it would happen again, and reaches the driver
-typed. Shards written before a failed run stay in the dataset's staging area, and ``--resume`` runs only the
-missing ones.
+(model missing on a node, ``--strict``, an input file changed since the plan) is not retried, since it would
+happen again, and reaches the driver typed. Shards written before a failed run stay in the dataset's staging
+area, and ``--resume`` runs only the missing ones.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import errors
 from ...config import ExtractConfig
 from ...errors import ConfigError, EmbedkitError, InputError, OutputError
+from ...input_files import InputFile, RemoteFile, uri_scheme
 from ...spec import InputSpec, Runtime
 from .. import JobEngine
-from .plan import Shard, input_identity, plan, row_counts, spec_to_dict
+from .cluster import INSTALL_HINT, Workers, _check_reachable, _pool, import_ray, ray_session
+from .plan import Shard, file_sizes, input_identity, plan, row_counts, spec_to_dict
+from .tasks import ShardMap, ray_map, shard_counts
 from .worker import ShardEmbedder
 
 if TYPE_CHECKING:
@@ -61,22 +75,14 @@ RAY_PART_ROWS = 1024
 # a shard that always kills its worker into a run that never ends.
 MAX_RESTARTS = 3
 MAX_TASK_RETRIES = 3
-CONNECT_TIMEOUT_S = 5.0
 # How long the job waits for the pool's first actors (MIN of MIN:MAX) to be placed and load the model.
 WAIT_FOR_ACTORS_S = 600
-INSTALL_HINT = "pip install 'embedkit[ray]'"
-
-Workers = int | tuple[int, int] | None
-
-
-def import_ray():
-    """The ``ray`` module, or a ConfigError saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401  (the data extra, not only the core)
-    except ImportError as exc:
-        raise ConfigError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT} ({exc})") from exc
-    return ray
+# Read tasks reserve no CPU: the default pool gives every CPU to a model actor, and a read task waiting for a CPU
+# would then wait for ever. Reading is light next to the model; READS_PER_ACTOR bounds how many run at once.
+READ_CPUS = 0
+READS_PER_ACTOR = 2
+# Filesystems that live inside one process: the Ray workers, other processes, cannot see their files.
+PROCESS_LOCAL_SCHEMES = ("memory",)
 
 
 def parse_workers(value: str | int | tuple[int, int] | None) -> Workers:
@@ -92,66 +98,6 @@ def parse_workers(value: str | int | tuple[int, int] | None) -> Workers:
     if bounds[0] < 1 or bounds[1] < bounds[0]:
         raise ConfigError(f"--workers must be at least 1 (and MIN <= MAX), got {value!r}")
     return workers
-
-
-# ---------------------------------------------------------------------------------------------- cluster
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes: ``ray.init`` retries an unreachable address for a long time."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST:PORT, 'auto' or 'local'")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; is `ray start --head` running "
-            "there, and is the port open from this machine?"
-        ) from exc
-
-
-@contextmanager
-def ray_session(address: str | None = None) -> Iterator[Any]:
-    """Use the Ray instance already initialised in this process, else connect/start one for the run.
-
-    ``address`` None starts a local instance (or joins ``$RAY_ADDRESS``); ``auto`` joins the cluster this
-    machine is part of; ``HOST:PORT`` / ``ray://HOST:PORT`` joins that head node. An instance this function
-    started or joined is shut down again at the end.
-    """
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    except ConnectionError as exc:
-        raise ConfigError(f"cannot connect to Ray at {address or '$RAY_ADDRESS'}: {exc}") from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def _pool(ray, workers: Workers, gpus_per_worker: float, cpus_per_worker: float) -> Any:
-    """The actor pool for ``map_batches``: ``workers``, else as many actors as the cluster has room for now."""
-    resources = ray.cluster_resources()
-    if gpus_per_worker:
-        room = int(resources.get("GPU", 0) // gpus_per_worker)
-        if room == 0 and workers is None:
-            raise ConfigError(
-                f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has no GPU ({resources.get('GPU', 0)})"
-            )
-    else:
-        room = int(resources.get("CPU", 0) // cpus_per_worker)
-    if workers is None:
-        workers = max(1, room)
-    elif (workers[0] if isinstance(workers, tuple) else workers) > room:
-        log.warning("%s workers asked for but the cluster has room for %d now; Ray waits for room", workers, room)
-    if isinstance(workers, tuple):
-        return ray.data.ActorPoolStrategy(min_size=workers[0], max_size=workers[1])
-    return ray.data.ActorPoolStrategy(size=workers)
 
 
 # ---------------------------------------------------------------------------------------------- engine
@@ -221,6 +167,7 @@ class RayEngine(JobEngine):
         config = config or ExtractConfig()
         shard_rows = part_rows or RAY_PART_ROWS
         source = spec.source()
+        _check_workers_can_read(source.files)
         fingerprint = {
             "settings": config.vector_settings(),
             "model_files": model_files(config.model),
@@ -235,7 +182,8 @@ class RayEngine(JobEngine):
                 return _summarise(output, read_manifest(output).rows, 0, time.perf_counter() - started, 0.0)
             done = set(writer.done())
             with writer.abandoned_on_failure(), ray_session(self.address) as ray:
-                shards = plan(row_counts(ray, spec, source), shard_rows)
+                counts, marks = row_counts(ray, spec, source, shard_rows)
+                shards = plan(counts, shard_rows, marks, file_sizes(source))
                 if not shards:
                     raise InputError(f"{spec.path} holds no data rows")
                 todo = [s for s in shards if s.index not in done]
@@ -245,16 +193,19 @@ class RayEngine(JobEngine):
                 embed_seconds = time.perf_counter() - t0
                 if meta is None:  # every shard was done already: the metadata comes from the settings alone
                     meta = _probe_metadata(config, spec)
-                # The workers hashed their shards as they wrote them; the driver checks sizes and rows only, so it
-                # reads none of the output (readers still check every sha256 before first use).
-                writer.finish(meta, verify_checksums=False)
-        return _summarise(output, resumed, tokens, time.perf_counter() - started, embed_seconds)
+                # The workers hashed their shards as they wrote them, and the checks (sizes, rows) and any rewrite
+                # (int8's one scale) run as Ray tasks: the driver reads none of the output (readers still check
+                # every sha256 before first use).
+                on_workers = ray_map(ray, self.cpus_per_worker)
+                writer.finish(meta, verify_checksums=False, map_shards=on_workers)
+                seconds = time.perf_counter() - started
+                return _summarise(output, resumed, tokens, seconds, embed_seconds, on_workers)
 
     def _embed(
         self,
         ray,
         spec: InputSpec,
-        files: list[Path],
+        files: list[InputFile],
         config: ExtractConfig,
         runtime: Runtime,
         writer: DatasetWriter,
@@ -277,27 +228,44 @@ class RayEngine(JobEngine):
         threads = runtime.threads or (max(1, int(self.cpus_per_worker)) if not gpus else None)
         actor_args = {
             "spec": spec_to_dict(spec),
-            "files": [str(f) for f in files],
             "config": config.to_dict(),
             "device": runtime.device,
             "batch_tokens": runtime.batch_tokens,
             "threads": threads,
             "staging": str(writer.staging),
-            "shard_rows": shard_rows,
             "strict": strict,
         }
-        # One block per shard: an actor call then gets exactly one descriptor, and shards spread over the pool.
-        shards = ray.data.from_items([s.to_dict() for s in todo], override_num_blocks=len(todo))
-        results = shards.map_batches(
-            ShardEmbedder,
-            fn_constructor_kwargs=actor_args,
-            batch_size=1,
-            compute=_pool(ray, self.workers, gpus, self.cpus_per_worker),
-            num_cpus=self.cpus_per_worker,
-            num_gpus=gpus or None,
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_TASK_RETRIES,
+        from .read import ShardDatasource
+
+        pool = _pool(ray, self.workers, gpus, self.cpus_per_worker)
+        blocks = ray.data.read_datasource(
+            ShardDatasource(spec_to_dict(spec), files, todo),
+            num_cpus=READ_CPUS,
+            concurrency=max(1, min(len(todo), int(pool.max_size or 1) * READS_PER_ACTOR)),
+            override_num_blocks=len(todo),
         )
+        # One block per read task, however large the shard: with a target block size the read would cut a shard
+        # of long texts into several blocks. Set on this pipeline's own copy of the context, not the process's.
+        blocks.context.target_max_block_size = None
+        # Each block as it is, one whole shard per call. map_batches refuses batch_size=None with GPUs (a check for
+        # batches that would be whole blocks of unknown size); a shard's size is bounded by --part-rows, and
+        # map_batches_internal is the same call without that check.
+        map_batches = blocks.map_batches_internal if gpus and hasattr(blocks, "map_batches_internal") else None
+        with warnings.catch_warnings():
+            # Ray 2.60 names no parameter for an actor's restarts and retries: they only pass as ray_remote_args,
+            # which warns of its removal in 2.64. Without them Ray retries a shard that kills its actor forever.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            results = (map_batches or blocks.map_batches)(
+                ShardEmbedder,
+                fn_constructor_kwargs=actor_args,
+                batch_size=None,
+                batch_format="pyarrow",
+                compute=pool,
+                num_cpus=self.cpus_per_worker,
+                num_gpus=gpus or None,
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_TASK_RETRIES,
+            )
         meta, tokens = None, 0
         self.shards_per_node = {}
         total = sum(s.stop - s.start for s in todo)
@@ -316,6 +284,16 @@ class RayEngine(JobEngine):
                 self.shards_per_node[facts["node"]] = self.shards_per_node.get(facts["node"], 0) + 1
                 bar.update(info["rows"])
         return meta, tokens
+
+
+def _check_workers_can_read(files: list[InputFile]) -> None:
+    """ConfigError for an input on a filesystem that lives in this process only (fsspec's ``memory://``)."""
+    for file in files:
+        if isinstance(file, RemoteFile) and uri_scheme(file.root) in PROCESS_LOCAL_SCHEMES:
+            raise ConfigError(
+                f"{file.uri} is on a filesystem inside this process, which the Ray workers cannot read; use "
+                "--engine local, or put the input on storage every node reaches"
+            )
 
 
 def _rows(ray, results) -> Iterator[dict[str, Any]]:
@@ -345,10 +323,10 @@ def _probe_metadata(config: ExtractConfig, spec: InputSpec) -> dict[str, Any]:
     return build_metadata(Extractor(config, device="cpu"), spec)
 
 
-def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float) -> EmbedSummary:
-    """The run's summary, counted from the finished dataset's small columns, one shard at a time."""
-    import pyarrow.compute as pc
-
+def _summarise(
+    output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float, map_shards: ShardMap | None = None
+) -> EmbedSummary:
+    """The run's summary, counted from the finished dataset's small columns (by Ray tasks when ``map_shards``)."""
     from ...dataset import read_manifest
     from ...embed import EmbedSummary
     from ...extract.texts import EMBEDDED_STATUSES
@@ -356,15 +334,13 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
     summary = EmbedSummary(output=output, resumed_rows=resumed, tokens=tokens, seconds=seconds)
     summary.embed_seconds = embed_seconds
     statuses: dict[str, int] = {}
-    import pyarrow.parquet as pq
-
-    for shard in read_manifest(output).shards:
-        table = pq.read_table(output / shard.file, columns=["status", "truncated", "n_windows"])
-        summary.rows += table.num_rows
-        summary.truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
-        summary.chunked += int(pc.sum(pc.greater(table.column("n_windows"), 1)).as_py() or 0)
-        for r in pc.value_counts(table.column("status").combine_chunks()).to_pylist():
-            statuses[str(r["values"])] = statuses.get(str(r["values"]), 0) + int(r["counts"])
+    run = map_shards or (lambda fn, items: [fn(*args) for args in items])
+    for counts in run(shard_counts, [(output / shard.file,) for shard in read_manifest(output).shards]):
+        summary.rows += counts["rows"]
+        summary.truncated += counts["truncated"]
+        summary.chunked += counts["chunked"]
+        for status, n in counts["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
     summary.embedded = sum(statuses.get(s, 0) for s in EMBEDDED_STATUSES)
     summary.bad_rows = {s: n for s, n in statuses.items() if s not in EMBEDDED_STATUSES}
     summary.repaired, summary.cut = statuses.get("repaired", 0), statuses.get("cut", 0)
@@ -372,6 +348,7 @@ def _summarise(output: Path, resumed: int, tokens: int, seconds: float, embed_se
 
 
 __all__ = [
+    "INSTALL_HINT",
     "MAX_RESTARTS",
     "MAX_TASK_RETRIES",
     "RAY_PART_ROWS",

@@ -1,16 +1,7 @@
-"""Sharded features datasets: ``DIR/part-00000.parquet ...`` plus the manifest ``DIR/_embedkit-dataset.json``.
+"""Writing a sharded dataset: :func:`write_shard` wherever the work runs, :class:`DatasetWriter` in the driver.
 
-One features file stops scaling when one process must write it: a dataset is written shard by shard, by as many
-workers as there are (``write_shard``, any process that sees the file system), while one driver
-(:class:`DatasetWriter`) holds the output's lock, journals the finished shards, and at the end verifies them,
-writes the manifest and switches the whole directory in with one rename. A killed job leaves its shards in the
-staging directory ``DIR.partial``; ``resume`` keeps every shard that is still whole and redoes the others.
-
-The manifest carries what a single features file carries in its Parquet metadata (the ``features`` table) plus
-each shard's rows, size and sha256. It is validated (pydantic) before any name in it is used, and a shard's name
-must be exactly the one its index gives, so no stored name leads outside the directory. It starts with an
-underscore so that pyarrow, pandas, polars and Hugging Face ``datasets`` read the directory as-is (they skip
-``_``-prefixed files).
+The writer holds the output's lock, journals the finished shards (so a killed job resumes), and at the end checks
+them, writes the manifest and switches the staging directory in with one rename (see the package's description).
 """
 
 from __future__ import annotations
@@ -18,136 +9,37 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
-from . import artefact, vectors
-from .artefact import atomic_path, output_error, write_text_atomic
-from .errors import IncompatibleError, InputError, OutputError
-from .output_job import OutputJob
-from .sources import DATASET_MANIFEST
+from .. import artefact, vectors
+from ..artefact import atomic_path, output_error, write_text_atomic
+from ..errors import IncompatibleError, InputError, OutputError
+from ..output_job import OutputJob
+from .manifest import (
+    FORMAT,
+    JOURNAL_NAME,
+    KIND,
+    MANIFEST_NAME,
+    MAX_SHARDS,
+    DatasetManifest,
+    ShardInfo,
+    _validation_message,
+    _verified_footer,
+    is_dataset,
+    read_manifest,
+    shard_name,
+    staging_dir,
+    verify_shard,
+)
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = DATASET_MANIFEST  # sources skips it when a dataset directory is read as text input
-JOURNAL_NAME = "_journal.json"  # in the staging directory only: the shards the driver recorded so far
-KIND: Literal["embedkit-dataset"] = "embedkit-dataset"
-FORMAT: Literal[1] = 1
-MAX_SHARDS = 1_000_000  # a manifest listing more is hostile or broken; refused before anything is allocated
-
-
-def shard_name(index: int) -> str:
-    """The file name of shard ``index``: the only name a manifest may give it."""
-    return f"part-{index:05d}.parquet"
-
-
-def staging_dir(output: Path) -> Path:
-    """Where the shards of ``output`` are written until the job finishes (kept after a failure, for resume)."""
-    output = artefact.absolute(output)
-    return output.with_name(output.name + ".partial")
-
-
-# ---------------------------------------------------------------------------------------------- manifest
-
-
-class ShardInfo(BaseModel):
-    """One shard as the journal and the manifest record it."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    index: int = Field(ge=0, lt=MAX_SHARDS)
-    file: str
-    rows: int = Field(ge=0)
-    bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    @model_validator(mode="after")
-    def _named_by_index(self) -> ShardInfo:
-        # Names are never free text: "../x" or "/etc/passwd" can only come from tampering, and is refused here.
-        if self.file != shard_name(self.index):
-            raise ValueError(f"shard {self.index} must be named {shard_name(self.index)!r}, not {self.file!r}")
-        return self
-
-
-class DatasetManifest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    kind: Literal["embedkit-dataset"]
-    format: Literal[1]
-    rows: int = Field(ge=0)
-    job: str | None = None  # sha256 of the fingerprint of the job that wrote it: a --resume after the end is a no-op
-    features: dict[str, Any]  # what a single features file carries in its "embedkit" Parquet metadata
-    shards: list[ShardInfo] = Field(min_length=1, max_length=MAX_SHARDS)
-
-    @model_validator(mode="after")
-    def _complete(self) -> DatasetManifest:
-        if [s.index for s in self.shards] != list(range(len(self.shards))):
-            raise ValueError("shards must be numbered 0, 1, 2, ... without a gap")
-        if sum(s.rows for s in self.shards) != self.rows:
-            raise ValueError(f"rows {self.rows} is not the sum of the shards' rows")
-        return self
-
-
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "manifest"
-    return f"{where}: {first.get('msg')}"
-
-
-def read_manifest(directory: str | Path) -> DatasetManifest:
-    """The validated manifest of a dataset directory; InputError for anything missing, oversized or malformed."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        raise InputError(f"{directory} is not a complete embedkit dataset (no {MANIFEST_NAME})") from None
-    except OSError as exc:
-        raise InputError(f"{path} is not readable ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise InputError(f"{path} is not a regular file (a symlink?); refusing to read it")
-    if info.st_size > artefact.MAX_MANIFEST_BYTES:
-        raise InputError(f"{path} is {info.st_size} bytes, far larger than any manifest; refusing to read it")
-    raw = path.read_bytes()
-    artefact.parse_json(raw, where=path)  # the clear message for bytes that are not JSON at all
-    try:
-        return DatasetManifest.model_validate_json(raw, strict=True)
-    except ValidationError as exc:
-        raise InputError(
-            f"{path}: the dataset manifest is corrupt or was edited ({_validation_message(exc)})"
-        ) from None
-
-
-def is_dataset(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding an embedkit dataset manifest (not checked further)."""
-    path = Path(path)
-    try:
-        return path.is_dir() and stat.S_ISREG((path / MANIFEST_NAME).lstat().st_mode)
-    except OSError:
-        return False
-
-
-def verify_shard(directory: Path, shard: ShardInfo, *, checksum: bool = True) -> Path:
-    """The path of ``shard`` once its size, sha256 (unless not ``checksum``) and row count match the record;
-    InputError otherwise."""
-    path = directory / shard.file
-    entry = {"bytes": shard.bytes, "sha256": shard.sha256}
-    artefact.verify_file(path, entry, MANIFEST_NAME, what="dataset", checksum=checksum)
-    try:
-        rows = pq.read_metadata(path).num_rows
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{path}: not a readable Parquet file: {exc}") from exc
-    if rows != shard.rows:
-        raise InputError(f"{path} holds {rows} rows where the manifest records {shard.rows}")
-    return path
-
 
 # ---------------------------------------------------------------------------------------------- writing
 
@@ -172,6 +64,30 @@ def write_shard(staging: Path, index: int, table: pa.Table) -> dict[str, Any]:
         "bytes": target.stat().st_size,
         "sha256": artefact.sha256_file(target),
     }
+
+
+ShardMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
+
+
+def _map_here(fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+    return [fn(*args) for args in items]
+
+
+def inspect_shard(
+    staging: Path, info: dict[str, Any], columns: list[str], checksum: bool
+) -> tuple[pa.Schema, dict[str, Any]]:
+    """A finished shard's check (:func:`verify_shard`), its schema and its int8 maxima (``columns``, if any).
+
+    A plain function of plain arguments: ``DatasetWriter.finish`` may run it on a Ray worker.
+    """
+    path, footer = _verified_footer(Path(staging), ShardInfo.model_validate(info), checksum)
+    return footer.schema.to_arrow_schema().remove_metadata(), vectors.file_maxima(path, columns)
+
+
+def rewrite_shard(staging: Path, index: int, encoder: vectors.MergeEncoder, schema: pa.Schema) -> dict[str, Any]:
+    """Shard ``index`` rewritten with ``encoder`` applied and cast to ``schema`` (atomically); its new record."""
+    table = encoder.apply(pq.read_table(Path(staging) / shard_name(index))).cast(schema)
+    return write_shard(Path(staging), index, table)
 
 
 class DatasetWriter(OutputJob):
@@ -263,7 +179,7 @@ class DatasetWriter(OutputJob):
             log.info("no readable journal in %s; starting from the first shard", self.staging)
         elif not isinstance(recorded, dict) or recorded.get("fingerprint") != self.fingerprint:
             old = recorded.get("fingerprint") if isinstance(recorded, dict) else None
-            from .store import fingerprint_changes
+            from ..store import fingerprint_changes
 
             changes = fingerprint_changes(old, self.fingerprint) if isinstance(old, dict) else ["no fingerprint"]
             raise IncompatibleError(
@@ -341,17 +257,20 @@ class DatasetWriter(OutputJob):
 
     # -- the end
 
-    def finish(self, meta: dict[str, Any], *, verify_checksums: bool = True) -> int:
+    def finish(self, meta: dict[str, Any], *, verify_checksums: bool = True, map_shards: ShardMap | None = None) -> int:
         """Verify every shard, write the manifest and switch the staging directory in as ``output``. Returns rows.
 
         ``verify_checksums=False`` checks each shard's size and row count only, trusting the sha256 its writer
-        computed right after writing it: the driver then reads no shard's data (a cluster job whose driver must
-        not read the whole output). Readers still check every sha256 before they read a shard.
+        computed right after writing it (readers still check every sha256 before they read a shard).
+        ``map_shards(fn, argument_tuples)`` runs the per-shard work (the checks, int8 maxima, rewrites) where the
+        shards are: the Ray engine passes one that runs them as Ray tasks, so the driver reads no shard's data;
+        the default runs them here, one after the other.
 
         Shards must be numbered 0..n-1 without a gap (a gap is a missing shard: rows would be lost). Shards whose
         schema differs from the others' (a column all null in one shard) are rewritten with the unified schema,
-        and int8 vectors are quantised here with one scale from every shard, as the single-file merge does.
+        and int8 vectors are quantised with one scale from every shard, as the single-file merge does.
         """
+        run = map_shards or _map_here
         indices = sorted(self._done)
         missing = sorted(set(range(indices[-1] + 1)) - set(indices)) if indices else [0]
         if missing:
@@ -359,14 +278,16 @@ class DatasetWriter(OutputJob):
                 f"cannot finish {self.output}: shard(s) {', '.join(map(str, missing[:10]))} were never recorded"
             )
         shards = [self._done[i] for i in indices]
-        paths = [verify_shard(self.staging, s, checksum=verify_checksums) for s in shards]
-        encoder, meta = vectors.merge_encoder(paths, meta)
-        schemas = [pq.read_schema(p).remove_metadata() for p in paths]
+        columns = vectors.int8_columns(meta)
+        checked = run(inspect_shard, [(self.staging, s.model_dump(), columns, verify_checksums) for s in shards])
+        schemas = [schema for schema, _ in checked]
+        dims = vectors.vector_dims(schemas[0], columns)
+        encoder, meta = vectors.merge_encoder_from([maxima for _, maxima in checked], dims, meta)
         unified = encoder.schema(pa.unify_schemas(schemas, promote_options="permissive"))
-        for i, (path, schema) in enumerate(zip(paths, schemas)):
-            if encoder.scales or not schema.equals(unified):
-                table = encoder.apply(pq.read_table(path)).cast(unified)
-                shards[i] = ShardInfo.model_validate(write_shard(self.staging, shards[i].index, table))
+        redo = [i for i, schema in enumerate(schemas) if encoder.scales or not schema.equals(unified)]
+        rewritten = run(rewrite_shard, [(self.staging, shards[i].index, encoder, unified) for i in redo])
+        for i, info in zip(redo, rewritten):
+            shards[i] = ShardInfo.model_validate(info)
         manifest = DatasetManifest(
             kind=KIND, format=FORMAT, rows=sum(s.rows for s in shards), job=self.job, features=meta, shards=shards
         )
@@ -398,37 +319,3 @@ class DatasetWriter(OutputJob):
             if not self._done:
                 self.abandon()
             raise
-
-
-def iter_shard_paths(directory: Path, manifest: DatasetManifest) -> Iterator[tuple[ShardInfo, Path]]:
-    """Each shard with its path, verified just before it is yielded (so a reader never reads an unchecked file)."""
-    for shard in manifest.shards:
-        yield shard, verify_shard(directory, shard)
-
-
-def shard_stat_check(directory: Path, manifest: DatasetManifest) -> None:
-    """The cheap check made when a dataset is opened: every shard is there, a regular file of the recorded size."""
-    for shard in manifest.shards:
-        path = directory / shard.file
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            raise InputError(f"{directory}: shard {shard.file} is missing; the dataset is incomplete") from None
-        if not stat.S_ISREG(info.st_mode) or info.st_size != shard.bytes:
-            raise InputError(
-                f"{path} is not the file the manifest records (size {info.st_size}, recorded {shard.bytes}, or not a "
-                "regular file): truncated or replaced"
-            )
-
-
-__all__ = [
-    "MANIFEST_NAME",
-    "DatasetManifest",
-    "DatasetWriter",
-    "ShardInfo",
-    "is_dataset",
-    "read_manifest",
-    "shard_name",
-    "verify_shard",
-    "write_shard",
-]
