@@ -198,3 +198,27 @@ def test_cli_joins_the_cluster_and_refuses_a_corrupt_shard_cleanly(cluster, tmp_
     assert "part-00001.parquet" in out.stderr and "Traceback" not in out.stderr
     out = _cli("index", "build", str(dataset), "-o", str(tmp_path / "ix3"), "--workers", "2")
     assert out.returncode == 2 and "--engine ray" in out.stderr
+
+
+def test_a_worker_node_killed_mid_build_changes_nothing(cluster, tmp_path, monkeypatch):
+    """A node lost while its tasks run: Ray runs them again elsewhere (they only read), and the index is the same.
+    Last in this file: it leaves the cluster with its two first nodes."""
+    _, dataset = write_both(tmp_path, clustered(4000), shard_rows=500)
+    doomed = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+    cluster.wait_for_nodes()
+    run, seen = RayAdds._run, []
+
+    def run_and_kill(self, name, calls):
+        for result in run(self, name, calls):
+            seen.append(name)
+            if seen.count("add_shards") == 1:  # more adds are queued and running, some on the doomed node
+                cluster.remove_node(doomed, allow_graceful=False)
+            yield result
+
+    monkeypatch.setattr(RayAdds, "_run", run_and_kill)
+    engine = RayAdds(workers=3)  # one task per CPU of the three nodes
+    build_index(dataset, tmp_path / "ray", kind="ivf", engine=engine, **BUILD)
+    monkeypatch.setattr(RayAdds, "_run", run)
+    assert seen.count("add_shards") == 8 and len(engine.groups_per_node) >= 2
+    build_index(dataset, tmp_path / "local", kind="ivf", **BUILD)
+    _same_build(tmp_path / "ray", tmp_path / "local")

@@ -226,14 +226,15 @@ class RayAdds:
     @contextmanager
     def running(self) -> Iterator[None]:
         """One Ray session for the whole build (joined or started here, shut down after if started here)."""
-        from ..engines.ray import ray_session
+        from ..engines.ray import MAX_TASK_RETRIES, ray_session
 
         with ray_session(self.address) as ray:
             self._ray = ray
             # SPREAD: Ray's default packs short tasks on the driver's node while it has room, which leaves the other
-            # nodes' disks and cores idle; these tasks are all reading, so they go to every node in turn.
+            # nodes' disks and cores idle; these tasks are all reading, so they go to every node in turn. A task lost
+            # with its worker or node is run again (it only reads and returns), as the embed engine's shards are.
             self._tasks = {
-                fn.__name__: ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
+                fn.__name__: ray.remote(num_cpus=1, scheduling_strategy="SPREAD", max_retries=MAX_TASK_RETRIES)(fn)
                 for fn in (count_rows, pick_shards, count_lists, add_shards)
             }
             try:
