@@ -153,6 +153,16 @@ def wait_option(command):
     )(command)
 
 
+def ray_address_option(command):
+    """``--ray-address``: the same option on every command that can run on Ray (embed, index build)."""
+    return click.option(
+        "--ray-address",
+        default=None,
+        help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) "
+        "[default: $RAY_ADDRESS, else a local instance].",
+    )(command)
+
+
 def trust_artefact_option(command):
     """``--trust-remote-code`` on commands whose model is named by an artefact (predict, search)."""
     return click.option(

@@ -11,7 +11,7 @@ from ..config import BACKENDS, LONG_TEXT_MODES, STORAGE_DTYPES, ExtractConfig, d
 from ..engines import DEFAULT_PART_ROWS, ENGINES, Engine, JobEngine, LocalEngine
 from ..engines.ray import RAY_PART_ROWS
 from ..summary import summary_text
-from . import _apply, cli, input_options, runtime_options, split_commas, wait_option
+from . import _apply, cli, input_options, ray_address_option, runtime_options, split_commas, wait_option
 
 
 def split_layers(ctx, param, values):
@@ -153,12 +153,7 @@ def make_config(
     show_default=True,
     help="Run in this process, or on a Ray cluster (pip install 'embedkit[ray]').",
 )
-@click.option(
-    "--ray-address",
-    default=None,
-    help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) "
-    "[default: $RAY_ADDRESS, else a local instance].",
-)
+@ray_address_option
 @click.option(
     "--workers",
     default=None,

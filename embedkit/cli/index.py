@@ -9,7 +9,15 @@ import click
 
 from ..engines import ENGINES
 from ..index import CODES, DEFAULT_K, DEFAULT_MEMORY, DEFAULT_TARGET_RECALL, KINDS, METRICS
-from . import cli, input_options, quiet_option, runtime_options, trust_artefact_option, wait_option
+from . import (
+    cli,
+    input_options,
+    quiet_option,
+    ray_address_option,
+    runtime_options,
+    trust_artefact_option,
+    wait_option,
+)
 from .embed import split_commas
 
 
@@ -78,12 +86,7 @@ def index():
     help="ray: Ray tasks add the shards of a sharded dataset FEATURES in parallel and this process merges them "
     "into the index the local build makes (flat, ivf, ivfpq; an hnsw graph cannot be merged and is built here).",
 )
-@click.option(
-    "--ray-address",
-    default=None,
-    help="With --engine ray: cluster to join (HOST:PORT, ray://HOST:PORT, auto) "
-    "[default: $RAY_ADDRESS, else a local instance].",
-)
+@ray_address_option
 @click.option(
     "--workers",
     default=None,
