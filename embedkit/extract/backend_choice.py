@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "int8", "torch-bf16", "openvino", "openvino-bf16", "ort-int8")
 CHOOSING = {"auto": "auto", "bf16": "bf16"}  # backend -> its kind of answer in the cache (kernel_choice.ANSWERS)
-# Jobs below this many tokens (estimated) never measure. An export of GPT-2 small plus the timing below cost ~30 s
-# on the 2-core dev machine, ~20,000 of its tokens; OpenVINO saves ~12% (RESULTS.md), so one job repays it at
-# ~250,000 tokens, and every later job on this machine gets the answer free: 100,000 (~400 kB of text) splits it.
+# Jobs below this many tokens (estimated) never measure. The export of GPT-2 small plus the timing below cost ~60 s
+# on the busy 2-core dev VM (RESULTS.md), ~25,000 of its tokens; OpenVINO saves ~12% there, so one job repays it at
+# ~200,000 tokens, and every later job on this machine gets the answer free: 100,000 (~400 kB of text) splits it.
 MEASURE_AFTER_TOKENS = 100_000
 # Bytes of input text per token, to estimate a file's tokens from its size (English with GPT-2's BPE: ~4.3).
 BYTES_PER_TOKEN = 4
