@@ -35,7 +35,7 @@ LAYERS_POOLINGS = ["--layer", "1", "--layer", "-1", "--pooling", "mean,last"]
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
 
