@@ -44,7 +44,9 @@ def random_twin(extractor, seed: int = 0):
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"could not build a random-weights copy of {loaded.name!r}: {exc}") from exc
         model = model.to(torch.float32).eval().requires_grad_(False).to(loaded.device)
-        model = prepare(model, extractor.config.backend, loaded.device)
+        # The engine the extractor runs on (auto and bf16 chose theirs by measurement), not the backend's first
+        # candidate: a twin of an OpenVINO-bf16 extractor must export the plain model, not torch's bf16 linears.
+        model = prepare(model, extractor.config.backend, loaded.device, getattr(extractor, "engine", None))
     twin = copy.copy(extractor)  # shares tokenizer, config, padding and batching; only the model is replaced
     twin.loaded = dataclasses.replace(
         loaded,
