@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -199,3 +202,58 @@ def features_file(tiny_gpt2_shared, tmp_path):
         return out
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------- shared helpers
+
+RAY_NODE_STORE = 80 * 1024**2  # object store per test Ray node: descriptors, info dicts and index parts travel
+
+
+def free_socket() -> socket.socket:
+    """A TCP socket bound to a free loopback port (load and HTTP tests send traffic to 127.0.0.1 only)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class RunningServer:
+    """``embedkit serve`` (uvicorn) in a thread of this process, on a free loopback port."""
+
+    def __init__(self, settings) -> None:
+        from embedkit.serve.server import build, uvicorn_server
+
+        self.app, self.services = build(settings)
+        self.sock = free_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn_server(self.app, settings)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def ray_two_nodes():
+    """A real two-node Ray cluster on this machine (head + one worker node, 1 CPU each), joined by this process;
+    one per test module. An instance another module left running is shut down first: this one needs its own."""
+    ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[dev]'")
+    from ray.cluster_utils import Cluster
+
+    store = RAY_NODE_STORE
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    cluster.add_node(num_cpus=1, object_store_memory=store)
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import socket
-import threading
-import time
 
 import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import sample_texts
+from conftest import RunningServer, sample_texts
 
 from embedkit import ExtractConfig
 from embedkit.extract import runtime_backends
@@ -116,29 +113,7 @@ def test_predict_embeds_texts_with_the_recorded_backend(made):
     assert a.column("prediction").to_pylist() == b.column("prediction").to_pylist()
 
 
-class Running:
-    """``embedkit serve`` in a thread of this process, on a free loopback port."""
-
-    def __init__(self, settings) -> None:
-        from embedkit.serve.server import build, uvicorn_server
-
-        self.app, self.services = build(settings)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn_server(self.app, settings)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
+Running = RunningServer
 
 
 def test_serve_searches_and_predicts_with_the_recorded_backend(made):

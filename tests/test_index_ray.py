@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray", reason="--engine ray needs the ray extra: pip install -e '.[dev]'")
-from ray.cluster_utils import Cluster  # noqa: E402
+from conftest import RAY_NODE_STORE  # noqa: E402
 from test_dataset_index import META, _table, clustered, write_both  # noqa: E402
 
 from embedkit import ConfigError, InputError  # noqa: E402
@@ -28,22 +28,13 @@ from embedkit.index import build as build_module  # noqa: E402
 from embedkit.index.ray_build import RayAdds  # noqa: E402
 from embedkit.store import ShardedFeatures, vectors_to_arrow  # noqa: E402
 
-STORE = 80 * 1024**2
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = {"eval_queries": 200, "batch_rows": 256}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    if ray.is_initialized():  # another test file's local instance: this file needs its own cluster
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
-    cluster.add_node(num_cpus=1, object_store_memory=STORE)
-    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+def cluster(ray_two_nodes):
+    return ray_two_nodes
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -204,7 +195,7 @@ def test_a_worker_node_killed_mid_build_changes_nothing(cluster, tmp_path, monke
     """A node lost while its tasks run: Ray runs them again elsewhere (they only read), and the index is the same.
     Last in this file: it leaves the cluster with its two first nodes."""
     _, dataset = write_both(tmp_path, clustered(4000), shard_rows=500)
-    doomed = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+    doomed = cluster.add_node(num_cpus=1, object_store_memory=RAY_NODE_STORE)
     cluster.wait_for_nodes()
     run, seen = RayAdds._run, []
 

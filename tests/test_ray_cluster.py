@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[dev]'")
-from conftest import sample_texts  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+from conftest import RAY_NODE_STORE, sample_texts  # noqa: E402
 
 from embedkit import ExtractConfig, OutputError  # noqa: E402
 from embedkit import dataset as dataset_module  # noqa: E402
@@ -25,20 +24,10 @@ from embedkit.embed import embed, embed_file  # noqa: E402
 from embedkit.engines.ray import RayEngine  # noqa: E402
 from embedkit.spec import InputSpec, Runtime  # noqa: E402
 
-STORE = 80 * 1024**2  # object store per node: the shards' descriptors and info dicts are all that travel
-
 
 @pytest.fixture(scope="module")
-def cluster():
-    if ray.is_initialized():  # another test file's local instance: this file needs its own cluster
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
-    cluster.add_node(num_cpus=1, object_store_memory=STORE)
-    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+def cluster(ray_two_nodes):
+    return ray_two_nodes
 
 
 def _input(tmp_path, n=90):
@@ -81,7 +70,7 @@ def test_actors_on_two_nodes_write_the_local_engines_rows(cluster, tiny_gpt2_sha
 
 def test_worker_node_killed_mid_job_then_resume_gives_the_clean_rows(cluster, tiny_gpt2_shared, tmp_path, monkeypatch):
     source, config = _input(tmp_path, n=120), ExtractConfig(model=tiny_gpt2_shared)
-    doomed = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+    doomed = cluster.add_node(num_cpus=1, object_store_memory=RAY_NODE_STORE)
     cluster.wait_for_nodes()
     record, recorded, killed = dataset_module.DatasetWriter.record, [], []
 

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import sample_texts
+from conftest import RunningServer, free_socket, sample_texts
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -72,34 +71,7 @@ def artefacts(tmp_path_factory, tiny_gpt2_shared):
     }
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-class Running:
-    """A uvicorn server in a thread of this process, on a socket bound to a free loopback port."""
-
-    def __init__(self, settings: ServeSettings) -> None:
-        from embedkit.serve.server import build, uvicorn_server
-
-        self.app, self.services = build(settings)
-        self.sock = _free_socket()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn_server(self.app, settings)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
+Running = RunningServer
 
 
 def _settings(artefacts, **changes) -> ServeSettings:
@@ -482,7 +454,7 @@ def test_a_bad_row_fails_only_its_own_request(extractor_factory):
 
 
 def test_sigterm_finishes_the_request_in_flight(artefacts):
-    with _free_socket() as probe:
+    with free_socket() as probe:
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     # A lone request waits up to --batch-wait-ms for company: 3 s keeps it in flight while SIGTERM arrives, with
