@@ -78,9 +78,10 @@ MAX_TASK_RETRIES = 3
 # How long the job waits for the pool's first actors (MIN of MIN:MAX) to be placed and load the model.
 WAIT_FOR_ACTORS_S = 600
 # Read tasks reserve no CPU: the default pool gives every CPU to a model actor, and a read task waiting for a CPU
-# would then wait for ever. Reading is light next to the model; READS_PER_ACTOR bounds how many run at once.
+# would then wait for ever. Reading is light next to the model; READS_PER_ACTOR bounds how many run at once (on
+# 2 cores, 2 per actor started more worker processes and delayed the actors' start by ~10 s on a 48-row job).
 READ_CPUS = 0
-READS_PER_ACTOR = 2
+READS_PER_ACTOR = 1
 # Filesystems that live inside one process: the Ray workers, other processes, cannot see their files.
 PROCESS_LOCAL_SCHEMES = ("memory",)
 

@@ -29,7 +29,8 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from ...errors import EmbedkitError, OutputError
+from ... import errors
+from ...errors import EmbedkitError, InputError, OutputError
 from ...input_files import InputFile
 from ...sources import Records
 from ...spec import InputSpec
@@ -88,8 +89,6 @@ def read_shard(spec: dict[str, Any], file: InputFile, shard: Shard) -> list[pa.T
         source = file_spec(InputSpec(**spec), file).source()
         records = source.read_range(0, shard.start, shard.stop, shard.mark)
         if len(records) != shard.stop - shard.start:
-            from ...errors import InputError
-
             raise InputError(
                 f"input file changed during the job: rows {shard.start}-{shard.stop} of {file} are not where the "
                 f"plan put them ({len(records)} rows there now); run again with --overwrite"
@@ -109,9 +108,9 @@ def shards_of(batch: pa.Table) -> Iterator[tuple[int, Records | EmbedkitError]]:
         index, expected = indexes[start], part.column(ROWS)[0].as_py()
         fail = part.column(FAIL)[0].as_py()
         if fail is not None:
-            from ... import errors
-
-            error_type = getattr(errors, str(part.column(FAIL_TYPE)[0].as_py()), EmbedkitError)
+            error_type = getattr(errors, str(part.column(FAIL_TYPE)[0].as_py()), None)
+            if not (isinstance(error_type, type) and issubclass(error_type, EmbedkitError)):
+                error_type = EmbedkitError
             yield index, error_type(fail)
         elif part.num_rows != expected or indexes.count(index) != part.num_rows:
             yield (
