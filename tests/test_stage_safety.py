@@ -25,11 +25,15 @@ from click.testing import CliRunner
 
 from embedkit import artefact
 from embedkit.classify import EVAL_PREDICTIONS, MANIFEST, METRICS_FILE, MODEL_FILE, load_model, train
+from embedkit.classify.options import ClassifierOptions
 from embedkit.cli import cli
 from embedkit.cluster import ClusterOptions, cluster_file, load_clustering
 from embedkit.errors import InputError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+# The "old model" the races and kills start from: logreg with a fixed C, since the search over C (seconds per
+# call, ~14 calls) plays no part in which writer wins.
+FIXED_C = ClassifierOptions(C=1.0)
 
 # Runs the CLI with one function (argv[2], as module:attribute) waiting until the file argv[1] exists (at most two
 # minutes): the writer holds its lock mid-work until the test opens the gate, however slow the machine is.
@@ -302,7 +306,7 @@ def test_hostile_clustering_and_probe_manifests_are_refused(two_features, tmp_pa
 def test_second_train_fails_at_once_while_the_first_works_then_waits_with_wait(two_features, tmp_path):
     first, second = two_features
     model_dir = tmp_path / "model"
-    train(first, "label", model_dir, seed=1)  # the old model: logreg on a/b/c
+    train(first, "label", model_dir, seed=1, options=FIXED_C)  # the old model: logreg on a/b/c
     gate = tmp_path / "gate-1"
     a = start(
         "train",
@@ -346,7 +350,7 @@ def test_second_train_fails_at_once_while_the_first_works_then_waits_with_wait(t
 def test_two_train_overwrite_runs_at_the_same_moment_never_mix(two_features, tmp_path, trial):
     first, second = two_features
     model_dir = tmp_path / "model"
-    train(first, "label", model_dir, seed=1)
+    train(first, "label", model_dir, seed=1, options=FIXED_C)
     runs = {
         "knn": start("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3),
         "ridge": start("train", first, "-y", "label", "-o", model_dir, "--overwrite", "-c", "ridge"),
@@ -423,7 +427,7 @@ def hold_lock(target: Path) -> subprocess.Popen:
 def test_predict_and_probe_outputs_are_locked_and_wait(two_features, tiny_gpt2_shared, tmp_path, stage):
     first, _ = two_features
     model_dir = tmp_path / "model"
-    train(first, "label", model_dir, seed=1)
+    train(first, "label", model_dir, seed=1, options=FIXED_C)
     if stage == "predict":
         target = tmp_path / "predictions.parquet"
         args = ["predict", model_dir, first, "-o", target]
@@ -553,7 +557,7 @@ def test_kill_during_train_overwrite_leaves_the_old_or_the_new_model(two_feature
 
     _kill_at_increasing_moments(
         model_dir,
-        lambda: train(first, "label", model_dir, seed=1, overwrite=True),
+        lambda: train(first, "label", model_dir, seed=1, options=FIXED_C, overwrite=True),
         ("train", second, "-y", "label", "-o", model_dir, "--overwrite", "-c", "knn", "--k-neighbors", 3),
         old,
         new,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,17 +122,19 @@ def test_downstream_stages_accept_compact_vectors(embedded, tmp_path):
         assert report.summary_lines()
 
 
-def test_cli_vector_dtype_option(tiny_gpt2_shared, tmp_path):
+def test_cli_vector_dtype_option(tiny_gpt2_shared, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from embedkit.cli import cli
+
     (tmp_path / "in.txt").write_text("one text\nanother text\n", encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "embedkit", "embed", "in.txt", "-o", "out.parquet", "--model", tiny_gpt2_shared]
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed; in this process (a fresh one re-imported torch)
+    result = CliRunner().invoke(
+        cli,
+        ["embed", "in.txt", "-o", "out.parquet", "--model", tiny_gpt2_shared]
         + ["--vector-dtype", "binary", "--device", "cpu", "-q"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert result.exit_code == 0, result.output
     assert pq.read_schema(tmp_path / "out.parquet").field("embedding").type.value_type == pa.bool_()
 
 
