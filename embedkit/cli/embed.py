@@ -208,8 +208,9 @@ def embed(
     trust_remote_code,
     runtime,
 ):
-    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob) into Parquet: one file,
-    or a sharded dataset directory."""
+    """Embed the texts of INPUT (CSV, TSV, JSONL, Parquet or TXT; a file, directory or glob, local or a URI such as
+    s3://, gs://, hdfs:// or file://) into Parquet: one file, or a sharded dataset directory (a local or shared
+    path)."""
     from ..embed import embed as run_embed
 
     config = make_config(
