@@ -327,3 +327,26 @@ def test_finish_elsewhere_reports_a_corrupt_shard(tmp_path):
         (writer.staging / "part-00001.parquet").write_bytes(b"PAR1 not really")
         with pytest.raises(InputError, match="part-00001"):
             writer.finish(meta, verify_checksums=False, map_shards=_in_other_processes)
+
+
+def test_the_journal_grows_by_one_line_per_shard_and_a_torn_line_is_redone(features_file, tmp_path):
+    """Recording a shard appends one line (the journal is not rewritten per shard: that was quadratic in shards);
+    a kill while a line was being written leaves a torn line, and that shard is redone on resume."""
+    single = features_file(n=21)
+    table = pq.read_table(single).replace_schema_metadata(None)
+    journal = tmp_path / "ds.partial" / "_journal.jsonl"
+    with pytest.raises(RuntimeError, match="killed"):
+        with DatasetWriter(tmp_path / "ds", FP) as writer:
+            for i, shard in enumerate(_shards(table, 7)[:2]):
+                before = journal.read_bytes()
+                writer.record(write_shard(writer.staging, i, shard))
+                assert journal.read_bytes().startswith(before) and journal.read_text().count("\n") == i + 2
+            write_shard(writer.staging, 2, _shards(table, 7)[2])
+            with journal.open("a") as f:
+                f.write('{"index": 2, "file": "part-00002.parq')  # the kill lands mid-line
+            raise RuntimeError("killed")
+    with DatasetWriter(tmp_path / "ds", FP, resume=True) as writer:
+        assert sorted(writer.done()) == [0, 1]
+        writer.record(write_shard(writer.staging, 2, _shards(table, 7)[2]))
+        assert writer.finish(read_metadata(single)) == 21
+    assert read_manifest(tmp_path / "ds").rows == 21

@@ -21,7 +21,9 @@ from ..errors import InputError
 from ..sources import DATASET_MANIFEST
 
 MANIFEST_NAME = DATASET_MANIFEST  # sources skips it when a dataset directory is read as text input
-JOURNAL_NAME = "_journal.json"  # in the staging directory only: the shards the driver recorded so far
+# In the staging directory only: a header line (format, fingerprint), then one line per shard the driver recorded,
+# appended (JSON Lines): recording a shard writes one line, not the whole journal again.
+JOURNAL_NAME = "_journal.jsonl"
 KIND: Literal["embedkit-dataset"] = "embedkit-dataset"
 FORMAT: Literal[1] = 1
 MAX_SHARDS = 1_000_000  # a manifest listing more is hostile or broken; refused before anything is allocated

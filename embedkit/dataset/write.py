@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,25 @@ def write_shard(staging: Path, index: int, table: pa.Table) -> dict[str, Any]:
         "bytes": target.stat().st_size,
         "sha256": artefact.sha256_file(target),
     }
+
+
+def _read_journal(path: Path) -> tuple[dict[str, Any] | None, list[Any]]:
+    """The journal's header and its shard entries; (None, []) when there is no usable journal. Lines that do not
+    parse (a torn last line) are skipped: the shard they named is redone."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None, []
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except (ValueError, RecursionError):
+            log.warning("skipping an unreadable line of %s (a run killed while recording a shard)", path)
+    if not parsed or not isinstance(parsed[0], dict):
+        return None, []
+    return parsed[0], parsed[1:]
 
 
 ShardMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
@@ -167,11 +187,7 @@ class DatasetWriter(OutputJob):
             return None
 
     def _resume(self) -> None:
-        journal = self.staging / JOURNAL_NAME
-        try:
-            recorded = json.loads(journal.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            recorded = None
+        recorded, entries = _read_journal(self.staging / JOURNAL_NAME)
         if recorded is None and (self.staging / MANIFEST_NAME).is_file():
             self._adopt_finished()  # killed between sealing and the switch
             return
@@ -187,8 +203,7 @@ class DatasetWriter(OutputJob):
                 f"({'; '.join(changes)}); run with the same ones, or pass --overwrite to start over"
             )
         else:
-            shards = recorded.get("shards")
-            for entry in shards if isinstance(shards, list) else []:
+            for entry in entries:  # a shard recorded twice (a retried task) counts as its last record
                 try:
                     shard = ShardInfo.model_validate(entry, strict=True)
                     verify_shard(self.staging, shard)
@@ -220,11 +235,18 @@ class DatasetWriter(OutputJob):
         self.complete = True
 
     def _save_journal(self) -> None:
-        shards = [s.model_dump() for _, s in sorted(self._done.items())]
-        write_text_atomic(
-            self.staging / JOURNAL_NAME,
-            json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "shards": shards}, indent=1),
-        )
+        """Write the journal afresh: its header and the shards kept so far (at start and after a resume's checks)."""
+        lines = [{"format": FORMAT, "fingerprint": self.fingerprint}]
+        lines += [s.model_dump() for _, s in sorted(self._done.items())]
+        write_text_atomic(self.staging / JOURNAL_NAME, "".join(json.dumps(line) + "\n" for line in lines))
+
+    def _append_journal(self, shard: ShardInfo) -> None:
+        """Add one shard's line, flushed to disk before the shard counts as done. A kill mid-line leaves a torn
+        last line, which a resume skips (that shard is redone)."""
+        with open(self.staging / JOURNAL_NAME, "a", encoding="utf-8") as f:
+            f.write(shard.model_dump_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     # -- shards
 
@@ -233,15 +255,15 @@ class DatasetWriter(OutputJob):
         return {i: s.model_dump() for i, s in sorted(self._done.items())}
 
     def record(self, info: dict[str, Any]) -> None:
-        """Record a finished shard (what :func:`write_shard` returned) in the journal, atomically."""
+        """Record a finished shard (what :func:`write_shard` returned) in the journal (one appended line)."""
         try:
             shard = ShardInfo.model_validate(info, strict=True)
         except ValidationError as exc:
             raise ValueError(f"not a shard record: {_validation_message(exc)}") from None
         if not (self.staging / shard.file).is_file():
             raise OutputError(f"shard {shard.file} was recorded but is not in {self.staging}")
+        self._append_journal(shard)
         self._done[shard.index] = shard
-        self._save_journal()
 
     def commit(self, table: pa.Table, index: int) -> None:
         """Write and record one shard from this process (the local engine)."""
