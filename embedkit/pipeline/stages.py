@@ -175,8 +175,10 @@ _SPECS = {
 # Pipeline-only keys the pipeline can fill from [source] instead; the stages that cannot run without a label.
 _FROM_SOURCE = ("label_column",)
 _NEEDS_LABEL = ("train", "probe")
-# trust_remote_code is filled from the command line only: a stage table must not be able to grant it.
-_RUNTIME_FILLED = ("options", "runtime", "progress", "overwrite", "trust_remote_code", *RUNTIME_KEYS)
+# trust_remote_code is filled from the command line only: a stage table must not be able to grant it. engine (who
+# does the work: this process, or Ray tasks for index build) is an object, not a setting of the file; pipelines run
+# their stages in this process.
+_RUNTIME_FILLED = ("options", "runtime", "progress", "overwrite", "trust_remote_code", "engine", *RUNTIME_KEYS)
 
 
 @functools.cache
