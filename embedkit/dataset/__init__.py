@@ -27,7 +27,7 @@ from .manifest import (
     staging_dir,
     verify_shard,
 )
-from .write import DatasetWriter, ShardMap, inspect_shard, rewrite_shard, write_shard
+from .write import DatasetWriter, ShardMap, inspect_shard, map_here, rewrite_shard, write_shard
 
 __all__ = [
     "MANIFEST_NAME",
@@ -38,6 +38,7 @@ __all__ = [
     "inspect_shard",
     "is_dataset",
     "iter_shard_paths",
+    "map_here",
     "read_manifest",
     "rewrite_shard",
     "shard_name",

@@ -89,7 +89,8 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, list[Any]]:
 ShardMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
 
 
-def _map_here(fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+def map_here(fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+    """The default ``map_shards``: each call in this process, in order."""
     return [fn(*args) for args in items]
 
 
@@ -292,7 +293,7 @@ class DatasetWriter(OutputJob):
         schema differs from the others' (a column all null in one shard) are rewritten with the unified schema,
         and int8 vectors are quantised with one scale from every shard, as the single-file merge does.
         """
-        run = map_shards or _map_here
+        run = map_shards or map_here
         indices = sorted(self._done)
         missing = sorted(set(range(indices[-1] + 1)) - set(indices)) if indices else [0]
         if missing:

@@ -62,6 +62,13 @@ def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def _runtime_installed(backend: str) -> bool:
+    """Whether every package runtime backend ``backend`` imports is installed (runtime_backends.RUNTIME_BACKENDS)."""
+    from .runtime_backends import RUNTIME_BACKENDS
+
+    return all(_installed(name) for name in RUNTIME_BACKENDS[backend][0])
+
+
 def runnable_here(config: ExtractConfig) -> ExtractConfig:
     """``config``, or for stored settings (an artefact's: ``provenance`` set) whose backend's runtime is not
     installed here but whose vectors another backend makes too (``SAME_VECTORS``: features auto ran on OpenVINO),
@@ -74,9 +81,9 @@ def runnable_here(config: ExtractConfig) -> ExtractConfig:
     twin = SAME_VECTORS.get(config.backend)
     if twin is None or config.provenance is None:
         return config
-    packages, extra = RUNTIME_BACKENDS[config.backend]
-    if all(_installed(name) for name in packages):
+    if _runtime_installed(config.backend):
         return config
+    packages, extra = RUNTIME_BACKENDS[config.backend]
     log.warning(
         "the stored backend %r needs %s, which is not installed here; re-embedding with %r, which makes the same "
         "vectors (pip install 'embedkit[%s]' to use %s)",
@@ -92,7 +99,7 @@ def runnable_here(config: ExtractConfig) -> ExtractConfig:
 def candidates(backend: str, device: torch.device) -> tuple[str, ...]:
     """The engines ``backend`` may run on, on ``device``; the first is the one used without a measurement."""
     on_cpu = device.type == "cpu"
-    openvino = on_cpu and _installed("openvino") and _installed("onnx")
+    openvino = on_cpu and _runtime_installed("openvino")
     if backend == "auto":
         return ("torch", "openvino") if openvino else ("torch",)
     if backend == "bf16":

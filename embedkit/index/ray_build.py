@@ -34,15 +34,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, EmbedkitError, OutputError
+from ..engines.ray.tasks import in_order
+from ..errors import ConfigError
 from ..store import Features, ShardedFeatures
 from .adds import Added, add_rows, list_counts, reserve_lists
 from .faiss_ops import _faiss, _ivf_of
@@ -140,49 +140,6 @@ def add_shards(
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
-def _get(ray, ref) -> Any:
-    """The result of one task; an embedkit error raised on a worker (a corrupt shard) comes back as itself."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, EmbedkitError):
-            raise cause from None
-        raise OutputError(
-            f"a Ray index task failed ({type(cause or exc).__name__}: {_first_line(cause or exc)})"
-        ) from exc
-    except ray.exceptions.RayError as exc:  # a node lost for good, retries spent
-        raise OutputError(f"the Ray index build failed ({type(exc).__name__}: {_first_line(exc)})") from exc
-
-
-def in_order(ray, calls: list[Callable[[], Any]], window: int) -> Iterator[Any]:
-    """Run the task ``calls`` (each returns an ObjectRef) with at most ``window`` in flight; results in call order.
-
-    The results wait in Ray's object store, not here, until their turn: the driver holds one at a time.
-    """
-    pending: deque[Any] = deque()
-    queued = iter(calls)
-    try:
-        for call in queued:
-            pending.append(call())
-            if len(pending) >= window:
-                break
-        while pending:
-            result = _get(ray, pending.popleft())
-            nxt = next(queued, None)
-            if nxt is not None:
-                pending.append(nxt())
-            yield result
-    finally:
-        for ref in pending:  # a failure: the tasks still queued are of no use
-            ray.cancel(ref)
-
-
 class RayAdds:
     """The add pass of ``build_index`` on Ray (``engine=RayAdds(...)``); see the module's description.
 
@@ -245,7 +202,7 @@ class RayAdds:
     def _run(self, name: str, calls: list[tuple[Any, ...]]) -> Iterator[dict[str, Any]]:
         """Task ``name`` once per argument tuple, ``workers`` at a time; results in order, placement recorded."""
         ray, task = self._ray, self._tasks[name]
-        for result in in_order(ray, [partial(task.remote, *args) for args in calls], self._window):
+        for result in in_order(ray, [partial(task.remote, *args) for args in calls], self._window, "index build"):
             self.worker_peak_rss_bytes = max(self.worker_peak_rss_bytes, result["rss"])
             if name == "add_shards":
                 self.groups_per_node[result["node"]] = self.groups_per_node.get(result["node"], 0) + 1
@@ -338,4 +295,4 @@ class RayAdds:
         return index, merged
 
 
-__all__ = ["RayAdds", "add_shards", "count_lists", "count_rows", "in_order", "pick_shards", "shard_view"]
+__all__ = ["RayAdds", "add_shards", "count_lists", "count_rows", "pick_shards", "shard_view"]

@@ -57,7 +57,7 @@ from ...spec import InputSpec, Runtime
 from .. import JobEngine
 from .cluster import INSTALL_HINT, Workers, _check_reachable, _pool, import_ray, ray_session
 from .plan import Shard, file_sizes, input_identity, plan, row_counts, spec_to_dict
-from .tasks import ShardMap, ray_map, shard_counts
+from .tasks import ShardMap, first_line, ray_map, shard_counts
 from .worker import ShardEmbedder
 
 if TYPE_CHECKING:
@@ -308,9 +308,8 @@ def _rows(ray, results) -> Iterator[dict[str, Any]]:
         ) from exc
     except ray.exceptions.RayError as exc:
         # A node lost for good, retries spent: the shards written so far are kept for --resume.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise OutputError(
-            f"the Ray job failed ({type(exc).__name__}: {first_line[:300]}); the shards written so far are kept: "
+            f"the Ray job failed ({type(exc).__name__}: {first_line(exc)}); the shards written so far are kept: "
             "run the same command with --resume to finish the rest"
         ) from exc
 
@@ -328,14 +327,14 @@ def _summarise(
     output: Path, resumed: int, tokens: int, seconds: float, embed_seconds: float, map_shards: ShardMap | None = None
 ) -> EmbedSummary:
     """The run's summary, counted from the finished dataset's small columns (by Ray tasks when ``map_shards``)."""
-    from ...dataset import read_manifest
+    from ...dataset import map_here, read_manifest
     from ...embed import EmbedSummary
     from ...extract.texts import EMBEDDED_STATUSES
 
     summary = EmbedSummary(output=output, resumed_rows=resumed, tokens=tokens, seconds=seconds)
     summary.embed_seconds = embed_seconds
     statuses: dict[str, int] = {}
-    run = map_shards or (lambda fn, items: [fn(*args) for args in items])
+    run = map_shards or map_here
     for counts in run(shard_counts, [(output / shard.file,) for shard in read_manifest(output).shards]):
         summary.rows += counts["rows"]
         summary.truncated += counts["truncated"]

@@ -9,11 +9,13 @@ truncated and chunked rows) is counted the same way (:func:`shard_counts`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ...errors import EmbedkitError
+from ...errors import EmbedkitError, OutputError
 
 ShardMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
 
@@ -21,20 +23,58 @@ ShardMap = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
 TASK_RETRIES = 3
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (Ray's carry the worker's whole traceback), at most 300 characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def task_result(ray, ref, job: str) -> Any:
+    """The result of one Ray task of ``job``; an embedkit error raised on a worker (a corrupt shard) comes back as
+    itself, anything else as an OutputError saying which job failed."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, EmbedkitError):
+            raise cause from None
+        raise OutputError(
+            f"a Ray {job} task failed ({type(cause or exc).__name__}: {first_line(cause or exc)})"
+        ) from exc
+    except ray.exceptions.RayError as exc:  # a node lost for good, retries spent
+        raise OutputError(f"the Ray {job} failed ({type(exc).__name__}: {first_line(exc)})") from exc
+
+
+def in_order(ray, calls: list[Callable[[], Any]], window: int, job: str) -> Iterator[Any]:
+    """Run the task ``calls`` (each returns an ObjectRef) with at most ``window`` in flight; results in call order
+    (:func:`task_result`).
+
+    The results wait in Ray's object store, not here, until their turn: the driver holds one at a time.
+    """
+    pending: deque[Any] = deque()
+    queued = iter(calls)
+    try:
+        for call in queued:
+            pending.append(call())
+            if len(pending) >= window:
+                break
+        while pending:
+            result = task_result(ray, pending.popleft(), job)
+            nxt = next(queued, None)
+            if nxt is not None:
+                pending.append(nxt())
+            yield result
+    finally:
+        for ref in pending:  # a failure: the tasks still queued are of no use
+            ray.cancel(ref)
+
+
 def ray_map(ray, cpus: float = 1.0) -> ShardMap:
     """A ``map_shards`` for ``DatasetWriter.finish`` that runs each call as a Ray task (results in input order)."""
 
     def run(fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
-        if not items:
-            return []
         task = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES)(fn)
-        try:
-            return ray.get([task.remote(*args) for args in items])
-        except ray.exceptions.RayTaskError as exc:
-            # A corrupt shard is an embedkit error on the worker; say it as such, not as a Ray traceback.
-            if isinstance(exc.cause, EmbedkitError):
-                raise exc.cause from None
-            raise
+        return list(in_order(ray, [partial(task.remote, *args) for args in items], max(1, len(items)), "dataset"))
 
     return run
 
@@ -54,4 +94,4 @@ def shard_counts(path: Path) -> dict[str, Any]:
     }
 
 
-__all__ = ["ShardMap", "ray_map", "shard_counts"]
+__all__ = ["ShardMap", "first_line", "in_order", "ray_map", "shard_counts", "task_result"]
